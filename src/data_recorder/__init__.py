@@ -1,0 +1,3 @@
+"""data_recorder."""
+
+import field_deploy  # noqa: F401  (sets AMENT_PREFIX_PATH before rclpy is imported)

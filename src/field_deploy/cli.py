@@ -1,0 +1,81 @@
+"""``field_deploy``: the one user command; each module adds its sub-commands.
+
+A module listed in :data:`COMMAND_MODULES` provides ``register(subparsers)`` and sets
+``func=`` on its parsers. A command fails by raising :class:`CliError` (or any exception
+it expects, listed in :data:`USER_ERRORS`): the user sees one line with the reason and a
+non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+import field_deploy
+from field_deploy.profile import ProfileError, available_profiles, load_profile
+
+COMMAND_MODULES: tuple[str, ...] = (
+    'field_deploy.cli',
+)
+
+
+class CliError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (CliError, ProfileError, FileNotFoundError,
+                                                 FileExistsError, PermissionError, ValueError)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    profile = subparsers.add_parser('profile', help='list, show and validate robot profiles')
+    sub = profile.add_subparsers(dest='profile_command', required=True)
+    sub.add_parser('list', help='the shipped robot profiles').set_defaults(func=_profile_list)
+    show = sub.add_parser('show', help='validate a profile and print its joints, groups and topics')
+    show.add_argument('profile', help='profile name (e.g. quadruped_12dof) or path to a YAML file')
+    show.set_defaults(func=_profile_show)
+
+
+def _profile_list(_args: argparse.Namespace) -> int:
+    for name in available_profiles():
+        p = load_profile(name)
+        print(f'{name:20s} {p.kind:10s} {p.dof:3d} joints  {p.description}')
+    return 0
+
+
+def _profile_show(args: argparse.Namespace) -> int:
+    p = load_profile(args.profile)
+    print(f'{p.name} ({p.kind}, {p.dof} joints) from {p.path}')
+    print(yaml.safe_dump({'groups': {k: list(v) for k, v in p.groups.items()},
+                          'topics': {t.name: f'{t.type} @ {t.rate_hz:g} Hz, {t.qos.reliability} '
+                                              f'depth {t.qos.depth}' for t in p.topics}},
+                         sort_keys=False, width=120), end='')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='field_deploy', description=__doc__.splitlines()[0])
+    parser.add_argument('--version', action='version', version=field_deploy.__version__)
+    subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f'field_deploy {args.command}: error: {exc}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

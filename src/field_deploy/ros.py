@@ -1,0 +1,128 @@
+"""Thin rclpy helpers shared by every node shell: QoS from the profile contract, stamps, spinning."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+
+import rclpy
+import rclpy.context
+import rclpy.utilities
+from rclpy.executors import Executor
+from rclpy.experimental import EventsExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+
+from field_deploy.profile import QosSpec
+
+_RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE, 'best_effort': ReliabilityPolicy.BEST_EFFORT}
+_DURABILITY = {'volatile': DurabilityPolicy.VOLATILE,
+               'transient_local': DurabilityPolicy.TRANSIENT_LOCAL}
+
+
+def qos_profile(spec: QosSpec) -> QoSProfile:
+    """The rclpy QoS of a profile stream (keep-last ``depth``)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=spec.depth,
+                      reliability=_RELIABILITY[spec.reliability],
+                      durability=_DURABILITY[spec.durability])
+
+
+def qos_spec(profile: QoSProfile) -> QosSpec:
+    """Inverse of :func:`qos_profile`, for recording what a publisher offered."""
+    reliability = ('best_effort' if profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                   else 'reliable')
+    durability = ('transient_local' if profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                  else 'volatile')
+    return QosSpec(reliability=reliability, durability=durability, depth=max(1, profile.depth))
+
+
+def stamp_to_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def set_stamp(stamp, ns: int) -> None:
+    stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
+
+
+def init(args: Sequence[str] | None = None) -> list[str]:
+    """``rclpy.init`` without rclpy's signal handlers; returns the non-ROS arguments.
+
+    rclpy's own SIGINT/SIGTERM handlers shut the context down at once, so a node could not
+    publish its safe command or close its bag on the way out: :func:`run_nodes` handles the
+    signals itself and tears down in order.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    return rclpy.utilities.remove_ros_args(args)
+
+
+class Spinner:
+    """Spin an executor in a background thread with ``spin_once`` steps.
+
+    Measured on Jazzy 7.1.6: ``EventsExecutor.spin()`` started from a non-main thread never runs
+    a callback, and from the main thread it does not return to Python for signals; stepping with
+    ``spin_once(timeout)`` works in both places and costs nothing measurable.
+    """
+
+    def __init__(self, nodes: Sequence[Node] = (), *, executor: Executor | None = None,
+                 context: rclpy.context.Context | None = None) -> None:
+        self.executor = executor or EventsExecutor(context=context)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add_node(self, node: Node) -> None:
+        self.executor.add_node(node)
+
+    def spin_until(self, stop: threading.Event) -> None:
+        """Spin in the calling thread until ``stop`` is set."""
+        while not stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def start(self) -> Spinner:
+        self._thread = threading.Thread(target=self.spin_until, args=(self._stop,),
+                                        name='ros-spinner', daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self.executor.shutdown()
+
+    def __enter__(self) -> Spinner:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
+              on_shutdown: Callable[[], None] | None = None) -> None:
+    """Spin ``nodes`` in the main thread until SIGINT / SIGTERM, then shut down in order.
+
+    ``on_shutdown`` runs while the context is still valid (a gate can still publish its safe
+    command, a recorder closes its bag), then the nodes are destroyed and rclpy shut down.
+    The EventsExecutor is the default: measured here it takes a third of the CPU of the
+    SingleThreadedExecutor and keeps up with 1 kHz streams.
+    """
+    stop = threading.Event()
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    spinner = Spinner(nodes, executor=executor)
+    try:
+        spinner.spin_until(stop)
+    finally:
+        if on_shutdown is not None:
+            on_shutdown()
+        spinner.executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()

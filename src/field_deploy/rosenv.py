@@ -1,0 +1,42 @@
+"""Process environment that ROS 2 from PyPI wheels needs; no rclpy import here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def _prefix_has_ros(prefix: Path) -> bool:
+    return (prefix / 'share' / 'ament_index' / 'resource_index').is_dir()
+
+
+def ensure_ament_prefix() -> None:
+    """Add the running interpreter's prefix to ``AMENT_PREFIX_PATH`` when it holds ROS packages.
+
+    A robot with ROS from apt has the variable set by ``setup.bash``; a virtual environment with
+    the ``ros-jazzy-*`` wheels does not, and rclpy then fails to load the rmw implementation.
+    """
+    prefix = Path(sys.prefix)
+    if not _prefix_has_ros(prefix):
+        return
+    current = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    if str(prefix) not in current:
+        os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join([str(prefix), *current])
+
+
+def share_dir(package: str) -> Path:
+    """The ``share/<package>`` folder of an installed ROS package (message definitions live there)."""
+    for prefix in os.environ.get('AMENT_PREFIX_PATH', sys.prefix).split(os.pathsep):
+        candidate = Path(prefix) / 'share' / package
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f'ROS package {package!r} not found in AMENT_PREFIX_PATH')
+
+
+def config_dir() -> Path:
+    """The project's ``config/`` folder: the source tree when run from a checkout, else the install share."""
+    source = Path(__file__).resolve().parents[2] / 'config'
+    if source.is_dir():
+        return source
+    return share_dir('field_deploy') / 'config'

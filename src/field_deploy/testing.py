@@ -1,0 +1,120 @@
+"""Test and benchmark harness over real rclpy and real DDS (no mocks).
+
+Used by ``test/`` and ``bench/``: isolates each process's ROS traffic (own ``ROS_DOMAIN_ID``,
+localhost-only discovery), starts project executables as real subprocesses, and collects raw
+messages. Import :func:`isolate_ros_env` *before* rclpy creates its first context.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+
+def isolate_ros_env(domain_id: int | None = None) -> int:
+    """Give this process (and its children) a private DDS domain on localhost; returns the id.
+
+    Domain ids 1..200 stay inside Fast DDS's port range for the default participant count.
+    """
+    if domain_id is None:
+        domain_id = 1 + (os.getpid() * 7919 + int(time.time())) % 200
+    os.environ['ROS_DOMAIN_ID'] = str(domain_id)
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '1')
+    return domain_id
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def executable(name: str) -> str:
+    """Path of a console script installed beside this interpreter (``.venv/bin/<name>``)."""
+    candidate = Path(sys.executable).parent / name
+    if not candidate.exists():
+        raise FileNotFoundError(f'console script {name!r} not installed next to {sys.executable} '
+                                '(run `pip install -e .`)')
+    return str(candidate)
+
+
+class NodeProcess:
+    """A project executable run as a real process, with its output in a log file."""
+
+    def __init__(self, name: str, args: Sequence[str] = (), *, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = Path(log_dir) / f'{name}-{int(time.time() * 1000) % 10**8}.log'
+        self._log = self.log_path.open('wb')
+        self.proc = subprocess.Popen([executable(name), *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors='replace')
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        """Send ``sig`` and wait; SIGKILL after ``timeout``. Returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or an OOM kill would."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RawCollector:
+    """Subscribes raw (CDR bytes, no deserialisation) to topics and keeps what arrives.
+
+    ``messages[topic]`` is a list of ``(receive_time_ns, bytes)``; thread-safe to read counts.
+    """
+
+    def __init__(self, node, topics: Iterable[tuple[str, type]], qos=None) -> None:  # noqa: ANN001
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        qos = qos or QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                                reliability=ReliabilityPolicy.RELIABLE)
+        self.messages: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._subs = [node.create_subscription(msg_type, topic, self._callback(topic), qos, raw=True)
+                      for topic, msg_type in topics]
+
+    def _callback(self, topic: str) -> Callable[[bytes], None]:
+        def on_message(data: bytes) -> None:
+            with self._lock:
+                self.messages[topic].append((time.time_ns(), data))
+        return on_message
+
+    def count(self, topic: str) -> int:
+        with self._lock:
+            return len(self.messages[topic])

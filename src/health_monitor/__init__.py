@@ -1,0 +1,3 @@
+"""health_monitor."""
+
+import field_deploy  # noqa: F401  (sets AMENT_PREFIX_PATH before rclpy is imported)

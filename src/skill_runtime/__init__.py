@@ -1,0 +1,3 @@
+"""skill_runtime."""
+
+import field_deploy  # noqa: F401  (sets AMENT_PREFIX_PATH before rclpy is imported)
