@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -126,3 +127,22 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def message_class(type_name: str) -> type:
+    """The Python class of ``pkg/msg/Type`` (or ``pkg/Type``), imported from the installed package.
+
+    Raises ``LookupError`` naming the type when the package is not installed: the callers (player,
+    recorder) skip that topic with a warning rather than fail.
+    """
+    parts = type_name.split('/')
+    if len(parts) == 2:
+        parts = [parts[0], 'msg', parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise LookupError(f'{type_name!r} is not a ROS type name (expected pkg/msg/Type)')
+    package, kind, name = parts
+    try:
+        module = importlib.import_module(f'{package}.{kind}')
+        return getattr(module, name)
+    except (ImportError, AttributeError):
+        raise LookupError(f'message type {type_name!r} is not installed') from None

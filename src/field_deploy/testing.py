@@ -99,7 +99,7 @@ class RawCollector:
     ``messages[topic]`` is a list of ``(receive_time_ns, bytes)``; thread-safe to read counts.
     """
 
-    def __init__(self, node, topics: Iterable[tuple[str, type]], qos=None) -> None:  # noqa: ANN001
+    def __init__(self, node, topics: Iterable[tuple[str, type]], qos=None) -> None:
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
         qos = qos or QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
