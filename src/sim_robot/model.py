@@ -1,0 +1,263 @@
+"""Pure simulation core of ``sim_robot``: joints, motors, battery, base, sensors and faults.
+
+No rclpy import: the node shell (:mod:`sim_robot.node`) steps a :class:`SimModel` at the
+profile's control rate and copies its arrays into messages. Everything here is deterministic
+for a given seed, so the unit tests can check the physics directly.
+
+Models, and why they are this simple:
+
+* **Joints** — each joint's motor driver runs a PD loop on the last commanded target
+  (``kp = I wn²``, ``kd = 2 ζ I wn``); the motor torque follows the PD demand with a first-order
+  lag (``motor_time_constant``) and is clamped to the profile's effort limit; velocity is clamped
+  to the velocity limit, position to the position limits (velocity zeroed at a stop). The
+  robot starts in the profile's *safe* pose (lying / crouched) and, with no ``joint_commands``,
+  holds it. That is what a hardware driver in position mode does, and what a safety gate
+  upstream has to deal with (saturation, lag, limits).
+* **Motors** — current ``i = τ / k_t``; copper loss ``P = R i²`` heats a first-order thermal
+  mass: ``dT/dt = (T_amb + R_th P − T) / τ_th`` (profile ``motor:`` parameters).
+* **Battery** — a pack at the profile's ``motor.voltage`` drains by the electrical power
+  (idle load + mechanical power + copper losses); voltage sags with the state of charge.
+* **Base** — a planar odometry integrator of a body twist (zero unless ``drive`` is set).
+* **IMU** — gravity rotated into the body frame plus white noise; **wrenches** — the body
+  weight shared by the feet, growing as the legs go from the safe to the default pose, and a
+  small payload at the wrists.
+* **Faults** — ``overheat`` (a joint's temperature ramps past the error threshold),
+  ``freeze`` (a joint's reported position stops updating), ``noise`` (extra white noise on
+  every measured value). A silent topic is a publishing decision, kept in :class:`Faults`
+  so that the node and the tests share one description.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from field_deploy.profile import RobotProfile
+
+GRAVITY = 9.81
+
+#: Typical body masses (kg), used only for the foot forces.
+BODY_MASS = {'quadruped': 15.0, 'humanoid': 35.0}
+
+#: Error codes reported per motor in ``/diagnostics`` (key ``error_code``).
+ERROR_OK = 0
+ERROR_OVER_TEMPERATURE_WARN = 1
+ERROR_OVER_TEMPERATURE = 2
+
+
+@dataclass
+class Faults:
+    """Injected faults; the node maps its ``fault_*`` parameters onto this."""
+
+    overheat: set[str] = field(default_factory=set)
+    """Joints whose temperature ramps at ``overheat_rate`` °C/s to 15 °C above the error threshold."""
+    overheat_rate: float = 15.0
+    freeze: set[str] = field(default_factory=set)
+    """Joints whose reported position (and velocity) stops updating."""
+    silent: set[str] = field(default_factory=set)
+    """Topics (as named in the profile) that are not published."""
+    noise: float = 0.0
+    """Extra white-noise standard deviation on every measured value (rad, rad/s, N·m, m/s², N)."""
+
+
+@dataclass(frozen=True)
+class Gains:
+    natural_frequency: float = 20.0
+    damping_ratio: float = 0.9
+    motor_time_constant: float = 0.004
+    max_acceleration: float = 400.0
+    """Effort / inertia: the joint's acceleration at full torque (rad/s²) sets the inertia."""
+
+
+class SimModel:
+    """State of one simulated robot; :meth:`step` advances it by ``dt`` seconds."""
+
+    def __init__(self, profile: RobotProfile, *, seed: int = 0, gains: Gains = Gains(),
+                 battery_fraction: float = 0.95, battery_capacity_ah: float = 15.0,
+                 sensor_noise: float = 0.002) -> None:
+        self.profile = profile
+        self.names = profile.joint_names
+        self.n = profile.dof
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self.rng = np.random.default_rng(seed)
+        self.gains = gains
+        self.faults = Faults()
+        self.sensor_noise = sensor_noise
+
+        self.lower = profile.array('lower')
+        self.upper = profile.array('upper')
+        self.vmax = profile.array('velocity')
+        self.effort_limit = profile.array('effort')
+        self.safe = profile.array('safe')
+        self.default = profile.array('default')
+        self.inertia = self.effort_limit / gains.max_acceleration
+        wn = gains.natural_frequency
+        self.kp = self.inertia * wn * wn
+        self.kd = 2.0 * gains.damping_ratio * self.inertia * wn
+
+        motor = profile.motor
+        self.r_th = motor.get('thermal_resistance', 1.0)
+        self.tau_th = motor.get('thermal_time_constant', 60.0)
+        self.ambient = motor.get('ambient', 25.0)
+        self.r_cu = motor.get('copper_loss', 0.3)
+        self.voltage_nominal = motor.get('voltage', 48.0)
+        self.k_t = motor.get('torque_constant', 1.0)
+
+        self.time = 0.0
+        self.q = self.safe.copy()
+        self.dq = np.zeros(self.n)
+        self.tau = np.zeros(self.n)
+        self.target = self.safe.copy()
+        self.temperature = np.full(self.n, self.ambient)
+        self.current = np.zeros(self.n)
+        self._frozen_q = self.q.copy()
+
+        self.battery_capacity_ah = battery_capacity_ah
+        self.battery_charge_ah = battery_capacity_ah * float(np.clip(battery_fraction, 0.0, 1.0))
+        self.battery_current = 0.0
+        self.idle_power = 40.0 if profile.kind == 'quadruped' else 80.0
+
+        self.pose = np.zeros(3)  # x, y, yaw
+        self.twist = np.zeros(3)  # vx, vy, wz in the body frame
+        self.drive = np.zeros(3)
+
+        self.mass = BODY_MASS.get(profile.kind, 20.0)
+        self._span = float(np.mean(np.abs(self.safe - self.default))) or 1.0
+
+    # ------------------------------------------------------------------ commands
+    def command(self, names: list[str] | tuple[str, ...], positions: list[float] | np.ndarray) -> int:
+        """Set targets for the named joints (unknown names and non-finite values are ignored).
+
+        Returns how many joints were set; the motor drivers clamp the target to the limits,
+        as hardware does, but the safety gate upstream is the one that is meant to.
+        """
+        applied = 0
+        index = self._index
+        for name, value in zip(names, positions, strict=False):
+            i = index.get(name)
+            if i is None or not math.isfinite(value):
+                continue
+            self.target[i] = min(max(value, self.lower[i]), self.upper[i])
+            applied += 1
+        return applied
+
+    # ------------------------------------------------------------------ dynamics
+    def step(self, dt: float) -> None:
+        g = self.gains
+        demand = self.kp * (self.target - self.q) - self.kd * self.dq
+        np.clip(demand, -self.effort_limit, self.effort_limit, out=demand)
+        alpha = 1.0 - math.exp(-dt / g.motor_time_constant)
+        self.tau += alpha * (demand - self.tau)
+        np.clip(self.tau, -self.effort_limit, self.effort_limit, out=self.tau)
+        # Semi-implicit Euler: stable for wn*dt << 1 (0.04 at 500 Hz).
+        self.dq += dt * self.tau / self.inertia
+        np.clip(self.dq, -self.vmax, self.vmax, out=self.dq)
+        self.q += dt * self.dq
+        low = self.q < self.lower
+        high = self.q > self.upper
+        if low.any() or high.any():
+            self.q[low] = self.lower[low]
+            self.q[high] = self.upper[high]
+            self.dq[(low & (self.dq < 0)) | (high & (self.dq > 0))] = 0.0
+
+        # Motors: current and copper-loss heating.
+        self.current = self.tau / self.k_t
+        power = self.r_cu * self.current * self.current
+        steady = self.ambient + self.r_th * power
+        self.temperature += (dt / self.tau_th) * (steady - self.temperature)
+        if self.faults.overheat:
+            ceiling = self.profile.motor_temperature.error + 15.0
+            for name in self.faults.overheat:
+                i = self._index.get(name)
+                if i is not None and self.temperature[i] < ceiling:
+                    self.temperature[i] = min(ceiling, self.temperature[i]
+                                              + self.faults.overheat_rate * dt)
+
+        # Battery: idle load + mechanical power + copper losses.
+        electrical = self.idle_power + float(np.sum(np.abs(self.tau * self.dq)) + np.sum(power))
+        self.battery_current = electrical / max(self.battery_voltage, 1.0)
+        self.battery_charge_ah = max(0.0, self.battery_charge_ah - self.battery_current * dt / 3600.0)
+
+        # Base: first-order approach of the body twist to the drive command, planar integration.
+        self.twist += min(1.0, dt / 0.2) * (self.drive - self.twist)
+        yaw = self.pose[2]
+        c, s = math.cos(yaw), math.sin(yaw)
+        self.pose[0] += dt * (c * self.twist[0] - s * self.twist[1])
+        self.pose[1] += dt * (s * self.twist[0] + c * self.twist[1])
+        self.pose[2] = math.remainder(yaw + dt * self.twist[2], math.tau)
+
+        # A frozen encoder keeps reporting the position it had when the fault started.
+        frozen = self._frozen_mask()
+        self._frozen_q[~frozen] = self.q[~frozen]
+        self.time += dt
+
+    def _frozen_mask(self) -> np.ndarray:
+        mask = np.zeros(self.n, dtype=bool)
+        for name in self.faults.freeze:
+            i = self._index.get(name)
+            if i is not None:
+                mask[i] = True
+        return mask
+
+    # ------------------------------------------------------------------ measurements
+    def _noise(self, size: int | tuple[int, ...], base: float) -> np.ndarray:
+        std = base + self.faults.noise
+        if std <= 0.0:
+            return np.zeros(size)
+        return self.rng.normal(0.0, std, size)
+
+    def joint_measurement(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reported (position, velocity, effort): encoder noise, frozen encoders, injected noise."""
+        frozen = self._frozen_mask()
+        position = self._frozen_q + self._noise(self.n, self.sensor_noise * 0.1)
+        velocity = self.dq + self._noise(self.n, self.sensor_noise)
+        velocity[frozen] = 0.0
+        effort = self.tau + self._noise(self.n, self.sensor_noise)
+        position[frozen] = self._frozen_q[frozen]
+        return position, velocity, effort
+
+    @property
+    def stand_fraction(self) -> float:
+        """0 in the safe pose, 1 in the default (standing) pose: how much weight the feet carry."""
+        dist = float(np.mean(np.abs(self.q - self.default)))
+        return float(np.clip(1.0 - dist / self._span, 0.0, 1.0))
+
+    def imu(self) -> tuple[tuple[float, float, float, float], np.ndarray, np.ndarray]:
+        """(orientation quaternion xyzw, angular velocity, linear acceleration) in the body frame."""
+        yaw = self.pose[2]
+        quat = (0.0, 0.0, math.sin(yaw / 2.0), math.cos(yaw / 2.0))
+        gyro = np.array([0.0, 0.0, self.twist[2]]) + self._noise(3, self.sensor_noise)
+        accel = np.array([0.0, 0.0, GRAVITY]) + self._noise(3, self.sensor_noise * 10)
+        return quat, gyro, accel
+
+    def wrench(self, site: str, feet: int) -> np.ndarray:
+        """(fx, fy, fz, tx, ty, tz) at a site: feet share the weight, wrists hold a small payload."""
+        out = self._noise(6, self.sensor_noise * 50)
+        if 'foot' in site:
+            out[2] += self.mass * GRAVITY * self.stand_fraction / max(feet, 1)
+        else:
+            out[2] -= 0.5 * GRAVITY
+        return out
+
+    @property
+    def battery_fraction(self) -> float:
+        return self.battery_charge_ah / self.battery_capacity_ah
+
+    @property
+    def battery_voltage(self) -> float:
+        return self.voltage_nominal * (0.88 + 0.17 * self.battery_fraction)
+
+    def motor_levels(self) -> list[tuple[int, int, str]]:
+        """Per joint (diagnostic level 0/1/2, error code, message) from the temperature thresholds."""
+        th = self.profile.motor_temperature
+        out = []
+        for temp in self.temperature:
+            if temp >= th.error:
+                out.append((2, ERROR_OVER_TEMPERATURE, f'over temperature ({temp:.1f} °C)'))
+            elif temp >= th.warn:
+                out.append((1, ERROR_OVER_TEMPERATURE_WARN, f'hot ({temp:.1f} °C)'))
+            else:
+                out.append((0, ERROR_OK, 'ok'))
+        return out
