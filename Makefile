@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/field_deploy demo --robot $(ROBOT)
 
 test: $(STAMP)
-	$(BIN)/ruff check src test bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
