@@ -1,0 +1,296 @@
+"""Recording engine: bounded hand-off queue, background writer thread, accounting, disk guard,
+snapshot mode. Pure core (no rclpy): the node feeds :meth:`Recorder.on_message` from its
+subscription callbacks; tests and tools can feed it directly.
+
+Why a thread and a deque: a subscription callback must never wait for the disk (a 30 ms fsync
+at 1 kHz would overflow the DDS history). The callback only appends ``(topic, bytes, t)`` to a
+deque (atomic under the GIL, no lock); the writer thread drains it in batches. The deque is
+bounded by ``queue_size``: when full, the message is counted as ``lost_queue`` instead of growing
+memory without limit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_recorder.accounting import Accounting, TopicStats
+from data_recorder.snapshot import SnapshotBuffer
+from data_recorder.writer import BagWriter, header_stamp_ns
+
+LogFn = Callable[[str, str], None]   # (level, message)
+
+
+@dataclass
+class RecorderConfig:
+    """Everything the node's parameters and the CLI flags set. Validated by :meth:`validate`."""
+
+    output: str
+    compression_format: str = 'none'
+    chunk_size: int = 1024 * 1024
+    flush_interval: float = 1.0
+    max_bag_size: int = 0
+    max_bag_duration: float = 0.0
+    snapshot_mode: bool = False
+    snapshot_duration: float = 30.0
+    snapshot_max_bytes: int = 0
+    min_free_space: int = 64 * 1024 * 1024
+    queue_size: int = 100_000
+    fsync: bool = True
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ValueError('output: must name the bag directory to create')
+        if self.compression_format not in ('', 'none', 'lz4', 'zstd'):
+            raise ValueError(f'compression_format: {self.compression_format!r} is not one of '
+                             'none, lz4, zstd')
+        for name in ('chunk_size', 'max_bag_size', 'snapshot_max_bytes', 'min_free_space'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name}: {getattr(self, name)} must be >= 0')
+        if self.queue_size < 1:
+            raise ValueError(f'queue_size: {self.queue_size} must be >= 1')
+        if self.flush_interval <= 0:
+            raise ValueError(f'flush_interval: {self.flush_interval} must be > 0 seconds')
+        if self.max_bag_duration < 0 or self.snapshot_duration < 0:
+            raise ValueError('max_bag_duration / snapshot_duration must be >= 0 seconds')
+        if self.snapshot_mode and not (self.snapshot_duration > 0 or self.snapshot_max_bytes > 0):
+            raise ValueError('snapshot_mode needs snapshot_duration > 0 or snapshot_max_bytes > 0')
+
+
+class _Command:
+    """A request run by the writer thread in order with the messages queued before it."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:   # reported to the caller
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class Recorder:
+    """Record to one bag directory. States: ``recording``, ``paused``, ``stopped`` (disk guard or
+    write error: the bag is closed and readable, arriving messages are counted, not written),
+    ``closed``."""
+
+    def __init__(self, config: RecorderConfig, log: LogFn | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.log: LogFn = log or (lambda _level, _msg: None)
+        self.writer = BagWriter(config.output, compression=config.compression_format or 'none',
+                                chunk_size=config.chunk_size, flush_interval=config.flush_interval,
+                                max_bag_size=config.max_bag_size,
+                                max_bag_duration=config.max_bag_duration, fsync=config.fsync)
+        self.path: Path = self.writer.path
+        self.accounting = Accounting()
+        self.snapshot_buffer = (SnapshotBuffer(config.snapshot_duration, config.snapshot_max_bytes)
+                                if config.snapshot_mode else None)
+        self.paused = False
+        self.state = 'recording'
+        self.stop_reason = ''
+        self._queue: deque[tuple[Any, Any, int]] = deque()
+        self._cap = config.queue_size
+        self._headers: dict[str, bool] = {}
+        self._closing = False
+        self._bytes_since_check = 0
+        self._last_disk_check = 0.0
+        self._thread = threading.Thread(target=self._run, name='bag-writer', daemon=True)
+        self._thread.start()
+        self._check_disk(force=True)
+
+    # -- hot path (subscription callbacks) ------------------------------------------------------
+
+    def stats(self, topic: str) -> TopicStats:
+        """The ledger entry of ``topic`` (the node binds it into its callback)."""
+        return self.accounting.topic(topic)
+
+    def on_message(self, stats: TopicStats, topic: str, data: bytes) -> None:
+        """Hand one received message to the writer thread; never blocks."""
+        stats.received += 1
+        if self.paused:
+            stats.skipped_paused += 1
+        elif len(self._queue) >= self._cap:
+            stats.lost_queue += 1
+        else:
+            self._queue.append((topic, data, time.time_ns()))
+
+    def on_message_lost(self, stats: TopicStats, total_count_change: int) -> None:
+        stats.lost_middleware += total_count_change
+
+    # -- control (any thread) -----------------------------------------------------------------
+
+    def add_topic(self, name: str, type_name: str, offered_qos_profiles: list[dict[str, Any]]) -> None:
+        """Declare a topic (before subscribing). Raises LookupError / ValueError with the reason."""
+        stats = self.accounting.topic(name, type_name)
+        stats.type = type_name
+        self._call(lambda: self._add_topic(name, type_name, offered_qos_profiles))
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def split(self) -> None:
+        self._call(self._split)
+
+    def snapshot(self) -> str:
+        """Write the ring buffer (snapshot mode) or flush (normal mode); returns what was done."""
+        return self._call(self._snapshot)
+
+    def add_metadata(self, name: str, data: Mapping[str, str]) -> None:
+        """An MCAP Metadata record in the current file, in order with the queued messages."""
+        self._call(lambda: self.writer.add_metadata(name, data))
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        """An entry of metadata.yaml ``custom_data`` (written at close)."""
+        self._call(lambda: self.writer.set_custom_data(key, value))
+
+    def close(self) -> Path:
+        """Write what is queued, close the bag (metadata.yaml with the accounting). Idempotent."""
+        if self.state != 'closed':
+            self._closing = True
+            self._thread.join()
+            self._close_writer()
+            self.state = 'closed'
+        return self.path
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def status(self) -> dict[str, Any]:
+        return {'state': 'paused' if self.paused and self.state == 'recording' else self.state,
+                'path': str(self.path), 'files': len(self.writer.files),
+                'queue': len(self._queue), 'stop_reason': self.stop_reason,
+                'snapshot_buffered': len(self.snapshot_buffer) if self.snapshot_buffer else 0,
+                **self.accounting.totals()}
+
+    # -- writer thread ------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        if self.state == 'closed' or self._closing:
+            raise RuntimeError(f'{self.path}: the bag is closed')
+        command = _Command(fn)
+        self._queue.append((None, command, 0))
+        if not command.done.wait(timeout):
+            raise TimeoutError(f'{self.path}: the writer thread did not answer in {timeout} s')
+        if command.error is not None:
+            raise command.error
+        return command.result
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if queue:
+                while queue:
+                    topic, data, t = queue.popleft()
+                    if topic is None:
+                        data.run()
+                    else:
+                        self._handle(topic, data, t)
+            elif self._closing:
+                return
+            else:
+                if self.state == 'recording':
+                    try:
+                        self.writer.tick()
+                    except OSError as exc:
+                        self._stop(f'write error: {exc}')
+                    self._check_disk()
+                time.sleep(0.005)
+
+    def _handle(self, topic: str, data: bytes, t: int) -> None:
+        stats = self.accounting.topics[topic]
+        if self.state != 'recording':
+            stats.skipped_stopped += 1
+            return
+        stamp = header_stamp_ns(data) if self._headers.get(topic) else None
+        if stamp:
+            stats.observe_stamp(stamp)
+        if self.snapshot_buffer is not None:
+            self.snapshot_buffer.add(topic, data, t)
+            return
+        try:
+            self.writer.write(topic, data, t, stamp or t)
+        except OSError as exc:
+            stats.skipped_stopped += 1
+            self._stop(f'write error: {exc}')
+            return
+        stats.written += 1
+        self._bytes_since_check += len(data)
+        if self._bytes_since_check > 256 * 1024:
+            self._check_disk()
+
+    def _add_topic(self, name: str, type_name: str, qos: list[dict[str, Any]]) -> None:
+        self.writer.add_topic(name, type_name, qos)
+        self._headers[name] = self.writer.topics[name].header
+
+    def _split(self) -> None:
+        if self.state == 'recording':
+            self.writer.split()
+
+    def _snapshot(self) -> str:
+        if self.state != 'recording':
+            raise RuntimeError(f'recording stopped ({self.stop_reason})')
+        if self.snapshot_buffer is None:
+            self.writer.flush()
+            return 'not in snapshot mode: everything is recorded; flushed to disk'
+        if self.writer.files[-1].message_count:
+            self.writer.split()
+        count = 0
+        for topic, data, t in self.snapshot_buffer.drain():
+            stamp = header_stamp_ns(data) if self._headers.get(topic) else None
+            self.writer.write(topic, data, t, stamp or t)
+            self.accounting.topics[topic].written += 1
+            count += 1
+        self.writer.flush()
+        return f'snapshot: {count} messages written to {self.writer.files[-1].path}'
+
+    def _check_disk(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_disk_check < 0.2 and self._bytes_since_check < 256 * 1024:
+            return
+        self._last_disk_check = now
+        self._bytes_since_check = 0
+        if not self.config.min_free_space or self.state != 'recording':
+            return
+        free = shutil.disk_usage(self.path).free
+        # the open chunk and the file summary still have to fit above the minimum
+        if free - self.writer.chunk_size < self.config.min_free_space:
+            self._stop(f'disk guard: {free} bytes free under {self.path}, minimum '
+                       f'{self.config.min_free_space} + chunk {self.writer.chunk_size}')
+
+    def _stop(self, reason: str) -> None:
+        self.state = 'stopped'
+        self.stop_reason = reason
+        self.log('error', f'{self.path}: recording stopped: {reason}; the bag is closed and '
+                          'readable, arriving messages are counted, not written')
+        self._close_writer()
+
+    def _close_writer(self) -> None:
+        if self.writer.closed:
+            return
+        for key, value in self.accounting.custom_data().items():
+            self.writer.set_custom_data(key, value)
+        if self.stop_reason:
+            self.writer.set_custom_data('data_recorder.stop_reason', self.stop_reason)
+        try:
+            self.writer.close()
+        except OSError as exc:
+            self.stop_reason = self.stop_reason or f'close failed: {exc}'
+            self.log('error', f'{self.path}: closing the bag failed ({exc}); run '
+                              f'`field_deploy bag recover {self.path}`')
