@@ -250,8 +250,6 @@ class SimRobotNode(LifecycleNode):
         self._renderers = {}
         self._last_stamp = {}
         groups: dict[float, _RateGroup] = {}
-        feet = sum(1 for t in profile.topics
-                   if t.type == 'geometry_msgs/msg/WrenchStamped' and 'foot' in t.name)
         for spec in profile.topics:
             if spec.params.get('source') == 'safety_gate':
                 if spec.type != 'sensor_msgs/msg/JointState':
@@ -264,7 +262,7 @@ class SimRobotNode(LifecycleNode):
             if msg_type is None:
                 raise ValueError(f'{profile.path}: topic {spec.name!r}: sim_robot cannot simulate '
                                  f'type {spec.type} (it can: {", ".join(sorted(_TYPES))})')
-            message, fill = self._make_filler(spec, msg_type, feet)
+            message, fill = self._make_filler(spec, msg_type)
             publisher = self.create_lifecycle_publisher(msg_type, spec.name, qos_profile(spec.qos))
             group = groups.setdefault(spec.rate_hz, _RateGroup(spec.rate_hz))
             group.streams.append(_Stream(spec, publisher, message, fill))
@@ -317,8 +315,7 @@ class SimRobotNode(LifecycleNode):
             stream.publisher.publish(stream.message)
 
     # ------------------------------------------------------------------ message fillers
-    def _make_filler(self, spec: TopicSpec, msg_type: type,
-                     feet: int) -> tuple[object, Callable[[object, int], None]]:
+    def _make_filler(self, spec: TopicSpec, msg_type: type) -> tuple[object, Callable[[object, int], None]]:
         """A reusable message for ``spec`` and the function that refreshes it for a stamp."""
         model = self.model
         assert model is not None
@@ -348,9 +345,9 @@ class SimRobotNode(LifecycleNode):
                 o = m.orientation
                 o.x, o.y, o.z, o.w = quat
                 w = m.angular_velocity
-                w.x, w.y, w.z = (float(v) for v in gyro)
+                w.x, w.y, w.z = gyro.tolist()
                 a = m.linear_acceleration
-                a.x, a.y, a.z = (float(v) for v in accel)
+                a.x, a.y, a.z = accel.tolist()
             return msg, fill
 
         if msg_type is WrenchStamped:
@@ -359,7 +356,7 @@ class SimRobotNode(LifecycleNode):
 
             def fill(m: WrenchStamped, ns: int) -> None:
                 set_stamp(m.header.stamp, ns)
-                fx, fy, fz, tx, ty, tz = (float(v) for v in model.wrench(site, feet))
+                fx, fy, fz, tx, ty, tz = model.wrench(site).tolist()
                 f, t = m.wrench.force, m.wrench.torque
                 f.x, f.y, f.z, t.x, t.y, t.z = fx, fy, fz, tx, ty, tz
             return msg, fill
