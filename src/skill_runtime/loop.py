@@ -1,0 +1,86 @@
+"""A fixed-rate control loop on its own thread, with period statistics. Pure (no rclpy).
+
+Why not an rclpy timer: a timer callback waits behind every other callback of the executor
+(parameter services, 500 Hz joint_states, status) and the EventsExecutor cannot be spun off the
+main thread; a dedicated thread that sleeps to absolute deadlines keeps the period independent of
+the executor's load. Missed deadlines are not caught up in a burst (that would send several
+commands at once): the loop skips to the next future deadline and counts the overrun.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+
+class ControlLoop:
+    """Call ``tick()`` every ``1/rate_hz`` seconds until :meth:`stop`; keeps the last periods."""
+
+    def __init__(self, rate_hz: float, tick: Callable[[], None], *, name: str = 'control-loop',
+                 history: int = 20000, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.period_ns = round(1e9 / rate_hz)
+        self.rate_hz = rate_hz
+        self._tick = tick
+        self._on_error = on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.periods_ns: deque[int] = deque(maxlen=history)
+        self.overruns = 0
+        self.ticks = 0
+        self.last_tick_ns = 0
+
+    def start(self) -> ControlLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def _run(self) -> None:
+        next_ns = time.monotonic_ns() + self.period_ns
+        last = 0
+        while not self._stop.is_set():
+            delay = next_ns - time.monotonic_ns()
+            if delay > 0:
+                time.sleep(delay / 1e9)
+            now = time.monotonic_ns()
+            if last:
+                self.periods_ns.append(now - last)
+            last = now
+            self.last_tick_ns = now
+            self.ticks += 1
+            try:
+                self._tick()
+            except BaseException as exc:  # the loop must outlive a bug in one tick
+                if self._on_error is not None:
+                    self._on_error(exc)
+            next_ns += self.period_ns
+            now = time.monotonic_ns()
+            if now > next_ns:
+                missed = (now - next_ns) // self.period_ns + 1
+                self.overruns += int(missed)
+                next_ns += missed * self.period_ns
+
+    def jitter_stats(self) -> dict[str, float]:
+        """|period − nominal| in ms: p50, p99, max; plus the mean period and sample count."""
+        periods = np.array(self.periods_ns, dtype=np.float64)
+        if periods.size == 0:
+            return {'n': 0, 'p50_ms': 0.0, 'p99_ms': 0.0, 'max_ms': 0.0, 'mean_period_ms': 0.0}
+        dev = np.abs(periods - self.period_ns) / 1e6
+        return {'n': int(periods.size), 'p50_ms': float(np.percentile(dev, 50)),
+                'p99_ms': float(np.percentile(dev, 99)), 'max_ms': float(dev.max()),
+                'mean_period_ms': float(periods.mean() / 1e6), 'overruns': self.overruns}
+
+    def reset_stats(self) -> None:
+        self.periods_ns.clear()
+        self.overruns = 0

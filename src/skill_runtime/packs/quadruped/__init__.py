@@ -1,0 +1,1 @@
+"""Reference quadruped skill pack (loaded by skill_runtime under a private package name)."""
