@@ -1,0 +1,150 @@
+"""``field_deploy demo``: the whole stack on the simulated robot, one mission, one recording.
+
+Brings the stack up exactly as ``field_deploy up`` does (the health monitor's lifecycle manager
+configures and activates the nodes), runs the robot kind's reference mission through the skills'
+lifecycle services, shows live progress, stops everything cleanly and ends with a summary read
+back from the bag itself: skills and outcomes, messages recorded and lost per topic, health
+events, and the commands to replay, export and plot the recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from field_deploy.bringup import BringupError, Supervisor
+from field_deploy.operator import Mission, Operator, StepResult, load_mission
+from field_deploy.profile import load_profile
+from field_deploy.stack import load_stack
+
+MISSIONS = {'quadruped': 'quadruped_demo', 'humanoid': 'humanoid_demo'}
+
+
+def _print(line: str) -> None:
+    print(f'[demo] {line}', flush=True)
+
+
+def bag_summary(bag_dir: Path) -> dict[str, Any]:
+    """Counts and losses per topic, and the episodes, from the bag's ``metadata.yaml``."""
+    info = yaml.safe_load((bag_dir / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    custom = info.get('custom_data') or {}
+    losses = yaml.safe_load(custom.get('field_deploy.accounting', '{}')) or {}
+    topics = {}
+    for entry in info.get('topics_with_message_count', []):
+        name = entry['topic_metadata']['name']
+        lost = losses.get(name, {}).get('lost', 0) if isinstance(losses.get(name), dict) else 0
+        topics[name] = {'count': int(entry['message_count']), 'lost': int(lost)}
+    episodes = yaml.safe_load(custom.get('field_deploy.episodes', '[]')) or []
+    return {'topics': topics, 'episodes': episodes, 'files': info.get('relative_file_paths', []),
+            'duration_s': info.get('duration', {}).get('nanoseconds', 0) / 1e9}
+
+
+def run_mission(operator: Operator, mission: Mission) -> list[StepResult]:
+    results = []
+    last_line = ['']
+
+    def progress(skill: str, status: dict[str, str]) -> None:
+        line = f'  {skill}: {status.get("phase", "?")} {status.get("progress", "")}'
+        if line != last_line[0]:
+            last_line[0] = line
+            _print(line)
+
+    for step in mission.steps:
+        _print(f'skill {step.skill} {step.params or ""}')
+        result = operator.run_skill(step, timeout=60.0, on_progress=progress)
+        _print(f'  -> {result.outcome} after {result.seconds:.1f} s {result.reason}')
+        results.append(result)
+    return results
+
+
+def demo(args: argparse.Namespace) -> int:
+    from field_deploy.ros import Spinner, init
+
+    profile = load_profile(args.robot)
+    mission = load_mission(args.mission or MISSIONS[profile.kind])
+    run_dir = Path(args.out or f'bags/demo-{profile.name}-{time.strftime("%Y%m%d-%H%M%S")}').resolve()
+    run_dir.mkdir(parents=True, exist_ok=False)
+    bag_dir = run_dir / 'bag'
+    stack = load_stack(args.stack, robot=profile.name, sim=True, record=True, bag_dir=str(bag_dir))
+    log_path = run_dir / 'stack.log'
+    started = time.monotonic()
+    _print(f'{profile.name} ({profile.kind}, {profile.dof} joints), mission {mission.name!r}; '
+           f'node logs: {log_path}')
+    with log_path.open('w') as log:
+        supervisor = Supervisor(stack, out=sys.stdout if args.verbose else log, colour=False)
+        try:
+            supervisor.start()
+        except BringupError as exc:
+            supervisor.stop()
+            _print(f'error: {exc}')
+            return 1
+        init([])
+        import rclpy
+        from rclpy.node import Node
+
+        node = Node('demo_operator')
+        operator = Operator(node, stack.namespace)
+        spinner = Spinner([node]).start()
+        results: list[StepResult] = []
+        try:
+            for managed in stack.managed:
+                if not operator.wait_state(f'/{managed.name}', 'active', timeout=40.0):
+                    raise BringupError(f'{managed.name} did not become active within 40 s '
+                                       f'(see {log_path})')
+            _print(f'stack active after {time.monotonic() - started:.1f} s: '
+                   + ', '.join(n.name for n in stack.nodes))
+            results = run_mission(operator, mission)
+            time.sleep(0.5)  # let the last commands and statuses reach the recorder
+        except BringupError as exc:
+            _print(f'error: {exc}')
+            return 1
+        finally:
+            spinner.stop()
+            node.destroy_node()
+            rclpy.try_shutdown()
+            codes = supervisor.stop()
+    _print(f'stack stopped ({", ".join(f"{k}={v}" for k, v in codes.items())})')
+    return summarise(results, operator, bag_dir, started)
+
+
+def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, started: float) -> int:
+    summary = bag_summary(bag_dir)
+    print('\n================ field_deploy demo summary ================')
+    print('skills:')
+    for r in results:
+        print(f'  {r.skill:36s} {r.outcome:10s} {r.seconds:5.1f} s  {r.reason}')
+    print(f'recording: {bag_dir}  ({summary["duration_s"]:.1f} s, {len(summary["files"])} file(s))')
+    print(f'  {"topic":40s} {"recorded":>9s} {"lost":>6s}')
+    total_lost = 0
+    for name, row in sorted(summary['topics'].items()):
+        total_lost += row['lost']
+        print(f'  {name:40s} {row["count"]:9d} {row["lost"]:6d}')
+    print(f'  messages lost: {total_lost}')
+    if summary['episodes']:
+        print(f'episodes: {len(summary["episodes"])}')
+    print(f'health events: {len(operator.health_events)}')
+    for t, name, level, message in operator.health_events[-10:]:
+        print(f'  {time.strftime("%H:%M:%S", time.localtime(t))} {level:5s} {name}: {message}')
+    print('next:')
+    print(f'  field_deploy bag info {bag_dir}')
+    print(f'  field_deploy bag play {bag_dir}')
+    print(f'  field_deploy bag export {bag_dir} -o {bag_dir.parent / "dataset"}')
+    print(f'  field_deploy bag plot {bag_dir} -o {bag_dir.parent / "joints.png"}')
+    print(f'demo finished in {time.monotonic() - started:.1f} s')
+    ok = all(r.outcome in ('done', 'succeeded', 'success') for r in results) and total_lost == 0
+    return 0 if ok else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser('demo', help='the whole stack on the simulated robot, a mission, a bag')
+    parser.add_argument('--robot', default='quadruped_12dof', help='robot profile (default: %(default)s)')
+    parser.add_argument('--mission', default=None, help='mission name or YAML (default: by robot kind)')
+    parser.add_argument('--stack', default='field_stack', help='stack description')
+    parser.add_argument('--out', default=None, help='run folder (default: bags/demo-<robot>-<time>)')
+    parser.add_argument('--verbose', action='store_true', help='stream the nodes\' logs too')
+    parser.set_defaults(func=demo)
