@@ -128,8 +128,8 @@ class Operator:
     def status_of(self, skill: str) -> dict[str, str]:
         with self._lock:
             for name, values in self.skill_status.items():
-                if name.endswith(skill) or values.get('skill') == skill.split('/')[-1] and \
-                        values.get('pack') == skill.split('/')[0]:
+                if name.endswith(skill) or (values.get('skill') == skill.split('/')[-1] and \
+                        values.get('pack') == skill.split('/')[0]):
                     return dict(values)
         return {}
 
