@@ -1,0 +1,348 @@
+"""``data_recorder``: the lifecycle node shell around :class:`data_recorder.recorder.Recorder`.
+
+configure validates the parameters and creates the bag; activate subscribes (raw CDR) and
+records; deactivate pauses; cleanup / shutdown close the bag (metadata.yaml with the
+accounting). With ``autostart`` (default) the node configures and activates itself, so
+``ros2 run field_deploy data_recorder --ros-args -p all_topics:=true`` just works.
+
+Services (std_srvs/Trigger): ``~/pause``, ``~/resume``, ``~/split``, ``~/snapshot``.
+Diagnostics: one ``data_recorder`` status on ``/diagnostics`` every ``diagnostics_period`` s.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_srvs.srv import Trigger
+
+from data_recorder import metadata as md
+from data_recorder.recorder import Recorder, RecorderConfig
+from data_recorder.selection import Selection, adapt_qos, load_qos_overrides, unique
+from field_deploy.ros import init, message_class, run_nodes
+
+NODE_NAME = 'data_recorder'
+
+#: parameter name → default (the CLI flags map onto the same names).
+PARAMETERS: dict[str, Any] = {
+    'output': '',
+    'topics': [],
+    'all_topics': False,
+    'regex': '',
+    'exclude_regex': '',
+    'include_hidden_topics': False,
+    'compression_format': 'none',
+    'chunk_size': 1024 * 1024,
+    'flush_interval': 1.0,
+    'max_bag_size': 0,
+    'max_bag_duration': 0.0,
+    'snapshot_mode': False,
+    'snapshot_duration': 30.0,
+    'snapshot_max_bytes': 0,
+    'min_free_space': 64 * 1024 * 1024,
+    'queue_size': 100_000,
+    'qos_depth': 1000,
+    'qos_profile_overrides_path': '',
+    'discovery_interval': 1.0,
+    'diagnostics_period': 1.0,
+    'fsync': True,
+    'autostart': True,
+}
+
+_RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
+_DURABILITY = {DurabilityPolicy.TRANSIENT_LOCAL: 'transient_local',
+               DurabilityPolicy.VOLATILE: 'volatile'}
+
+
+def default_output() -> str:
+    return datetime.now().strftime('rosbag2_%Y_%m_%d-%H_%M_%S')
+
+
+def _qos(settings: dict[str, Any]) -> QoSProfile:
+    return QoSProfile(
+        history=(HistoryPolicy.KEEP_ALL if settings['history'] == 'keep_all'
+                 else HistoryPolicy.KEEP_LAST),
+        depth=settings['depth'],
+        reliability=(ReliabilityPolicy.RELIABLE if settings['reliability'] == 'reliable'
+                     else ReliabilityPolicy.BEST_EFFORT),
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if settings['durability'] == 'transient_local'
+                    else DurabilityPolicy.VOLATILE))
+
+
+class DataRecorderNode(LifecycleNode):
+    """The recorder. ``accounting()`` returns the per-topic ledger for other modules."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, default in PARAMETERS.items():
+            if name == 'topics':
+                self.declare_parameter(name, default, ParameterDescriptor(
+                    type=ParameterType.PARAMETER_STRING_ARRAY))
+            else:
+                self.declare_parameter(name, default)
+        self.recorder: Recorder | None = None
+        self._final: Recorder | None = None   # the last closed recording (its accounting)
+        self.last_error = ''
+        self._selection: Selection | None = None
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._recorded_subs: dict[str, Any] = {}
+        self._types: dict[str, str] = {}
+        self._warned: set[str] = set()
+        self._discovery_timer = None
+        self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_timer = self.create_timer(float(self._param('diagnostics_period')),
+                                             self._publish_diagnostics)
+        for name, handler in (('pause', self._srv_pause), ('resume', self._srv_resume),
+                              ('split', self._srv_split), ('snapshot', self._srv_snapshot)):
+            self.create_service(Trigger, f'~/{name}', handler)
+        if (self._param('autostart')
+                and self.trigger_configure() == TransitionCallbackReturn.SUCCESS):
+            self.trigger_activate()
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def accounting(self) -> dict[str, dict[str, int | str]]:
+        """Per-topic ``{received, written, lost, lost_middleware, lost_gaps, lost_queue, …}``."""
+        recorder = self.recorder or self._final
+        return recorder.accounting.as_dict() if recorder else {}
+
+    def close_bag(self) -> None:
+        """Stop subscribing and close the bag cleanly (shutdown path of the process)."""
+        recorder, self.recorder = self.recorder, None
+        self._unsubscribe()
+        if recorder is not None:
+            path = recorder.close()
+            totals = recorder.accounting.totals()
+            self.get_logger().info(f'bag closed: {path} ({totals["written"]} messages written, '
+                                   f'{totals["lost"]} lost)')
+            self._final = recorder
+            self._publish_diagnostics()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            config = self._config()
+            self._selection = Selection(
+                topics=unique(self.resolve_topic_name(t) for t in self._param('topics') if t),
+                all_topics=self._param('all_topics'), regex=self._param('regex'),
+                exclude_regex=self._param('exclude_regex'),
+                include_hidden=self._param('include_hidden_topics'))
+            path = self._param('qos_profile_overrides_path')
+            self._overrides = load_qos_overrides(path) if path else {}
+            self.recorder = Recorder(config, log=self._log)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.last_error = str(exc)
+            self.get_logger().error(f'configure failed: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f'recording to {self.recorder.path}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self.recorder is not None
+        self.recorder.resume()
+        self._discover()
+        self._discovery_timer = self.create_timer(float(self._param('discovery_interval')),
+                                                  self._discover)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.recorder is not None:
+            self.recorder.pause()
+        if self._discovery_timer is not None:
+            self.destroy_timer(self._discovery_timer)
+            self._discovery_timer = None
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close_bag()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close_bag()
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _config(self) -> RecorderConfig:
+        return RecorderConfig(
+            output=self._param('output') or default_output(),
+            compression_format=self._param('compression_format'),
+            chunk_size=self._param('chunk_size'), flush_interval=self._param('flush_interval'),
+            max_bag_size=self._param('max_bag_size'),
+            max_bag_duration=float(self._param('max_bag_duration')),
+            snapshot_mode=self._param('snapshot_mode'),
+            snapshot_duration=float(self._param('snapshot_duration')),
+            snapshot_max_bytes=self._param('snapshot_max_bytes'),
+            min_free_space=self._param('min_free_space'), queue_size=self._param('queue_size'),
+            fsync=self._param('fsync'))
+
+    def _log(self, level: str, message: str) -> None:
+        getattr(self.get_logger(), level)(message)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.get_logger().warning(message)
+
+    def _discover(self) -> None:
+        """Subscribe to every selected topic that now has a publisher (late topics included)."""
+        recorder, selection = self.recorder, self._selection
+        if recorder is None or selection is None or recorder.state != 'recording':
+            return
+        for topic, types in self.get_topic_names_and_types():
+            if not selection.matches(topic):
+                continue
+            if topic in self._recorded_subs:
+                if types != [self._types[topic]]:
+                    self._warn_once(f'change:{topic}:{types}', (
+                        f'topic {topic}: type changed to {types} while recording it as '
+                        f'{self._types[topic]}: only {self._types[topic]} is recorded'))
+                continue
+            if len(types) != 1:
+                self._warn_once(f'types:{topic}:{types}', (
+                    f'topic {topic}: several types on the graph {types}: skipped (nothing of it '
+                    'is recorded until one type remains)'))
+                continue
+            self._subscribe(topic, types[0])
+
+    def _subscribe(self, topic: str, type_name: str) -> None:
+        assert self.recorder is not None
+        publishers = self.get_publishers_info_by_topic(topic)
+        if not publishers:
+            return                          # only subscribers so far: offered QoS unknown
+        try:
+            msg_type = message_class(type_name)
+        except LookupError as exc:
+            self._warn_once(f'type:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
+            return
+        offered = [(_RELIABILITY.get(p.qos_profile.reliability, 'best_effort'),
+                    _DURABILITY.get(p.qos_profile.durability, 'volatile')) for p in publishers]
+        settings = adapt_qos(offered, self._param('qos_depth'), self._overrides.get(topic))
+        profiles = [md.qos_dict(r, d, p.qos_profile.depth)
+                    for (r, d), p in zip(offered, publishers, strict=True)]
+        try:
+            self.recorder.add_topic(topic, type_name, profiles)
+        except RuntimeError:
+            return                          # closing
+        except (LookupError, ValueError) as exc:
+            self._warn_once(f'add:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
+            return
+        recorder = self.recorder
+        stats = recorder.stats(topic)
+        on_message = recorder.on_message
+
+        def callback(data: bytes, _stats=stats, _topic=topic) -> None:
+            on_message(_stats, _topic, data)
+
+        def lost(info: Any, _stats=stats) -> None:
+            recorder.on_message_lost(_stats, info.total_count_change)
+
+        events = SubscriptionEventCallbacks(message_lost=lost)
+        self._recorded_subs[topic] = self.create_subscription(
+            msg_type, topic, callback, _qos(settings), raw=True, event_callbacks=events)
+        self._types[topic] = type_name
+        self.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
+                               f'{settings["durability"]} depth {settings["depth"]}')
+
+    def _unsubscribe(self) -> None:
+        for sub in self._recorded_subs.values():
+            self.destroy_subscription(sub)
+        self._recorded_subs.clear()
+        self._types.clear()
+
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(name=NODE_NAME, hardware_id=self.get_fully_qualified_name())
+        recorder = self.recorder or self._final
+        if recorder is None:
+            status.level = DiagnosticStatus.OK if not self.last_error else DiagnosticStatus.ERROR
+            status.message = self.last_error or 'not recording'
+        else:
+            info = recorder.status()
+            if info['state'] == 'stopped':
+                status.level, status.message = DiagnosticStatus.ERROR, info['stop_reason']
+            elif info['lost']:
+                status.level = DiagnosticStatus.WARN
+                status.message = f'{info["state"]}: {info["lost"]} messages lost'
+            else:
+                status.level, status.message = DiagnosticStatus.OK, info['state']
+            status.values = [KeyValue(key=k, value=str(v)) for k, v in info.items()]
+            for topic, counts in recorder.accounting.as_dict().items():
+                status.values.append(KeyValue(key=topic, value=(
+                    f'received={counts["received"]} written={counts["written"]} '
+                    f'lost={counts["lost"]} (middleware={counts["lost_middleware"]} '
+                    f'gaps={counts["lost_gaps"]} queue={counts["lost_queue"]})')))
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics.publish(array)
+
+    def _trigger(self, response: Trigger.Response, action: str) -> Trigger.Response:
+        recorder = self.recorder
+        if recorder is None:
+            response.success, response.message = False, f'cannot {action}: no bag is open'
+            return response
+        try:
+            if action == 'pause':
+                recorder.pause()
+                response.message = 'paused'
+            elif action == 'resume':
+                recorder.resume()
+                response.message = 'recording'
+            elif action == 'split':
+                recorder.split()
+                response.message = f'now writing {recorder.writer.files[-1].path}'
+            else:
+                response.message = recorder.snapshot()
+            response.success = True
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            response.success, response.message = False, f'{action} failed: {exc}'
+        return response
+
+    def _srv_pause(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger(res, 'pause')
+
+    def _srv_resume(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger(res, 'resume')
+
+    def _srv_split(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger(res, 'split')
+
+    def _srv_snapshot(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger(res, 'snapshot')
+
+
+def parameter_overrides(values: dict[str, Any]) -> list[Parameter]:
+    """rclpy parameters for :class:`DataRecorderNode` from a ``{name: value}`` dict (the CLI)."""
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(f'unknown data_recorder parameter(s): {", ".join(unknown)}')
+    return [Parameter(k, Parameter.Type.STRING_ARRAY, list(v)) if k == 'topics'
+            else Parameter(k, value=v) for k, v in values.items()]
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    init(sys.argv if args is None else list(args))
+    node = DataRecorderNode()
+    if node.recorder is None and node._param('autostart'):
+        node.get_logger().error(f'not recording: {node.last_error}')
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
+    run_nodes([node], on_shutdown=node.close_bag)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
