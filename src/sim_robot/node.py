@@ -34,7 +34,7 @@ that lists the valid names.
 
 Timing: one timer per distinct rate. Each timer counts the samples due since activation and
 publishes the missing ones (catching up after a late wake-up, skipping ahead if more than
-0.1 s behind), so the achieved rate equals the nominal one on average. Header stamps are the
+1 s behind), so the achieved rate equals the nominal one on average. Header stamps are the
 nominal sample times ``t0 + k / rate``: evenly spaced and strictly increasing per topic. The
 control-rate timer also steps the model, once per sample.
 """
@@ -63,7 +63,8 @@ from sim_robot.model import Faults, SimModel
 from sim_robot.render import SceneRenderer
 
 NODE_NAME = 'sim_robot'
-MAX_CATCH_UP_S = 0.1
+MAX_CATCH_UP_S = 1.0
+"""A timer more than this far behind skips samples instead of bursting them (suspended process)."""
 
 _TYPES: dict[str, type] = {
     'sensor_msgs/msg/JointState': JointState,
@@ -280,7 +281,7 @@ class SimRobotNode(LifecycleNode):
 
     def _tick(self, group: _RateGroup) -> Callable[[], None]:
         period_ns = 1e9 / group.rate_hz
-        max_behind = max(1, int(MAX_CATCH_UP_S * group.rate_hz))
+        max_behind = max(2, int(MAX_CATCH_UP_S * group.rate_hz))
         dt = 1.0 / group.rate_hz
 
         def on_timer() -> None:
