@@ -1,0 +1,389 @@
+"""Lifecycle manager and policy engine: pure logic behind small interfaces (no rclpy import).
+
+The manager talks to the managed nodes through a :class:`LifecycleClient` (the node shell
+implements it with lifecycle_msgs services) and starts dead processes through a
+:class:`Spawner` (default :class:`PopenSpawner`), so the bring-up order, the heartbeat, the
+back-off and the retry limit are tested with fakes, and the integrator's ``field_deploy up``
+can hand its processes to the same mechanism (:meth:`PopenSpawner.adopt`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from health_monitor.config import LifecycleConfig, ManagedNode, PolicySpec
+from health_monitor.core import ERROR, OK, WARN, Status
+
+# lifecycle_msgs/msg/Transition ids and State labels (kept here: no rclpy import in the core).
+CONFIGURE, CLEANUP, ACTIVATE, DEACTIVATE = 1, 2, 3, 4
+TRANSITION_NAMES = {CONFIGURE: 'configure', CLEANUP: 'cleanup', ACTIVATE: 'activate',
+                    DEACTIVATE: 'deactivate'}
+
+
+class LifecycleClient(Protocol):
+    def available(self, node: str) -> bool:
+        """The node's ``get_state`` service is in the graph."""
+
+    def get_state(self, node: str, timeout: float) -> str | None:
+        """The state label (``unconfigured``, ``inactive``, ``active``, ``finalized`` …), or None."""
+
+    def change_state(self, node: str, transition: int, timeout: float) -> bool:
+        """Request a transition; True when the node reports success."""
+
+
+class Spawner(Protocol):
+    def start(self, name: str, argv: Sequence[str]) -> None: ...
+
+    def alive(self, name: str) -> bool | None:
+        """True/False for a process this spawner owns, None when it does not own one."""
+
+    def stop(self, name: str, timeout: float = 5.0) -> None: ...
+
+
+def resolve_command(argv: Sequence[str]) -> list[str]:
+    """``sim_robot`` -> the console script next to this interpreter (the venv), else PATH."""
+    head = argv[0]
+    if os.sep not in head:
+        beside = os.path.join(os.path.dirname(sys.executable), head)
+        if os.path.exists(beside):
+            return [beside, *argv[1:]]
+        found = shutil.which(head)
+        if found:
+            return [found, *argv[1:]]
+    return list(argv)
+
+
+class PopenSpawner:
+    """Starts managed nodes as child processes; their output goes to our stdout as ``[name] …``."""
+
+    def __init__(self, out=None) -> None:
+        self.out = out or sys.stdout
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def start(self, name: str, argv: Sequence[str]) -> None:
+        self.stop(name, timeout=2.0)
+        proc = subprocess.Popen(resolve_command(argv), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.adopt(name, proc)
+
+    def adopt(self, name: str, proc: subprocess.Popen) -> None:
+        """Take over a process started elsewhere (e.g. by ``field_deploy up``)."""
+        with self._lock:
+            self.procs[name] = proc
+        if proc.stdout is not None:
+            threading.Thread(target=self._pump, args=(name, proc), daemon=True,
+                             name=f'out-{name}').start()
+
+    def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        for line in iter(proc.stdout.readline, b''):
+            try:
+                self.out.write(f'[{name}] {line.decode(errors="replace")}')
+                self.out.flush()
+            except (ValueError, OSError):
+                break
+
+    def alive(self, name: str) -> bool | None:
+        proc = self.procs.get(name)
+        return None if proc is None else proc.poll() is None
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return None if proc is None else proc.pid
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        with self._lock:
+            proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+
+@dataclass
+class NodeRecord:
+    """What the manager knows of one managed node."""
+
+    spec: ManagedNode
+    phase: str = 'unmanaged'   # unmanaged | active | down | failed | stopped
+    state: str = 'unknown'
+    retries: int = 0
+    next_attempt: float = 0.0
+    active_since: float = 0.0
+    missed: int = 0
+    message: str = 'not started'
+    restarts: int = 0
+
+
+def backoff_delay(cfg: LifecycleConfig, attempt: int) -> float:
+    """Delay before recovery attempt ``attempt`` (1-based): initial × factor^(n-1), capped."""
+    return min(cfg.backoff_initial_s * cfg.backoff_factor ** max(0, attempt - 1),
+               cfg.backoff_max_s)
+
+
+class LifecycleManager:
+    """Ordered bring-up, heartbeat and recovery of the managed nodes (call from one thread)."""
+
+    def __init__(self, cfg: LifecycleConfig, client: LifecycleClient, spawner: Spawner, *,
+                 log: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.spawner = spawner
+        self.clock = clock
+        self.sleep = sleep
+        self.log = log or (lambda level, msg: print(f'[{level}] {msg}', file=sys.stderr))
+        self.nodes = {n.name: NodeRecord(n) for n in cfg.nodes}
+        self.events: list[tuple[float, str, str]] = []
+        """(time, node, what): transitions and recoveries, for tests and the status values."""
+
+    # ------------------------------------------------------------------ primitives
+
+    def _event(self, node: str, what: str) -> None:
+        self.events.append((self.clock(), node, what))
+
+    def _wait_available(self, rec: NodeRecord, timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        while True:
+            if self.client.available(rec.spec.name):
+                return True
+            if self.clock() >= deadline:
+                return False
+            self.sleep(0.05)
+
+    def _ensure_process(self, rec: NodeRecord, *, respawn: bool) -> bool:
+        """The node is in the graph, starting (or restarting) its process when we can."""
+        name = rec.spec.name
+        if not respawn and self._wait_available(rec, self.cfg.discover_timeout_s):
+            return True
+        if not rec.spec.command:
+            rec.message = (f'{name} is not running and has no command to start it '
+                           f'(waited {self.cfg.discover_timeout_s:g} s for /{name}/get_state)')
+            return False
+        self.log('info', f'starting {name}: {" ".join(rec.spec.command)}')
+        self.spawner.start(name, rec.spec.command)
+        self._event(name, 'spawn')
+        if not self._wait_available(rec, max(self.cfg.discover_timeout_s, 10.0)):
+            rec.message = f'{name} started but /{name}/get_state did not appear'
+            return False
+        return True
+
+    def _transition(self, rec: NodeRecord, transition: int) -> bool:
+        name = rec.spec.name
+        ok = self.client.change_state(name, transition, self.cfg.transition_timeout_s)
+        self._event(name, TRANSITION_NAMES[transition] + ('' if ok else ' FAILED'))
+        if not ok:
+            rec.message = f'{TRANSITION_NAMES[transition]} of {name} failed or timed out'
+        return ok
+
+    def _bring_to(self, rec: NodeRecord, target: str) -> bool:
+        """Drive a reachable node from its current state to ``inactive`` or ``active``."""
+        name = rec.spec.name
+        state = self.client.get_state(name, self.cfg.transition_timeout_s)
+        if state is None:
+            rec.message = f'/{name}/get_state did not answer'
+            return False
+        rec.state = state
+        if state == 'unconfigured':
+            if not self._transition(rec, CONFIGURE):
+                return False
+            state = 'inactive'
+        if state == 'inactive' and target == 'active':
+            if not self._transition(rec, ACTIVATE):
+                return False
+            state = 'active'
+        if state not in (target, 'active'):
+            rec.message = f'{name} is {state}, cannot bring it to {target}'
+            return False
+        rec.state = state
+        return True
+
+    # ------------------------------------------------------------------ manual transitions
+
+    def startup(self) -> tuple[bool, str]:
+        """Configure every node in order, then activate every node in order (as nav2 does)."""
+        ok = True
+        for rec in self.nodes.values():
+            if rec.phase == 'failed':
+                continue
+            if not (self._ensure_process(rec, respawn=False) and self._bring_to(rec, 'inactive')):
+                self._down(rec, rec.message)
+                ok = False
+        for rec in self.nodes.values():
+            if rec.phase in ('failed', 'down'):
+                continue
+            if self._bring_to(rec, 'active'):
+                self._up(rec)
+            else:
+                self._down(rec, rec.message)
+                ok = False
+        return ok, self.summary()
+
+    def shutdown(self) -> tuple[bool, str]:
+        """Deactivate then clean up every node in reverse order; heartbeats stop acting."""
+        ok = True
+        for rec in reversed(list(self.nodes.values())):
+            rec.phase = 'stopped'
+            state = self.client.get_state(rec.spec.name, self.cfg.transition_timeout_s)
+            if state == 'active':
+                ok &= self._transition(rec, DEACTIVATE)
+                state = 'inactive'
+            if state == 'inactive':
+                ok &= self._transition(rec, CLEANUP)
+            rec.state = self.client.get_state(rec.spec.name, 1.0) or 'unknown'
+            rec.message = f'stopped by shutdown ({rec.state})'
+        return ok, self.summary()
+
+    def reset(self) -> tuple[bool, str]:
+        """Forget given-up nodes and retry counts, then bring everything up again."""
+        for rec in self.nodes.values():
+            rec.retries = 0
+            rec.phase = 'unmanaged'
+        return self.startup()
+
+    def restart(self, name: str) -> None:
+        """Policy action: treat ``name`` as failed now (recovery with back-off follows)."""
+        rec = self.nodes[name]
+        self.spawner.stop(name)
+        self._down(rec, 'restart requested by a policy')
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _up(self, rec: NodeRecord) -> None:
+        if rec.phase == 'down':
+            rec.restarts += 1
+            self.log('info', f'{rec.spec.name} is back (active) after {rec.retries} attempt(s)')
+            self._event(rec.spec.name, 'recovered')
+        rec.phase = 'active'
+        rec.state = 'active'
+        rec.missed = 0
+        rec.active_since = self.clock()
+        rec.message = 'active'
+
+    def _down(self, rec: NodeRecord, why: str) -> None:
+        if rec.phase != 'down':
+            self.log('warn', f'{rec.spec.name} is down: {why}')
+            self._event(rec.spec.name, 'down')
+        rec.phase = 'down'
+        rec.message = why
+        rec.next_attempt = self.clock() + backoff_delay(self.cfg, rec.retries + 1)
+
+    def heartbeat(self) -> None:
+        """Poll each active node; recover the down ones whose back-off has run out."""
+        now = self.clock()
+        for rec in self.nodes.values():
+            name = rec.spec.name
+            if rec.phase == 'active':
+                if self.spawner.alive(name) is False:
+                    self._down(rec, f'process of {name} exited')
+                    continue
+                state = (self.client.get_state(name, min(1.0, self.cfg.transition_timeout_s))
+                         if self.client.available(name) else None)
+                if state is None:
+                    rec.missed += 1
+                    if rec.missed >= self.cfg.missed_heartbeats:
+                        self._down(rec, f'{name} missed {rec.missed} heartbeats (gone from graph)')
+                    continue
+                rec.missed = 0
+                rec.state = state
+                if state != 'active':
+                    self._down(rec, f'{name} fell to {state}')
+                elif rec.retries and now - rec.active_since >= self.cfg.stable_after_s:
+                    rec.retries = 0
+            elif rec.phase == 'down' and now >= rec.next_attempt:
+                self._recover(rec)
+
+    def _recover(self, rec: NodeRecord) -> None:
+        name = rec.spec.name
+        if rec.retries >= self.cfg.max_retries:
+            rec.phase = 'failed'
+            rec.message = (f'gave up on {name} after {rec.retries} recovery attempts '
+                           f'(last: {rec.message})')
+            self.log('error', rec.message)
+            self._event(name, 'gave up')
+            return
+        rec.retries += 1
+        self._event(name, f'attempt {rec.retries}')
+        available = self.client.available(name)
+        state = self.client.get_state(name, 1.0) if available else None
+        respawn = state is None or state == 'finalized'
+        if respawn and self.spawner.alive(name):
+            self.spawner.stop(name)
+        if respawn and not self._ensure_process(rec, respawn=True):
+            self._down(rec, rec.message)
+            return
+        if self._bring_to(rec, 'active'):
+            self._up(rec)
+        else:
+            self._down(rec, rec.message)
+
+    # ------------------------------------------------------------------ status
+
+    def statuses(self) -> list[Status]:
+        out = []
+        for rec in self.nodes.values():
+            level = {'active': OK, 'unmanaged': WARN, 'stopped': WARN, 'down': ERROR,
+                     'failed': ERROR}[rec.phase]
+            out.append(Status(f'lifecycle/{rec.spec.name}', level,
+                              f'{rec.phase}: {rec.message}' if rec.phase != 'active' else 'active',
+                              values={'state': rec.state, 'phase': rec.phase,
+                                      'retries': str(rec.retries),
+                                      'restarts': str(rec.restarts)}))
+        return out
+
+    def summary(self) -> str:
+        return ', '.join(f'{r.spec.name}: {r.phase} ({r.state})' for r in self.nodes.values())
+
+
+class PolicyEngine:
+    """Edge-triggered policies: each (policy, path) fires once when it starts matching.
+
+    It fires again only after the path has stopped matching (cleared), so a hot motor that
+    stays hot stops the skills once, not at every status tick.
+    """
+
+    def __init__(self, policies: Sequence[PolicySpec]) -> None:
+        self.policies = tuple(policies)
+        self._active: set[tuple[str, str]] = set()
+
+    def evaluate(self, path: str, level: int, failing: dict[str, int]
+                 ) -> list[tuple[PolicySpec, str]]:
+        fired: list[tuple[PolicySpec, str]] = []
+        for policy in self.policies:
+            key = (policy.name, path)
+            if policy.matches(path, level, failing):
+                if key not in self._active:
+                    self._active.add(key)
+                    fired.append((policy, path))
+            else:
+                self._active.discard(key)
+        return fired
+
+    def reset(self) -> None:
+        self._active.clear()
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(path.strip('/'), pattern.strip('/'))
+
+
+__all__ = ['ERROR', 'LifecycleManager', 'PolicyEngine', 'PopenSpawner', 'backoff_delay']

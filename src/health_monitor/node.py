@@ -1,0 +1,478 @@
+"""``health_monitor`` node: thin ROS shell around the monitor cores, lifecycle manager and ledger.
+
+Threads: the main executor runs the raw topic callbacks (counting and an 8-byte stamp read
+each), /diagnostics, the timers and the services; a worker thread owns a private client node
+with its own executor and does everything that waits on another node (lifecycle transitions,
+heartbeats, policy service calls), so a slow managed node never stalls the monitors and a
+service handler can wait for the worker without deadlocking the main executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_srvs.srv import Trigger
+
+import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
+from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
+from health_monitor.config import HealthConfig, HealthConfigError, load_config
+from health_monitor.core import (
+    ERROR,
+    LEVEL_NAMES,
+    OK,
+    STALE,
+    Aggregator,
+    ComponentHealth,
+    HostMonitor,
+    Status,
+    ThresholdRule,
+    TopicMonitor,
+)
+from health_monitor.ledger import Ledger, LedgerError, load_components
+from health_monitor.manager import LifecycleManager, PolicyEngine, PopenSpawner, Spawner
+
+_STAMP = struct.Struct('<iI')
+_DIAG_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class RosLifecycleClient:
+    """:class:`~health_monitor.manager.LifecycleClient` over lifecycle_msgs services."""
+
+    def __init__(self, node: Node, executor: SingleThreadedExecutor) -> None:
+        self.node = node
+        self.executor = executor
+        self._get: dict[str, Any] = {}
+        self._change: dict[str, Any] = {}
+
+    def _clients(self, name: str) -> tuple[Any, Any]:
+        if name not in self._get:
+            self._get[name] = self.node.create_client(GetState, f'{name}/get_state')
+            self._change[name] = self.node.create_client(ChangeState, f'{name}/change_state')
+        return self._get[name], self._change[name]
+
+    def _call(self, client: Any, request: Any, timeout: float) -> Any:
+        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout):
+            return None
+        future = client.call_async(request)
+        self.executor.spin_until_future_complete(future, timeout_sec=timeout)
+        if not future.done():
+            client.remove_pending_request(future)
+            return None
+        return future.result()
+
+    def available(self, node: str) -> bool:
+        self.executor.spin_once(timeout_sec=0)
+        return self._clients(node)[0].service_is_ready()
+
+    def get_state(self, node: str, timeout: float) -> str | None:
+        response = self._call(self._clients(node)[0], GetState.Request(), timeout)
+        return None if response is None else response.current_state.label
+
+    def change_state(self, node: str, transition: int, timeout: float) -> bool:
+        request = ChangeState.Request(transition=Transition(id=transition))
+        response = self._call(self._clients(node)[1], request, timeout)
+        return bool(response is not None and response.success)
+
+    def trigger(self, service: str, timeout: float = 2.0) -> tuple[bool, str]:
+        client = self._get.get(service)
+        if client is None:
+            client = self._get[service] = self.node.create_client(Trigger, service)
+        response = self._call(client, Trigger.Request(), timeout)
+        if response is None:
+            return False, f'{service} not available or no answer within {timeout:g} s'
+        return bool(response.success), response.message
+
+
+class HealthMonitor(Node):
+    """The ``health_monitor`` node (a plain node: it is the one that manages the others)."""
+
+    def __init__(self, *, spawner: Spawner | None = None, **kwargs: Any) -> None:
+        super().__init__('health_monitor', **kwargs)
+        profile = self.declare_parameter('profile', 'quadruped_12dof').value
+        config = self.declare_parameter('config', '').value
+        ledger_path = self.declare_parameter('ledger', '').value
+        self.cfg: HealthConfig = load_config(config or None, profile)
+        manage = self.declare_parameter('autostart', self.cfg.lifecycle.autostart).value
+        self.prefix = f'{self.get_name()}: '
+        cfg = self.cfg
+        self._lock = threading.Lock()
+        self.aggregator = Aggregator(cfg.stale_after_s, cfg.expected)
+        self.monitors: dict[str, TopicMonitor] = {}
+        self.components: dict[str, ComponentHealth] = {}
+        self.levels: dict[str, int] = {}
+        self.own: dict[str, Status] = {}
+        self._dirty = False
+        self._last_immediate = 0.0
+
+        self.ledger: Ledger | None = None
+        lp = Path(ledger_path) if ledger_path else cfg.ledger_path
+        if lp:
+            self.ledger = Ledger(lp, cfg.flush_interval_s)
+            if cfg.components_path is not None:
+                self.ledger.load(load_components(cfg.components_path, cfg.joint_paths))
+        self._ledger_paths: dict[str, str | None] = {}
+        self._warn_temp = cfg.profile.motor_temperature.warn
+
+        for watch in cfg.topics:
+            mon = TopicMonitor(watch.name, watch.path, watch.limits)
+            self.monitors[watch.name] = mon
+            if watch.name == '/diagnostics':
+                continue  # fed by the deserialising callback below (it skips our own output)
+            self.create_subscription(message_class(watch.type), watch.name,
+                                     self._hot_callback(mon, watch.stamped),
+                                     qos_profile(watch.qos), raw=True)
+        self._diag_monitor = self.monitors.get('/diagnostics')
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
+        for rule in cfg.topic_rules:
+            comp = self.components.setdefault(rule.path, ComponentHealth(rule.path, []))
+            comp.rules[rule.spec.name] = ThresholdRule(rule.spec, rule.path)
+            self.create_subscription(message_class(rule.type), rule.topic,
+                                     self._topic_rule_callback(rule, comp),
+                                     qos_profile(cfg.profile.topic(rule.topic).qos))
+
+        self.host = HostMonitor(cfg.host)
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', _DIAG_QOS)
+        self.agg_pub = self.create_publisher(DiagnosticArray, '/diagnostics_agg', _DIAG_QOS)
+        self.create_timer(1.0 / cfg.check_hz, self._check_stale)
+        self.create_timer(0.2, self._evaluate_topics)
+        self.create_timer(1.0 / cfg.publish_hz, self._publish)
+        self.create_timer(1.0 / cfg.host_hz, self._sample_host)
+
+        self.policies = PolicyEngine(cfg.policies)
+        self.policy_log: list[str] = []
+        self._jobs: queue.Queue[tuple[Callable[[], Any], threading.Event, list]] = queue.Queue()
+        self._stop = threading.Event()
+        self.spawner = spawner or PopenSpawner()
+        self._client_node = Node('_health_monitor_client', namespace=self.get_namespace(),
+                                 context=self.context)
+        self._client_exec = SingleThreadedExecutor(context=self.context)
+        self._client_exec.add_node(self._client_node)
+        self.lifecycle = RosLifecycleClient(self._client_node, self._client_exec)
+        self.manager = LifecycleManager(cfg.lifecycle, self.lifecycle, self.spawner,
+                                        log=self._log)
+        self._manager_status: list[Status] = self.manager.statuses()
+        for name in ('startup', 'shutdown', 'reset'):
+            self.create_service(Trigger, f'~/{name}', self._manual(name))
+        self._worker = threading.Thread(target=self._work, name='health-worker', daemon=True)
+        self._worker.start()
+        if manage and cfg.lifecycle.nodes:
+            self._jobs.put((self._startup_job, threading.Event(), []))
+        self.get_logger().info(
+            f'watching {len(self.monitors)} topics of {cfg.profile.name}, {len(cfg.rules)} '
+            f'/diagnostics rules, {len(cfg.policies)} policies; managing '
+            f'{[n.name for n in cfg.lifecycle.nodes]}; ledger {lp}')
+
+    # ------------------------------------------------------------------ hot path
+
+    def _hot_callback(self, mon: TopicMonitor, stamped: bool) -> Callable[[bytes], None]:
+        mono, wall, unpack, on_message = time.monotonic, time.time_ns, _STAMP.unpack_from, \
+            mon.on_message
+        if stamped:
+            def callback(data: bytes) -> None:
+                sec, nanosec = unpack(data, 4)
+                on_message(mono(), wall(), sec * 1_000_000_000 + nanosec)
+        else:
+            def callback(data: bytes) -> None:
+                on_message(mono(), wall(), None)
+        return callback
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic()
+        external = [s for s in msg.status if not s.name.startswith(self.prefix)]
+        if not external:
+            return
+        if self._diag_monitor is not None:
+            self._diag_monitor.on_message(now, time.time_ns(),
+                                          msg.header.stamp.sec * 1_000_000_000
+                                          + msg.header.stamp.nanosec)
+        for s in external:
+            values = {kv.key: kv.value for kv in s.values}
+            status = Status(s.name, int.from_bytes(s.level, 'little') if isinstance(
+                s.level, bytes) else int(s.level), s.message, s.hardware_id, values)
+            joint_path = self.cfg.joint_path(s.name)
+            if joint_path is None:
+                path = self.cfg.status_path(s.name)
+                status.name = path
+                self._leaf(Status(path, status.level, status.message, status.hardware_id,
+                                  values), now)
+                continue
+            comp = self.components.get(joint_path)
+            if comp is None:
+                rules = [r for r in self.cfg.rules if r.matches(s.name)]
+                comp = self.components[joint_path] = ComponentHealth(joint_path, rules)
+            comp.update(status, now)
+            self._component_changed(comp, now)
+            if self.ledger is not None:
+                floats = {}
+                for k in ('temperature', 'current', 'voltage', 'velocity', 'cycles'):
+                    if k in values:
+                        with contextlib.suppress(ValueError):
+                            floats[k] = float(values[k])
+                cid = self._ledger_component(joint_path)
+                if cid:
+                    self.ledger.observe(cid, now, floats, self._warn_temp)
+        self._maybe_publish_now()
+
+    def _topic_rule_callback(self, rule: Any, comp: ComponentHealth) -> Callable[[Any], None]:
+        def callback(msg: Any) -> None:
+            now = time.monotonic()
+            value = float(getattr(msg, rule.field)) * rule.scale
+            comp.update_value(rule.spec.name, value, now)
+            self._component_changed(comp, now)
+            if self.ledger is not None:
+                cid = self._ledger_component(comp.path)
+                if cid:
+                    values = {}
+                    for k in ('voltage', 'current', 'temperature'):
+                        v = getattr(msg, k, None)
+                        if isinstance(v, float) and v == v:
+                            values[k] = abs(v) if k == 'current' else v
+                    self.ledger.observe(cid, now, values)
+            self._maybe_publish_now()
+        return callback
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _ledger_component(self, path: str) -> str | None:
+        if self.ledger is None:
+            return None
+        if path not in self._ledger_paths:
+            parts = path.strip('/').split('/')
+            found = None
+            for depth in range(len(parts), 0, -1):
+                found = self.ledger.component_for_path('/'.join(parts[:depth]))
+                if found:
+                    break
+            self._ledger_paths[path] = found
+        return self._ledger_paths[path]
+
+    def _component_changed(self, comp: ComponentHealth, now: float) -> None:
+        before = dict(getattr(comp, '_recorded', {}))
+        failing = comp.failing
+        if self.ledger is not None and failing != before:
+            cid = self._ledger_component(comp.path)
+            if cid:
+                for rule, level in failing.items():
+                    if before.get(rule, 0) < level:
+                        self.ledger.fault(cid, LEVEL_NAMES[level], rule,
+                                          comp.rules[rule].status().message)
+                for rule in before:
+                    if rule not in failing:
+                        self.ledger.clear_fault(cid, rule)
+        comp._recorded = failing  # type: ignore[attr-defined]
+        self._leaf(comp.status(), now, failing)
+
+    def _leaf(self, status: Status, now: float, failing: dict[str, int] | None = None) -> None:
+        """Record one of our leaves; on a level change run the policies and publish at once."""
+        with self._lock:
+            self.own[status.name] = status
+            self.aggregator.update(status, now)
+            old = self.levels.get(status.name)
+            self.levels[status.name] = status.level
+        if old != status.level:
+            if old is not None or status.level != OK:
+                self._dirty = True
+            # A stream never seen is not a stream lost: STALE-from-start fires no policy.
+            level = OK if (old is None and status.level == STALE) else status.level
+            for policy, path in self.policies.evaluate(status.name, level, failing or {}):
+                self._fire(policy, path, status)
+
+    def _check_stale(self) -> None:
+        """Fast path at ``check_rate``: only the silence test, so stale latency stays low."""
+        now = time.monotonic()
+        for mon in self.monitors.values():
+            stale = mon.last_rx < 0 or now - mon.last_rx > mon.limits.stale_after_s
+            known = self.levels.get(mon.path)
+            if (stale and known != STALE and (mon.last_rx >= 0 or known is None)) or (
+                    not stale and known == STALE):
+                self._leaf(mon.status(now), now)
+        self._maybe_publish_now()
+        if self.ledger is not None:
+            self.ledger.maybe_flush(now)
+
+    def _evaluate_topics(self) -> None:
+        now = time.monotonic()
+        for mon in self.monitors.values():
+            status = mon.status(now)
+            self._leaf(status, now)
+            if status.level < STALE and self.ledger is not None:
+                cid = self._ledger_component(mon.path)
+                if cid and not cid.endswith('_joint'):
+                    self.ledger.observe(cid, now, {})
+        with self._lock:
+            manager_status = list(self._manager_status)
+        for status in manager_status:
+            self._leaf(status, now)
+        self._maybe_publish_now()
+
+    def _sample_host(self) -> None:
+        now = time.monotonic()
+        for status in self.host.sample(now):
+            self._leaf(status, now)
+        if self.ledger is not None:
+            cid = self._ledger_component('host')
+            if cid:
+                self.ledger.observe(cid, now, {})
+
+    # ------------------------------------------------------------------ policies
+
+    def _fire(self, policy: Any, path: str, status: Status) -> None:
+        text = (f'policy {policy.name}: {path} is {LEVEL_NAMES[status.level]} '
+                f'({status.message}) -> {", ".join(policy.actions)}')
+        self.get_logger().warning(text)
+        self.policy_log.append(text)
+        for action in policy.actions:
+            if action == 'mark_degraded':
+                comp = self.components.get(path)
+                if comp is not None:
+                    comp.degraded = policy.name
+                if self.ledger is not None:
+                    cid = self._ledger_component(path)
+                    if cid:
+                        self.ledger.mark_degraded(cid, f'{policy.name} at {time.strftime("%FT%T")}')
+            elif action in ('stop_skills', 'estop', 'snapshot'):
+                service = self.cfg.services[action]
+                self._jobs.put((lambda s=service, p=policy.name: self._call_trigger(s, p),
+                                threading.Event(), []))
+            elif action == 'restart':
+                self._jobs.put((lambda n=policy.restart: self.manager.restart(n),
+                                threading.Event(), []))
+
+    def _call_trigger(self, service: str, policy: str) -> None:
+        ok, message = self.lifecycle.trigger(service)
+        text = f'policy {policy}: {service} -> {"ok" if ok else "FAILED"}: {message}'
+        self.policy_log.append(text)
+        (self.get_logger().info if ok else self.get_logger().error)(text)
+        now = time.monotonic()
+        self._leaf(Status('health/policies', OK if ok else ERROR, text,
+                          values={'last': text, 'fired': str(len(self.policy_log))}), now)
+
+    # ------------------------------------------------------------------ worker / manager
+
+    def _log(self, level: str, message: str) -> None:
+        {'info': self.get_logger().info, 'warn': self.get_logger().warning,
+         'error': self.get_logger().error}[level](message)
+
+    def _startup_job(self) -> tuple[bool, str]:
+        return self.manager.startup()
+
+    def _work(self) -> None:
+        period = 1.0 / self.cfg.lifecycle.heartbeat_hz
+        next_beat = time.monotonic() + period
+        while not self._stop.is_set():
+            try:
+                job, done, result = self._jobs.get(timeout=max(0.0, next_beat - time.monotonic()))
+            except queue.Empty:
+                job = None
+            if job is not None:
+                try:
+                    result.append(job())
+                except Exception as exc:  # a job must never kill the worker
+                    self.get_logger().error(f'health worker: {type(exc).__name__}: {exc}')
+                    result.append((False, str(exc)))
+                done.set()
+            if time.monotonic() >= next_beat and not self._stop.is_set():
+                next_beat = time.monotonic() + period
+                try:
+                    self.manager.heartbeat()
+                except Exception as exc:
+                    self.get_logger().error(f'heartbeat: {type(exc).__name__}: {exc}')
+            with self._lock:
+                self._manager_status = self.manager.statuses()
+
+    def _manual(self, name: str) -> Callable[[Any, Any], Any]:
+        job = {'startup': self.manager.startup, 'shutdown': self.manager.shutdown,
+               'reset': self._reset}[name]
+
+        def handler(_request: Any, response: Any) -> Any:
+            done, result = threading.Event(), []
+            self._jobs.put((job, done, result))
+            if not done.wait(timeout=120.0):
+                response.success, response.message = False, f'{name} still running after 120 s'
+                return response
+            ok, message = result[0]
+            response.success, response.message = bool(ok), f'{name}: {message}'
+            return response
+        return handler
+
+    def _reset(self) -> tuple[bool, str]:
+        self.policies.reset()
+        for comp in self.components.values():
+            comp.degraded = ''
+        if self.ledger is not None:
+            self.ledger.clear_degraded()
+        return self.manager.reset()
+
+    # ------------------------------------------------------------------ output
+
+    def _maybe_publish_now(self) -> None:
+        if self._dirty and time.monotonic() - self._last_immediate > 0.02:
+            self._last_immediate = time.monotonic()
+            self._publish()
+
+    def _publish(self) -> None:
+        self._dirty = False
+        now = time.monotonic()
+        stamp = self.get_clock().now().nanoseconds
+        with self._lock:
+            own = list(self.own.values())
+            agg = self.aggregator.aggregate(now)
+        mine = DiagnosticArray()
+        set_stamp(mine.header.stamp, stamp)
+        mine.status = [_to_msg(s, self.prefix + s.name, self.get_name()) for s in own
+                       if not s.name.startswith('robot/other/')]
+        self.diag_pub.publish(mine)
+        out = DiagnosticArray()
+        set_stamp(out.header.stamp, stamp)
+        out.status = [_to_msg(s, s.name, s.hardware_id) for s in agg]
+        self.agg_pub.publish(out)
+
+    def close(self) -> None:
+        """Stop the worker, the processes we started, and flush the ledger."""
+        self._stop.set()
+        self._worker.join(timeout=10.0)
+        if isinstance(self.spawner, PopenSpawner):
+            self.spawner.stop_all()
+        if self.ledger is not None:
+            self.ledger.close()
+        self._client_exec.shutdown()
+        self._client_node.destroy_node()
+
+
+def _to_msg(s: Status, name: str, hardware_id: str) -> DiagnosticStatus:
+    return DiagnosticStatus(level=bytes([min(s.level, STALE)]), name=name, message=s.message,
+                            hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=v) for k, v in s.values.items()])
+
+
+def main(args: list[str] | None = None) -> int:
+    init(args if args is not None else sys.argv)
+    try:
+        node = HealthMonitor()
+    except (HealthConfigError, LedgerError, ValueError, KeyError) as exc:
+        print(f'health_monitor: error: {exc}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    run_nodes([node], on_shutdown=node.close)
+    return 0
+
+
+__all__ = ['ERROR', 'HealthMonitor', 'main']
+
+if __name__ == '__main__':
+    sys.exit(main())
