@@ -52,7 +52,7 @@ def header_stamp_ns(data: bytes) -> int | None:
     return sec * 1_000_000_000 + nanosec
 
 
-class BagError(Exception):
+class BagError(OSError):
     """A bag cannot be created or written; the message names the path and the reason."""
 
 
@@ -71,6 +71,8 @@ def check_output_dir(path: Path) -> Path:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise PermissionError(f'{path}: cannot create the bag here ({parent} is not a directory)')
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f'{path}: cannot create the bag here ({parent} is not writable)')
     return path

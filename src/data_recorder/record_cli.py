@@ -1,0 +1,150 @@
+"""``field_deploy bag record`` and ``field_deploy bag recover``: the flags ``ros2 bag record`` users know.
+
+``record`` runs the ``data_recorder`` node in this process with the flags as its parameters and
+records until Ctrl-C / SIGTERM, then closes the bag cleanly. Everything that can be checked
+before ROS starts is (existing or unwritable output, bad regex, bad numbers, unreadable QoS
+overrides) so a mistake costs one line, not a half-made bag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from data_recorder.recorder import RecorderConfig
+from data_recorder.selection import Selection, load_qos_overrides
+from data_recorder.writer import check_output_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    rec = subparsers.add_parser('record', help='record live topics to a rosbag2 MCAP bag',
+                                description=__doc__.splitlines()[0])
+    rec.add_argument('topics', nargs='*', metavar='TOPIC', help='topics to record')
+    rec.add_argument('-o', '--output', required=True, help='bag directory to create (must not exist)')
+    rec.add_argument('-a', '--all', action='store_true', help='record all topics')
+    rec.add_argument('-e', '--regex', default='', help='record topics matching this regex')
+    rec.add_argument('-x', '--exclude', default='', help='do not record topics matching this regex')
+    rec.add_argument('--include-hidden-topics', action='store_true')
+    rec.add_argument('--compression-format', choices=('none', 'zstd', 'lz4'), default='none',
+                     help='MCAP chunk compression')
+    rec.add_argument('--max-bag-size', type=int, default=0, metavar='BYTES',
+                     help='split into a new file at this size (0: never)')
+    rec.add_argument('--max-bag-duration', type=float, default=0.0, metavar='SECONDS',
+                     help='split into a new file after this duration (0: never)')
+    rec.add_argument('--snapshot-mode', action='store_true',
+                     help='keep the last --snapshot-duration s in memory; write on ~/snapshot')
+    rec.add_argument('--snapshot-duration', type=float, default=30.0, metavar='SECONDS')
+    rec.add_argument('--snapshot-max-bytes', type=int, default=0, metavar='BYTES')
+    rec.add_argument('--qos-profile-overrides-path', default='', metavar='FILE',
+                     help='YAML {topic: {reliability, durability, history, depth}}')
+    rec.add_argument('--chunk-size', type=int, default=1024 * 1024, metavar='BYTES')
+    rec.add_argument('--flush-interval', type=float, default=1.0, metavar='SECONDS',
+                     help='most data a crash can lose (chunk closed and fsync\'d this often)')
+    rec.add_argument('--min-free-space', type=int, default=64 * 1024 * 1024, metavar='BYTES',
+                     help='stop cleanly before free disk space falls under this')
+    rec.add_argument('--queue-size', type=int, default=100_000, metavar='MESSAGES')
+    rec.add_argument('--qos-depth', type=int, default=1000, metavar='N',
+                     help='history depth of the recorder\'s subscriptions')
+    rec.set_defaults(func=run_record)
+
+    rc = subparsers.add_parser('recover', help='rebuild a readable bag from a truncated recording')
+    rc.add_argument('bag', metavar='BAG_OR_FILE', help='bag directory or .mcap file')
+    rc.set_defaults(func=run_recover)
+
+
+def parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Node parameters from the flags, validated (ValueError / FileExistsError / PermissionError)."""
+    output = str(check_output_dir(args.output))
+    if args.qos_depth < 1:
+        raise ValueError(f'--qos-depth: {args.qos_depth} must be >= 1')
+    values: dict[str, Any] = {
+        'output': output, 'topics': list(args.topics), 'all_topics': args.all,
+        'regex': args.regex, 'exclude_regex': args.exclude,
+        'include_hidden_topics': args.include_hidden_topics,
+        'compression_format': args.compression_format, 'max_bag_size': args.max_bag_size,
+        'max_bag_duration': float(args.max_bag_duration), 'snapshot_mode': args.snapshot_mode,
+        'snapshot_duration': float(args.snapshot_duration),
+        'snapshot_max_bytes': args.snapshot_max_bytes,
+        'qos_profile_overrides_path': args.qos_profile_overrides_path,
+        'chunk_size': args.chunk_size, 'flush_interval': float(args.flush_interval),
+        'min_free_space': args.min_free_space, 'queue_size': args.queue_size,
+        'qos_depth': args.qos_depth, 'autostart': True,
+    }
+    RecorderConfig(output=output, compression_format=args.compression_format,
+                   chunk_size=args.chunk_size, flush_interval=args.flush_interval,
+                   max_bag_size=args.max_bag_size, max_bag_duration=args.max_bag_duration,
+                   snapshot_mode=args.snapshot_mode, snapshot_duration=args.snapshot_duration,
+                   snapshot_max_bytes=args.snapshot_max_bytes, min_free_space=args.min_free_space,
+                   queue_size=args.queue_size).validate()
+    Selection(topics=tuple(args.topics), all_topics=args.all, regex=args.regex,
+              exclude_regex=args.exclude)
+    if args.qos_profile_overrides_path:
+        load_qos_overrides(args.qos_profile_overrides_path)
+    return values
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from field_deploy.cli import CliError
+
+    values = parameters(args)
+    from data_recorder.node import DataRecorderNode, parameter_overrides
+    from field_deploy.ros import init, run_nodes
+
+    init([])
+    node = DataRecorderNode(parameter_overrides=parameter_overrides(values))
+    if node.recorder is None:
+        error = node.last_error or 'the recorder did not start'
+        node.destroy_node()
+        import rclpy
+        rclpy.try_shutdown()
+        raise CliError(error)
+    run_nodes([node], on_shutdown=node.close_bag)
+    totals = {k: 0 for k in ('received', 'written', 'lost')}
+    for counts in node.accounting().values():
+        for key in totals:
+            totals[key] += int(counts[key])
+    print(f'{values["output"]}: {totals["written"]} messages written, {totals["lost"]} lost, '
+          f'{totals["received"]} received')
+    return 0
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    from data_recorder.recover import recover
+
+    report = recover(args.bag)
+    for f in report.files:
+        what = (f'rebuilt ({f.messages} messages kept; read stopped at: {f.error or "end"}; '
+                f'original kept as {f.path.name}.truncated)' if f.recovered
+                else f'complete ({f.messages} messages), left as is')
+        print(f'{f.path}: {what}')
+    print(f'{report.metadata_path}: written ({report.messages} messages in the bag)')
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m data_recorder.record_cli record …``), same behaviour."""
+    from field_deploy.cli import USER_ERRORS
+
+    parser = argparse.ArgumentParser(prog='field_deploy bag')
+    register(parser.add_subparsers(dest='bag_command', required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f'field_deploy bag {args.bag_command}: error: {exc}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def accounting_json(bag_metadata: dict[str, Any]) -> dict[str, Any]:
+    """The recorder's accounting stored in a bag's metadata (``custom_data``), parsed."""
+    custom = bag_metadata.get('custom_data') or {}
+    return json.loads(custom.get('data_recorder.accounting', '{}'))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
