@@ -184,9 +184,7 @@ class SimModel:
 
         # Motors: current and copper-loss heating.
         self.current = self.tau / self.k_t
-        power = self.r_cu * self.current * self.current
-        steady = self.ambient + self.r_th * power
-        self.temperature += (dt / self.tau_th) * (steady - self.temperature)
+        power = self.heat(self.current, dt)
         if self.faults.overheat:
             ceiling = self.profile.motor_temperature.error + 15.0
             for name in self.faults.overheat:
@@ -213,6 +211,16 @@ class SimModel:
         self._frozen_q[~frozen] = self.q[~frozen]
         self.time += dt
         self._measure(frozen)
+
+    def heat(self, current: np.ndarray, dt: float) -> np.ndarray:
+        """Advance the motor temperatures for ``current`` (A) over ``dt``; returns the copper loss (W).
+
+        First-order thermal mass: ``dT/dt = (T_amb + R_th R_cu i² − T) / τ_th``.
+        """
+        power = self.r_cu * current * current
+        steady = self.ambient + self.r_th * power
+        self.temperature += (dt / self.tau_th) * (steady - self.temperature)
+        return power
 
     def _frozen_mask(self) -> np.ndarray:
         mask = np.zeros(self.n, dtype=bool)
