@@ -40,7 +40,7 @@ _DAMAGE = (McapError, struct.error, EOFError, ValueError, KeyError, IndexError, 
 _REORDER_WINDOW = 4096
 
 
-class BagError(Exception):
+class BagError(ValueError):
     """A bag that cannot be read; the message names the file and what is wrong."""
 
 

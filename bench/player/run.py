@@ -1,0 +1,109 @@
+"""Replay timing accuracy and throughput ceiling of ``bag_player`` on the reference humanoid load.
+
+Writes the reference bag synthetically with the ``rosbags`` writer (JointState 29 joints @ 1 kHz,
+Imu @ 1 kHz, 4× WrenchStamped @ 500 Hz, Odometry @ 100 Hz, 3× Image 640×480 rgb8 @ 30 Hz,
+DiagnosticArray @ 10 Hz, joint_commands @ 500 Hz), plays it in-process through the real node
+(real rclpy publishers, real DDS, a subscriber process receiving every topic) and prints:
+
+* timing error = actual publish time − scheduled time, p50 / p99 / max, at 1×;
+* the throughput ceiling: messages per second at ``--rate 1000`` (as fast as it goes).
+
+Usage: ``.venv/bin/python bench/player/run.py [--seconds 20] [--keep BAG] [--no-subscriber]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from field_deploy.testing import isolate_ros_env
+
+isolate_ros_env()
+
+import numpy as np  # noqa: E402
+
+from data_recorder.player import PlayOptions  # noqa: E402
+from data_recorder.player_node import GIL_SWITCH_INTERVAL_S, make_player_node  # noqa: E402
+from data_recorder.reader import Bag  # noqa: E402
+from data_recorder.synthetic import reference_streams, write_bag  # noqa: E402
+
+SUBSCRIBER = r'''
+import sys, time
+import data_recorder
+import rclpy
+from field_deploy.ros import Spinner, message_class
+from field_deploy.testing import RawCollector
+from data_recorder.reader import Bag
+rclpy.init()
+node = rclpy.create_node('bench_subscriber')
+bag = Bag(sys.argv[1])
+c = RawCollector(node, [(t.name, message_class(t.type)) for t in bag.topics.values()])
+with Spinner([node]):
+    print('ready', flush=True)
+    sys.stdin.readline()
+print(sum(len(v) for v in c.messages.values()), flush=True)
+'''
+
+
+def play_once(bag: Bag, rate: float, *, delay: float) -> tuple[list[int], int, float]:
+    import rclpy
+
+    from field_deploy.ros import Spinner
+    node, player = make_player_node(bag, PlayOptions(rate=rate, delay_s=delay), record_timing=True)
+    with Spinner([node]):
+        t0 = time.monotonic()
+        stats = player.run()
+        elapsed = time.monotonic() - t0 - delay
+    node.destroy_node()
+    del rclpy
+    return stats.errors_ns, stats.published, elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--seconds', type=float, default=20.0)
+    parser.add_argument('--keep', default=None, help='write / reuse the bag here')
+    parser.add_argument('--no-subscriber', action='store_true')
+    args = parser.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(args.keep) if args.keep else Path(tmp.name) / 'reference'
+    if not path.exists():
+        t0 = time.monotonic()
+        write_bag(path, reference_streams(), args.seconds)
+        print(f'wrote {path} ({args.seconds:g} s reference load) in {time.monotonic() - t0:.1f} s')
+    bag = Bag(path)
+    print(f'bag: {bag.message_count} messages, {bag.size_bytes / 1e6:.0f} MB, '
+          f'{bag.duration_ns / 1e9:.1f} s, {len(bag.topics)} topics; machine: {os.cpu_count()} cores')
+
+    import rclpy
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    sub = None
+    if not args.no_subscriber:
+        sub = subprocess.Popen([sys.executable, '-c', SUBSCRIBER, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+        assert sub.stdout.readline().strip() == 'ready'
+    rclpy.init()
+    try:
+        errors, n, elapsed = play_once(bag, 1.0, delay=1.0)
+        e = np.asarray(errors) / 1e6
+        print(f'1x timing error (publish − scheduled), {n} msgs over {elapsed:.1f} s: '
+              f'p50 {np.percentile(e, 50):.3f} ms  p99 {np.percentile(e, 99):.3f} ms  '
+              f'max {e.max():.3f} ms  (target p99 <= 1 ms)')
+        _, n, elapsed = play_once(bag, 1000.0, delay=0.5)
+        print(f'throughput ceiling (--rate 1000): {n / elapsed:,.0f} msg/s, '
+              f'{bag.size_bytes / 1e6 / elapsed:.0f} MB/s ({elapsed:.2f} s for the bag)')
+    finally:
+        rclpy.try_shutdown()
+        if sub is not None:
+            out, _ = sub.communicate('\n', timeout=60)
+            print(f'subscriber received {out.strip().splitlines()[-1]} messages (both runs)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

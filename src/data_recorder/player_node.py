@@ -1,0 +1,272 @@
+"""``bag_player``: the ROS shell of :mod:`data_recorder.player` (``ros2 bag play`` without rosbag2).
+
+Publishes the recorded CDR bytes unchanged (``publisher.publish(raw_bytes)``) on the recorded
+topics with the recorded QoS; ``/clock`` when asked. Services (std_srvs/Trigger): ``~/pause``,
+``~/resume``, ``~/toggle_paused``, ``~/step`` (publish the next message while paused).
+Parameters: ``rate`` (double, changeable while playing), ``seek`` (double, seconds after the bag
+start: setting it jumps there), plus read-only mirrors of the command-line options.
+
+The timing loop runs in the main thread; the executor (services, parameters) in a
+:class:`field_deploy.ros.Spinner` thread. The interpreter's GIL switch interval is lowered to
+100 µs in this process: with CPython's default 5 ms the read-ahead thread could hold the GIL for
+up to 5 ms just when a message is due.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import data_recorder  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
+from data_recorder.player import Player, PlayOptions, PlayStats, parse_remaps, select_topics, set_realtime
+from data_recorder.reader import Bag
+
+GIL_SWITCH_INTERVAL_S = 0.0001
+#: Smallest publisher history depth: a 1 kHz reliable stream to a Python subscriber needs room.
+MIN_DEPTH = 100
+DEFAULT_CLOCK_HZ = 40.0   # ros2 bag play's default
+
+
+def add_play_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The player's flags (shared by ``bag_player`` and ``field_deploy bag play``)."""
+    parser.add_argument('bag', help='rosbag2 directory (metadata.yaml + MCAP files) or a .mcap file')
+    parser.add_argument('-r', '--rate', type=float, default=1.0, help='playback rate (default 1.0)')
+    parser.add_argument('--start-offset', type=float, default=0.0, metavar='SEC',
+                        help='start SEC seconds after the beginning of the bag')
+    parser.add_argument('--duration', type=float, default=None, metavar='SEC',
+                        help='play only SEC seconds of the bag (from the start offset)')
+    parser.add_argument('-l', '--loop', action='store_true', help='replay forever')
+    parser.add_argument('--topics', nargs='+', default=[], metavar='TOPIC',
+                        help='play only these topics (default: all)')
+    parser.add_argument('-x', '--exclude', default='', metavar='REGEX',
+                        help='do not play topics matching this regular expression')
+    parser.add_argument('-m', '--remap', nargs='+', default=[], metavar='OLD:=NEW',
+                        help='publish topic OLD under the name NEW')
+    parser.add_argument('--clock', nargs='?', type=float, const=DEFAULT_CLOCK_HZ, default=0.0,
+                        metavar='HZ', help=f'publish /clock at HZ (default {DEFAULT_CLOCK_HZ:g} Hz '
+                                           'when given without a value)')
+    parser.add_argument('-p', '--start-paused', action='store_true',
+                        help='start paused (resume with the ~/resume service)')
+    parser.add_argument('-d', '--delay', type=float, default=0.0, metavar='SEC',
+                        help='wait SEC seconds after the publishers are created before playing')
+    parser.add_argument('--qos-profile-overrides-path', default=None, metavar='YAML',
+                        help='YAML of per-topic QoS overrides, as ros2 bag play reads')
+    parser.add_argument('--read-ahead-queue-size', type=int, default=10_000, metavar='N',
+                        help='read-ahead buffer, messages (also bounded to 64 MB)')
+    parser.add_argument('--realtime-priority', type=int, default=10, metavar='PRIO',
+                        help='SCHED_FIFO priority of the player threads when permitted '
+                             '(0: normal scheduling; default 10)')
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> PlayOptions:
+    return PlayOptions(rate=args.rate, start_offset_s=args.start_offset, duration_s=args.duration,
+                       loop=args.loop, topics=tuple(args.topics), exclude=args.exclude,
+                       remap=parse_remaps(args.remap), clock_hz=args.clock or 0.0,
+                       start_paused=args.start_paused, delay_s=args.delay,
+                       read_ahead_messages=args.read_ahead_queue_size,
+                       realtime_priority=args.realtime_priority).validate()
+
+
+def load_qos_overrides(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``{topic: {reliability, durability, history, depth}}`` from a ros2-bag-style YAML file."""
+    if not path:
+        return {}
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path}: QoS overrides file not found') from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f'{path}: not valid YAML ({exc.__class__.__name__})') from None
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise ValueError(f'{path}: expected a mapping of topic -> QoS mapping')
+    return {'/' + str(k).lstrip('/'): v for k, v in doc.items()}
+
+
+_REL = {'1': 'reliable', '2': 'best_effort', 'reliable': 'reliable', 'best_effort': 'best_effort'}
+_DUR = {'1': 'transient_local', '2': 'volatile', 'transient_local': 'transient_local',
+        'volatile': 'volatile'}
+
+
+def recorded_qos(profiles: Sequence[dict[str, Any]], override: dict[str, Any] | None = None):
+    """The publisher QoS for recorded offered profiles, adapted as rosbag2 does: reliable only if
+    every recorded publisher was reliable, transient_local only if every one was; depth the
+    largest recorded (at least :data:`MIN_DEPTH`). ``override`` keys win."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    rels = {_REL.get(str(p.get('reliability', '')).lower(), 'reliable') for p in profiles}
+    durs = {_DUR.get(str(p.get('durability', '')).lower(), 'volatile') for p in profiles}
+    depths = [int(p.get('depth') or 0) for p in profiles]
+    reliability = 'best_effort' if 'best_effort' in rels else 'reliable'
+    durability = 'transient_local' if durs == {'transient_local'} else 'volatile'
+    depth = max([MIN_DEPTH, *depths])
+    history = 'keep_last'
+    if override:
+        reliability = _REL.get(str(override.get('reliability', reliability)).lower(), reliability)
+        durability = _DUR.get(str(override.get('durability', durability)).lower(), durability)
+        depth = int(override.get('depth', depth))
+        history = str(override.get('history', history)).lower()
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_ALL if history == 'keep_all' else HistoryPolicy.KEEP_LAST,
+        depth=max(1, depth),
+        reliability=(ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
+                     else ReliabilityPolicy.RELIABLE),
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if durability == 'transient_local'
+                    else DurabilityPolicy.VOLATILE))
+
+
+def make_player_node(bag: Bag, options: PlayOptions, overrides: dict[str, dict[str, Any]] | None = None,
+                     *, node_name: str = 'bag_player', context=None, record_timing: bool = False):
+    """Create the ``bag_player`` node and its :class:`Player`; returns ``(node, player)``.
+
+    Topics whose type is not installed are skipped with a warning naming topic and type.
+    """
+    from rcl_interfaces.msg import SetParametersResult
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from std_srvs.srv import Trigger
+
+    from field_deploy.ros import message_class, set_stamp
+
+    node = Node(node_name, context=context)
+    log = node.get_logger()
+    for path in bag.truncated:
+        log.warning(f'{path} is truncated (no summary/footer): playing what is readable')
+    chosen = select_topics(bag.topics, options.topics, options.exclude)
+    overrides = overrides or {}
+    publishers = {}
+    for topic in chosen:
+        info = bag.topics[topic]
+        try:
+            cls = message_class(info.type)
+        except LookupError as exc:
+            log.warning(f'skipping topic {topic}: {exc}')
+            continue
+        out = options.remap.get(topic, topic)
+        publishers[topic] = node.create_publisher(
+            cls, out, recorded_qos(info.qos, overrides.get(topic) or overrides.get(out)))
+    if not publishers:
+        log.warning(f'{bag.path}: nothing to play (no selected topic with an installed type)')
+
+    clock_pub = None
+    if options.clock_hz > 0:
+        clock_pub = node.create_publisher(Clock, '/clock', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE))
+    clock_msg = Clock()
+
+    def publish(topic: str, data: bytes) -> None:
+        publishers[topic].publish(data)
+
+    def publish_clock(bag_ns: int) -> None:
+        set_stamp(clock_msg.clock, bag_ns)
+        clock_pub.publish(clock_msg)
+
+    player = Player(bag, list(publishers), options, publish, publish_clock if clock_pub else None,
+                    record_timing=record_timing)
+
+    def trigger(action, message):
+        def callback(_request, response):
+            result = action()
+            response.success = result is not False
+            response.message = message() if callable(message) else message
+            return response
+        return callback
+
+    node.create_service(Trigger, '~/pause', trigger(player.pause, 'paused'))
+    node.create_service(Trigger, '~/resume', trigger(player.resume, 'playing'))
+    node.create_service(Trigger, '~/toggle_paused', trigger(
+        player.toggle_paused, lambda: 'paused' if player.paused else 'playing'))
+    node.create_service(Trigger, '~/step', trigger(
+        player.step, lambda: 'stepped one message' if player.paused else 'step needs pause'))
+
+    node.declare_parameter('bag', str(bag.path))
+    node.declare_parameter('rate', float(options.rate))
+    node.declare_parameter('seek', -1.0)
+    node.declare_parameter('loop', bool(options.loop))
+    node.declare_parameter('start_offset', float(options.start_offset_s))
+    node.declare_parameter('clock', float(options.clock_hz))
+    node.declare_parameter('topics', list(publishers) or [''])
+
+    def on_set(params: list[Parameter]) -> SetParametersResult:
+        for p in params:
+            if p.name == 'rate':
+                if not float(p.value) > 0:
+                    return SetParametersResult(successful=False, reason='rate must be > 0')
+                player.set_rate(float(p.value))
+            elif p.name == 'seek' and float(p.value) >= 0:
+                player.seek(float(p.value))
+            elif p.name in ('bag', 'loop', 'start_offset', 'clock', 'topics'):
+                return SetParametersResult(successful=False, reason=f'{p.name} is read-only')
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
+    return node, player
+
+
+def play(options: PlayOptions, bag_path: str | Path, *, qos_overrides_path: str | None = None,
+         ros_args: Sequence[str] | None = None) -> PlayStats:
+    """Open the bag, play it to the end (or SIGINT/SIGTERM), shut ROS down; returns the stats."""
+    import rclpy
+
+    from field_deploy.ros import Spinner, init
+
+    bag = Bag(bag_path)                       # fails before ROS starts: clear, one line
+    overrides = load_qos_overrides(qos_overrides_path)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    init(list(ros_args) if ros_args is not None else None)
+    node, player = make_player_node(bag, options, overrides)
+    rate = node.get_parameter('rate').value   # --ros-args -p rate:=… wins over the flag
+    if rate != options.rate:
+        player.set_rate(float(rate))
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        player.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    set_realtime(options.realtime_priority)    # before the executor thread: it inherits
+    spinner = Spinner([node]).start()
+    try:
+        if bag.truncated:
+            print(f'bag_player: {", ".join(map(str, bag.truncated))} truncated: playing what is '
+                  'readable', file=sys.stderr)
+        return player.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        spinner.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``bag_player BAG [flags] [--ros-args …]``."""
+    import rclpy.utilities
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cli_args = rclpy.utilities.remove_ros_args(['bag_player', *argv])[1:]
+    parser = add_play_arguments(argparse.ArgumentParser(
+        prog='bag_player', description='Play a rosbag2 MCAP bag with faithful timing.'))
+    args = parser.parse_args(cli_args)
+    try:
+        options = options_from_args(args)
+        stats = play(options, args.bag, qos_overrides_path=args.qos_profile_overrides_path,
+                     ros_args=['bag_player', *argv])
+    except (OSError, ValueError, LookupError) as exc:
+        print(f'bag_player: error: {exc}', file=sys.stderr)
+        return 1
+    print(f'bag_player: published {stats.published} messages'
+          + (f', {stats.loops} loops' if stats.loops else ''), file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
