@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
             for r in rows:
                 c = r['compliance']
                 r['rohs'] = (f"{c.get('marking', '-')}"
-                             + (f" EFUP {c['efup_years']}y" if c.get('efup_years') else '')
+                             + (f" {c['efup_years']} y" if c.get('efup_years') else '')
                              + (' +exemption' if c.get('exemption') else ''))
             columns = [('id', 'component'), ('kind', 'kind'), ('model', 'model'),
                        ('serial', 'serial'), ('firmware', 'fw'), ('installed_at', 'installed'),
