@@ -33,7 +33,7 @@ class SnapshotBuffer:
         items = self._items
         while items and (
                 (self.max_bytes and self.bytes > self.max_bytes) or
-                (self.max_duration_ns and log_time - items[0][2] > self.max_duration_ns)):
+                (self.max_duration_ns and log_time - items[0][2] >= self.max_duration_ns)):
             _, old, _ = items.popleft()
             self.bytes -= len(old)
             self.evicted += 1
