@@ -148,6 +148,8 @@ class HealthConfig:
         if joint is not None:
             return joint
         clean = re.sub(r'[^A-Za-z0-9_/]+', '_', status_name.strip()).strip('_/') or 'unnamed'
+        if '/' in clean:  # already a component path (sim_robot: ``sensors/imu``, ``power/battery``)
+            return f'{clean}/status'
         return f'robot/other/{clean}'
 
 
@@ -434,7 +436,8 @@ def parse_config(data: Any, path: Path | str, profile: RobotProfile) -> HealthCo
             tspec = profile.topic(topic)
             topic_rules.append(TopicRule(
                 spec, topic, tspec.type, c.string(m.get('field', spec.key), f'rules[{i}].field'),
-                c.string(m.get('path', tspec.component), f'rules[{i}].path').strip('/'),
+                c.string(m.get('path', f'{tspec.component}/{spec.name}'),
+                         f'rules[{i}].path').strip('/'),
                 c.number(m.get('scale', 1.0), f'rules[{i}].scale', positive=True)))
         else:
             for k in ('field', 'path', 'scale'):
