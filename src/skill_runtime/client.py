@@ -1,0 +1,75 @@
+"""Blocking client of the skill runtime over its standard interfaces (for tests, bench, tools).
+
+Everything goes through what ``ros2 lifecycle`` / ``ros2 param`` / ``ros2 service`` would use:
+``<skill>/change_state`` and ``get_state`` (lifecycle_msgs), ``<skill>/set_parameters``
+(rcl_interfaces), ``/skill_runtime/stop|estop|reset`` (std_srvs/Trigger). The node given must be
+spun by someone else (e.g. :class:`field_deploy.ros.Spinner`); calls wait on their futures.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import SetParameters
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
+
+TRANSITIONS = {'configure': Transition.TRANSITION_CONFIGURE,
+               'activate': Transition.TRANSITION_ACTIVATE,
+               'deactivate': Transition.TRANSITION_DEACTIVATE,
+               'cleanup': Transition.TRANSITION_CLEANUP}
+
+
+class SkillClient:
+    """``SkillClient(node).transition('/skills/reference_quadruped/stand_up', 'configure')``."""
+
+    def __init__(self, node: Node, runtime: str = '/skill_runtime') -> None:
+        self.node = node
+        self.runtime = runtime.rstrip('/')
+        self._clients: dict[tuple[type, str], Any] = {}
+
+    def _client(self, srv_type: type, name: str):
+        key = (srv_type, name)
+        if key not in self._clients:
+            self._clients[key] = self.node.create_client(srv_type, name)
+        return self._clients[key]
+
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 10.0) -> Any:
+        client = self._client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f'service {name} not available after {timeout:g} s')
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f'service {name} did not answer within {timeout:g} s')
+        return future.result()
+
+    def transition(self, skill: str, name: str, timeout: float = 10.0) -> bool:
+        req = ChangeState.Request()
+        req.transition.id = TRANSITIONS[name]
+        return bool(self.call(ChangeState, f'{skill}/change_state', req, timeout).success)
+
+    def state(self, skill: str, timeout: float = 10.0) -> str:
+        return str(self.call(GetState, f'{skill}/get_state', GetState.Request(), timeout).current_state.label)
+
+    def set_params(self, skill: str, **values: Any) -> list[SetParametersResult]:
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        return list(self.call(SetParameters, f'{skill}/set_parameters', req).results)
+
+    def trigger(self, service: str, timeout: float = 10.0) -> Trigger.Response:
+        """``stop``, ``estop`` or ``reset`` of the runtime (or any Trigger by absolute name)."""
+        name = service if service.startswith('/') else f'{self.runtime}/{service}'
+        return self.call(Trigger, name, Trigger.Request(), timeout)
+
+    def run(self, skill: str) -> bool:
+        """Configure (if needed) and activate a skill; True when it became active."""
+        if self.state(skill) == 'unconfigured' and not self.transition(skill, 'configure'):
+            return False
+        return self.transition(skill, 'activate')
