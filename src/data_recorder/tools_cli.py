@@ -1,0 +1,98 @@
+"""``field_deploy bag play | info | export | plot`` (the recorder's ``record``/``recover`` are in
+``record_cli``). Each fails with one line and a non-zero status (:class:`field_deploy.cli.CliError`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from field_deploy.cli import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from data_recorder.player_node import add_play_arguments
+
+    play = sub.add_parser('play', help='play a bag with faithful timing (like ros2 bag play)',
+                          description='Play a rosbag2 MCAP bag (directory or .mcap) with the '
+                                      'recorded timing and QoS. Services: /bag_player/pause, '
+                                      '/resume, /toggle_paused, /step; parameters rate, seek.')
+    add_play_arguments(play).set_defaults(func=_play)
+
+    info = sub.add_parser('info', help='duration, topics, counts, rates, QoS, episodes, loss',
+                          description='Print what ros2 bag info prints, plus episodes and the '
+                                      "recorder's loss accounting.")
+    info.add_argument('bag', help='rosbag2 directory or .mcap file')
+    info.add_argument('--json', action='store_true', help='machine-readable output')
+    info.set_defaults(func=_info)
+
+    export = sub.add_parser('export', help='bag(s) -> Parquet + MP4 dataset, one folder per episode',
+                            description='Export time-aligned arrays (resampled to a common clock by '
+                                        'zero-order hold) to Parquet and images to MP4/PNG, with a '
+                                        'manifest.json per episode (LeRobot-style layout).')
+    export.add_argument('bag', help='a bag, or a folder of bags')
+    export.add_argument('-o', '--output', required=True, help='output folder')
+    export.add_argument('--topics', nargs='+', default=None, metavar='TOPIC',
+                        help='topics to export (default: every exportable one)')
+    export.add_argument('--rate', type=float, default=50.0, metavar='HZ',
+                        help='common clock of the table (default 50 Hz)')
+    export.add_argument('--images', choices=('mp4', 'png', 'none'), default='mp4',
+                        help='how to write camera images (default mp4)')
+    export.set_defaults(func=_export)
+
+    plot = sub.add_parser('plot', help='PNG of signals over time (joints, efforts, forces)',
+                          description='Plot signals to a PNG. SIGNAL = TOPIC.FIELD[:SELECT], '
+                                      '"+" overlays series in one panel, e.g. '
+                                      '/joint_states.position:left_knee_joint+'
+                                      '/joint_commands.position:left_knee_joint')
+    plot.add_argument('bag', help='rosbag2 directory or .mcap file')
+    plot.add_argument('-o', '--output', required=True, help='PNG file to write')
+    plot.add_argument('--signals', nargs='+', default=(), metavar='SIGNAL',
+                      help='one panel per SIGNAL (default: command vs measured, efforts, forces)')
+    plot.add_argument('--size', default='1200x800', metavar='WxH', help='pixels (default 1200x800)')
+    plot.set_defaults(func=_plot)
+
+
+def _play(args: argparse.Namespace) -> int:
+    from data_recorder.player_node import options_from_args, play
+    options = options_from_args(args)
+    stats = play(options, args.bag, qos_overrides_path=args.qos_profile_overrides_path)
+    print(f'published {stats.published} messages' + (f', {stats.loops} loops' if stats.loops else ''))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from data_recorder.info import render, summary
+    from data_recorder.reader import Bag
+    bag = Bag(args.bag)
+    print(json.dumps(summary(bag), indent=2, default=str) if args.json else render(bag))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from data_recorder.export import export, find_bags
+    from data_recorder.reader import Bag
+    total = sum(Bag(b).size_bytes for b in find_bags(Path(args.bag)))
+    with tqdm(total=total, unit='B', unit_scale=True, desc='export', leave=False) as bar:
+        results = export(args.bag, args.output, topics=args.topics, rate_hz=args.rate,
+                         images=args.images, progress=bar.update)
+    for r in results:
+        videos = ', '.join(f'{k}: {n} frames' for k, n in r.videos.items())
+        print(f'{r.folder}: {r.rows} rows' + (f'; {videos}' if videos else ''))
+        for w in r.warnings:
+            print(f'  warning: {w}')
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from data_recorder.plot import plot
+    try:
+        w, h = (int(v) for v in args.size.lower().split('x'))
+    except ValueError:
+        raise CliError(f'--size {args.size!r} is not WIDTHxHEIGHT') from None
+    out = plot(args.bag, args.output, args.signals, width=w, height=h)
+    print(out)
+    return 0
