@@ -21,6 +21,7 @@ from field_deploy.profile import ProfileError, available_profiles, load_profile
 COMMAND_MODULES: tuple[str, ...] = (
     'field_deploy.cli',
     'health_monitor.cli',
+    'data_recorder.cli',
     'field_deploy.bringup',
     'field_deploy.demo',
     'skill_runtime.cli',
