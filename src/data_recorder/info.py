@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import yaml
@@ -10,7 +11,7 @@ import yaml
 from data_recorder.reader import Bag, describe_qos
 
 #: custom_data keys (or key fragments) the recorder uses for its loss accounting.
-LOSS_KEYS = ('loss', 'lost', 'drop', 'missed', 'gap')
+LOSS_KEYS = ('loss', 'lost', 'drop', 'missed', 'gap', 'accounting', 'totals')
 
 
 def _stamp(ns: int) -> str:
@@ -26,6 +27,16 @@ def _size(n: int) -> str:
     return f'{n} B'
 
 
+def _decoded(value: Any) -> Any:
+    """custom_data values are strings; the recorder stores JSON in them."""
+    if isinstance(value, str) and value[:1] in '{[':
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def summary(bag: Bag) -> dict[str, Any]:
     """The info as a plain dict (what ``bag info --yaml`` prints; tests read it)."""
     dur = bag.duration_ns / 1e9
@@ -35,7 +46,7 @@ def summary(bag: Bag) -> dict[str, Any]:
         topics.append({'topic': t.name, 'type': t.type, 'count': t.count, 'rate_hz': round(rate, 3),
                        'serialization_format': t.serialization_format,
                        'qos': describe_qos(t.qos)})
-    loss = {k: v for k, v in bag.custom_data.items()
+    loss = {k: _decoded(v) for k, v in bag.custom_data.items()
             if any(f in k.lower() for f in LOSS_KEYS)}
     return {
         'path': str(bag.path), 'files': [str(f) for f in bag.files],
@@ -47,7 +58,8 @@ def summary(bag: Bag) -> dict[str, Any]:
         'episodes': [{'name': e.name, 'start_ns': e.start_ns, 'end_ns': e.end_ns,
                       'duration_s': (e.end_ns - e.start_ns) / 1e9} for e in bag.episodes],
         'loss': loss,
-        'custom_data': {k: v for k, v in bag.custom_data.items() if k not in loss},
+        'custom_data': {k: _decoded(v) for k, v in bag.custom_data.items()
+                        if k not in loss and 'episodes' not in k},
     }
 
 

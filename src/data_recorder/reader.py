@@ -119,18 +119,28 @@ def parse_episodes(records: Iterable[tuple[str, dict[str, str]]], custom_data: d
                    bag_start: int, bag_end: int) -> list[Episode]:
     """Episodes from MCAP ``Metadata`` records named ``episode`` and from metadata.yaml custom_data.
 
-    Accepted keys: ``start_ns``/``start``, ``end_ns``/``end``, ``name``/``id``/``skill``. An episode
+    Accepted keys: ``start_ns``/``start``, ``end_ns``/``end``, ``name``/``skill``/``id``; records
+    sharing an ``index`` (the recorder writes one at start, one at end) are merged. An episode
     without an end ends where the next one starts (or at the end of the bag). ``custom_data`` may
-    carry ``episodes`` as a JSON/YAML list of the same dicts.
+    carry ``field_deploy.episodes`` (or ``episodes``) as a JSON/YAML list of the same dicts.
     """
     raw: list[dict[str, Any]] = [dict(d) for name, d in records if name == 'episode']
-    listed = custom_data.get('episodes') if custom_data else None
+    if any('index' in d for d in raw):        # this project's recorder: a start and an end record
+        merged: dict[str, dict[str, Any]] = {}
+        for d in raw:
+            merged.setdefault(str(d['index']), {}).update({k: v for k, v in d.items() if v != ''})
+        raw = list(merged.values())
+    listed = None
+    for key in ('field_deploy.episodes', 'episodes'):
+        if custom_data and custom_data.get(key):
+            listed = custom_data[key]
+            break
     if isinstance(listed, str):
         try:
-            listed = yaml.safe_load(listed)
+            listed = yaml.safe_load(listed)     # JSON is YAML
         except yaml.YAMLError:
             listed = None
-    if isinstance(listed, list) and not raw:
+    if isinstance(listed, list) and listed:   # the closed bag's complete list wins
         raw = [d for d in listed if isinstance(d, dict)]
     items: list[tuple[int, int | None, str, dict[str, str]]] = []
     for i, d in enumerate(raw):
@@ -138,7 +148,7 @@ def parse_episodes(records: Iterable[tuple[str, dict[str, str]]], custom_data: d
         if start is None:
             continue
         end = _int(d.get('end_ns', d.get('end', d.get('end_time_ns'))))
-        name = str(d.get('name') or d.get('id') or d.get('skill') or f'episode_{i:03d}')
+        name = str(d.get('name') or d.get('skill') or d.get('id') or f'episode_{i:03d}')
         items.append((start, end, name, {str(k): str(v) for k, v in d.items()}))
     items.sort(key=lambda t: t[0])
     episodes = []
