@@ -1,0 +1,307 @@
+"""sim_robot over real rclpy and real DDS: the sim runs as its real executable in a subprocess.
+
+Covers: every topic's type, rate and loss (from the header stamps) for both profiles in another
+process; monotonic stamps; /diagnostics content; command tracking; each fault injection set at
+run time through the SetParameters service; lifecycle with ``autostart:=false``.
+Timing assertions are loose on purpose (shared 2-core machine): behaviour, not speed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.srv import SetParameters
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+
+from field_deploy.profile import QosSpec, load_profile
+from field_deploy.ros import message_class, qos_profile
+from field_deploy.testing import RawCollector, wait_until
+from sim_robot.streamcheck import stats_from_raw
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start_sim(node_process, profile: str = 'quadruped_12dof', **params):
+    args = ['--ros-args', '-p', f'profile:={profile}']
+    for key, value in params.items():
+        args += ['-p', f'{key}:={value}']
+    return node_process('sim_robot', args)
+
+
+def call(node: Node, srv_type, name: str, request, timeout: float = 10.0):
+    client = node.create_client(srv_type, name)
+    try:
+        assert client.wait_for_service(timeout_sec=timeout), f'service {name} not available'
+        future = client.call_async(request)
+        assert wait_until(future.done, timeout), f'service {name} did not answer'
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def set_params(node: Node, **values) -> list:
+    """SetParameters on /sim_robot (what ``ros2 param set`` does); returns the results."""
+    request = SetParameters.Request()
+    request.parameters = [ParameterMsg(name=k, value=Parameter(k, value=v).get_parameter_value())
+                          for k, v in values.items()]
+    return call(node, SetParameters, '/sim_robot/set_parameters', request).results
+
+
+class Latest:
+    """Deserialised subscription keeping everything it receives (tests read ``.messages``)."""
+
+    def __init__(self, node: Node, msg_type, topic: str, depth: int = 1000) -> None:
+        self.messages: list = []
+        node.create_subscription(msg_type, topic, self.messages.append,
+                                 qos_profile(QosSpec('reliable', 'volatile', depth)))
+
+
+@pytest.fixture
+def probe(spin) -> Callable[[str], Node]:
+    def make(name: str = 'sim_probe') -> Node:
+        node = Node(name)
+        spin(node)
+        return node
+    return make
+
+
+# --------------------------------------------------------------------------- topics, rates, loss
+
+@pytest.mark.parametrize('profile_name', ['quadruped_12dof', 'humanoid_29dof'])
+def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
+        profile_name, node_process, spin):
+    profile = load_profile(profile_name)
+    specs = [t for t in profile.topics if t.params.get('source') != 'safety_gate']
+    node = Node('sim_rate_probe')
+    collectors = {s.name: RawCollector(node, [(s.name, message_class(s.type))],
+                                       qos=qos_profile(s.qos)) for s in specs}
+    diagnostics = Latest(node, DiagnosticArray, '/diagnostics', depth=100)
+    spin(node)
+    sim = start_sim(node_process, profile_name)
+    assert wait_until(lambda: all(collectors[s.name].count(s.name) > 2 for s in specs), 30.0), \
+        {s.name: collectors[s.name].count(s.name) for s in specs}
+    start = {s.name: collectors[s.name].count(s.name) for s in specs}
+    time.sleep(4.0)
+    assert sim.alive()
+
+    # Types as advertised on the graph.
+    graph = dict(node.get_topic_names_and_types())
+    for spec in specs:
+        full = spec.name if spec.name.startswith('/') else f'/{spec.name}'
+        assert graph.get(full) == [spec.type], (full, graph.get(full))
+    # Sub-topic of the safety gate: the sim subscribes, never publishes.
+    assert node.count_publishers('/joint_commands') == 0
+    assert node.count_subscribers('/joint_commands') == 1
+
+    window = {s.name: stats_from_raw(collectors[s.name].messages[s.name][start[s.name]:], s.rate_hz)
+              for s in specs}
+    lost = {name: (st.lost, st.expected) for name, st in window.items() if st.lost}
+    assert not lost, f'lost (lost, expected): {lost}\nsim log:\n{sim.log()[-3000:]}'
+    for spec in specs:
+        messages = collectors[spec.name].messages[spec.name]
+        stats = window[spec.name]
+        assert stats.duplicates == 0 and stats.non_monotonic == 0, (spec.name, stats)
+        # Whole-run stamps monotonic too (not only the window).
+        assert stats_from_raw(messages, spec.rate_hz).non_monotonic == 0, spec.name
+        assert stats.rate_hz == pytest.approx(spec.rate_hz, rel=0.05), (spec.name, stats)
+        # Received in real time: the window's wall-clock count is near the nominal rate
+        # (loose: a loaded 2-core machine delays delivery, it must not lose).
+        received = len(messages) - start[spec.name]
+        assert received >= 0.6 * 4.0 * spec.rate_hz, (spec.name, received)
+
+    # /diagnostics: one status per motor with the contract's keys, plus the other components.
+    last = diagnostics.messages[-1]
+    by_name = {s.name: s for s in last.status}
+    for joint in profile.joint_names:
+        status = by_name[f'motor/{joint}']
+        assert status.hardware_id == joint
+        values = {kv.key: kv.value for kv in status.values}
+        assert set(values) == {'temperature', 'current', 'voltage', 'error_code'}
+        assert float(values['temperature']) >= profile.motor['ambient'] - 0.1
+        assert values['error_code'] == '0' and status.level == DiagnosticStatus.OK
+    components = {t.component for t in specs if t.name != '/diagnostics'} - {'robot/joints'}
+    assert components <= set(by_name), components - set(by_name)
+
+
+# --------------------------------------------------------------------------- command tracking
+
+def test_joints_track_joint_commands_within_limits(node_process, probe):
+    profile = load_profile('quadruped_12dof')
+    node = probe()
+    states = Latest(node, JointState, 'joint_states', depth=1000)
+    start_sim(node_process)
+    assert wait_until(lambda: len(states.messages) > 50, 30.0)
+    held = np.array(states.messages[-1].position)
+    np.testing.assert_allclose(held, profile.array('safe'), atol=0.01)  # holds the safe pose
+
+    spec = profile.topic('joint_commands')
+    pub = node.create_publisher(JointState, spec.name, qos_profile(spec.qos))
+    assert wait_until(lambda: pub.get_subscription_count() == 1, 10.0)
+    target = profile.array('default')
+    mark = len(states.messages)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        cmd = JointState(name=profile.joint_names, position=target.tolist())
+        cmd.header.stamp = node.get_clock().now().to_msg()
+        pub.publish(cmd)
+        time.sleep(0.02)
+    time.sleep(0.5)
+    moved = states.messages[mark:]
+    assert len(moved) > 500
+    position = np.array([m.position for m in moved])
+    velocity = np.array([m.velocity for m in moved])
+    effort = np.array([m.effort for m in moved])
+    np.testing.assert_allclose(position[-1], target, atol=0.02)
+    margin = 0.05  # sensor noise
+    assert np.all(np.abs(effort) <= profile.array('effort') + margin)
+    assert np.all(np.abs(velocity) <= profile.array('velocity') + margin)
+    assert np.all(position >= profile.array('lower') - margin)
+    assert np.all(position <= profile.array('upper') + margin)
+    # It took time (first-order dynamics, bounded effort): not an instant jump.
+    assert np.max(np.abs(position[0] - target)) > 0.3
+
+
+# --------------------------------------------------------------------------- faults
+
+def test_overheat_fault_raises_temperature_to_error_in_diagnostics(node_process, probe):
+    node = probe()
+    diags = Latest(node, DiagnosticArray, '/diagnostics', depth=100)
+    start_sim(node_process)
+    assert wait_until(lambda: len(diags.messages) > 2, 30.0)
+    results = set_params(node, fault_overheat='FL_calf_joint', fault_overheat_rate=40.0)
+    assert all(r.successful for r in results), results
+    threshold = load_profile('quadruped_12dof').motor_temperature.error
+
+    def status(msg, joint):
+        return next(s for s in msg.status if s.name == f'motor/{joint}')
+
+    mark = len(diags.messages)
+    assert wait_until(lambda: any(status(m, 'FL_calf_joint').level == DiagnosticStatus.ERROR
+                                  for m in diags.messages[mark:]), 15.0)
+    temps = [float(next(kv.value for kv in status(m, 'FL_calf_joint').values
+                        if kv.key == 'temperature')) for m in diags.messages[mark:]]
+    assert temps[-1] > threshold
+    assert all(b >= a - 0.5 for a, b in pairwise(temps))  # rising
+    assert temps[-1] - temps[0] > 20.0
+    hot = status(diags.messages[-1], 'FL_calf_joint')
+    assert {kv.key: kv.value for kv in hot.values}['error_code'] != '0'
+    assert status(diags.messages[-1], 'FR_calf_joint').level == DiagnosticStatus.OK
+
+
+def test_silent_fault_stops_a_topic_and_clearing_it_resumes(node_process, probe):
+    node = probe()
+    imu = RawCollector(node, [('imu', message_class('sensor_msgs/msg/Imu'))],
+                       qos=qos_profile(QosSpec('reliable', 'volatile', 1000)))
+    states = Latest(node, JointState, 'joint_states')
+    start_sim(node_process)
+    assert wait_until(lambda: imu.count('imu') > 50, 30.0)
+    assert all(r.successful for r in set_params(node, fault_silent='imu'))
+    time.sleep(0.5)
+    before, states_before = imu.count('imu'), len(states.messages)
+    time.sleep(1.5)
+    assert imu.count('imu') == before
+    assert len(states.messages) - states_before > 300  # the others keep flowing
+    assert all(r.successful for r in set_params(node, fault_silent=''))
+    assert wait_until(lambda: imu.count('imu') > before + 100, 10.0)
+
+
+def test_frozen_encoder_stops_reporting_position(node_process, probe):
+    profile = load_profile('quadruped_12dof')
+    node = probe()
+    states = Latest(node, JointState, 'joint_states')
+    start_sim(node_process)
+    assert wait_until(lambda: len(states.messages) > 50, 30.0)
+    assert all(r.successful for r in set_params(node, fault_freeze='FL_thigh_joint'))
+    time.sleep(0.3)
+    spec = profile.topic('joint_commands')
+    pub = node.create_publisher(JointState, spec.name, qos_profile(spec.qos))
+    assert wait_until(lambda: pub.get_subscription_count() == 1, 10.0)
+    mark = len(states.messages)
+    for _ in range(50):
+        pub.publish(JointState(name=['FL_thigh_joint', 'FR_thigh_joint'], position=[0.8, 0.8]))
+        time.sleep(0.02)
+    time.sleep(0.5)
+    window = states.messages[mark:]
+    fl = profile.joint_index('FL_thigh_joint')
+    fr = profile.joint_index('FR_thigh_joint')
+    frozen = {m.position[fl] for m in window}
+    assert len(frozen) == 1, 'frozen encoder must report one value'
+    assert all(m.velocity[fl] == 0.0 for m in window)
+    assert abs(window[-1].position[fr] - 0.8) < 0.02  # the healthy twin moved
+    assert abs(frozen.pop() - 0.8) > 0.3
+
+
+def test_noise_fault_adds_noise_to_measurements(node_process, probe):
+    node = probe()
+    states = Latest(node, JointState, 'joint_states')
+    start_sim(node_process)
+    assert wait_until(lambda: len(states.messages) > 200, 30.0)
+    quiet = np.std([m.position for m in states.messages[-200:]], axis=0).max()
+    assert all(r.successful for r in set_params(node, fault_noise=0.05))
+    time.sleep(0.3)
+    mark = len(states.messages)
+    assert wait_until(lambda: len(states.messages) > mark + 300, 10.0)
+    noisy = np.std([m.position for m in states.messages[mark:mark + 300]], axis=0)
+    assert quiet < 0.005
+    assert np.all(noisy > 0.03) and np.all(noisy < 0.08)
+
+
+def test_bad_fault_parameters_are_refused_with_a_reason(node_process, probe):
+    node = probe()
+    start_sim(node_process)
+    (result,) = set_params(node, fault_overheat='no_such_joint')
+    assert not result.successful
+    assert 'no_such_joint' in result.reason and 'FL_calf_joint' in result.reason
+    (result,) = set_params(node, fault_silent='camera/rear/image_raw')
+    assert not result.successful and 'camera/front/image_raw' in result.reason
+    (result,) = set_params(node, fault_noise=-1.0)
+    assert not result.successful
+
+
+def test_bad_profile_exits_with_a_clear_error(node_process):
+    sim = node_process('sim_robot', ['--ros-args', '-p', 'profile:=no_such_robot'])
+    assert wait_until(lambda: not sim.alive(), 20.0)
+    assert sim.proc.returncode == 2
+    assert 'no_such_robot' in sim.log() and 'quadruped_12dof' in sim.log()
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+def test_autostart_false_publishes_nothing_until_configured_and_activated(node_process, probe):
+    node = probe()
+    states = Latest(node, JointState, 'joint_states')
+    start_sim(node_process, autostart='false')
+
+    def state() -> int:
+        return call(node, GetState, '/sim_robot/get_state', GetState.Request()).current_state.id
+
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED
+    time.sleep(1.0)
+    assert states.messages == []
+    for transition, expected in ((Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE),
+                                 (Transition.TRANSITION_ACTIVATE, State.PRIMARY_STATE_ACTIVE)):
+        if expected == State.PRIMARY_STATE_ACTIVE:
+            time.sleep(1.0)
+            assert states.messages == [], 'inactive sim must not publish'
+        request = ChangeState.Request()
+        request.transition.id = transition
+        assert call(node, ChangeState, '/sim_robot/change_state', request).success
+        assert state() == expected
+    assert wait_until(lambda: len(states.messages) > 100, 15.0)
+    request = ChangeState.Request()
+    request.transition.id = Transition.TRANSITION_DEACTIVATE
+    assert call(node, ChangeState, '/sim_robot/change_state', request).success
+    time.sleep(0.5)
+    count = len(states.messages)
+    time.sleep(1.0)
+    assert len(states.messages) == count
