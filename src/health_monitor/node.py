@@ -357,7 +357,7 @@ class HealthMonitor(Node):
         ok, message = self.lifecycle.trigger(service)
         text = f'policy {policy}: {service} -> {"ok" if ok else "FAILED"}: {message}'
         self.policy_log.append(text)
-        (self.get_logger().info if ok else self.get_logger().error)(text)
+        self._log('info' if ok else 'error', text)
         now = time.monotonic()
         self._leaf(Status('health/policies', OK if ok else ERROR, text,
                           values={'last': text, 'fired': str(len(self.policy_log))}), now)
@@ -365,8 +365,13 @@ class HealthMonitor(Node):
     # ------------------------------------------------------------------ worker / manager
 
     def _log(self, level: str, message: str) -> None:
-        {'info': self.get_logger().info, 'warn': self.get_logger().warning,
-         'error': self.get_logger().error}[level](message)
+        # rclpy refuses one call site logging at several severities: one call per level
+        if level == 'error':
+            self.get_logger().error(message)
+        elif level == 'warn':
+            self.get_logger().warning(message)
+        else:
+            self.get_logger().info(message)
 
     def _startup_job(self) -> tuple[bool, str]:
         return self.manager.startup()
