@@ -222,8 +222,9 @@ def parse_manifest(data: Any, path: Path | str, pack_hint: str = '?') -> Manifes
     version = c.string(str(top['version']) if isinstance(top['version'], (int, float))
                        else top['version'], 'version')
     api = top['api_version']
-    api = c.string(str(api) if isinstance(api, float) else api, 'api_version', _VERSION,
-                   'of the form MAJOR.MINOR (quote it in YAML: \'1.0\')')
+    if not isinstance(api, str):  # YAML reads 1.10 as the float 1.1: insist on a string
+        raise c.fail('api_version', f"expected a quoted string MAJOR.MINOR such as '1.0', got {api!r}")
+    api = c.string(api, 'api_version', _VERSION, 'of the form MAJOR.MINOR')
     kinds = c.strings(top['robot_kinds'], 'robot_kinds')
     for i, kind in enumerate(kinds):
         if kind not in KINDS:
