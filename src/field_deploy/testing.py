@@ -71,7 +71,8 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # readable after stop() too (the fixture prints it on failure)
+            self._log.flush()
         return self.log_path.read_text(errors='replace')
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
