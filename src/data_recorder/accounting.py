@@ -50,6 +50,10 @@ class TopicStats:
         if len(self._intervals) > _WINDOW:
             del self._intervals[0]
 
+    def forget_stamps(self) -> None:
+        """Start the gap detection afresh (after a pause: the hole there is not a loss)."""
+        self._last_stamp = 0
+
     def period(self) -> int:
         """The stream's period in ns if it is periodic, else 0."""
         if len(self._intervals) < _WINDOW // 2:

@@ -20,6 +20,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -84,8 +85,8 @@ class DataRecorderNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         for name, default in PARAMETERS.items():
-            if name == 'topics':
-                self.declare_parameter(name, default, ParameterDescriptor(
+            if name == 'topics':   # an empty list default would be typed as a byte array
+                self.declare_parameter(name, Parameter.Type.STRING_ARRAY, ParameterDescriptor(
                     type=ParameterType.PARAMETER_STRING_ARRAY))
             else:
                 self.declare_parameter(name, default)
@@ -174,7 +175,11 @@ class DataRecorderNode(LifecycleNode):
     # -- internals ------------------------------------------------------------------------------
 
     def _param(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        try:
+            value = self.get_parameter(name).value
+        except ParameterUninitializedException:
+            value = None
+        return PARAMETERS[name] if value is None else value
 
     def _config(self) -> RecorderConfig:
         return RecorderConfig(
@@ -328,8 +333,9 @@ def parameter_overrides(values: dict[str, Any]) -> list[Parameter]:
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise ValueError(f'unknown data_recorder parameter(s): {", ".join(unknown)}')
+    # (an empty list cannot be typed as a string array by rclpy: leave the default instead)
     return [Parameter(k, Parameter.Type.STRING_ARRAY, list(v)) if k == 'topics'
-            else Parameter(k, value=v) for k, v in values.items()]
+            else Parameter(k, value=v) for k, v in values.items() if not (k == 'topics' and not v)]
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -142,6 +142,14 @@ class Recorder:
         self.paused = True
 
     def resume(self) -> None:
+        """Record again. Runs in the writer thread, after what was queued before the pause, so
+        the stamp gap over the pause is not mistaken for loss."""
+        if self.paused:
+            self._call(self._resume)
+
+    def _resume(self) -> None:
+        for stats in self.accounting.topics.values():
+            stats.forget_stamps()
         self.paused = False
 
     def split(self) -> None:

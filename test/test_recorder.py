@@ -1,0 +1,340 @@
+"""data_recorder over real rclpy and real DDS: every contract type round trip, QoS matching,
+services (pause / resume / split / snapshot), snapshot mode, kill -9 + recover, and a bag
+recorded from ``sim_robot`` by the command line, read back by ``mcap`` and ``rosbags``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import WrenchStamped
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from nav_msgs.msg import Odometry
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
+from rosbags.highlevel import AnyReader
+from sensor_msgs.msg import BatteryState, CameraInfo, Image, Imu, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from data_recorder import metadata as md
+from data_recorder.node import DataRecorderNode, parameter_overrides
+from data_recorder.recover import recover
+from data_recorder.writer import header_stamp_ns
+from field_deploy.testing import RawCollector, wait_until
+
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                      reliability=ReliabilityPolicy.RELIABLE)
+BEST_EFFORT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                         reliability=ReliabilityPolicy.BEST_EFFORT)
+LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                     reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _stamped(cls: type, i: int):
+    msg = cls()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + i // 100, (i % 100) * 10_000_000
+    msg.header.frame_id = 'base_link'
+    return msg
+
+
+def _joint_state(i: int) -> JointState:
+    msg = _stamped(JointState, i)
+    msg.name = [f'joint_{k}' for k in range(29)]
+    msg.position = [0.01 * i + k for k in range(29)]
+    msg.velocity = [0.5] * 29
+    msg.effort = [float(k) for k in range(29)]
+    return msg
+
+
+def _image(i: int) -> Image:
+    msg = _stamped(Image, i)
+    msg.height, msg.width, msg.encoding, msg.step = 48, 64, 'rgb8', 64 * 3
+    msg.data = bytes([i % 256]) * (48 * 64 * 3)
+    return msg
+
+
+def _diagnostics(i: int) -> DiagnosticArray:
+    msg = _stamped(DiagnosticArray, i)
+    msg.status = [DiagnosticStatus(level=DiagnosticStatus.OK, name='motor/joint_0',
+                                   hardware_id='joint_0',
+                                   values=[KeyValue(key='temperature', value=str(30 + i))])]
+    return msg
+
+
+#: topic → (type, factory, publisher QoS): every contract stream of DESIGN.md
+CONTRACT = {
+    'joint_states': (JointState, _joint_state, RELIABLE),
+    'joint_commands': (JointState, _joint_state, RELIABLE),
+    'imu': (Imu, lambda i: _stamped(Imu, i), BEST_EFFORT),
+    'wrench/left_foot': (WrenchStamped, lambda i: _stamped(WrenchStamped, i), RELIABLE),
+    'camera/front/image_raw': (Image, _image, RELIABLE),
+    'camera/front/camera_info': (CameraInfo, lambda i: _stamped(CameraInfo, i), RELIABLE),
+    'odom': (Odometry, lambda i: _stamped(Odometry, i), RELIABLE),
+    'battery': (BatteryState, lambda i: _stamped(BatteryState, i), LATCHED),
+    '/diagnostics': (DiagnosticArray, _diagnostics, RELIABLE),
+}
+
+
+def _recorder(output: Path, **params: object) -> DataRecorderNode:
+    values = {'output': str(output), 'discovery_interval': 0.2, 'diagnostics_period': 3600.0,
+              'flush_interval': 0.3, **params}
+    node = DataRecorderNode(parameter_overrides=parameter_overrides(values))
+    assert node.recorder is not None, node.last_error
+    return node
+
+
+def _bag_messages(bag: Path) -> dict[str, list]:
+    out: dict[str, list] = defaultdict(list)
+    for path in sorted(bag.glob('*.mcap')):
+        with path.open('rb') as f:
+            for _schema, channel, message in make_reader(f).iter_messages(log_time_order=False):
+                out[channel.topic].append(message)
+    return out
+
+
+def _rosbags_counts(bag: Path) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    with AnyReader([bag]) as reader:
+        for conn, _t, raw in reader.messages():
+            reader.deserialize(raw, conn.msgtype)
+            counts[conn.topic] += 1
+    return dict(counts)
+
+
+def _call(node, client, timeout: float = 10.0) -> Trigger.Response:
+    assert client.wait_for_service(timeout_sec=timeout), client.srv_name
+    future = client.call_async(Trigger.Request())
+    assert wait_until(future.done, timeout), f'{client.srv_name} did not answer'
+    return future.result()
+
+
+def test_round_trip_every_contract_type(ros, spin, tmp_path: Path) -> None:
+    pub_node = rclpy.create_node('contract_publisher')
+    publishers = {t: pub_node.create_publisher(cls, t, qos) for t, (cls, _, qos) in CONTRACT.items()}
+    # a topic with two types on the graph: refused with a warning, nothing else disturbed
+    # (a second participant: DDS refuses two types for one topic in one participant)
+    other = rclpy.Context()
+    rclpy.init(context=other, signal_handler_options=SignalHandlerOptions.NO)
+    other_node = rclpy.create_node('conflict_publisher', context=other)
+    conflict = [pub_node.create_publisher(String, '/conflict', 10),
+                other_node.create_publisher(JointState, '/conflict', 10)]
+    collectors = [RawCollector(pub_node, [(t, CONTRACT[t][0])], CONTRACT[t][2]) for t in CONTRACT]
+    # the latched battery state exists before the recorder: transient local must bring it in
+    for i in range(3):
+        publishers['battery'].publish(CONTRACT['battery'][1](i))
+    recorder = _recorder(tmp_path / 'bag', topics=[*CONTRACT, '/conflict'],
+                         compression_format='zstd')
+    spin(pub_node, recorder)
+    assert wait_until(lambda: all(p.get_subscription_count() >= 2 for p in publishers.values()), 20)
+    assert '/conflict' not in recorder._types
+    n = 40
+    for i in range(3, n):
+        for topic, (_cls, make, _qos) in CONTRACT.items():
+            publishers[topic].publish(make(i))
+        for p in conflict:
+            p.publish(p.msg_type())
+        time.sleep(0.003)
+    names = {t: pub_node.resolve_topic_name(t) for t in CONTRACT}
+    first = {t: 0 if t == 'battery' else 3 for t in CONTRACT}   # index of the first message
+
+    def all_in() -> bool:
+        acc = recorder.accounting()
+        return all(acc.get(names[t], {}).get('written', 0) >= n - first[t] and
+                   collectors[k].count(t) >= n - first[t] for k, t in enumerate(CONTRACT))
+    assert wait_until(all_in, 20), ({t: a['written'] for t, a in recorder.accounting().items()},
+                                   {t: collectors[k].count(t) for k, t in enumerate(CONTRACT)})
+    accounting = recorder.accounting()
+    recorder.close_bag()
+    other_node.destroy_node()
+    rclpy.shutdown(context=other)
+
+    bag = tmp_path / 'bag'
+    recorded = _bag_messages(bag)
+    assert '/conflict' not in recorded
+    for k, topic in enumerate(CONTRACT):
+        name = names[topic]
+        published = collectors[k].messages[topic][:n - first[topic]]
+        messages = recorded[name]
+        assert [m.data for m in messages] == [data for _t, data in published], name
+        assert accounting[name]['written'] == len(messages) == n - first[topic]
+        assert accounting[name]['lost'] == 0
+        for i, (message, (received, data)) in enumerate(zip(messages, published, strict=True),
+                                                        start=first[topic]):
+            assert message.publish_time == 1000 * 10**9 + i * 10_000_000 == header_stamp_ns(data)
+            assert abs(message.log_time - received) < 2 * 10**9
+    assert _rosbags_counts(bag) == {names[t]: n - first[t] for t in CONTRACT}
+    # the recorder's own status, published on /diagnostics at close, carries the same counts
+    own = [deserialize_message(d, DiagnosticArray).status[0]
+           for _t, d in collectors[-1].messages['/diagnostics'][n - 3:]]
+    assert own and own[-1].name == 'data_recorder'
+    assert any(v.key == '/joint_states' and f'written={n - 3} lost=0' in v.value
+               for v in own[-1].values)
+    info = md.load(bag)
+    assert info['compression_format'] == 'zstd'
+    assert info['message_count'] == sum(n - first[t] for t in CONTRACT)
+    offered = {t['topic_metadata']['name']: t['topic_metadata']['offered_qos_profiles'][0]
+               for t in info['topics_with_message_count']}
+    assert offered['/imu']['reliability'] == 'best_effort'
+    assert offered['/battery']['durability'] == 'transient_local'
+    with (bag / 'bag_0.mcap').open('rb') as f:
+        decoded = {c.topic: m for _s, c, _m, m in
+                   make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages()}
+    assert list(decoded['/joint_states'].position) == _joint_state(n - 1).position.tolist()
+
+
+def test_pause_resume_split_and_flush_services(ros, spin, tmp_path: Path) -> None:
+    pub_node = rclpy.create_node('service_test')
+    pub = pub_node.create_publisher(JointState, '/chatter', RELIABLE)
+    recorder = _recorder(tmp_path / 'bag', topics=['/chatter'])
+    clients = {name: pub_node.create_client(Trigger, f'/data_recorder/{name}')
+               for name in ('pause', 'resume', 'split', 'snapshot')}
+    spin(pub_node, recorder)
+    assert wait_until(lambda: pub.get_subscription_count() >= 1, 20)
+    stats = recorder.recorder.accounting.topics['/chatter']
+
+    def burst(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            pub.publish(_joint_state(i))
+            time.sleep(0.002)
+
+    burst(0, 20)
+    assert wait_until(lambda: stats.written == 20, 10)
+    assert _call(pub_node, clients['pause']).success
+    burst(20, 20)
+    assert wait_until(lambda: stats.received == 40, 10)
+    assert _call(pub_node, clients['resume']).success
+    burst(40, 20)
+    assert wait_until(lambda: stats.written == 40, 10)
+    response = _call(pub_node, clients['split'])
+    assert response.success and 'bag_1.mcap' in response.message
+    burst(60, 10)
+    assert wait_until(lambda: stats.written == 50, 10)
+    response = _call(pub_node, clients['snapshot'])      # normal mode: a flush to disk
+    assert response.success and 'flushed' in response.message
+    recorder.close_bag()
+    info = md.load(tmp_path / 'bag')
+    assert [f['message_count'] for f in info['files']] == [40, 10]
+    assert stats.skipped_paused == 20 and stats.lost == 0
+    stamps = [header_stamp_ns(m.data) for m in _bag_messages(tmp_path / 'bag')['/chatter']]
+    expected = [_stamped(JointState, i).header.stamp for i in [*range(20), *range(40, 70)]]
+    assert stamps == [s.sec * 10**9 + s.nanosec for s in expected]
+    failed = _call(pub_node, clients['pause'])           # after close: refused with a reason
+    assert not failed.success and 'no bag is open' in failed.message
+
+
+def test_snapshot_mode_writes_only_the_last_seconds_on_request(ros, spin, tmp_path: Path) -> None:
+    pub_node = rclpy.create_node('snapshot_test')
+    pub = pub_node.create_publisher(JointState, '/chatter', RELIABLE)
+    collector = RawCollector(pub_node, [('/chatter', JointState)])
+    recorder = _recorder(tmp_path / 'bag', topics=['/chatter'], snapshot_mode=True,
+                         snapshot_duration=1.0)
+    client = pub_node.create_client(Trigger, '/data_recorder/snapshot')
+    spin(pub_node, recorder)
+    assert wait_until(lambda: pub.get_subscription_count() >= 2, 20)
+    for i in range(120):                                  # ~2.4 s at 50 Hz
+        pub.publish(_joint_state(i))
+        time.sleep(0.02)
+    stats = recorder.recorder.accounting.topics['/chatter']
+    assert wait_until(lambda: stats.received == 120 and recorder.recorder.queue_length == 0, 10)
+    assert recorder.recorder.writer.message_count == 0    # nothing on disk before the request
+    response = _call(pub_node, client)
+    assert response.success and 'snapshot:' in response.message
+    recorder.close_bag()
+    messages = _bag_messages(tmp_path / 'bag')['/chatter']
+    assert 20 <= len(messages) <= 60, len(messages)       # ~1 s of a 50 Hz stream
+    assert messages[-1].log_time - messages[0].log_time < 10**9
+    tail = [data for _t, data in collector.messages['/chatter'][-len(messages):]]
+    assert [m.data for m in messages] == tail             # the latest ones, in order
+
+
+def test_kill_9_then_recover_keeps_everything_up_to_the_last_flush(ros, spin, node_process,
+                                                                   tmp_path: Path) -> None:
+    pub_node = rclpy.create_node('crash_test')
+    pub = pub_node.create_publisher(JointState, '/chatter', RELIABLE)
+    collector = RawCollector(pub_node, [('/chatter', JointState)])
+    spin(pub_node)
+    bag = tmp_path / 'crash'
+    proc = node_process('data_recorder', ['--ros-args', '-p', f'output:={bag}',
+                                          '-p', "topics:=['/chatter']",
+                                          '-p', 'flush_interval:=0.3'])
+    assert wait_until(lambda: pub.get_subscription_count() >= 2, 30), proc.log()
+    for i in range(300):
+        pub.publish(_joint_state(i))
+        time.sleep(0.002)
+    assert wait_until(lambda: collector.count('/chatter') == 300, 10)
+    time.sleep(1.5)                                       # > 2 flush intervals
+    proc.kill()
+    assert not (bag / 'metadata.yaml').exists()           # really cut: never closed
+    report = recover(bag)
+    assert report.files[0].recovered and report.messages == 300, report
+    recorded = _bag_messages(bag)['/chatter']
+    assert [m.data for m in recorded] == [d for _t, d in collector.messages['/chatter']]
+    assert _rosbags_counts(bag) == {'/chatter': 300}
+    assert md.load(bag)['message_count'] == 300
+
+
+def test_bag_recorded_from_sim_robot_by_the_cli(ros, node_process, tmp_path: Path) -> None:
+    sim = node_process('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'])
+    bag = tmp_path / 'sim'
+    log = (tmp_path / 'record.log').open('wb')
+    record = subprocess.Popen(
+        [sys.executable, '-m', 'data_recorder.record_cli', 'record', '-o', str(bag), '-a',
+         '-x', '^/(rosout|parameter_events)$|transition_event', '--compression-format', 'lz4'],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: (bag / 'sim_0.mcap').exists(), 30)
+        time.sleep(4.0)
+        assert sim.alive(), sim.log()
+        record.send_signal(signal.SIGTERM)
+        assert record.wait(30) == 0
+    finally:
+        if record.poll() is None:
+            record.kill()
+        log.close()
+    output = (tmp_path / 'record.log').read_text()
+    info = md.load(bag)
+    counts = {t['topic_metadata']['name']: t['message_count'] for t in info['topics_with_message_count']}
+    assert {'/joint_states', '/imu', '/odom', '/diagnostics', '/wrench/FL_foot'} <= set(counts), output
+    assert counts['/joint_states'] > 500                   # 500 Hz for several seconds
+    recorded = _bag_messages(bag)
+    assert {t: len(m) for t, m in recorded.items() if m} == {t: c for t, c in counts.items() if c}
+    assert _rosbags_counts(bag) == {t: c for t, c in counts.items() if c}
+    accounting = json.loads(info['custom_data']['data_recorder.accounting'])
+    for topic, count in counts.items():
+        assert accounting[topic]['written'] == count, topic
+        # the loss the recorder reports equals the holes an independent look at the stamps finds
+        stamps = [header_stamp_ns(m.data) for m in recorded.get(topic, [])]
+        intervals = sorted(b - a for a, b in itertools.pairwise(stamps))
+        if len(intervals) > 20 and intervals[-1] < 1.4 * intervals[len(intervals) // 2]:
+            assert accounting[topic]['lost_gaps'] == 0, topic
+    assert f'{counts["/joint_states"]}' in output or 'messages written' in output
+
+
+@pytest.mark.parametrize('bad', [
+    ['-a', '--max-bag-size', '-5'],
+    ['-a', '-e', '('],
+    [],
+])
+def test_cli_refuses_bad_input_with_one_line(tmp_path: Path, bad: list[str]) -> None:
+    result = subprocess.run([sys.executable, '-m', 'data_recorder.record_cli', 'record', '-o',
+                             str(tmp_path / 'b'), *bad], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count('\n') == 1 and 'error:' in result.stderr
+    assert not (tmp_path / 'b').exists()
+    existing = subprocess.run([sys.executable, '-m', 'data_recorder.record_cli', 'record', '-o',
+                               str(tmp_path), '-a'], capture_output=True, text=True, timeout=60)
+    assert existing.returncode == 1 and 'already exists' in existing.stderr
