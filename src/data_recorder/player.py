@@ -51,6 +51,9 @@ class PlayOptions:
     #: SCHED_FIFO priority for the timing thread only (0: off). Needs root or CAP_SYS_NICE /
     #: an rtprio limit; without them playback goes on at normal priority (see PlayStats.realtime).
     realtime_priority: int = 10
+    #: Node only: before playing, wait up to this long for every publisher to match a subscriber
+    #: (cross-process discovery takes 0.1–3 s; messages sent before it are lost to that reader).
+    wait_for_subscribers_s: float = 0.0
 
     def validate(self) -> PlayOptions:
         if not self.rate > 0:
@@ -340,6 +343,8 @@ class Player:
         self._seek_to: int | None = None
         self._steps = 0
         self.finished = threading.Event()
+        #: set by the node shell: topic -> rclpy publisher (the core never touches it)
+        self.publishers: dict[str, object] = {}
         self._reader = ReadAhead(self._source, max_messages=options.read_ahead_messages,
                                  max_bytes=options.read_ahead_bytes)
 

@@ -62,6 +62,9 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument('--realtime-priority', type=int, default=10, metavar='PRIO',
                         help='SCHED_FIFO priority of the player threads when permitted '
                              '(0: normal scheduling; default 10)')
+    parser.add_argument('--wait-for-subscribers', type=float, default=0.0, metavar='SEC',
+                        help='before playing, wait up to SEC seconds until every played topic has '
+                             'a subscriber (then the --delay)')
     return parser
 
 
@@ -71,7 +74,8 @@ def options_from_args(args: argparse.Namespace) -> PlayOptions:
                        remap=parse_remaps(args.remap), clock_hz=args.clock or 0.0,
                        start_paused=args.start_paused, delay_s=args.delay,
                        read_ahead_messages=args.read_ahead_queue_size,
-                       realtime_priority=args.realtime_priority).validate()
+                       realtime_priority=args.realtime_priority,
+                       wait_for_subscribers_s=args.wait_for_subscribers).validate()
 
 
 def load_qos_overrides(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -172,6 +176,7 @@ def make_player_node(bag: Bag, options: PlayOptions, overrides: dict[str, dict[s
 
     player = Player(bag, list(publishers), options, publish, publish_clock if clock_pub else None,
                     record_timing=record_timing)
+    player.publishers = publishers
 
     def trigger(action, message):
         def callback(_request, response):
@@ -212,6 +217,21 @@ def make_player_node(bag: Bag, options: PlayOptions, overrides: dict[str, dict[s
     return node, player
 
 
+def wait_for_subscribers(node, publishers: dict, timeout_s: float) -> bool:
+    """Wait until every publisher has a matched subscription (or ``timeout_s``); logs the rest."""
+    import time
+    if timeout_s <= 0 or not publishers:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        waiting = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
+        if not waiting:
+            return True
+        time.sleep(0.02)
+    node.get_logger().warning(f'no subscriber after {timeout_s:g} s on: {", ".join(waiting)}')
+    return False
+
+
 def play(options: PlayOptions, bag_path: str | Path, *, qos_overrides_path: str | None = None,
          ros_args: Sequence[str] | None = None) -> PlayStats:
     """Open the bag, play it to the end (or SIGINT/SIGTERM), shut ROS down; returns the stats."""
@@ -238,6 +258,7 @@ def play(options: PlayOptions, bag_path: str | Path, *, qos_overrides_path: str 
         if bag.truncated:
             print(f'bag_player: {", ".join(map(str, bag.truncated))} truncated: playing what is '
                   'readable', file=sys.stderr)
+        wait_for_subscribers(node, player.publishers, options.wait_for_subscribers_s)
         return player.run()
     finally:
         for s, h in old.items():

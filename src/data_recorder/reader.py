@@ -356,7 +356,7 @@ class Bag:
                 try:
                     for schema, channel, msg in reader.iter_messages(
                             topics=None if wanted is None else list(wanted),
-                            start_time=start, end_time=end):
+                            starting_at=start, ending_before=end):
                         yield RawMessage(channel.topic, schema.name if schema else '',
                                          msg.log_time, msg.publish_time, msg.data)
                 except _DAMAGE as exc:

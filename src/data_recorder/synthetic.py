@@ -115,7 +115,8 @@ def _qos(depth: int = 10):
 
 def write_bag(path: str | Path, streams: Sequence[Stream], seconds: float, *, version: int = 9,
               start_ns: int = START_NS, jitter_ns: int = 0,
-              extra: Iterable[tuple[str, str, int, bytes]] = ()) -> Path:
+              extra: Iterable[tuple[str, str, int, bytes]] = (),
+              image_size: tuple[int, int] = (640, 480)) -> Path:
     """Write ``streams`` for ``seconds`` into a rosbag2 MCAP directory with the rosbags writer.
 
     ``extra`` adds hand-made ``(topic, type, log_time_ns, data)`` messages (e.g. a type that is not
@@ -125,7 +126,7 @@ def write_bag(path: str | Path, streams: Sequence[Stream], seconds: float, *, ve
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS2_JAZZY)
-    factory = _Factory()
+    factory = _Factory(*image_size)
     path = Path(path)
     events: list[tuple[int, int, int]] = []
     for i, s in enumerate(streams):
@@ -142,6 +143,7 @@ def write_bag(path: str | Path, streams: Sequence[Stream], seconds: float, *, ve
         for topic, type_name, _, _ in extras:
             if topic not in conns:
                 conns[topic] = writer.add_connection(topic, type_name, msgdef='int32 data',
+                                                     rihs01='RIHS01_' + '0' * 64,
                                                      offered_qos_profiles=[_qos()])
         ei = 0
         while events:
