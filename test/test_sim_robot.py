@@ -26,7 +26,12 @@ from sensor_msgs.msg import JointState
 from field_deploy.profile import QosSpec, load_profile
 from field_deploy.ros import message_class, qos_profile
 from field_deploy.testing import RawCollector, wait_until
+from sim_robot.dds import use_project_fastdds_profile
 from sim_robot.streamcheck import stats_from_raw
+
+# The subscriber side uses the project's Fast DDS profile too (set before the session's first
+# node creates the DDS participant; no effect if the variable is already set).
+use_project_fastdds_profile()
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,8 +88,9 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
     profile = load_profile(profile_name)
     specs = [t for t in profile.topics if t.params.get('source') != 'safety_gate']
     node = Node('sim_rate_probe')
-    collectors = {s.name: RawCollector(node, [(s.name, message_class(s.type))],
-                                       qos=qos_profile(s.qos)) for s in specs}
+    # Subscriber QoS: reliable, keep-last 1000 for every stream (what the recorder does): the
+    # publisher's depth covers a slow subscriber, the subscriber's depth a slow executor.
+    collectors = {s.name: RawCollector(node, [(s.name, message_class(s.type))]) for s in specs}
     diagnostics = Latest(node, DiagnosticArray, '/diagnostics', depth=100)
     spin(node)
     sim = start_sim(node_process, profile_name)
@@ -178,14 +184,14 @@ def test_overheat_fault_raises_temperature_to_error_in_diagnostics(node_process,
     diags = Latest(node, DiagnosticArray, '/diagnostics', depth=100)
     start_sim(node_process)
     assert wait_until(lambda: len(diags.messages) > 2, 30.0)
-    results = set_params(node, fault_overheat='FL_calf_joint', fault_overheat_rate=40.0)
+    mark = len(diags.messages)
+    results = set_params(node, fault_overheat='FL_calf_joint', fault_overheat_rate=20.0)
     assert all(r.successful for r in results), results
     threshold = load_profile('quadruped_12dof').motor_temperature.error
 
     def status(msg, joint):
         return next(s for s in msg.status if s.name == f'motor/{joint}')
 
-    mark = len(diags.messages)
     assert wait_until(lambda: any(status(m, 'FL_calf_joint').level == DiagnosticStatus.ERROR
                                   for m in diags.messages[mark:]), 15.0)
     temps = [float(next(kv.value for kv in status(m, 'FL_calf_joint').values

@@ -30,6 +30,7 @@ import yaml  # noqa: E402
 
 from field_deploy.profile import QosSpec, load_profile, profile_path  # noqa: E402
 from field_deploy.ros import Spinner, message_class, qos_profile  # noqa: E402
+from sim_robot.dds import default_xml  # noqa: E402
 from sim_robot.streamcheck import stats_from_raw  # noqa: E402
 
 
@@ -51,16 +52,20 @@ def _profile_with_qos(name: str, reliability: str | None, depth: int | None, fol
 
 def measure(profile: str, seconds: float, *, reliability: str | None = None,
             depth: int | None = None, transport: str | None = None,
-            warmup: float = 3.0) -> dict:
+            topics: list[str] | None = None, xml: str | None = None, warmup: float = 3.0) -> dict:
     """Run the sim, subscribe to all its topics for ``seconds``, return per-topic figures."""
     if transport:
         os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = transport
     else:
         os.environ.pop('FASTDDS_BUILTIN_TRANSPORTS', None)
+    # The sim sets FASTRTPS_DEFAULT_PROFILES_FILE to config/fastdds.xml when it is unset; 'none'
+    # (an empty value) keeps Fast DDS defaults, for the comparison.
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = '' if xml == 'none' else (xml or default_xml())
     folder = Path(tempfile.mkdtemp(prefix='sim-bench-'))
     path = _profile_with_qos(profile, reliability, depth, folder)
     prof = load_profile(path)
-    specs = [t for t in prof.topics if t.params.get('source') != 'safety_gate']
+    specs = [t for t in prof.topics if t.params.get('source') != 'safety_gate'
+             and (not topics or t.name in topics)]
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node('sim_bench_probe', context=context)
@@ -94,8 +99,9 @@ def measure(profile: str, seconds: float, *, reliability: str | None = None,
                            'received': stats.received, 'expected': stats.expected,
                            'lost': stats.lost, 'non_monotonic': stats.non_monotonic}
     return {'profile': prof.name, 'cpu_sim': cpu_sim, 'cpu_sub': cpu_sub, 'topics': rows,
-            'qos': f'{reliability or "profile"}/{depth or "profile"}', 'transport': transport or
-            'default'}
+            'qos': f'{reliability or "profile"}/{depth or "profile"}',
+            'transport': transport or 'default',
+            'xml': os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] or 'none (Fast DDS defaults)'}
 
 
 def print_result(result: dict) -> None:
@@ -118,20 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--depth', type=int)
     parser.add_argument('--transport', help='FASTDDS_BUILTIN_TRANSPORTS (DEFAULT, UDPv4, SHM, '
                                             'LARGE_DATA)')
+    parser.add_argument('--topics', nargs='+', help='subscribe to these topics only')
+    parser.add_argument('--xml', help="Fast DDS XML profile file, or 'none' for Fast DDS defaults "
+                                      '(default: config/fastdds.xml)')
     parser.add_argument('--matrix', action='store_true',
                         help='QoS x transport experiment on the quadruped')
     args = parser.parse_args(argv)
     if args.matrix:
-        for reliability, depth, transport in (
-                ('best_effort', 10, None), ('best_effort', 10, 'UDPv4'),
-                ('best_effort', 1000, None), ('reliable', 10, None),
-                ('reliable', 100, None), (None, None, None), (None, None, 'UDPv4')):
+        for reliability, depth, xml in (
+                ('best_effort', 10, 'none'), ('best_effort', 10, None),
+                ('reliable', 10, 'none'), ('reliable', 100, 'none'),
+                (None, None, 'none'), (None, None, None)):
             print_result(measure('quadruped_12dof', args.seconds, reliability=reliability,
-                                 depth=depth, transport=transport))
+                                 depth=depth, transport=args.transport, topics=args.topics,
+                                 xml=xml))
         return 0
     for profile in args.profile or ['quadruped_12dof', 'humanoid_29dof']:
         print_result(measure(profile, args.seconds, reliability=args.reliability,
-                             depth=args.depth, transport=args.transport))
+                             depth=args.depth, transport=args.transport, topics=args.topics,
+                             xml=args.xml))
     return 0
 
 

@@ -33,8 +33,10 @@ clears the fault. A name that is not a joint / topic of the profile is refused w
 that lists the valid names.
 
 Timing: one timer per distinct rate. Each timer counts the samples due since activation and
-publishes the missing ones (catching up after a late wake-up, skipping ahead if more than
-5 s behind), so the achieved rate equals the nominal one on average. Header stamps are the
+publishes the missing ones (catching up after a late wake-up, at most a quarter of the stream's
+keep-last depth per tick so a burst never overwrites unacknowledged samples in the writer
+history; skipping ahead, with a warning, if more than 5 s behind), so the achieved rate equals
+the nominal one on average. Header stamps are the
 nominal sample times ``t0 + k / rate``: evenly spaced and strictly increasing per topic. The
 control-rate timer also steps the model, once per sample.
 """
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import array
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ from sensor_msgs.msg import BatteryState, CameraInfo, Image, Imu, JointState
 import field_deploy  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
 from field_deploy.profile import ProfileError, RobotProfile, TopicSpec, load_profile
 from field_deploy.ros import init, qos_profile, run_nodes, set_stamp
+from sim_robot.dds import use_project_fastdds_profile
 from sim_robot.model import Faults, SimModel
 from sim_robot.render import SceneRenderer
 
@@ -202,7 +206,8 @@ class SimRobotNode(LifecycleNode):
             self._teardown_interfaces()
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f'configured {self.profile.name} ({self.profile.dof} joints, '
-                               f'{sum(len(g.streams) for g in self.groups)} topics)')
+                               f'{sum(len(g.streams) for g in self.groups)} topics); Fast DDS '
+                               f'profile: {os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE") or "none"}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -283,6 +288,11 @@ class SimRobotNode(LifecycleNode):
     def _tick(self, group: _RateGroup) -> Callable[[], None]:
         period_ns = 1e9 / group.rate_hz
         max_behind = max(2, int(MAX_CATCH_UP_S * group.rate_hz))
+        # A burst longer than a quarter of the smallest keep-last depth could overwrite samples
+        # in the writer history before a reliable reader has acknowledged them: catch up
+        # gradually instead, a few extra samples per tick.
+        depths = [s.spec.qos.depth for s in group.streams]
+        max_burst = max(2, min(depths) // 4) if depths else max_behind
         dt = 1.0 / group.rate_hz
 
         def on_timer() -> None:
@@ -301,7 +311,7 @@ class SimRobotNode(LifecycleNode):
                 if group.steps_model and self.model is not None:
                     self.model.step(dt * skipped)
                 missing = 1
-            for _ in range(missing):
+            for _ in range(min(missing, max_burst)):
                 stamp_ns = group.t0_ns + int(group.count * period_ns)
                 group.count += 1
                 if group.steps_model and self.model is not None:
@@ -488,6 +498,7 @@ class SimRobotNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``sim_robot``: spin until SIGINT / SIGTERM."""
+    use_project_fastdds_profile()  # before the DDS participant exists
     init(args if args is not None else sys.argv)
     try:
         node = SimRobotNode()
