@@ -86,6 +86,8 @@ class PolicySpec:
     rule: str | None
     actions: tuple[str, ...]
     restart: str | None = None
+    hold_s: float = 0.0
+    """The condition must last this long before the actions run (a blip does not act)."""
 
     def matches(self, path: str, level: int, failing: dict[str, int]) -> bool:
         if level < self.level or not fnmatch.fnmatchcase(path.strip('/'), self.path):
@@ -163,7 +165,7 @@ STAMPED_TYPES = {
 }
 
 _TOPIC_KEYS = {'min_ratio', 'max_ratio', 'window', 'stale_periods', 'stale_floor',
-               'future_tolerance', 'max_lag', 'check_stamps', 'rate_hold', 'clear'}
+               'future_tolerance', 'max_lag', 'check_stamps', 'rate_hold', 'clear', 'stale_clear'}
 
 
 def _topic_limits(c: _C, raw: Any, key: str, rate: float, base: TopicLimits | None = None
@@ -183,7 +185,8 @@ def _topic_limits(c: _C, raw: Any, key: str, rate: float, base: TopicLimits | No
         max_lag_s=num('max_lag', b.max_lag_s),
         check_stamps=c.boolean(m['check_stamps'], f'{key}.check_stamps')
         if 'check_stamps' in m else b.check_stamps,
-        rate_hold_s=num('rate_hold', b.rate_hold_s), clear_s=num('clear', b.clear_s))
+        rate_hold_s=num('rate_hold', b.rate_hold_s), clear_s=num('clear', b.clear_s),
+        stale_clear_s=num('stale_clear', b.stale_clear_s))
     if limits.min_ratio >= 1.0 or limits.max_ratio <= 1.0:
         raise c.fail(key, f'rate band [min_ratio {limits.min_ratio}, max_ratio '
                           f'{limits.max_ratio}] must contain 1.0 (the expected rate)')
@@ -331,7 +334,10 @@ def _policies(c: _C, raw: Any, rules: set[str], lifecycle: LifecycleConfig
         if isinstance(entry, dict) and True in entry:  # YAML 1.1 reads a bare `on:` key as true
             entry = {('on' if k is True else k): v for k, v in entry.items()}
         m = c.mapping(entry, key, {'name', 'on', 'actions'}, {'restart'})
-        on = c.mapping(m['on'], f'{key}.on', {'path'}, {'level', 'rule'})
+        on = c.mapping(m['on'], f'{key}.on', {'path'}, {'level', 'rule', 'for'})
+        hold = c.number(on.get('for', 0.0), f'{key}.on.for')
+        if hold < 0:
+            raise c.fail(f'{key}.on.for', f'must be >= 0 seconds, got {hold:g}')
         rule = on.get('rule')
         if rule is not None and rule not in rules:
             raise c.fail(f'{key}.on.rule', f'no rule named {rule!r} (rules: '
@@ -352,7 +358,8 @@ def _policies(c: _C, raw: Any, rules: set[str], lifecycle: LifecycleConfig
         out.append(PolicySpec(name=c.string(m['name'], f'{key}.name'),
                               path=c.string(on['path'], f'{key}.on.path').strip('/'),
                               level=c.level(on.get('level', 'ERROR'), f'{key}.on.level'),
-                              rule=rule, actions=tuple(actions), restart=restart))
+                              rule=rule, actions=tuple(actions), restart=restart,
+                              hold_s=hold))
     return tuple(out)
 
 

@@ -90,12 +90,15 @@ class TopicLimits:
     max_ratio: float = 1.25
     window_s: float = 1.0
     stale_periods: float = 2.0
-    stale_floor_s: float = 0.05
+    stale_floor_s: float = 0.08
     future_tolerance_s: float = 0.05
     max_lag_s: float = 0.5
     check_stamps: bool = True
     rate_hold_s: float = 1.0
     clear_s: float = 1.0
+    stale_clear_s: float = 0.25
+    """After a silence, STALE clears once this long's worth of messages (at the expected rate,
+    at least 2) has arrived again: no STALE/OK flicker on a bursty stream."""
 
     @property
     def stale_after_s(self) -> float:
@@ -126,6 +129,8 @@ class TopicMonitor:
         self._stamp_marks: tuple[int, int, int] = (0, 0, 0)
         self._stamp_bad_until = -1.0
         self._last_stamp_problem = ''
+        self._stale = False
+        self._stale_count = 0
         self._rate = Debounce(limits.rate_hold_s, limits.clear_s)
         self._future_ns = int(limits.future_tolerance_s * 1e9)
         self._lag_ns = int(limits.max_lag_s * 1e9)
@@ -174,9 +179,17 @@ class TopicMonitor:
         values['since last (s)'] = f'{silent:.3f}'
         if silent > lim.stale_after_s:
             self._rate.reset()
+            self._stale, self._stale_count = True, self.count
             return Status(self.path, STALE,
                           f'{self.topic}: no message for {silent:.2f} s '
                           f'(expected every {1.0 / lim.rate_hz:.3f} s)', values=values)
+        if self._stale:
+            needed = max(2, int(lim.rate_hz * lim.stale_clear_s))
+            if self.count - self._stale_count < needed:
+                return Status(self.path, STALE, f'{self.topic}: messages again '
+                                                f'({self.count - self._stale_count} of {needed} '
+                                                'needed to clear)', values=values)
+            self._stale = False
         level, problems = OK, []
         if rate is not None:
             low, high = lim.min_ratio * lim.rate_hz, lim.max_ratio * lim.rate_hz

@@ -358,28 +358,45 @@ class PolicyEngine:
     """Edge-triggered policies: each (policy, path) fires once when it starts matching.
 
     It fires again only after the path has stopped matching (cleared), so a hot motor that
-    stays hot stops the skills once, not at every status tick.
+    stays hot stops the skills once, not at every status tick. A policy with a hold (``for:``)
+    fires only when the match has lasted that long (:meth:`tick` checks the pending ones).
     """
 
     def __init__(self, policies: Sequence[PolicySpec]) -> None:
         self.policies = tuple(policies)
         self._active: set[tuple[str, str]] = set()
+        self._pending: dict[tuple[str, str], tuple[float, PolicySpec]] = {}
 
-    def evaluate(self, path: str, level: int, failing: dict[str, int]
+    def evaluate(self, path: str, level: int, failing: dict[str, int], now: float = 0.0
                  ) -> list[tuple[PolicySpec, str]]:
         fired: list[tuple[PolicySpec, str]] = []
         for policy in self.policies:
             key = (policy.name, path)
             if policy.matches(path, level, failing):
-                if key not in self._active:
+                if key in self._active or key in self._pending:
+                    continue
+                if policy.hold_s > 0:
+                    self._pending[key] = (now, policy)
+                else:
                     self._active.add(key)
                     fired.append((policy, path))
             else:
                 self._active.discard(key)
+                self._pending.pop(key, None)
+        return fired
+
+    def tick(self, now: float) -> list[tuple[PolicySpec, str]]:
+        fired = []
+        for key, (since, policy) in list(self._pending.items()):
+            if now - since >= policy.hold_s:
+                del self._pending[key]
+                self._active.add(key)
+                fired.append((policy, key[1]))
         return fired
 
     def reset(self) -> None:
         self._active.clear()
+        self._pending.clear()
 
 
 def glob_match(path: str, pattern: str) -> bool:

@@ -101,6 +101,10 @@ class RosLifecycleClient:
 class HealthMonitor(Node):
     """The ``health_monitor`` node (a plain node: it is the one that manages the others)."""
 
+    COALESCE_S = 2.0
+    """One call of a service (snapshot, stop) serves every policy that fires within this time:
+    four feet going silent together make one snapshot, not four."""
+
     def __init__(self, *, spawner: Spawner | None = None, **kwargs: Any) -> None:
         super().__init__('health_monitor', **kwargs)
         profile = self.declare_parameter('profile', 'quadruped_12dof').value
@@ -115,6 +119,8 @@ class HealthMonitor(Node):
         self.monitors: dict[str, TopicMonitor] = {}
         self.components: dict[str, ComponentHealth] = {}
         self.levels: dict[str, int] = {}
+        self._failing: dict[str, dict[str, int]] = {}
+        self._last_call: dict[str, float] = {}
         self.own: dict[str, Status] = {}
         self._dirty = False
         self._last_immediate = 0.0
@@ -196,6 +202,10 @@ class HealthMonitor(Node):
         external = [s for s in msg.status if not s.name.startswith(self.prefix)]
         if not external:
             return
+        # The ledger integrates over sample time (header stamp), not arrival time: a publisher
+        # that was starved and catches up in a burst still ran for the whole interval.
+        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        sample_t = stamp_s if stamp_s > 0 else now
         if self._diag_monitor is not None:
             self._diag_monitor.on_message(now, time.time_ns(),
                                           msg.header.stamp.sec * 1_000_000_000
@@ -225,7 +235,7 @@ class HealthMonitor(Node):
                             floats[k] = float(values[k])
                 cid = self._ledger_component(joint_path)
                 if cid:
-                    self.ledger.observe(cid, now, floats, self._warn_temp)
+                    self.ledger.observe(cid, sample_t, floats, self._warn_temp)
         self._maybe_publish_now()
 
     def _topic_rule_callback(self, rule: Any, comp: ComponentHealth) -> Callable[[Any], None]:
@@ -279,17 +289,21 @@ class HealthMonitor(Node):
 
     def _leaf(self, status: Status, now: float, failing: dict[str, int] | None = None) -> None:
         """Record one of our leaves; on a level change run the policies and publish at once."""
+        failing = failing or {}
         with self._lock:
             self.own[status.name] = status
             self.aggregator.update(status, now)
             old = self.levels.get(status.name)
             self.levels[status.name] = status.level
-        if old != status.level:
-            if old is not None or status.level != OK:
+            old_failing = self._failing.get(status.name, {})
+            self._failing[status.name] = failing
+        if old != status.level or old_failing != failing:
+            # (a rule reaching ERROR under a leaf the driver already put at ERROR is news too)
+            if old != status.level and (old is not None or status.level != OK):
                 self._dirty = True
             # A stream never seen is not a stream lost: STALE-from-start fires no policy.
             level = OK if (old is None and status.level == STALE) else status.level
-            for policy, path in self.policies.evaluate(status.name, level, failing or {}):
+            for policy, path in self.policies.evaluate(status.name, level, failing, now):
                 self._fire(policy, path, status)
 
     def _check_stale(self) -> None:
@@ -301,6 +315,11 @@ class HealthMonitor(Node):
             if (stale and known != STALE and (mon.last_rx >= 0 or known is None)) or (
                     not stale and known == STALE):
                 self._leaf(mon.status(now), now)
+        for policy, path in self.policies.tick(now):
+            with self._lock:
+                status = self.own.get(path)
+            if status is not None:
+                self._fire(policy, path, status)
         self._maybe_publish_now()
         if self.ledger is not None:
             self.ledger.maybe_flush(now)
@@ -347,6 +366,12 @@ class HealthMonitor(Node):
                         self.ledger.mark_degraded(cid, f'{policy.name} at {time.strftime("%FT%T")}')
             elif action in ('stop_skills', 'estop', 'snapshot'):
                 service = self.cfg.services[action]
+                now = time.monotonic()
+                if now - self._last_call.get(service, -1e9) < self.COALESCE_S:
+                    self.policy_log.append(f'policy {policy.name}: {service} already called '
+                                           f'within {self.COALESCE_S:g} s, not repeated')
+                    continue
+                self._last_call[service] = now
                 self._jobs.put((lambda s=service, p=policy.name: self._call_trigger(s, p),
                                 threading.Event(), []))
             elif action == 'restart':
