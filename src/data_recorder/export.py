@@ -437,15 +437,22 @@ def _rate(bag: Bag, topic: str) -> float:
     return round((n - 1) / (bag.duration_ns / 1e9), 3) if n > 1 and bag.duration_ns > 0 else 0.0
 
 
+def _is_bag_dir(p: Path) -> bool:
+    return p.is_dir() and ((p / 'metadata.yaml').exists() or any(p.glob('*.mcap')))
+
+
 def find_bags(path: Path) -> list[Path]:
-    """``path`` itself if it is a bag, else the bags directly inside it (sorted)."""
-    if path.is_file() or (path / 'metadata.yaml').exists() or any(path.glob('*.mcap')):
+    """``path`` itself if it is a bag, else the bags directly inside it (sorted): rosbag2
+    directories and loose ``.mcap`` files. A directory holding both loose MCAP files and bag
+    directories is a folder of bags; one with only MCAP files is a bag (e.g. a crashed recording)."""
+    if path.is_file() or (path / 'metadata.yaml').exists():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f'{path}: no such bag or folder')
-    bags = sorted(p for p in path.iterdir()
-                  if p.suffix == '.mcap' or (p / 'metadata.yaml').exists() or
-                  (p.is_dir() and any(p.glob('*.mcap'))))
+    subdirs = sorted(p for p in path.iterdir() if _is_bag_dir(p))
+    if not subdirs and any(path.glob('*.mcap')):
+        return [path]
+    bags = sorted([*subdirs, *path.glob('*.mcap')])
     if not bags:
         raise ExportError(f'{path}: no bag in this folder')
     return bags
