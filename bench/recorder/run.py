@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""Recorder benchmark: the reference humanoid load, published by separate generator processes,
+received by one subject process at a time — our recorder, a no-op raw subscriber (the ceiling
+any Python recorder can reach), a naive recorder (deserialise + ``mcap_ros2`` re-serialise).
+
+Prints, per subject and load multiplier: messages published vs received / recorded per topic,
+loss, MB/s written, CPU of the subject (share of one core), CPU of the generators, peak RSS.
+A benchmark prints figures; it does not pass or fail.
+
+    .venv/bin/python bench/recorder/run.py                      # 10 s, 1x and 2x, all subjects
+    .venv/bin/python bench/recorder/run.py --duration 60 --multipliers 1 2 4
+    .venv/bin/python bench/recorder/run.py --best-effort --depth 100 --subjects recorder
+
+Reference load (4,700 msg/s at 1x): JointState 29 joints @ 1 kHz, Imu @ 1 kHz,
+4 x WrenchStamped @ 500 Hz, Odometry @ 100 Hz, 3 x Image 640x480 rgb8 @ 30 Hz,
+DiagnosticArray @ 10 Hz, joint_commands @ 500 Hz. Messages are serialised once and published as
+bytes with their header stamp patched in, so the generators cost what DDS costs, not Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[2] / 'src'))
+
+from field_deploy.testing import isolate_ros_env  # noqa: E402
+
+#: (topic, type, rate_hz)
+STREAMS: list[tuple[str, str, float]] = [
+    ('/joint_states', 'sensor_msgs/msg/JointState', 1000.0),
+    ('/imu', 'sensor_msgs/msg/Imu', 1000.0),
+    ('/wrench/left_foot', 'geometry_msgs/msg/WrenchStamped', 500.0),
+    ('/wrench/right_foot', 'geometry_msgs/msg/WrenchStamped', 500.0),
+    ('/wrench/left_wrist', 'geometry_msgs/msg/WrenchStamped', 500.0),
+    ('/wrench/right_wrist', 'geometry_msgs/msg/WrenchStamped', 500.0),
+    ('/odom', 'nav_msgs/msg/Odometry', 100.0),
+    ('/camera/head/image_raw', 'sensor_msgs/msg/Image', 30.0),
+    ('/camera/left/image_raw', 'sensor_msgs/msg/Image', 30.0),
+    ('/camera/right/image_raw', 'sensor_msgs/msg/Image', 30.0),
+    ('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 10.0),
+    ('/joint_commands', 'sensor_msgs/msg/JointState', 500.0),
+]
+
+
+def _qos(best_effort: bool, depth: int):
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
+                                   else ReliabilityPolicy.RELIABLE))
+
+
+def _sample(type_name: str):
+    """One realistic message of each type (sizes as on a humanoid)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    from field_deploy.ros import message_class
+    msg = message_class(type_name)()
+    if type_name.endswith('JointState'):
+        msg.name = [f'joint_{k:02d}' for k in range(29)]
+        msg.position = [0.1 * k for k in range(29)]
+        msg.velocity = [0.01 * k for k in range(29)]
+        msg.effort = [1.0 * k for k in range(29)]
+    elif type_name.endswith('Image'):
+        msg.height, msg.width, msg.encoding, msg.step = 480, 640, 'rgb8', 640 * 3
+        msg.data = os.urandom(480 * 640 * 3)
+    elif type_name.endswith('DiagnosticArray'):
+        msg.status = [DiagnosticStatus(name=f'motor/joint_{k:02d}', hardware_id=f'joint_{k:02d}',
+                                       values=[KeyValue(key=key, value='42.0') for key in
+                                               ('temperature', 'current', 'voltage', 'error_code')])
+                      for k in range(29)]
+    msg.header.frame_id = 'base_link'
+    return msg
+
+
+# -- generator process --------------------------------------------------------------------------
+
+def generate(args: argparse.Namespace) -> int:
+    """Publish this generator's share of the streams; print START / END json lines on stdout."""
+    import rclpy
+    from rclpy.serialization import serialize_message
+
+    from field_deploy.ros import init, message_class
+
+    init([])
+    node = rclpy.create_node(f'load_generator_{args.index}')
+    qos = _qos(args.best_effort, args.depth)
+    mine = [s for i, s in enumerate(STREAMS) if i % args.generators == args.index]
+    streams = []
+    for topic, type_name, rate in mine:
+        pub = node.create_publisher(message_class(type_name), topic, qos)
+        data = bytearray(serialize_message(_sample(type_name)))
+        streams.append([topic, pub, data, 1.0 / (rate * args.multiplier), 0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(s[1].get_subscription_count() for s in streams):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    pack = struct.Struct('<iI').pack_into
+    start = time.monotonic()
+    wall0 = time.time_ns()
+    print('START', flush=True)
+    end = start + args.duration
+    due = [start] * len(streams)
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        for k, s in enumerate(streams):
+            while due[k] <= now:
+                count = s[4]
+                stamp = wall0 + int(count * s[3] * 1e9)
+                pack(s[2], 4, stamp // 1_000_000_000, stamp % 1_000_000_000)
+                s[1].publish(bytes(s[2]))
+                s[4] = count + 1
+                due[k] = start + (count + 1) * s[3]
+        time.sleep(max(0.0, min(due) - time.monotonic()))
+    elapsed = time.monotonic() - start
+    print('END ' + json.dumps({'published': {s[0]: s[4] for s in streams}, 'elapsed': elapsed}),
+          flush=True)
+    time.sleep(3.0)          # keep the writers alive while reliable resends drain
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+# -- subject process ----------------------------------------------------------------------------
+
+def subject(args: argparse.Namespace) -> int:
+    """Run one subject until SIGINT; print a json line with its counts."""
+    import resource
+
+    import rclpy
+
+    from field_deploy.ros import Spinner, init, message_class
+
+    init([])
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    qos = _qos(args.best_effort, max(args.depth, 1000))
+    counts = {t: 0 for t, _, _ in STREAMS}
+    result: dict = {}
+    out = Path(args.output)
+    if args.subject == 'recorder':
+        from data_recorder.node import DataRecorderNode, parameter_overrides
+        node = DataRecorderNode(parameter_overrides=parameter_overrides({
+            'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
+            'qos_depth': max(args.depth, 1000), 'diagnostics_period': 3600.0,
+            'min_free_space': 0}))
+        spinner = Spinner([node])
+        spinner.spin_until(stop)
+        accounting = node.accounting()
+        node.close_bag()
+        counts = {t: int(accounting.get(t, {}).get('written', 0)) for t in counts}
+        result['reported_lost'] = {t: int(accounting.get(t, {}).get('lost', 0)) for t in counts}
+        result['received'] = {t: int(accounting.get(t, {}).get('received', 0)) for t in counts}
+    else:
+        node = rclpy.create_node(f'bench_{args.subject}')
+        if args.subject == 'noop':
+            def make(topic: str):
+                def cb(_data: bytes) -> None:
+                    counts[topic] += 1
+                return cb
+            for topic, type_name, _ in STREAMS:
+                node.create_subscription(message_class(type_name), topic, make(topic), qos,
+                                         raw=True)
+        else:   # naive: deserialise, then mcap_ros2 re-serialises
+            from mcap_ros2.writer import Writer
+
+            from data_recorder.msgdefs import full_definition
+            out.mkdir(parents=True, exist_ok=True)
+            stream = (out / 'naive.mcap').open('wb')
+            writer = Writer(stream)
+            schemas = {t: writer.register_msgdef(ty, full_definition(ty)) for t, ty, _ in STREAMS}
+            lock = threading.Lock()
+            import numpy as np
+
+            def plain(value):
+                """rclpy message → dict/list (what rosidl_runtime_py's message_to_ordereddict does)."""
+                if hasattr(value, 'get_fields_and_field_types'):
+                    return {f: plain(getattr(value, f)) for f in value.get_fields_and_field_types()}
+                if isinstance(value, np.ndarray):
+                    return value.tolist()
+                if isinstance(value, list):
+                    return [plain(v) for v in value]
+                if isinstance(value, bytes) and len(value) == 1:   # a ``byte`` field
+                    return value[0]
+                return value
+
+            def make(topic: str):
+                schema = schemas[topic]
+
+                def cb(msg) -> None:
+                    stamp = msg.header.stamp
+                    with lock:
+                        writer.write_message(topic, schema, plain(msg), log_time=time.time_ns(),
+                                             publish_time=stamp.sec * 10**9 + stamp.nanosec)
+                    counts[topic] += 1
+                return cb
+            for topic, type_name, _ in STREAMS:
+                node.create_subscription(message_class(type_name), topic, make(topic), qos)
+        spinner = Spinner([node])
+        spinner.spin_until(stop)
+        if args.subject == 'naive':
+            writer.finish()
+            stream.close()
+        node.destroy_node()
+    size = sum(f.stat().st_size for f in out.rglob('*.mcap')) if out.exists() else 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update({'counts': counts, 'bytes': size, 'maxrss_kb': usage.ru_maxrss})
+    print('RESULT ' + json.dumps(result), flush=True)
+    rclpy.try_shutdown()
+    return 0
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+def _lines(proc: subprocess.Popen, sink: list[str], event: dict[str, threading.Event]) -> None:
+    for raw in proc.stdout:
+        line = raw.decode(errors='replace').rstrip()
+        sink.append(line)
+        for key, ev in event.items():
+            if line.startswith(key):
+                ev.set()
+
+
+def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> dict:
+    import psutil
+
+    work = Path(tempfile.mkdtemp(prefix=f'bench_{subject_name}_', dir=args.workdir))
+    common = ['--duration', str(args.duration), '--depth', str(args.depth),
+              '--generators', str(args.generators), '--multiplier', str(multiplier)]
+    if args.best_effort:
+        common.append('--best-effort')
+    subj = subprocess.Popen([sys.executable, str(HERE), '--role', 'subject', '--subject',
+                             subject_name, '--output', str(work), *common],
+                            stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'))
+    subj_lines: list[str] = []
+    got_result = threading.Event()
+    threading.Thread(target=_lines, args=(subj, subj_lines, {'RESULT': got_result}),
+                     daemon=True).start()
+    time.sleep(2.0)
+    gens, gen_lines, starts, ends = [], [], [], []
+    for i in range(args.generators):
+        g = subprocess.Popen([sys.executable, str(HERE), '--role', 'generate', '--index', str(i),
+                              *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        lines: list[str] = []
+        s, e = threading.Event(), threading.Event()
+        threading.Thread(target=_lines, args=(g, lines, {'START': s, 'END': e}), daemon=True).start()
+        gens.append(g)
+        gen_lines.append(lines)
+        starts.append(s)
+        ends.append(e)
+    ps = psutil.Process(subj.pid)
+    gps = [psutil.Process(g.pid) for g in gens]
+    for s in starts:
+        s.wait(90)
+    t0 = time.monotonic()
+    c0 = sum(ps.cpu_times()[:2])
+    g0 = sum(sum(p.cpu_times()[:2]) for p in gps)
+    peak = 0
+    while not all(e.is_set() for e in ends):
+        peak = max(peak, ps.memory_info().rss)
+        time.sleep(0.25)
+        if time.monotonic() - t0 > args.duration + 60:
+            break
+    wall = time.monotonic() - t0
+    cpu = sum(ps.cpu_times()[:2]) - c0
+    gcpu = sum(sum(p.cpu_times()[:2]) for p in gps) - g0
+    for g in gens:
+        g.wait(30)
+    time.sleep(1.0)
+    subj.send_signal(signal.SIGINT)
+    got_result.wait(60)
+    subj.wait(30)
+    published: dict[str, int] = {}
+    achieved = 0.0
+    for lines in gen_lines:
+        for line in lines:
+            if line.startswith('END '):
+                info = json.loads(line[4:])
+                published.update(info['published'])
+                achieved += sum(info['published'].values()) / info['elapsed']
+    found = [json.loads(line[7:]) for line in subj_lines if line.startswith('RESULT ')]
+    if not found:
+        raise RuntimeError(f'{subject_name} gave no result; its log: {work / "subject.log"}')
+    result = found[0]
+    shutil.rmtree(work, ignore_errors=True)
+    return {'subject': subject_name, 'multiplier': multiplier, 'published': published,
+            'achieved_rate': achieved, 'wall': wall, 'cpu': cpu / wall, 'gen_cpu': gcpu / wall,
+            'peak_rss_mb': max(peak, result['maxrss_kb'] * 1024) / 2**20, **result}
+
+
+def report(run: dict, duration: float, verbose: bool) -> None:
+    published, counts = run['published'], run['counts']
+    total_pub = sum(published.values())
+    total = sum(counts.get(t, 0) for t in published)
+    lost = total_pub - total
+    line = (f"{run['subject']:9s} x{run['multiplier']:<4g} published {total_pub:8d} "
+            f"({run['achieved_rate']:7.0f} msg/s achieved)  got {total:8d}  lost {lost:6d} "
+            f"({100 * lost / max(1, total_pub):.3f} %)  "
+            f"{run['bytes'] / 2**20 / duration:6.1f} MB/s written  "
+            f"CPU {100 * run['cpu']:5.1f} % of a core (generators {100 * run['gen_cpu']:5.1f} %)  "
+            f"peak RSS {run['peak_rss_mb']:6.1f} MB")
+    if 'reported_lost' in run:
+        line += f"  recorder-reported loss {sum(run['reported_lost'].values())}"
+    print(line, flush=True)
+    if verbose or lost:
+        for topic, n in published.items():
+            got = counts.get(topic, 0)
+            extra = (f" reported {run['reported_lost'][topic]}" if 'reported_lost' in run else '')
+            print(f'    {topic:28s} published {n:7d} got {got:7d} lost {n - got:6d}{extra}')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--duration', type=float, default=10.0, help='seconds per run (60 for figures)')
+    parser.add_argument('--multipliers', type=float, nargs='+', default=[1.0, 2.0])
+    parser.add_argument('--subjects', nargs='+', default=['recorder', 'noop', 'naive'],
+                        choices=['recorder', 'noop', 'naive'])
+    parser.add_argument('--best-effort', action='store_true', help='publishers best effort')
+    parser.add_argument('--depth', type=int, default=1000, help='publisher history depth')
+    parser.add_argument('--generators', type=int, default=2, help='generator processes')
+    parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
+    parser.add_argument('--workdir', default=None, help='where bags are written (default: /tmp)')
+    parser.add_argument('--json', default='', help='also write all results to this file')
+    # internal roles
+    parser.add_argument('--role', default='main', choices=['main', 'generate', 'subject'],
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--index', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--multiplier', type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument('--subject', default='noop', help=argparse.SUPPRESS)
+    parser.add_argument('--output', default='', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == 'generate':
+        return generate(args)
+    if args.role == 'subject':
+        return subject(args)
+    isolate_ros_env()
+    print(f'machine: {os.cpu_count()} cores, {sys.platform}; duration {args.duration:g} s; '
+          f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
+          f'{args.depth}; {args.generators} generator processes', flush=True)
+    results = []
+    for multiplier in args.multipliers:
+        for name in args.subjects:
+            run = run_once(args, name, multiplier)
+            results.append(run)
+            report(run, args.duration, args.verbose)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
