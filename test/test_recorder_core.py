@@ -336,3 +336,36 @@ def test_recover_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r'no \.mcap'):
         recover(empty)
     assert not is_complete(Path(os.devnull))
+
+
+# -- topic selection / QoS ---------------------------------------------------------------------
+
+def test_topic_selection_rules_and_qos_overrides(tmp_path: Path) -> None:
+    from data_recorder.selection import Selection, adapt_qos, load_qos_overrides
+    everything = Selection(all_topics=True, exclude_regex='^/camera/')
+    assert everything.matches('/imu') and not everything.matches('/camera/front/image_raw')
+    assert not everything.matches('/_hidden/x')
+    assert Selection(all_topics=True, include_hidden=True).matches('/_hidden/x')
+    picked = Selection(topics=('/odom',), regex='^/wrench/')
+    assert picked.matches('/odom') and picked.matches('/wrench/left_foot')
+    assert not picked.matches('/imu')
+    with pytest.raises(ValueError, match='nothing to record'):
+        Selection()
+    with pytest.raises(ValueError, match='exclude_regex'):
+        Selection(all_topics=True, exclude_regex='[')
+    assert adapt_qos([('reliable', 'transient_local')], 1000)['durability'] == 'transient_local'
+    mixed = adapt_qos([('reliable', 'volatile'), ('best_effort', 'transient_local')], 1000)
+    assert (mixed['reliability'], mixed['durability']) == ('best_effort', 'volatile')
+    assert adapt_qos([], 5)['reliability'] == 'best_effort'
+    path = tmp_path / 'qos.yaml'
+    path.write_text('/imu: {reliability: best_effort, depth: 10}\n')
+    overrides = load_qos_overrides(path)
+    assert adapt_qos([('reliable', 'volatile')], 1000, overrides['/imu']) == {
+        'history': 'keep_last', 'depth': 10, 'reliability': 'best_effort', 'durability': 'volatile'}
+    for text, reason in [('/imu: {reliability: sometimes}', "reliability: 'sometimes'"),
+                         ('imu: {depth: 1}', 'must be absolute'),
+                         ('/imu: {depth: 0}', 'depth'),
+                         ('/imu: {speed: 3}', "unknown QoS key 'speed'")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=reason):
+            load_qos_overrides(path)
