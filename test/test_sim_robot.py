@@ -132,16 +132,14 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
             late[spec.name] = f'{lag:.2f} s > 0.8 x {horizon:.1f} s'
     assert not lost, (f'lost (lost, expected, latency): {lost}; too late to check: {late}\n'
                       f'sim log:\n{sim.log()[-3000:]}')
-    if not {s.name for s in specs if s.rate_hz == profile.control_rate_hz} <= set(checked):
-        pytest.skip(f'machine overloaded, receiver fell behind the QoS horizon: {late}')
     for spec in specs:
         messages = collectors[spec.name].messages[spec.name]
         stats = window[spec.name]
         assert stats.duplicates == 0 and stats.non_monotonic == 0, (spec.name, stats)
         # Whole-run stamps monotonic too (not only the window).
         assert stats_from_raw(messages, spec.rate_hz).non_monotonic == 0, spec.name
-        assert stats.rate_hz == pytest.approx(spec.rate_hz, rel=0.05), (spec.name, stats)
         if spec.name in checked:
+            assert stats.rate_hz == pytest.approx(spec.rate_hz, rel=0.05), (spec.name, stats)
             # Kept up in real time: the window's wall-clock count is near the nominal rate
             # (loose: a loaded 2-core machine delays delivery, it must not lose).
             received = len(messages) - start[spec.name]
@@ -159,6 +157,8 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
         assert values['error_code'] == '0' and status.level == DiagnosticStatus.OK
     components = {t.component for t in specs if t.name != '/diagnostics'} - {'robot/joints'}
     assert components <= set(by_name), components - set(by_name)
+    if not {s.name for s in specs if s.rate_hz == profile.control_rate_hz} <= set(checked):
+        pytest.skip(f'machine overloaded, receiver fell behind the QoS horizon: {late}')
 
 
 # --------------------------------------------------------------------------- command tracking
