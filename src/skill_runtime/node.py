@@ -52,12 +52,14 @@ from field_deploy.ros import init, qos_profile, run_nodes, set_stamp
 from skill_runtime.api import RobotState, Skill, SkillContext
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
-from skill_runtime.loop import ControlLoop
+from skill_runtime.loop import ControlLoop, set_thread_realtime
 from skill_runtime.manifest import Manifest, ParamSpec, SkillSpec
 
 _PTYPE = {'double': ParameterType.PARAMETER_DOUBLE, 'int': ParameterType.PARAMETER_INTEGER,
           'bool': ParameterType.PARAMETER_BOOL, 'string': ParameterType.PARAMETER_STRING}
 SWITCH_INTERVAL_S = 0.0002
+STATS_WINDOW_S = 5.0  # jitter figures in ~/status cover the last 5 s
+DEFAULT_EXECUTOR_RT_PRIORITY = 30
 _LEVEL = {'': DiagnosticStatus.OK, 'done': DiagnosticStatus.OK, 'stopped': DiagnosticStatus.WARN,
           'refused': DiagnosticStatus.WARN, 'failed': DiagnosticStatus.ERROR}
 
@@ -193,6 +195,7 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('status_rate', 10.0)       # Hz
         self.declare_parameter('sensors', True)            # subscribe imu + wrenches for RobotState
         self.declare_parameter('rt_priority', 40)          # SCHED_FIFO of the control thread; 0 off
+        self.declare_parameter('executor_rt_priority', DEFAULT_EXECUTOR_RT_PRIORITY)  # see main()
         self._lock = threading.RLock()
         self.profile: RobotProfile | None = None
         self.rate_hz = 500.0
@@ -338,6 +341,7 @@ class SkillRuntimeNode(LifecycleNode):
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._active = True
         self.loop = ControlLoop(self.rate_hz, self._tick, on_error=self._on_loop_error,
+                                history=int(self.rate_hz * STATS_WINDOW_S),
                                 rt_priority=int(self.get_parameter('rt_priority').value)).start()
         self._guard_stop.clear()
         self._guard = threading.Thread(target=self._guard_run, name='skill-watchdog', daemon=True)
@@ -643,7 +647,9 @@ class SkillRuntimeNode(LifecycleNode):
                 ('mode', gate.mode), ('estop_reason', gate.estop_reason),
                 ('owners', ','.join(sorted(gate.owners()))), ('rate_hz', self.rate_hz),
                 ('clamped_total', gate.clamp_total), ('commands_sent', self.commands_sent),
+                ('jitter_p50_ms', f'{jit.get("p50_ms", 0.0):.3f}'),
                 ('jitter_p99_ms', f'{jit.get("p99_ms", 0.0):.3f}'),
+                ('jitter_max_ms', f'{jit.get("max_ms", 0.0):.3f}'),
                 ('overruns', jit.get('overruns', 0)),
                 ('scheduling', self.loop.realtime if self.loop is not None else ''))]
         arr.status.append(st)
@@ -664,10 +670,31 @@ class SkillRuntimeNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
+    # E-stop, stop and the robot state arrive through DDS threads and the executor: under host
+    # load, normal-priority threads (one of them holding the GIL the control thread needs) are
+    # what delay them. Threads inherit the policy of their creator, so setting it here, before
+    # rclpy and DDS start their threads, makes the whole runtime process SCHED_FIFO; the control
+    # thread then raises itself above it (rt_priority). --ros-args -p executor_rt_priority:=0
+    # (or no CAP_SYS_NICE) keeps normal scheduling.
+    prio = _process_rt_priority(args)
+    sched = set_thread_realtime(prio) if prio > 0 else 'off'
     init(args)
     node = SkillRuntimeNode()
+    node.get_logger().info(f'process scheduling: {sched}')
     run_nodes([node], on_shutdown=node.shutdown)
 
+
+def _process_rt_priority(args: list[str] | None) -> int:
+    """``executor_rt_priority`` from the command line (parameters are not readable before init)."""
+    argv = sys.argv if args is None else args
+    for i, arg in enumerate(argv):
+        value = arg.split('executor_rt_priority:=', 1)
+        if len(value) == 2 and i > 0 and argv[i - 1] == '-p':
+            try:
+                return int(value[1])
+            except ValueError:
+                return 0
+    return DEFAULT_EXECUTOR_RT_PRIORITY
 
 if __name__ == '__main__':
     main()
