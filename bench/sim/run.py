@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 from field_deploy.profile import QosSpec, load_profile, profile_path  # noqa: E402
 from field_deploy.ros import Spinner, message_class, qos_profile  # noqa: E402
 from sim_robot.dds import default_xml  # noqa: E402
-from sim_robot.streamcheck import stats_from_raw  # noqa: E402
+from sim_robot.streamcheck import cdr_header_stamp_ns, stats_from_raw  # noqa: E402
 
 
 def _profile_with_qos(name: str, reliability: str | None, depth: int | None, folder: Path) -> Path:
@@ -95,7 +95,10 @@ def measure(profile: str, seconds: float, *, reliability: str | None = None,
     for spec in specs:
         window = collectors[spec.name].messages[spec.name][start[spec.name]:end[spec.name]]
         stats = stats_from_raw(window, spec.rate_hz)
-        rows[spec.name] = {'nominal': spec.rate_hz, 'rate': stats.rate_hz,
+        latency = max(((recv - cdr_header_stamp_ns(data)) * 1e-9 for recv, data in window),
+                      default=0.0)
+        rows[spec.name] = {'latency': latency, 'horizon': spec.qos.depth / spec.rate_hz,
+                           'nominal': spec.rate_hz, 'rate': stats.rate_hz,
                            'received': stats.received, 'expected': stats.expected,
                            'lost': stats.lost, 'non_monotonic': stats.non_monotonic}
     return {'profile': prof.name, 'cpu_sim': cpu_sim, 'cpu_sub': cpu_sub, 'topics': rows,
@@ -108,11 +111,13 @@ def print_result(result: dict) -> None:
     print(f"\n== {result['profile']}  qos={result['qos']}  transport={result['transport']}  "
           f"sim CPU {result['cpu_sim']:.0f} %  subscriber CPU {result['cpu_sub']:.0f} % "
           f"(% of one core, {psutil.cpu_count()} cores)")
-    print(f"{'topic':34s} {'nominal':>8s} {'rate':>8s} {'received':>9s} {'lost':>7s} {'loss%':>7s}")
+    print(f"{'topic':34s} {'nominal':>8s} {'rate':>8s} {'received':>9s} {'lost':>7s} {'loss%':>7s}"
+          f" {'max latency':>12s} {'QoS horizon':>12s}")
     for topic, r in result['topics'].items():
         total = max(r['expected'], 1)
         print(f"{topic:34s} {r['nominal']:8.1f} {r['rate']:8.1f} {r['received']:9d} "
               f"{r['lost']:7d} {100.0 * r['lost'] / total:7.2f}"
+              f" {r['latency']:10.3f} s {r['horizon']:10.2f} s"
               + ('  NON-MONOTONIC' if r['non_monotonic'] else ''))
 
 
