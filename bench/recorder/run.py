@@ -176,12 +176,13 @@ def subject(args: argparse.Namespace) -> int:
                 node.create_subscription(message_class(type_name), topic, make(topic), qos,
                                          raw=True)
         else:   # naive: deserialise, then mcap_ros2 re-serialises
+            from mcap.writer import CompressionType
             from mcap_ros2.writer import Writer
 
             from data_recorder.msgdefs import full_definition
             out.mkdir(parents=True, exist_ok=True)
             stream = (out / 'naive.mcap').open('wb')
-            writer = Writer(stream)
+            writer = Writer(stream, compression=CompressionType.NONE)   # as ours: no compression
             schemas = {t: writer.register_msgdef(ty, full_definition(ty)) for t, ty, _ in STREAMS}
             lock = threading.Lock()
             import numpy as np
@@ -298,6 +299,7 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     result = found[0]
     shutil.rmtree(work, ignore_errors=True)
     return {'subject': subject_name, 'multiplier': multiplier, 'published': published,
+            'load_average': os.getloadavg()[0],
             'achieved_rate': achieved, 'wall': wall, 'cpu': cpu / wall, 'gen_cpu': gcpu / wall,
             'peak_rss_mb': max(peak, result['maxrss_kb'] * 1024) / 2**20, **result}
 
@@ -312,7 +314,7 @@ def report(run: dict, duration: float, verbose: bool) -> None:
             f"({100 * lost / max(1, total_pub):.3f} %)  "
             f"{run['bytes'] / 2**20 / duration:6.1f} MB/s written  "
             f"CPU {100 * run['cpu']:5.1f} % of a core (generators {100 * run['gen_cpu']:5.1f} %)  "
-            f"peak RSS {run['peak_rss_mb']:6.1f} MB")
+            f"peak RSS {run['peak_rss_mb']:6.1f} MB  (load average {run['load_average']:.1f})")
     if 'reported_lost' in run:
         line += f"  recorder-reported loss {sum(run['reported_lost'].values())}"
     print(line, flush=True)
