@@ -352,15 +352,7 @@ class Bag:
             return
         with info.path.open('rb') as stream:
             if info.indexed:
-                reader = SeekingReader(stream)
-                try:
-                    for schema, channel, msg in reader.iter_messages(
-                            topics=None if wanted is None else list(wanted),
-                            starting_at=start, ending_before=end):
-                        yield RawMessage(channel.topic, schema.name if schema else '',
-                                         msg.log_time, msg.publish_time, msg.data)
-                except _DAMAGE as exc:
-                    raise BagError(f'{info.path}: corrupt chunk ({exc})') from None
+                yield from _indexed_messages(info.path, stream, wanted, start, end)
                 return
             yield from self._stream_messages(info, stream, wanted, start, end)
 
@@ -394,6 +386,103 @@ class Bag:
             pass  # truncated: what was read is played; Bag.truncated said so
         while heap:
             yield heapq.heappop(heap)[2]
+
+
+_MESSAGE_OP = 0x05
+_CHUNK_OP = 0x06
+
+
+def _decompress(path: Path, compression: str, data: bytes, size: int) -> bytes:
+    if compression == '':
+        return data
+    if compression == 'zstd':
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    if compression == 'lz4':
+        import lz4.frame
+        return lz4.frame.decompress(data)
+    raise BagError(f'{path}: chunk compression {compression!r} is not supported (zstd, lz4)')
+
+
+def _chunk_messages(path: Path, stream: io.BufferedReader, index: Any, channels: dict[int, tuple[str, str]],
+                    start: int | None, end: int | None) -> list[RawMessage]:
+    """Every wanted message of one chunk, sorted by log time (stable)."""
+    stream.seek(index.chunk_start_offset)
+    buf = stream.read(index.chunk_length)
+    if len(buf) != index.chunk_length or buf[0] != _CHUNK_OP:
+        raise BagError(f'{path}: chunk at offset {index.chunk_start_offset} is damaged')
+    off = 9 + 28
+    (clen,) = struct.unpack_from('<I', buf, off)
+    compression = buf[off + 4: off + 4 + clen].decode()
+    off += 4 + clen
+    (rlen,) = struct.unpack_from('<Q', buf, off)
+    records = _decompress(path, compression, buf[off + 8: off + 8 + rlen], index.uncompressed_size)
+    out: list[RawMessage] = []
+    unpack = struct.Struct('<BQ').unpack_from
+    head = struct.Struct('<HIQQ').unpack_from
+    p, n = 0, len(records)
+    lo = -1 if start is None else start
+    hi = 1 << 64 if end is None else end
+    while p + 9 <= n:
+        op, length = unpack(records, p)
+        body = p + 9
+        if op == _MESSAGE_OP:
+            cid, _seq, log_time, pub_time = head(records, body)
+            ch = channels.get(cid)
+            if ch is not None and lo <= log_time < hi:
+                out.append(RawMessage(ch[0], ch[1], log_time, pub_time,
+                                      records[body + 22: body + length]))
+        p = body + length
+    out.sort(key=_log_time)
+    return out
+
+
+def _log_time(m: RawMessage) -> int:
+    return m.log_time_ns
+
+
+def _indexed_messages(path: Path, stream: io.BufferedReader, wanted: frozenset[str] | None,
+                      start: int | None, end: int | None) -> Iterator[RawMessage]:
+    """Log-time-ordered messages of an indexed MCAP file, chunk by chunk.
+
+    Measured on the reference load: ``mcap``'s ``iter_messages(log_time_order=True)`` spends most
+    of its time comparing heap entries in Python (one per message); here each chunk is parsed
+    with ``struct`` and sorted with ``list.sort``, and chunks are merged only where their time
+    ranges overlap (recorders write in arrival order, so runs are one chunk long). Memory: the
+    chunks of one overlapping run.
+    """
+    reader = SeekingReader(stream)
+    summary = reader.get_summary()
+    channels = {}
+    for cid, ch in summary.channels.items():
+        if wanted is None or ch.topic in wanted:
+            schema = summary.schemas.get(ch.schema_id)
+            channels[cid] = (ch.topic, schema.name if schema else '')
+    if not channels:
+        return
+    chunks = [c for c in summary.chunk_indexes
+              if (start is None or c.message_end_time >= start)
+              and (end is None or c.message_start_time < end)
+              and (not c.message_index_offsets or any(k in channels for k in c.message_index_offsets))]
+    chunks.sort(key=lambda c: (c.message_start_time, c.chunk_start_offset))
+    i = 0
+    try:
+        while i < len(chunks):
+            run_end = chunks[i].message_end_time
+            j = i + 1
+            while j < len(chunks) and chunks[j].message_start_time < run_end:
+                run_end = max(run_end, chunks[j].message_end_time)
+                j += 1
+            if j == i + 1:
+                yield from _chunk_messages(path, stream, chunks[i], channels, start, end)
+            else:
+                yield from heapq.merge(*[_chunk_messages(path, stream, c, channels, start, end)
+                                         for c in chunks[i:j]], key=_log_time)
+            i = j
+    except (struct.error, ValueError, OSError) as exc:
+        if isinstance(exc, BagError):
+            raise
+        raise BagError(f'{path}: corrupt chunk ({exc})') from None
 
 
 def describe_qos(profiles: tuple[dict[str, Any], ...]) -> str:
