@@ -58,7 +58,7 @@ def test_node_argv_is_a_ros_run_command_line() -> None:
     stack = load_stack(robot='quadruped_12dof', namespace='go2')
     argv = node_argv(stack.node('sim_robot'), stack.namespace)
     assert argv[:2] == ['sim_robot', '--ros-args']
-    assert '__ns:=/go2' in argv and '__node:=sim_robot' in argv
+    assert '__ns:=/go2' in argv and not any(a.startswith('__node') for a in argv)
     assert 'profile:=quadruped_12dof' in argv and 'autostart:=false' in argv
     monitor = node_argv(stack.node('health_monitor'))
     assert not any(a.startswith('autostart') for a in monitor)

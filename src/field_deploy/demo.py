@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from field_deploy.bringup import BringupError, Supervisor
 from field_deploy.operator import Mission, Operator, StepResult, load_mission
 from field_deploy.profile import load_profile
@@ -30,18 +28,16 @@ def _print(line: str) -> None:
 
 
 def bag_summary(bag_dir: Path) -> dict[str, Any]:
-    """Counts and losses per topic, and the episodes, from the bag's ``metadata.yaml``."""
-    info = yaml.safe_load((bag_dir / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
-    custom = info.get('custom_data') or {}
-    losses = yaml.safe_load(custom.get('field_deploy.accounting', '{}')) or {}
-    topics = {}
-    for entry in info.get('topics_with_message_count', []):
-        name = entry['topic_metadata']['name']
-        lost = losses.get(name, {}).get('lost', 0) if isinstance(losses.get(name), dict) else 0
-        topics[name] = {'count': int(entry['message_count']), 'lost': int(lost)}
-    episodes = yaml.safe_load(custom.get('field_deploy.episodes', '[]')) or []
-    return {'topics': topics, 'episodes': episodes, 'files': info.get('relative_file_paths', []),
-            'duration_s': info.get('duration', {}).get('nanoseconds', 0) / 1e9}
+    """Counts and losses per topic, and the episodes, read back from the bag as ``bag info`` does."""
+    from data_recorder.info import summary
+    from data_recorder.reader import Bag
+
+    info = summary(Bag(bag_dir))
+    accounting = info['loss'].get('data_recorder.accounting', {}) or {}
+    topics = {t['topic']: {'count': t['count'], 'lost': int(accounting.get(t['topic'], {}).get('lost', 0))}
+              for t in info['topics']}
+    return {'topics': topics, 'episodes': info['episodes'], 'files': info['files'],
+            'duration_s': info['duration_s']}
 
 
 def run_mission(operator: Operator, mission: Mission) -> list[StepResult]:

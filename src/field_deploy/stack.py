@@ -35,6 +35,7 @@ class StackError(ValueError):
 @dataclass(frozen=True)
 class StackNode:
     name: str
+    """The node's own name (fixed by its executable: ``sim_robot``, ``data_recorder`` …)."""
     executable: str
     when: str = 'always'
     managed: bool = True
@@ -159,7 +160,9 @@ def ros_value(value: Any) -> str:
 
 def node_argv(node: StackNode, namespace: str = '', *, autostart: bool | None = None) -> list[str]:
     """The command line that starts ``node`` (executable first), as ``ros2 run`` would."""
-    argv = [node.executable, *node.args, '--ros-args', '-r', f'__node:={node.name}']
+    # No ``__node:=`` remap: it renames every node of the process (the runtime's skill nodes,
+    # the monitor's helper nodes), so a stack node's ``name`` is the node's own fixed name.
+    argv = [node.executable, *node.args, '--ros-args']
     if namespace:
         argv += ['-r', f'__ns:=/{namespace.strip("/")}']
     for file in node.params_files:
@@ -190,7 +193,6 @@ def launch_entries(stack: Stack) -> list[dict[str, Any]]:
         entries.append({
             'package': 'field_deploy',
             'executable': node.executable,
-            'name': node.name,
             'namespace': stack.namespace,
             'parameters': [*node.params_files, params],
             'remappings': list(node.remappings.items()),
