@@ -89,6 +89,7 @@ class _FileInfo:
     end_ns: int | None
     metadata: list[tuple[str, dict[str, str]]]
     error: str = ''
+    summary: Any = None                  # mcap Summary of an indexed file (read once, at open)
 
 
 def parse_qos(value: Any) -> tuple[dict[str, Any], ...]:
@@ -259,7 +260,7 @@ class Bag:
                 has = stats.message_count > 0
                 return _FileInfo(path, True, False, counts, types, meta, defs,
                                  stats.message_start_time if has else None,
-                                 stats.message_end_time if has else None, records)
+                                 stats.message_end_time if has else None, records, '', summary)
             return self._scan(path, stream)
 
     @staticmethod
@@ -352,7 +353,7 @@ class Bag:
             return
         with info.path.open('rb') as stream:
             if info.indexed:
-                yield from _indexed_messages(info.path, stream, wanted, start, end)
+                yield from _indexed_messages(info.path, stream, info.summary, wanted, start, end)
                 return
             yield from self._stream_messages(info, stream, wanted, start, end)
 
@@ -441,8 +442,9 @@ def _log_time(m: RawMessage) -> int:
     return m.log_time_ns
 
 
-def _indexed_messages(path: Path, stream: io.BufferedReader, wanted: frozenset[str] | None,
-                      start: int | None, end: int | None) -> Iterator[RawMessage]:
+def _indexed_messages(path: Path, stream: io.BufferedReader, summary: Any,
+                      wanted: frozenset[str] | None, start: int | None,
+                      end: int | None) -> Iterator[RawMessage]:
     """Log-time-ordered messages of an indexed MCAP file, chunk by chunk.
 
     Measured on the reference load: ``mcap``'s ``iter_messages(log_time_order=True)`` spends most
@@ -451,8 +453,6 @@ def _indexed_messages(path: Path, stream: io.BufferedReader, wanted: frozenset[s
     ranges overlap (recorders write in arrival order, so runs are one chunk long). Memory: the
     chunks of one overlapping run.
     """
-    reader = SeekingReader(stream)
-    summary = reader.get_summary()
     channels = {}
     for cid, ch in summary.channels.items():
         if wanted is None or ch.topic in wanted:
