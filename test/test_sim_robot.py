@@ -117,11 +117,12 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
     # latency (receive time - stamp, which also counts the sim's own lag) stayed within that
     # horizon; on an overloaded shared machine a stream that fell further behind is reported,
     # not checked, and the test skips only if even the 500 Hz streams could not be checked.
-    checked, lost, late = [], {}, {}
+    checked, lost, late, latency = [], {}, {}, {}
     for spec in specs:
         received = collectors[spec.name].messages[spec.name][start[spec.name]:]
         lag = max(((recv - cdr_header_stamp_ns(data)) * 1e-9 for recv, data in received),
                   default=0.0)
+        latency[spec.name] = lag
         horizon = spec.qos.depth / spec.rate_hz
         if lag < 0.8 * horizon:
             checked.append(spec.name)
@@ -140,10 +141,11 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
         assert stats_from_raw(messages, spec.rate_hz).non_monotonic == 0, spec.name
         if spec.name in checked:
             assert stats.rate_hz == pytest.approx(spec.rate_hz, rel=0.05), (spec.name, stats)
-            # Kept up in real time: the window's wall-clock count is near the nominal rate
-            # (loose: a loaded 2-core machine delays delivery, it must not lose).
+            # Real time: the window's wall-clock count is the nominal rate, less what the
+            # receive latency explains (loose: a loaded 2-core machine delays, must not lose).
             received = len(messages) - start[spec.name]
-            assert received >= 0.6 * 4.0 * spec.rate_hz, (spec.name, received)
+            allowance = spec.rate_hz * (latency[spec.name] + 0.2) + 2
+            assert received >= 4.0 * spec.rate_hz - allowance, (spec.name, received, allowance)
 
     # /diagnostics: one status per motor with the contract's keys, plus the other components.
     last = diagnostics.messages[-1]
