@@ -46,7 +46,7 @@ def main() -> int:
     bag = Bag(path)
     mb = bag.size_bytes / 1e6
     print(f'bag: {bag.message_count} messages, {mb:.0f} MB, {bag.duration_ns / 1e9:.1f} s; '
-          f'machine: {os.cpu_count()} cores')
+          f'machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}')
 
     from rosbags.rosbag2 import Reader
 

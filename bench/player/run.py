@@ -27,8 +27,12 @@ isolate_ros_env()
 
 import numpy as np  # noqa: E402
 
-from data_recorder.player import PlayOptions  # noqa: E402
-from data_recorder.player_node import GIL_SWITCH_INTERVAL_S, make_player_node  # noqa: E402
+from data_recorder.player import PlayOptions, set_realtime  # noqa: E402
+from data_recorder.player_node import (  # noqa: E402
+    GIL_SWITCH_INTERVAL_S,
+    make_player_node,
+    wait_for_subscribers,
+)
 from data_recorder.reader import Bag  # noqa: E402
 from data_recorder.synthetic import reference_streams, write_bag  # noqa: E402
 
@@ -45,17 +49,22 @@ bag = Bag(sys.argv[1])
 c = RawCollector(node, [(t.name, message_class(t.type)) for t in bag.topics.values()])
 with Spinner([node]):
     print('ready', flush=True)
-    sys.stdin.readline()
-print(sum(len(v) for v in c.messages.values()), flush=True)
+    for line in sys.stdin:
+        time.sleep(1.0)
+        print(sum(len(v) for v in c.messages.values()), flush=True)
+        if line.strip() == 'quit':
+            break
 '''
 
 
-def play_once(bag: Bag, rate: float, *, delay: float) -> tuple[list[int], int, float]:
+def play_once(bag: Bag, rate: float, *, delay: float, wait: bool) -> tuple[list[int], int, float]:
     import rclpy
 
     from field_deploy.ros import Spinner
     node, player = make_player_node(bag, PlayOptions(rate=rate, delay_s=delay), record_timing=True)
     with Spinner([node]):
+        if wait:
+            wait_for_subscribers(node, player.publishers, 20.0)
         t0 = time.monotonic()
         stats = player.run()
         elapsed = time.monotonic() - t0 - delay
@@ -78,10 +87,13 @@ def main() -> int:
         print(f'wrote {path} ({args.seconds:g} s reference load) in {time.monotonic() - t0:.1f} s')
     bag = Bag(path)
     print(f'bag: {bag.message_count} messages, {bag.size_bytes / 1e6:.0f} MB, '
-          f'{bag.duration_ns / 1e9:.1f} s, {len(bag.topics)} topics; machine: {os.cpu_count()} cores')
+          f'{bag.duration_ns / 1e9:.1f} s, {len(bag.topics)} topics; machine: {os.cpu_count()} cores, '
+          f'load average {os.getloadavg()[0]:.1f}')
 
     import rclpy
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    realtime = set_realtime(10)        # as bag_player does: before any thread, so all inherit it
+    print(f'SCHED_FIFO: {"yes" if realtime else "not permitted (normal priority)"}')
     sub = None
     if not args.no_subscriber:
         sub = subprocess.Popen([sys.executable, '-c', SUBSCRIBER, str(path)], stdin=subprocess.PIPE,
@@ -89,19 +101,25 @@ def main() -> int:
         assert sub.stdout.readline().strip() == 'ready'
     rclpy.init()
     try:
-        errors, n, elapsed = play_once(bag, 1.0, delay=1.0)
+        errors, n, elapsed = play_once(bag, 1.0, delay=0.5, wait=sub is not None)
+        if sub is not None:
+            sub.stdin.write('count\n')
+            sub.stdin.flush()
+            got = int(sub.stdout.readline())
+            print(f'subscriber process received {got} of {n} messages at 1x')
         e = np.asarray(errors) / 1e6
         print(f'1x timing error (publish − scheduled), {n} msgs over {elapsed:.1f} s: '
               f'p50 {np.percentile(e, 50):.3f} ms  p99 {np.percentile(e, 99):.3f} ms  '
               f'max {e.max():.3f} ms  (target p99 <= 1 ms)')
-        _, n, elapsed = play_once(bag, 1000.0, delay=0.5)
+        _, n, elapsed = play_once(bag, 1000.0, delay=0.5, wait=sub is not None)
         print(f'throughput ceiling (--rate 1000): {n / elapsed:,.0f} msg/s, '
               f'{bag.size_bytes / 1e6 / elapsed:.0f} MB/s ({elapsed:.2f} s for the bag)')
     finally:
         rclpy.try_shutdown()
         if sub is not None:
-            out, _ = sub.communicate('\n', timeout=60)
-            print(f'subscriber received {out.strip().splitlines()[-1]} messages (both runs)')
+            out, _ = sub.communicate('quit\n', timeout=60)
+            print(f'subscriber received {out.strip().splitlines()[-1]} messages over both runs '
+                  '(at --rate 1000 a KEEP_LAST subscriber drops, as expected)')
     return 0
 
 
