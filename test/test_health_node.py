@@ -358,7 +358,7 @@ def test_lifecycle_bring_up_order_kill_restart_backoff_and_give_up(
     t_kill = time.time()
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: any(t > t_kill and n == 'fake_recorder' and w == 'activate'
-                                  for t, _, n, w in _events(log)), 30), hm.log()[-3000:]
+                                  for t, _, n, w in _events(log)), 60), hm.log()[-3000:]
     new_pid = [p for t, p, n, w in _events(log) if n == 'fake_recorder' and w == 'activate'][-1]
     assert new_pid != pid
     assert wait_until(lambda: phase('fake_recorder') == OK, 10)

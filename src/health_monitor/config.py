@@ -76,6 +76,9 @@ class LifecycleConfig:
     max_retries: int = 5
     stable_after_s: float = 30.0
     missed_heartbeats: int = 2
+    spawn_timeout_s: float = 20.0
+    """How long a process we started may take to show its lifecycle services (Python + rclpy
+    imports take several seconds on a loaded 2-core robot computer)."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ def _lifecycle(c: _C, raw: Any) -> LifecycleConfig:
     m = c.mapping(raw or {}, 'lifecycle', set(),
                   {'nodes', 'autostart', 'heartbeat_rate', 'transition_timeout',
                    'discover_timeout', 'backoff', 'max_retries', 'stable_after',
-                   'missed_heartbeats'})
+                   'missed_heartbeats', 'spawn_timeout'})
     nodes: list[ManagedNode] = []
     for i, entry in enumerate(m.get('nodes', []) or []):
         key = f'lifecycle.nodes[{i}]'
@@ -318,7 +321,9 @@ def _lifecycle(c: _C, raw: Any) -> LifecycleConfig:
         max_retries=retries,
         stable_after_s=c.number(m.get('stable_after', 30.0), 'lifecycle.stable_after',
                                 positive=True),
-        missed_heartbeats=missed)
+        missed_heartbeats=missed,
+        spawn_timeout_s=c.number(m.get('spawn_timeout', 20.0), 'lifecycle.spawn_timeout',
+                                 positive=True))
 
 
 def _policies(c: _C, raw: Any, rules: set[str], lifecycle: LifecycleConfig

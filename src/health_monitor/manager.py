@@ -131,6 +131,7 @@ class NodeRecord:
     missed: int = 0
     message: str = 'not started'
     restarts: int = 0
+    spawned_at: float = -1e9
 
 
 def backoff_delay(cfg: LifecycleConfig, attempt: int) -> float:
@@ -181,9 +182,11 @@ class LifecycleManager:
             return False
         self.log('info', f'starting {name}: {" ".join(rec.spec.command)}')
         self.spawner.start(name, rec.spec.command)
+        rec.spawned_at = self.clock()
         self._event(name, 'spawn')
-        if not self._wait_available(rec, max(self.cfg.discover_timeout_s, 10.0)):
-            rec.message = f'{name} started but /{name}/get_state did not appear'
+        if not self._wait_available(rec, self.cfg.spawn_timeout_s):
+            rec.message = (f'{name} started but /{name}/get_state did not appear within '
+                           f'{self.cfg.spawn_timeout_s:g} s')
             return False
         return True
 
@@ -327,7 +330,12 @@ class LifecycleManager:
         state = self.client.get_state(name, 1.0) if available else None
         respawn = state is None or state == 'finalized'
         if respawn and self.spawner.alive(name):
-            self.spawner.stop(name)
+            starting = self.clock() - rec.spawned_at
+            if state is None and starting < self.cfg.spawn_timeout_s:
+                # our process is still importing: wait for it rather than kill it half-started
+                respawn = not self._wait_available(rec, self.cfg.spawn_timeout_s - starting)
+            if respawn:
+                self.spawner.stop(name)
         if respawn and not self._ensure_process(rec, respawn=True):
             self._down(rec, rec.message)
             return

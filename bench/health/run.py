@@ -1,0 +1,352 @@
+"""Benchmark of the health monitor: CPU share under the reference humanoid load, and fault
+detection latency (injection -> ERROR/STALE on /diagnostics_agg), p50 / p99.
+
+    .venv/bin/python bench/health/run.py [--duration 20] [--trials 20]
+
+Reference load (the recorder issue's humanoid, published by a separate generator process from
+pre-serialised messages with fresh header stamps): JointState 29 joints @ 1 kHz, Imu @ 1 kHz,
+4 x WrenchStamped @ 500 Hz, Odometry @ 100 Hz, 3 x Image 640x480 rgb8 @ 30 Hz, joint_commands
+@ 500 Hz, DiagnosticArray @ 10 Hz with 30 statuses (29 motors + battery). The monitor is the
+real ``health_monitor`` executable with the shipped default.yaml (no managed nodes, no
+policies). Latencies use CLOCK_MONOTONIC, shared by the processes of one host. Prints figures;
+not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'src'))
+
+from field_deploy.testing import executable, isolate_ros_env, wait_until  # noqa: E402
+
+STAMP = struct.Struct('<iI')
+JOINTS_TOPIC_RATES = [
+    ('joint_states', 'sensor_msgs/msg/JointState', 1000, 'robot/joints', {}),
+    ('joint_commands', 'sensor_msgs/msg/JointState', 500, 'skills/safety_gate',
+     {'source': 'safety_gate'}),
+    ('imu', 'sensor_msgs/msg/Imu', 1000, 'sensors/imu', {}),
+    *[(f'wrench/{s}', 'geometry_msgs/msg/WrenchStamped', 500, f'sensors/wrench/{s}', {})
+      for s in ('left_foot', 'right_foot', 'left_wrist', 'right_wrist')],
+    ('odom', 'nav_msgs/msg/Odometry', 100, 'robot/odometry', {}),
+    *[(f'camera/{c}/image_raw', 'sensor_msgs/msg/Image', 30, f'sensors/camera/{c}', {})
+      for c in ('head', 'left', 'right')],
+    ('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 10, 'robot/motors', {}),
+]
+HOT_JOINT = 'left_knee_joint'
+
+
+def bench_profile(tmp: Path) -> Path:
+    """The humanoid profile with the reference load's topics (1 kHz joints and IMU, 3 cameras)."""
+    import yaml
+    data = yaml.safe_load((ROOT / 'config/robots/humanoid_29dof.yaml').read_text())
+    data['topics'] = [{'name': n, 'type': t, 'rate': r, 'component': c, 'params': p,
+                       'qos': {'reliability': 'reliable', 'depth': 1000 if r >= 500 else 100}}
+                      for n, t, r, c, p in JOINTS_TOPIC_RATES]
+    path = tmp / 'humanoid_29dof_bench.yaml'
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def bench_config(tmp: Path, ignore: list[str]) -> Path:
+    import yaml
+    data = yaml.safe_load((ROOT / 'config/health/default.yaml').read_text())
+    data['topics']['ignore'] = ignore
+    data['lifecycle']['nodes'] = []
+    data['policies'] = []
+    data['rules'] = [r for r in data['rules'] if 'topic' not in r]  # no battery topic here
+    data['ledger']['path'] = str(tmp / 'ledger.sqlite')
+    path = tmp / 'health_bench.yaml'
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- generator process
+
+def generator(profile_path: str) -> int:
+    """Publish the reference load; stdin commands: silence/resume TOPIC, hot, cool, counts."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.serialization import serialize_message
+
+    from field_deploy.profile import load_profile
+    from field_deploy.ros import init, message_class, qos_profile
+
+    init([])
+    profile = load_profile(profile_path)
+    node = rclpy.create_node('health_bench_generator')
+    joints = profile.joint_names
+
+    def diag(hot: bool) -> bytes:
+        msg = DiagnosticArray()
+        msg.status = [DiagnosticStatus(name=f'motor/{j}', hardware_id=j, values=[
+            KeyValue(key='temperature', value='95.0' if hot and j == HOT_JOINT else '45.0'),
+            KeyValue(key='current', value='4.2'), KeyValue(key='voltage', value='53.1'),
+            KeyValue(key='error_code', value='0')]) for j in joints]
+        msg.status.append(DiagnosticStatus(name='power/battery', values=[
+            KeyValue(key='fraction', value='0.8')]))
+        return serialize_message(msg)
+
+    streams = []
+    for spec in profile.topics:
+        cls = message_class(spec.type)
+        msg = cls()
+        if spec.type.endswith('JointState'):
+            msg.name = joints
+            msg.position = msg.velocity = msg.effort = [0.1] * len(joints)
+        elif spec.type.endswith('Image'):
+            msg.width, msg.height, msg.encoding, msg.step = 640, 480, 'rgb8', 640 * 3
+            msg.data = bytes(640 * 480 * 3)
+        data = diag(False) if spec.type.endswith('DiagnosticArray') else serialize_message(msg)
+        streams.append({'name': spec.name, 'pub': node.create_publisher(cls, spec.name,
+                                                                          qos_profile(spec.qos)),
+                        'period': 1.0 / spec.rate_hz, 'buf': bytearray(data), 'count': 0,
+                        'silent': False, 'last': 0.0})
+    hot_bytes, cool_bytes = bytearray(diag(True)), bytearray(diag(False))
+    diag_stream = next(s for s in streams if s['name'] == '/diagnostics')
+    commands: list[str] = []
+    lock = threading.Lock()
+
+    def reader() -> None:
+        for line in sys.stdin:
+            with lock:
+                commands.append(line.strip())
+    threading.Thread(target=reader, daemon=True).start()
+
+    def reply(text: str) -> None:
+        sys.stdout.write(text + '\n')
+        sys.stdout.flush()
+
+    start = time.monotonic()
+    for i, s in enumerate(streams):
+        s['due'] = start + 0.0001 * i
+    pending_hot = False
+    reply('ready')
+    while True:
+        with lock:
+            todo, commands[:] = list(commands), []
+        for cmd in todo:
+            verb, _, arg = cmd.partition(' ')
+            if verb == 'quit':
+                return 0
+            if verb in ('silence', 'resume'):
+                s = next(x for x in streams if x['name'] == arg)
+                s['silent'] = verb == 'silence'
+                if verb == 'resume':
+                    s['due'] = time.monotonic()
+                reply(f'{verb} {arg} {s["last"]:.6f}')
+            elif verb == 'hot':
+                diag_stream['buf'], pending_hot = hot_bytes, True
+            elif verb == 'cool':
+                diag_stream['buf'] = cool_bytes
+                reply('cool')
+            elif verb == 'counts':
+                elapsed = time.monotonic() - start
+                reply('counts ' + json.dumps({s['name']: round(s['count'] / elapsed, 1)
+                                              for s in streams}))
+        now = time.monotonic()
+        for s in streams:
+            if now < s['due']:
+                continue
+            s['due'] += s['period']
+            if s['due'] < now - 0.5:
+                s['due'] = now + s['period']
+            if s['silent']:
+                continue
+            buf = s['buf']
+            sec, nanosec = divmod(time.time_ns(), 1_000_000_000)
+            STAMP.pack_into(buf, 4, sec, nanosec)
+            s['pub'].publish(bytes(buf))
+            s['count'] += 1
+            s['last'] = time.monotonic()
+            if pending_hot and s is diag_stream:
+                pending_hot = False
+                reply(f'hot {s["last"]:.6f}')
+        wait = min(s['due'] for s in streams) - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, 0.005))
+
+
+# --------------------------------------------------------------------------- driver
+
+class Gen:
+    def __init__(self, profile: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, 'gen', str(profile)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == 'ready'
+
+    def ask(self, command: str, expect: str | None = None) -> str:
+        self.proc.stdin.write(command + '\n')
+        self.proc.stdin.flush()
+        if expect is None:
+            return ''
+        while True:
+            line = self.proc.stdout.readline().strip()
+            if line.startswith(expect):
+                return line
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self.ask('quit')
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--duration', type=float, default=20.0, help='CPU window (s)')
+    parser.add_argument('--trials', type=int, default=20, help='latency trials per fault kind')
+    parser.add_argument('--ignore', action='append', default=[], metavar='TOPIC',
+                        help='do not watch TOPIC (to see what each stream costs)')
+    parser.add_argument('--cpu-only', action='store_true', help='skip the latency trials')
+    args = parser.parse_args()
+    isolate_ros_env()
+    from sim_robot.dds import use_project_fastdds_profile
+    use_project_fastdds_profile()
+    import psutil
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from field_deploy.ros import Spinner, init
+
+    tmp = Path(tempfile.mkdtemp(prefix='health_bench_'))
+    profile, config = bench_profile(tmp), bench_config(tmp, args.ignore)
+    gen = Gen(profile)
+    log = (tmp / 'health_monitor.log').open('wb')
+    hm = subprocess.Popen([executable('health_monitor'), '--ros-args', '-p',
+                           f'profile:={profile}', '-p', f'config:={config}'],
+                          stdout=log, stderr=subprocess.STDOUT)
+    init([])
+    node = rclpy.create_node('health_bench_watch')
+    seen: list[tuple[float, dict[str, int]]] = []
+    lock = threading.Lock()
+
+    def on_agg(msg: DiagnosticArray) -> None:
+        now = time.monotonic()
+        table = {s.name: s.level[0] for s in msg.status}
+        with lock:
+            seen.append((now, table))
+    node.create_subscription(DiagnosticArray, '/diagnostics_agg', on_agg,
+                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    spinner = Spinner([node]).start()
+
+    def level(path: str) -> int | None:
+        with lock:
+            return seen[-1][1].get(path) if seen else None
+
+    def first(path: str, lv: int, after: float) -> float | None:
+        with lock:
+            return next((t for t, tab in seen if t > after and tab.get(path) == lv), None)
+
+    results: dict[str, object] = {}
+    try:
+        leaves = [p for t, p in (('imu', '/sensors/imu/stream'),
+                                 ('camera/head/image_raw', '/sensors/camera/head/image_raw'),
+                                 ('joint_states', '/robot/joints/joint_states'))
+                  if t not in args.ignore] + [f'/robot/legs/{HOT_JOINT}']
+        if not wait_until(lambda: all(level(p) == 0 for p in leaves), 60):
+            print('monitor never saw the load OK:', {p: level(p) for p in leaves})
+            print((tmp / 'health_monitor.log').read_text()[-3000:])
+            return 1
+        time.sleep(3.0)
+        proc = psutil.Process(hm.pid)
+        c0, t0 = proc.cpu_times(), time.monotonic()
+        host0 = psutil.cpu_times()
+        time.sleep(args.duration)
+        c1, t1 = proc.cpu_times(), time.monotonic()
+        host1 = psutil.cpu_times()
+        cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100.0
+        busy = (sum(host1) - host1.idle - sum(host0) + host0.idle) / (sum(host1) - sum(host0))
+        rates = json.loads(gen.ask('counts', 'counts').split(' ', 1)[1])
+        with lock:
+            window = [tab for t, tab in seen if t0 <= t <= t1]
+        false_stale = sum(1 for i in range(1, len(window)) for p in leaves
+                          if window[i].get(p) == 3 and window[i - 1].get(p) != 3)
+        results['cpu_percent_of_one_core'] = round(cpu, 1)
+        results['host_busy_percent'] = round(busy * 100, 1)
+        results['generator_rates_hz'] = rates
+        results['false_stale_transitions_in_window'] = false_stale
+
+        for topic, path, rate in (('imu', '/sensors/imu/stream', 1000.0),
+                                  ('camera/head/image_raw', '/sensors/camera/head/image_raw',
+                                   30.0)):
+            if args.cpu_only or topic in args.ignore:
+                continue
+            lat = []
+            for _ in range(args.trials):
+                last = float(gen.ask(f'silence {topic}', 'silence').split()[-1])
+                ok = wait_until(lambda path=path, last=last: first(path, 3, last) is not None, 5)
+                if ok:
+                    lat.append(first(path, 3, last) - last)
+                gen.ask(f'resume {topic}', 'resume')
+                wait_until(lambda path=path: level(path) == 0, 5)
+                time.sleep(0.3)
+            limit = 2.0 / rate + 0.1
+            results[f'stale_{topic}'] = {
+                'trials': len(lat), 'p50_ms': round(pct(lat, 0.5) * 1000, 1),
+                'p99_ms': round(pct(lat, 0.99) * 1000, 1), 'max_ms': round(max(lat) * 1000, 1),
+                'target_ms': round(limit * 1000, 1)}
+        lat = []
+        path = f'/robot/legs/{HOT_JOINT}'
+        for _ in range(0 if args.cpu_only else max(5, args.trials // 2)):
+            t_hot = float(gen.ask('hot', 'hot').split()[-1])
+            if wait_until(lambda t_hot=t_hot: first(path, 2, t_hot) is not None, 5):
+                lat.append(first(path, 2, t_hot) - t_hot)
+            gen.ask('cool', 'cool')
+            wait_until(lambda: level(path) == 0, 10)
+        if lat:
+            results['threshold_over_temperature'] = {
+                'trials': len(lat), 'p50_ms': round(pct(lat, 0.5) * 1000, 1),
+                'p99_ms': round(pct(lat, 0.99) * 1000, 1), 'max_ms': round(max(lat) * 1000, 1),
+                'target_ms': 200.0,
+                'note': 'from the first over-limit sample; the rule needs 2 consecutive samples '
+                        '(raise 50 ms) at 10 Hz'}
+    finally:
+        hm.send_signal(2)
+        try:
+            hm.wait(10)
+        except subprocess.TimeoutExpired:
+            hm.kill()
+        gen.close()
+        spinner.stop()
+        rclpy.try_shutdown()
+    results['machine'] = {'cpus': os.cpu_count(), 'python': platform.python_version(),
+                          'platform': platform.platform(),
+                          'cpu': platform.processor() or platform.machine()}
+    print(json.dumps(results, indent=2))
+    print(f"\nhealth_monitor CPU: {results['cpu_percent_of_one_core']} % of one core "
+          f"(target < 15 %; host busy {results['host_busy_percent']} % incl. the generator)")
+    for key in ('stale_imu', 'stale_camera/head/image_raw', 'threshold_over_temperature'):
+        if key not in results:
+            continue
+        r = results[key]
+        print(f"{key:32s} p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+              f"max {r['max_ms']:6.1f} ms  (target {r['target_ms']} ms, {r['trials']} trials)")
+    return 0
+
+
+if __name__ == '__main__':
+    if len(sys.argv) >= 3 and sys.argv[1] == 'gen':
+        sys.exit(generator(sys.argv[2]))
+    sys.exit(main())
+
