@@ -377,7 +377,7 @@ def export_episode(bag: Bag, topics: Sequence[str], out: Path, start_ns: int, en
                 flush_rows()
 
     wanted = list(states) + list(sinks)
-    done_bytes = 0
+    done = 0
     try:
         for m in bag.messages(wanted, start_ns, end_ns + 1):
             emit_until(m.log_time_ns)     # ticks before this message keep the previous value
@@ -387,18 +387,18 @@ def export_episode(bag: Bag, topics: Sequence[str], out: Path, start_ns: int, en
             else:
                 latest_frame[m.topic] = sinks[m.topic].put(m.log_time_ns, m.data)
             if progress is not None:
-                done_bytes += len(m.data)
-                if done_bytes >= 1 << 20:
-                    progress(done_bytes)
-                    done_bytes = 0
+                done += 1
+                if done >= 1000:
+                    progress(done)
+                    done = 0
         emit_until(end_ns + 1)
         flush_rows()
     finally:
         writer.close()
         for sink in sinks.values():
             sink.close()
-    if progress is not None and done_bytes:
-        progress(done_bytes)
+    if progress is not None and done:
+        progress(done)
     for sink in sinks.values():
         if sink.error:
             warnings.append(sink.error)
@@ -441,6 +441,17 @@ def _is_bag_dir(p: Path) -> bool:
     return p.is_dir() and ((p / 'metadata.yaml').exists() or any(p.glob('*.mcap')))
 
 
+def planned_messages(path: str | Path, topics: Sequence[str] | None, images: str) -> int:
+    """How many messages :func:`export` will read (for a progress bar)."""
+    total = 0
+    for bag_path in find_bags(Path(path)):
+        bag = Bag(bag_path)
+        chosen, _ = choose_topics(bag, topics)
+        total += sum(bag.topics[t].count for t in chosen
+                     if images != 'none' or bag.topics[t].type != IMAGE_TYPE)
+    return total
+
+
 def find_bags(path: Path) -> list[Path]:
     """``path`` itself if it is a bag, else the bags directly inside it (sorted): rosbag2
     directories and loose ``.mcap`` files. A directory holding both loose MCAP files and bag
@@ -461,7 +472,8 @@ def find_bags(path: Path) -> list[Path]:
 def export(path: str | Path, out: str | Path, *, topics: Sequence[str] | None = None,
            rate_hz: float = 50.0, images: str = 'mp4',
            progress: Callable[[int], None] | None = None) -> list[EpisodeResult]:
-    """Export a bag (or every bag of a folder) into ``out``; one folder per episode."""
+    """Export a bag (or every bag of a folder) into ``out``; one folder per episode.
+    ``progress(n)`` is called with the number of messages read since the last call."""
     if images not in ('mp4', 'png', 'none'):
         raise ExportError(f'--images must be mp4, png or none (got {images!r})')
     if not rate_hz > 0:
