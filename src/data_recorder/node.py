@@ -51,6 +51,7 @@ PARAMETERS: dict[str, Any] = {
     'snapshot_max_bytes': 0,
     'min_free_space': 64 * 1024 * 1024,
     'queue_size': 100_000,
+    'queue_max_bytes': 256 * 1024 * 1024,
     'qos_depth': 1000,
     'qos_profile_overrides_path': '',
     'discovery_interval': 1.0,
@@ -193,6 +194,7 @@ class DataRecorderNode(LifecycleNode):
             snapshot_duration=float(self._param('snapshot_duration')),
             snapshot_max_bytes=self._param('snapshot_max_bytes'),
             min_free_space=self._param('min_free_space'), queue_size=self._param('queue_size'),
+            queue_max_bytes=self._param('queue_max_bytes'),
             fsync=self._param('fsync'))
 
     def _log(self, level: str, message: str) -> None:

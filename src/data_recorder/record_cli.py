@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument('--min-free-space', type=int, default=64 * 1024 * 1024, metavar='BYTES',
                      help='stop cleanly before free disk space falls under this')
     rec.add_argument('--queue-size', type=int, default=100_000, metavar='MESSAGES')
+    rec.add_argument('--queue-max-bytes', type=int, default=256 * 1024 * 1024, metavar='BYTES',
+                     help='memory bound of the hand-off queue (overflow is counted as loss)')
     rec.add_argument('--qos-depth', type=int, default=1000, metavar='N',
                      help='history depth of the recorder\'s subscriptions')
     rec.set_defaults(func=run_record)
@@ -71,14 +73,14 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         'qos_profile_overrides_path': args.qos_profile_overrides_path,
         'chunk_size': args.chunk_size, 'flush_interval': float(args.flush_interval),
         'min_free_space': args.min_free_space, 'queue_size': args.queue_size,
-        'qos_depth': args.qos_depth, 'autostart': True,
+        'queue_max_bytes': args.queue_max_bytes, 'qos_depth': args.qos_depth, 'autostart': True,
     }
     RecorderConfig(output=output, compression_format=args.compression_format,
                    chunk_size=args.chunk_size, flush_interval=args.flush_interval,
                    max_bag_size=args.max_bag_size, max_bag_duration=args.max_bag_duration,
                    snapshot_mode=args.snapshot_mode, snapshot_duration=args.snapshot_duration,
                    snapshot_max_bytes=args.snapshot_max_bytes, min_free_space=args.min_free_space,
-                   queue_size=args.queue_size).validate()
+                   queue_size=args.queue_size, queue_max_bytes=args.queue_max_bytes).validate()
     Selection(topics=tuple(args.topics), all_topics=args.all, regex=args.regex,
               exclude_regex=args.exclude)
     if args.qos_profile_overrides_path:
