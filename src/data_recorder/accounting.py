@@ -31,6 +31,8 @@ class TopicStats:
     skipped_stopped: int = 0
     _last_stamp: int = field(default=0, repr=False)
     _intervals: list[int] = field(default_factory=list, repr=False)
+    _period: int = field(default=0, repr=False)      # cached: recomputed every _WINDOW samples
+    _samples: int = field(default=0, repr=False)
 
     @property
     def lost(self) -> int:
@@ -42,17 +44,23 @@ class TopicStats:
         if last == 0 or stamp <= last:
             return
         dt = stamp - last
-        period = self.period()
+        period = self._period
         if period and dt > 1.5 * period:
             self.lost_gaps += round(dt / period) - 1
             return                       # a gap is not a sample of the period
-        self._intervals.append(dt)
-        if len(self._intervals) > _WINDOW:
-            del self._intervals[0]
+        intervals = self._intervals
+        intervals.append(dt)
+        if len(intervals) > _WINDOW:
+            del intervals[0]
+        self._samples += 1
+        if self._samples % (_WINDOW // 2) == 0 or not period:
+            self._period = self.period()
 
     def forget_stamps(self) -> None:
         """Start the gap detection afresh (after a pause: the hole there is not a loss)."""
         self._last_stamp = 0
+        self._intervals.clear()
+        self._period = 0
 
     def period(self) -> int:
         """The stream's period in ns if it is periodic, else 0."""
