@@ -35,9 +35,11 @@ from mcap.stream_reader import StreamReader
 
 #: Exceptions a damaged MCAP file raises inside the ``mcap`` package (besides its own McapError).
 _DAMAGE = (McapError, struct.error, EOFError, ValueError, KeyError, IndexError, OSError)
-#: Reorder window (messages) for files read without an index: recorders write in arrival order,
-#: which is log-time order up to a few messages, so a small heap restores order with bounded memory.
+#: Reorder window (messages, bytes) for files read without an index: recorders write in arrival
+#: order, which is log-time order up to a few messages, so a small heap restores order with
+#: bounded memory (the byte bound matters for image streams).
 _REORDER_WINDOW = 4096
+_REORDER_BYTES = 64 << 20
 
 
 class BagError(ValueError):
@@ -364,6 +366,7 @@ class Bag:
         channels: dict[int, tuple[str, str]] = {}
         heap: list[tuple[int, int, RawMessage]] = []
         seq = 0
+        held = 0
         try:
             for record in StreamReader(stream, skip_magic=False).records:
                 if isinstance(record, Message):
@@ -376,8 +379,11 @@ class Bag:
                     seq += 1
                     heapq.heappush(heap, (t, seq, RawMessage(ch[0], ch[1], t, record.publish_time,
                                                              record.data)))
-                    if len(heap) > _REORDER_WINDOW:
-                        yield heapq.heappop(heap)[2]
+                    held += len(record.data)
+                    while len(heap) > _REORDER_WINDOW or (held > _REORDER_BYTES and len(heap) > 1):
+                        out = heapq.heappop(heap)[2]
+                        held -= len(out.data)
+                        yield out
                 elif isinstance(record, Channel):
                     schema = schemas.get(record.schema_id)
                     channels[record.id] = (record.topic, schema.name if schema else '')
