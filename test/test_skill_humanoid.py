@@ -45,8 +45,15 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         seen['max'] = np.fmax(seen.get('max', q), q)
         seen['min'] = np.fmin(seen.get('min', q), q)
 
+    def on_cmd(msg: JointState) -> None:
+        q = np.array(msg.position)
+        seen['cmd_max'] = np.fmax(seen.get('cmd_max', q), q)
+        seen['cmd_min'] = np.fmin(seen.get('cmd_min', q), q)
+
     node.create_subscription(JointState, 'joint_states', on_state,
                              qos_profile(PROFILE.topic('joint_states').qos))
+    node.create_subscription(JointState, 'joint_commands', on_cmd,
+                             qos_profile(PROFILE.topic('joint_commands').qos))
     spinner = Spinner([runtime, node]).start()
     client = SkillClient(node)
     yield runtime, client, seen, sim
@@ -56,7 +63,8 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     sim.stop()
 
 
-def settle(seen: dict, goal: np.ndarray, idx: np.ndarray, tol: float = 0.06, timeout: float = 6.0) -> float:
+def settle(seen: dict, goal: np.ndarray, idx: np.ndarray, tol: float = 0.06, timeout: float = 15.0) -> float:
+    """Generous timeout: on a loaded CI host the sim runs seconds behind; it must still get there."""
     wait_until(lambda: float(np.max(np.abs(seen['q'][idx] - goal[idx]))) < tol, timeout)
     return float(np.max(np.abs(seen['q'][idx] - goal[idx])))
 
@@ -97,13 +105,15 @@ def test_stand_up_then_crouch_reach_their_poses(rig) -> None:
 def test_wave_raises_the_right_arm_and_lowers_it(rig) -> None:
     _runtime, client, seen, _sim = rig
     client.set_params(f'{PACK}/wave', cycles=2, frequency=1.0)  # slow enough for a loaded CI host
-    seen.pop('min', None)
-    seen.pop('max', None)
+    for key in ('min', 'max', 'cmd_min', 'cmd_max'):
+        seen.pop(key, None)
     assert run_to_end(client, f'{PACK}/wave') == 'inactive'
     shoulder = PROFILE.joint_index('right_shoulder_pitch_joint')
     elbow = PROFILE.joint_index('right_elbow_joint')
     assert seen['min'][shoulder] < -0.9, 'arm was raised'
-    assert seen['max'][elbow] - seen['min'][elbow] > 0.2, 'forearm waved'
+    assert seen['cmd_max'][elbow] - seen['cmd_min'][elbow] > 0.7, 'forearm wave commanded'
+    # The sim follows; a starved sim process may smooth the swing, so only part of it is required.
+    assert seen['max'][elbow] - seen['min'][elbow] > 0.1, 'forearm waved on the sim'
     arm = np.array([PROFILE.joint_index(j) for j in PROFILE.group_joints('right_arm')])
     assert settle(seen, PROFILE.array('default'), arm) < 0.06
 

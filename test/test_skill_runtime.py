@@ -108,7 +108,10 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     sim.stop()
 
 
-def settle(probe: Probe, goal: np.ndarray, idx: np.ndarray, tol: float = 0.05, timeout: float = 5.0) -> float:
+def settle(probe: Probe, goal: np.ndarray, idx: np.ndarray, tol: float = 0.05,
+           timeout: float = 15.0) -> float:
+    """Wait for the sim to get there. Generous timeout: on a loaded CI host the sim process runs
+    seconds behind (it catches up its samples), the pose still has to be reached."""
     wait_until(lambda: float(np.max(np.abs(probe.q[idx] - goal[idx]))) < tol, timeout)
     return float(np.max(np.abs(probe.q[idx] - goal[idx])))
 
@@ -171,12 +174,16 @@ def test_reference_quadruped_pose_skills_move_the_sim(rig, skill: str, pose: str
 def test_reference_trot_in_place_lifts_feet_and_ends_standing(rig) -> None:
     _runtime, client, probe, _sim = rig
     name = '/skills/reference_quadruped/trot_in_place'
-    client.set_params(name, duration=1.5)
+    client.set_params(name, duration=3.0, frequency=1.0)  # long swings: robust on a loaded host
     calf = [PROFILE.joint_index(f'{leg}_calf_joint') for leg in ('FL', 'FR', 'RL', 'RR')]
     probe.q_min = probe.q.copy()
+    t0 = time.monotonic_ns()
     assert run_to_end(client, name) == 'inactive'
+    commanded = np.min(np.array([c[2] for c in probe.commands_since(t0)]), axis=0)[calf]
+    assert np.all(PROFILE.array('default')[calf] - commanded > 0.2), f'gait lifts every foot: {commanded}'
+    # The sim follows (a starved sim may smooth out a swing, so: at least one diagonal pair).
     lowest = probe.q_min[calf]
-    assert np.all(PROFILE.array('default')[calf] - lowest > 0.1), 'every foot was lifted'
+    assert np.sum(PROFILE.array('default')[calf] - lowest > 0.1) >= 2, f'feet lifted on the sim: {lowest}'
     assert settle(probe, PROFILE.array('default'), np.arange(PROFILE.dof), tol=0.06) < 0.06
 
 
@@ -279,7 +286,7 @@ def test_estop_goes_safe_at_once_latches_and_resets(rig, via: str) -> None:
     assert not client.run('/skills/acme_test/reach')
     assert 'e-stop' in runtime.skill_nodes['acme_test/reach'].reason
     safe = PROFILE.array('safe')
-    assert settle(probe, safe, np.arange(PROFILE.dof), tol=0.06, timeout=10) < 0.06
+    assert settle(probe, safe, np.arange(PROFILE.dof), tol=0.06) < 0.06
     assert client.trigger('reset').success
     t1 = time.monotonic_ns()
     assert wait_until(lambda: any(c[1] == 'run' for c in probe.commands_since(t1)), 2)

@@ -263,5 +263,10 @@ class MoveToPose(Skill):
 
     def step(self, state: RobotState, t: float) -> StepResult:
         if self.interp.done(t):
+            if not getattr(self, '_goal_sent', False):
+                # A late tick may jump past the end: send the goal itself once, then finish.
+                self._goal_sent = True
+                return Targets(q=self.interp.goal.copy(), progress=1.0)
             return Done(f'pose reached in {self.interp.duration:.2f} s')
+        self._goal_sent = False
         return Targets(q=self.interp.sample(t), progress=self.interp.progress(t))

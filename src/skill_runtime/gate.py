@@ -56,6 +56,9 @@ class SafetyGate:
         self.safe_velocity = safe_velocity
         self.mode = MODE_IDLE
         self.command: np.ndarray | None = None
+        self.hold = np.full(profile.dof, np.nan)
+        """Per joint: the final target of a skill that finished ``done`` (NaN: hold the command).
+        The rate bound may not have let the command reach it on the skill's last tick."""
         self.owner: list[str | None] = [None] * profile.dof
         self.estop_reason = ''
         self.clamp_total = 0
@@ -76,8 +79,16 @@ class SafetyGate:
             self.owner[i] = owner
         return None
 
-    def release(self, owner: str) -> None:
+    def release(self, owner: str, final: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Free ``owner``'s joints; ``final`` (indices, q) keeps driving them to its last target."""
         self.owner = [None if o == owner else o for o in self.owner]
+        if final is not None:
+            idx, q = final
+            self.hold[idx] = np.clip(q, self.lower[idx], self.upper[idx])
+
+    def hold_current(self) -> None:
+        """Stop: every free joint holds exactly where it is commanded now."""
+        self.hold[:] = np.nan
 
     def owners(self) -> set[str]:
         return {o for o in self.owner if o is not None}
@@ -94,6 +105,7 @@ class SafetyGate:
         self.mode = MODE_ESTOP
         self.estop_reason = reason
         self.owner = [None] * len(self.owner)
+        self.hold[:] = np.nan
 
     def reset(self) -> str | None:
         if self.mode != MODE_ESTOP:
@@ -116,11 +128,12 @@ class SafetyGate:
             q = np.clip(q, self.lower, self.upper)
             self.command = q
             return Command(q=q.copy(), dq=dq, tau=tau, mode=MODE_ESTOP)
-        desired = prev.copy()
+        desired = np.where(np.isnan(self.hold), prev, self.hold)
         for owner, (idx, tgt) in targets.items():
             if any(self.owner[i] != owner for i in idx):
                 continue  # lost its claim (stop / e-stop raced the tick): ignore
             desired[idx] = tgt.q
+            self.hold[idx] = np.nan
             if tgt.dq is not None:
                 dq[idx] = tgt.dq
             if tgt.tau is not None:

@@ -476,16 +476,20 @@ class SkillRuntimeNode(LifecycleNode):
         budget = node.spec.step_budget or budget_ms / 1e3
         with self._lock:
             reason = self.gate.claim(node.key, node.ctx.indices)
-            if reason is not None:
-                return reason
-            run = SkillRun(key=node.key, skill=node.skill, indices=node.ctx.indices,
-                           every=round(self.rate_hz / rate), budget=budget,
-                           timeout=node.spec.timeout, clock=self.clock_s)
-            try:
-                run.start(self.state())
-            except Exception as exc:
+        if reason is not None:
+            return reason
+        run = SkillRun(key=node.key, skill=node.skill, indices=node.ctx.indices,
+                       every=round(self.rate_hz / rate), budget=budget,
+                       timeout=node.spec.timeout, clock=self.clock_s)
+        try:
+            run.start(self.state())  # vendor code: outside the lock, so e-stop never waits on it
+        except Exception as exc:
+            with self._lock:
                 self.gate.release(node.key)
-                return f'start raised {type(exc).__name__}: {exc}'
+            return f'start raised {type(exc).__name__}: {exc}'
+        with self._lock:
+            if self.gate.mode == MODE_ESTOP or node.key not in self.gate.owners():
+                return 'e-stop while starting'
             self.runs[node.key] = run
             node.run = run
         return None
@@ -495,9 +499,12 @@ class SkillRuntimeNode(LifecycleNode):
         with self._lock:
             run = self.runs.pop(node.key, None)
             if self.gate is not None:
-                self.gate.release(node.key)
+                final = None
+                if run is not None and run.outcome == 'done' and run.targets is not None:
+                    final = (run.indices, run.targets.q)  # done: drive on to its last target
+                self.gate.release(node.key, final)
         if run is not None:
-            run.finish(outcome, reason)
+            run.finish(outcome, reason)  # vendor stop() runs outside the lock (e-stop needs it)
         return run if run is not None else node.run
 
     def _finish_and_deactivate(self, outcome: str, reason: str) -> None:
@@ -508,6 +515,9 @@ class SkillRuntimeNode(LifecycleNode):
         self._housekeeping()
 
     def stop_all(self, reason: str) -> None:
+        with self._lock:
+            if self.gate is not None:
+                self.gate.hold_current()
         self._finish_and_deactivate('stopped', reason)
 
     def _housekeeping(self) -> None:

@@ -43,6 +43,7 @@ class Wave(Skill):
         self.raise_ = PoseInterpolator(state.q[c.indices], self.up, 1.5, 0.8)
         self.wave_time = self.params['cycles'] / self.params['frequency']
         self.lower = PoseInterpolator(self.up, self.rest, 1.5, 0.8)
+        self.at_rest = False
 
     def step(self, state: RobotState, t: float) -> StepResult:
         t1 = self.raise_.duration
@@ -57,6 +58,9 @@ class Wave(Skill):
             return Targets(q=q, progress=t / total)
         if t < total:
             return Targets(q=self.lower.sample(t - t2), progress=t / total)
+        if not self.at_rest:
+            self.at_rest = True  # the last target is the rest pose, however late this tick is
+            return Targets(q=self.rest, progress=1.0)
         return Done(f'waved {self.params["cycles"]} times')
 
 

@@ -53,6 +53,7 @@ class TrotInPlace(Skill):
                 for leg in LEGS}
         self.gait = GaitGenerator(legs, GaitPattern.trot(), frequency=self.params['frequency'],
                                   lift=self.params['lift'], ramp=0.5)
+        self.standing = False
 
     def step(self, state: RobotState, t: float) -> StepResult:
         duration = self.params['duration']
@@ -60,5 +61,8 @@ class TrotInPlace(Skill):
             return Targets(q=self.stand.sample(t), progress=0.0)
         tg = t - self.stand.duration
         if tg >= duration:
+            if not self.standing:
+                self.standing = True  # end on the nominal stance, however late this tick is
+                return Targets(q=self.nominal, progress=1.0)
             return Done(f'trotted {duration:g} s at {self.params["frequency"]:g} Hz')
         return Targets(q=self.nominal + self.gait.sample(tg, duration), progress=tg / duration)
