@@ -280,11 +280,17 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     cpu = sum(ps.cpu_times()[:2]) - c0
     gcpu = sum(sum(p.cpu_times()[:2]) for p in gps) - g0
     for g in gens:
-        g.wait(30)
+        try:
+            g.wait(120)
+        except subprocess.TimeoutExpired:
+            g.kill()
     time.sleep(1.0)
     subj.send_signal(signal.SIGINT)
-    got_result.wait(60)
-    subj.wait(30)
+    got_result.wait(120)
+    try:
+        subj.wait(60)
+    except subprocess.TimeoutExpired:
+        subj.kill()          # reported below as 'gave no result' with its log kept
     published: dict[str, int] = {}
     achieved = 0.0
     for lines in gen_lines:
