@@ -265,3 +265,28 @@ def test_core_seek_and_live_rate_change(bag_path: Path) -> None:
     thread.join(10.0)
     expected = [m.data for m in bag.messages(['/imu'], bag.start_ns + 1_000_000_000)]
     assert [d for _, d in got] == expected and len(expected) == 50
+
+
+def test_recorded_qos_and_overrides_file(tmp_path: Path) -> None:
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy
+
+    from data_recorder.player_node import load_qos_overrides, recorded_qos
+    v8 = [{'reliability': 1, 'durability': 1, 'depth': 500}, {'reliability': 1, 'durability': 1, 'depth': 5}]
+    q = recorded_qos(v8)
+    assert (q.reliability, q.durability, q.depth) == (ReliabilityPolicy.RELIABLE,
+                                                      DurabilityPolicy.TRANSIENT_LOCAL, 500)
+    mixed = [{'reliability': 'reliable', 'durability': 'volatile', 'depth': 1},
+             {'reliability': 'best_effort', 'durability': 'transient_local', 'depth': 1}]
+    q = recorded_qos(mixed)
+    assert (q.reliability, q.durability, q.depth) == (ReliabilityPolicy.BEST_EFFORT,
+                                                      DurabilityPolicy.VOLATILE, 100)
+    path = tmp_path / 'qos.yaml'
+    path.write_text('imu:\n  reliability: best_effort\n  history: keep_all\n  depth: 3\n')
+    overrides = load_qos_overrides(path)
+    q = recorded_qos(v8, overrides['/imu'])
+    assert (q.reliability, q.history) == (ReliabilityPolicy.BEST_EFFORT, HistoryPolicy.KEEP_ALL)
+    path.write_text('- not a mapping\n')
+    with pytest.raises(ValueError, match=r'qos\.yaml'):
+        load_qos_overrides(path)
+    with pytest.raises(FileNotFoundError, match=r'missing\.yaml'):
+        load_qos_overrides(tmp_path / 'missing.yaml')
