@@ -5,8 +5,9 @@ file (``launch/field_stack.launch.py``) and by the health monitor's lifecycle ma
 node to configure and activate, in which order, and how to start it again). One description,
 three readers, so the ways of starting the stack cannot drift apart. No rclpy import here.
 
-Values may use ``${robot}``, ``${namespace}``, ``${bag_dir}`` and ``${config}`` (the config
-folder); a node with ``when: sim`` / ``when: record`` / ``when: hardware`` only runs when the
+Values may use ``${robot}``, ``${namespace}``, ``${bag_dir}``, ``${sim}``, ``${record}``,
+``${config}`` (the config folder) and ``${stack}`` (this file, resolved); a node with
+``when: sim`` / ``when: record`` / ``when: hardware`` only runs when the
 bring-up's flags say so.
 """
 
@@ -139,7 +140,8 @@ def load_stack(name_or_path: str | Path = 'field_stack', *, robot: str = 'quadru
     if unknown:
         raise StackError(path, unknown[0], 'unknown key (allowed: name, description, nodes)')
     variables = {'robot': robot, 'namespace': namespace, 'bag_dir': bag_dir,
-                 'config': str(config_dir())}
+                 'config': str(config_dir()), 'stack': str(path.resolve()),
+                 'sim': str(sim).lower(), 'record': str(record).lower()}
     raw_nodes = _substitute(doc['nodes'], variables, path, 'nodes')
     nodes = [_node(raw, path, f'nodes[{i}]') for i, raw in enumerate(raw_nodes)]
     names = [n.name for n in nodes]
@@ -200,3 +202,18 @@ def launch_entries(stack: Stack) -> list[dict[str, Any]]:
             'output': 'screen',
         })
     return entries
+
+
+def stack_arguments(stack_args: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``['robot=quadruped_12dof', 'sim=true', …]`` (a node parameter) → :func:`load_stack` kwargs.
+
+    The health monitor gets the stack it manages this way: the same file and flags as the
+    bring-up that started it, so it restarts a dead node with the very same command line.
+    """
+    kwargs: dict[str, Any] = {}
+    for item in stack_args:
+        key, sep, value = item.partition('=')
+        if not sep or key not in ('robot', 'sim', 'record', 'namespace', 'bag_dir'):
+            raise ValueError(f'stack_args: {item!r} is not robot=, sim=, record=, namespace= or bag_dir=')
+        kwargs[key] = value.lower() in ('1', 'true', 'yes') if key in ('sim', 'record') else value
+    return kwargs
