@@ -43,7 +43,7 @@ def start_sim(node_process, profile: str = 'quadruped_12dof', **params):
     return node_process('sim_robot', args)
 
 
-def call(node: Node, srv_type, name: str, request, timeout: float = 10.0):
+def call(node: Node, srv_type, name: str, request, timeout: float = 30.0):
     client = node.create_client(srv_type, name)
     try:
         assert client.wait_for_service(timeout_sec=timeout), f'service {name} not available'

@@ -232,3 +232,51 @@ def test_cdr_header_stamp_of_a_real_serialised_message():
     assert cdr_header_stamp_ns(serialize_message(msg)) == 1_700_000_000_123_456_789
     with pytest.raises(ValueError):
         cdr_header_stamp_ns(b'\x00\x01')
+
+
+@pytest.mark.parametrize('profile_name', ['quadruped_12dof', 'humanoid_29dof'])
+def test_raw_cdr_of_the_500hz_streams_deserialises_to_the_model_values(profile_name):
+    """The node publishes joint_states / imu / wrench as patched CDR templates: check every field."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Imu, JointState
+
+    from field_deploy.ros import stamp_to_ns
+    from sim_robot.node import SimRobotNode
+
+    profile = load_profile(profile_name)
+    model = SimModel(profile, seed=5)
+    model.command(profile.joint_names, profile.array('default'))
+    model.drive[:] = [0.2, 0.0, 0.3]
+    run(model, 0.5)
+    fake = SimRobotNode.__new__(SimRobotNode)  # only the filler factory, no ROS node needed
+    fake.model, fake.profile = model, profile
+    stamp = 1_790_000_000_123_456_789
+    for spec in profile.topics:
+        if spec.params.get('source') == 'safety_gate':
+            continue
+        if spec.type == 'sensor_msgs/msg/JointState':
+            msg, fill = fake._make_filler(spec, JointState)
+            out = deserialize_message(fill(msg, stamp), JointState)
+            assert list(out.name) == profile.joint_names
+            for got, want in zip((out.position, out.velocity, out.effort),
+                                 model.joint_measurement(), strict=True):
+                np.testing.assert_array_equal(np.array(got), want)
+        elif spec.type == 'sensor_msgs/msg/Imu':
+            msg, fill = fake._make_filler(spec, Imu)
+            out = deserialize_message(fill(msg, stamp), Imu)
+            quat, gyro, accel = model.imu()
+            o, w, a = out.orientation, out.angular_velocity, out.linear_acceleration
+            assert (o.x, o.y, o.z, o.w) == quat
+            assert [w.x, w.y, w.z] == gyro.tolist() and [a.x, a.y, a.z] == accel.tolist()
+            assert out.header.frame_id == 'imu_link' and out.orientation_covariance[0] == 1e-4
+        elif spec.type == 'geometry_msgs/msg/WrenchStamped':
+            from geometry_msgs.msg import WrenchStamped
+
+            msg, fill = fake._make_filler(spec, WrenchStamped)
+            out = deserialize_message(fill(msg, stamp), WrenchStamped)
+            f, t = out.wrench.force, out.wrench.torque
+            assert [f.x, f.y, f.z, t.x, t.y, t.z] == model.wrench(spec.params['site']).tolist()
+            assert out.header.frame_id == spec.params['site']
+        else:
+            continue
+        assert stamp_to_ns(out.header.stamp) == stamp

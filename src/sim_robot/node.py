@@ -43,7 +43,6 @@ control-rate timer also steps the model, once per sample.
 
 from __future__ import annotations
 
-import array
 import math
 import os
 import sys
@@ -62,6 +61,7 @@ from sensor_msgs.msg import BatteryState, CameraInfo, Image, Imu, JointState
 import field_deploy  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
 from field_deploy.profile import ProfileError, RobotProfile, TopicSpec, load_profile
 from field_deploy.ros import init, qos_profile, run_nodes, set_stamp
+from sim_robot.cdr import CdrTemplate
 from sim_robot.dds import use_project_fastdds_profile
 from sim_robot.model import Faults, SimModel
 from sim_robot.render import SceneRenderer
@@ -82,13 +82,6 @@ _TYPES: dict[str, type] = {
 }
 
 
-def _f64(values) -> array.array:
-    """numpy float64 vector -> array('d') (the message setters' fast path, no per-item checks)."""
-    out = array.array('d')
-    out.frombytes(values.astype('f8', copy=False).tobytes())
-    return out
-
-
 def camera_name(topic: str) -> str:
     """``camera/front/image_raw`` -> ``front``."""
     parts = topic.strip('/').split('/')
@@ -102,7 +95,8 @@ class _Stream:
     spec: TopicSpec
     publisher: object
     message: object
-    fill: Callable[[object, int], None]
+    fill: Callable[[object, int], bytes | None]
+    """Refresh ``message`` for a stamp (returns None), or return its raw CDR bytes to publish."""
 
 
 @dataclass
@@ -328,8 +322,8 @@ class SimRobotNode(LifecycleNode):
             if stamp_ns <= last:
                 stamp_ns = last + 1
             self._last_stamp[stream.spec.name] = stamp_ns
-            stream.fill(stream.message, stamp_ns)
-            stream.publisher.publish(stream.message)
+            payload = stream.fill(stream.message, stamp_ns)
+            stream.publisher.publish(stream.message if payload is None else payload)
 
     # ------------------------------------------------------------------ message fillers
     def _make_filler(self, spec: TopicSpec, msg_type: type) -> tuple[object, Callable[[object, int], None]]:
@@ -341,13 +335,12 @@ class SimRobotNode(LifecycleNode):
 
         if msg_type is JointState:
             msg.name = list(profile.joint_names)
+            zeros = [0.0] * profile.dof
+            msg.position, msg.velocity, msg.effort = zeros, zeros, zeros
+            template = CdrTemplate(msg, arrays=('position', 'velocity', 'effort'))
 
-            def fill(m: JointState, ns: int) -> None:
-                set_stamp(m.header.stamp, ns)
-                pos, vel, eff = model.joint_measurement()
-                m.position = _f64(pos)
-                m.velocity = _f64(vel)
-                m.effort = _f64(eff)
+            def fill(m: JointState, ns: int) -> bytes:
+                return template.render(ns, arrays=model.joint_measurement())
             return msg, fill
 
         if msg_type is Imu:
@@ -355,27 +348,25 @@ class SimRobotNode(LifecycleNode):
             msg.orientation_covariance[0::4] = [1e-4] * 3
             msg.angular_velocity_covariance[0::4] = [4e-6] * 3
             msg.linear_acceleration_covariance[0::4] = [4e-4] * 3
+            template = CdrTemplate(msg, scalars=(
+                'orientation.x', 'orientation.y', 'orientation.z', 'orientation.w',
+                'angular_velocity.x', 'angular_velocity.y', 'angular_velocity.z',
+                'linear_acceleration.x', 'linear_acceleration.y', 'linear_acceleration.z'))
 
-            def fill(m: Imu, ns: int) -> None:
-                set_stamp(m.header.stamp, ns)
+            def fill(m: Imu, ns: int) -> bytes:
                 quat, gyro, accel = model.imu()
-                o = m.orientation
-                o.x, o.y, o.z, o.w = quat
-                w = m.angular_velocity
-                w.x, w.y, w.z = gyro.tolist()
-                a = m.linear_acceleration
-                a.x, a.y, a.z = accel.tolist()
+                return template.render(ns, scalars=(*quat, *gyro.tolist(), *accel.tolist()))
             return msg, fill
 
         if msg_type is WrenchStamped:
             site = str(spec.params.get('site') or spec.name.rsplit('/', 1)[-1])
             msg.header.frame_id = site
+            template = CdrTemplate(msg, scalars=(
+                'wrench.force.x', 'wrench.force.y', 'wrench.force.z',
+                'wrench.torque.x', 'wrench.torque.y', 'wrench.torque.z'))
 
-            def fill(m: WrenchStamped, ns: int) -> None:
-                set_stamp(m.header.stamp, ns)
-                fx, fy, fz, tx, ty, tz = model.wrench(site).tolist()
-                f, t = m.wrench.force, m.wrench.torque
-                f.x, f.y, f.z, t.x, t.y, t.z = fx, fy, fz, tx, ty, tz
+            def fill(m: WrenchStamped, ns: int) -> bytes:
+                return template.render(ns, scalars=model.wrench(site).tolist())
             return msg, fill
 
         if msg_type is Image:
