@@ -93,7 +93,8 @@ def main() -> int:
     import rclpy
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     realtime = set_realtime(10)        # as bag_player does: before any thread, so all inherit it
-    print(f'SCHED_FIFO: {"yes" if realtime else "not permitted (normal priority)"}')
+    print(f'SCHED_FIFO: {"yes" if realtime else "not permitted (normal priority)"}; Fast DDS '
+          f'publication mode: {os.environ.get("RMW_FASTRTPS_PUBLICATION_MODE", "default (synchronous)")}')
     sub = None
     if not args.no_subscriber:
         sub = subprocess.Popen([sys.executable, '-c', SUBSCRIBER, str(path)], stdin=subprocess.PIPE,
