@@ -27,12 +27,12 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope='module')
 def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=humanoid_29dof'],
-                      log_dir=tmp_path_factory.mktemp('skill_hum'))
     runtime = SkillRuntimeNode(parameter_overrides=[
         Parameter('profile', value='humanoid_29dof'), Parameter('autostart', value=False),
         Parameter('step_budget_ms', value=250.0)])
     node = Node('skill_humanoid_client')
+    sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=humanoid_29dof'],
+                      log_dir=tmp_path_factory.mktemp('skill_hum'))
     seen: dict[str, np.ndarray] = {'q': np.full(PROFILE.dof, np.nan)}
     names = PROFILE.joint_names
 
@@ -55,12 +55,13 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     node.create_subscription(JointState, 'joint_commands', on_cmd,
                              qos_profile(PROFILE.topic('joint_commands').qos))
     spinner = Spinner([runtime, node]).start()
-    client = SkillClient(node)
-    yield runtime, client, seen, sim
-    spinner.stop()
-    runtime.destroy_node()
-    node.destroy_node()
-    sim.stop()
+    try:
+        yield runtime, SkillClient(node), seen, sim
+    finally:
+        spinner.stop()
+        runtime.destroy_node()
+        node.destroy_node()
+        sim.stop()
 
 
 def settle(seen: dict, goal: np.ndarray, idx: np.ndarray, tol: float = 0.06, timeout: float = 15.0) -> float:

@@ -82,30 +82,31 @@ class Probe:
 def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     log_dir = tmp_path_factory.mktemp('skill_rt')
     sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'], log_dir=log_dir)
-    runtime = SkillRuntimeNode(parameter_overrides=[
-        Parameter('profile', value='quadruped_12dof'),
-        Parameter('pack_path', value=[str(FIXTURES)]),
-        Parameter('allow', value=['field_deploy/*', 'acme/*']),
-        Parameter('safe_velocity', value=1.0),
-        Parameter('step_budget_ms', value=250.0)  # CI hosts stall threads for 50+ ms,
-    ])
-    client_node = Node('skill_test_client')
-    probe = Probe(client_node)
-    for skill in ('/skills/acme_test/reach', '/skills/acme_test/not_a_number'):
-        probe.watch_transitions(skill)
-    spinner = Spinner([runtime, client_node]).start()
-    client = SkillClient(client_node)
-    ok = wait_until(lambda: runtime._have_state and not np.isnan(probe.q).any(), 30)
-    if not ok:
-        spinner.stop()
-        runtime.destroy_node()
+    runtime = client_node = spinner = None
+    try:
+        runtime = SkillRuntimeNode(parameter_overrides=[
+            Parameter('profile', value='quadruped_12dof'),
+            Parameter('pack_path', value=[str(FIXTURES)]),
+            Parameter('allow', value=['field_deploy/*', 'acme/*']),
+            Parameter('safe_velocity', value=1.0),
+            Parameter('step_budget_ms', value=250.0),  # CI hosts stall threads for 50+ ms
+        ])
+        client_node = Node('skill_test_client')
+        probe = Probe(client_node)
+        for skill in ('/skills/acme_test/reach', '/skills/acme_test/not_a_number'):
+            probe.watch_transitions(skill)
+        spinner = Spinner([runtime, client_node]).start()
+        client = SkillClient(client_node)
+        if not wait_until(lambda: runtime._have_state and not np.isnan(probe.q).any(), 30):
+            pytest.fail(f'sim_robot did not come up:\n{sim.log()[-3000:]}')
+        yield runtime, client, probe, sim
+    finally:
+        if spinner is not None:
+            spinner.stop()
+        for node in (runtime, client_node):
+            if node is not None:
+                node.destroy_node()
         sim.stop()
-        pytest.fail(f'sim_robot did not come up:\n{sim.log()[-3000:]}')
-    yield runtime, client, probe, sim
-    spinner.stop()
-    runtime.destroy_node()
-    client_node.destroy_node()
-    sim.stop()
 
 
 def settle(probe: Probe, goal: np.ndarray, idx: np.ndarray, tol: float = 0.05,
