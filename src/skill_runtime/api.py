@@ -66,7 +66,7 @@ class SkillContext:
     params: dict[str, Any]
     logger: Logger
     clock: Callable[[], float]
-    """Seconds, monotonic (the runtime's ROS clock)."""
+    """Seconds, monotonic (``time.monotonic`` of the runtime: steady, not sim time)."""
     joints: tuple[str, ...]
     """The joints this skill claimed (its manifest ``claims`` groups), in profile order."""
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
