@@ -36,9 +36,13 @@ Timing: one timer per distinct rate. Each timer counts the samples due since act
 publishes the missing ones (catching up after a late wake-up, at most a quarter of the stream's
 keep-last depth per tick so a burst never overwrites unacknowledged samples in the writer
 history; skipping ahead, with a warning, if more than 5 s behind), so the achieved rate equals
-the nominal one on average. Header stamps are the
-nominal sample times ``t0 + k / rate``: evenly spaced and strictly increasing per topic. The
-control-rate timer also steps the model, once per sample.
+the nominal one on average. Header stamps are the nominal sample times ``t0 + k / rate``:
+evenly spaced and strictly increasing per topic. The control-rate timer also steps the model,
+once per sample. The 500 Hz streams (joint_states, imu, wrench) are published as pre-serialised
+CDR templates patched per sample (:mod:`sim_robot.cdr`), the others as message objects.
+
+Fast DDS: ``main()`` points ``FASTRTPS_DEFAULT_PROFILES_FILE`` at ``config/fastdds.xml`` unless
+it is set (:mod:`sim_robot.dds`; why: ``docs/sim_robot.md``).
 """
 
 from __future__ import annotations
