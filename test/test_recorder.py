@@ -236,6 +236,28 @@ def test_pause_resume_split_and_flush_services(ros, spin, tmp_path: Path) -> Non
     assert not failed.success and 'no bag is open' in failed.message
 
 
+def test_late_best_effort_publisher_is_recorded_too(ros, spin, tmp_path: Path) -> None:
+    pub_node = rclpy.create_node('late_qos_test')
+    reliable = pub_node.create_publisher(JointState, '/mixed', RELIABLE)
+    recorder = _recorder(tmp_path / 'bag', topics=['/mixed'])
+    spin(pub_node, recorder)
+    assert wait_until(lambda: recorder._settings.get('/mixed', {}).get('reliability')
+                      == 'reliable', 20)
+    best_effort = pub_node.create_publisher(JointState, '/mixed', BEST_EFFORT)
+    # a reliable reader never matches a best-effort writer: the recorder must re-subscribe
+    assert wait_until(lambda: recorder._settings['/mixed']['reliability'] == 'best_effort', 20)
+    assert wait_until(lambda: best_effort.get_subscription_count() >= 1, 20)
+    time.sleep(0.3)
+    for i in range(10):
+        reliable.publish(_joint_state(i))
+        best_effort.publish(_joint_state(100 + i))
+        time.sleep(0.005)
+    stats = recorder.recorder.accounting.topics['/mixed']
+    assert wait_until(lambda: stats.written == 20, 10), stats
+    recorder.close_bag()
+    assert len(_bag_messages(tmp_path / 'bag')['/mixed']) == 20
+
+
 def test_snapshot_mode_writes_only_the_last_seconds_on_request(ros, spin, tmp_path: Path) -> None:
     pub_node = rclpy.create_node('snapshot_test')
     pub = pub_node.create_publisher(JointState, '/chatter', RELIABLE)

@@ -99,6 +99,7 @@ class DataRecorderNode(LifecycleNode):
         self._overrides: dict[str, dict[str, Any]] = {}
         self._recorded_subs: dict[str, Any] = {}
         self._types: dict[str, str] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
         self._warned: set[str] = set()
         self._discovery_timer = None
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -218,6 +219,7 @@ class DataRecorderNode(LifecycleNode):
                     self._warn_once(f'change:{topic}:{types}', (
                         f'topic {topic}: type changed to {types} while recording it as '
                         f'{self._types[topic]}: only {self._types[topic]} is recorded'))
+                self._requalify(topic)
                 continue
             if len(types) != 1:
                 self._warn_once(f'types:{topic}:{types}', (
@@ -226,18 +228,47 @@ class DataRecorderNode(LifecycleNode):
                 continue
             self._subscribe(topic, types[0])
 
+    def _publisher_infos(self, topic: str) -> list[Any]:
+        """The topic's publishers, our own left out when there are others (this node's
+        ``/diagnostics`` must not decide the QoS the robot's ``/diagnostics`` is recorded with)."""
+        publishers = self.get_publishers_info_by_topic(topic)
+        others = [p for p in publishers if (p.node_name, p.node_namespace)
+                  != (self.get_name(), self.get_namespace())]
+        return others or publishers
+
+    @staticmethod
+    def _offered(publishers: list[Any]) -> list[tuple[str, str]]:
+        return [(_RELIABILITY.get(p.qos_profile.reliability, 'best_effort'),
+                 _DURABILITY.get(p.qos_profile.durability, 'volatile')) for p in publishers]
+
+    def _requalify(self, topic: str) -> None:
+        """Re-subscribe with a weaker QoS when a publisher that the current subscription cannot
+        match (best effort, volatile) joined later; a reliable reader never receives from a
+        best-effort writer, so without this its messages would be silently missing."""
+        current = self._settings[topic]
+        settings = adapt_qos(self._offered(self._publisher_infos(topic)), self._param('qos_depth'),
+                             self._overrides.get(topic))
+        weaker = ((current['reliability'] == 'reliable' and settings['reliability'] != 'reliable')
+                  or (current['durability'] == 'transient_local'
+                      and settings['durability'] != 'transient_local'))
+        if weaker:
+            self.get_logger().warning(
+                f'topic {topic}: a publisher offers {settings["reliability"]} '
+                f'{settings["durability"]}: re-subscribing with that QoS')
+            self.destroy_subscription(self._recorded_subs.pop(topic))
+            self._create_subscription(topic, self._types[topic], settings)
+
     def _subscribe(self, topic: str, type_name: str) -> None:
         assert self.recorder is not None
-        publishers = self.get_publishers_info_by_topic(topic)
+        publishers = self._publisher_infos(topic)
         if not publishers:
             return                          # only subscribers so far: offered QoS unknown
         try:
-            msg_type = message_class(type_name)
+            message_class(type_name)
         except LookupError as exc:
             self._warn_once(f'type:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
             return
-        offered = [(_RELIABILITY.get(p.qos_profile.reliability, 'best_effort'),
-                    _DURABILITY.get(p.qos_profile.durability, 'volatile')) for p in publishers]
+        offered = self._offered(publishers)
         settings = adapt_qos(offered, self._param('qos_depth'), self._overrides.get(topic))
         profiles = [md.qos_dict(r, d, p.qos_profile.depth)
                     for (r, d), p in zip(offered, publishers, strict=True)]
@@ -248,6 +279,11 @@ class DataRecorderNode(LifecycleNode):
         except (LookupError, ValueError) as exc:
             self._warn_once(f'add:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
             return
+        self._create_subscription(topic, type_name, settings)
+
+    def _create_subscription(self, topic: str, type_name: str, settings: dict[str, Any]) -> None:
+        assert self.recorder is not None
+        msg_type = message_class(type_name)
         recorder = self.recorder
         stats = recorder.stats(topic)
         on_message = recorder.on_message
@@ -269,6 +305,7 @@ class DataRecorderNode(LifecycleNode):
         self._recorded_subs[topic] = self.create_subscription(
             msg_type, topic, callback, _qos(settings), raw=True, event_callbacks=events)
         self._types[topic] = type_name
+        self._settings[topic] = settings
         self.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
                                f'{settings["durability"]} depth {settings["depth"]}')
 
