@@ -130,15 +130,20 @@ def test_sim_robot_overheat_trips_policy_and_ledger(
     node.create_service(Trigger, '/data_recorder/snapshot', fake('snapshot'))
     spin(node)
     ledger = tmp_path / 'quad.sqlite'
-    sim = node_process('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'])
-    hm = monitor(node_process, write_config(tmp_path), ledger=ledger)
+    # the real sim_robot, started unconfigured and brought up by the monitor's manager
+    config = write_config(tmp_path, lifecycle={'nodes': [{'name': 'sim_robot', 'command': [
+        'sim_robot', '--ros-args', '-p', 'profile:=quadruped_12dof', '-p', 'autostart:=false']}],
+        'discover_timeout': 0.5})
+    hm = monitor(node_process, config, ledger=ledger)
     joint = '/robot/legs/FL_calf_joint'
     assert wait_until(lambda: watch.level(joint) == OK
-                      and watch.first('/sensors/imu/stream', OK, 0.0) is not None, 30), (
-        watch.message(joint), hm.log()[-2000:], sim.log()[-2000:])
+                      and watch.first('/sensors/imu/stream', OK, 0.0) is not None, 45), (
+        watch.message(joint), hm.log()[-3000:])
+    assert watch.level('/lifecycle/sim_robot') == OK
+    assert '[sim_robot]' in hm.log() and 'starting sim_robot' in hm.log()
     assert watch.level('/robot/legs') in (OK, WARN)
     assert wait_until(lambda: watch.level('/host/disk') is not None, 5)
-    assert watch.level('/host') is not None and watch.level('/lifecycle') is None
+    assert watch.level('/host') is not None
     t0 = time.monotonic()
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
@@ -155,13 +160,15 @@ def test_sim_robot_overheat_trips_policy_and_ledger(
     assert wait_until(lambda: 'degraded' in watch.message(joint), 5), watch.message(joint)
     # WARN before ERROR on the way up, and never back down while hot: no flapping
     assert watch.levels_seen(joint, t0)[-2:] in ([WARN, ERROR], [OK, ERROR])
-    # a silenced sensor: STALE and the sensor_lost policy's snapshot
+    # a silenced sensor: STALE and the sensor_lost policy's snapshot (once the 2 s in which
+    # snapshot requests are coalesced into the over-temperature one have passed)
+    time.sleep(max(0.0, calls['snapshot'][0] + 2.0 - time.monotonic()))
     future = client.call_async(SetParameters.Request(parameters=[
         Parameter('fault_silent', value='imu').to_parameter_msg()]))
     t_silent = time.monotonic()
     assert wait_until(lambda: watch.level('/sensors/imu/stream') == STALE, 10)
     assert time.monotonic() - t_silent < 3.0
-    assert wait_until(lambda: len(calls['snapshot']) >= 2, 10)
+    assert wait_until(lambda: len(calls['snapshot']) >= 2, 10), hm.log()[-4000:]
     time.sleep(1.0)
     assert len(calls['stop']) == 1  # the hot motor stopped the skills once, not every tick
     assert hm.stop() == 0
@@ -327,7 +334,7 @@ def test_lifecycle_bring_up_order_kill_restart_backoff_and_give_up(
              {'name': 'fake_recorder', 'command': _fake('fake_recorder', log)},
              {'name': 'fake_broken', 'command': _fake('fake_broken', log, 'fail')}]
     config = write_config(tmp_path, lifecycle={
-        'nodes': nodes, 'heartbeat_rate': 4, 'discover_timeout': 1.0, 'transition_timeout': 3.0,
+        'nodes': nodes, 'heartbeat_rate': 4, 'discover_timeout': 0.3, 'transition_timeout': 3.0,
         'backoff': {'initial': 0.4, 'factor': 2.0, 'max': 5.0}, 'max_retries': 3,
         'missed_heartbeats': 1})
     node = Node('health_test_lifecycle')
@@ -373,6 +380,14 @@ def test_lifecycle_bring_up_order_kill_restart_backoff_and_give_up(
     assert after.index(('fake_recorder', 'deactivate')) < after.index(('fake_driver',
                                                                       'deactivate'))
     assert ('fake_driver', 'cleanup') in after
+    assert wait_until(lambda: phase('fake_driver') == WARN, 5)  # stopped on purpose: no recovery
+    # manual startup: the same order again
+    t_start = time.time()
+    future = node.create_client(Trigger, '/health_monitor/startup').call_async(Trigger.Request())
+    assert wait_until(future.done, 30) and future.result().success is False  # fake_broken
+    again = [(n, w) for t, _, n, w in _events(log) if t >= t_start]
+    assert again[:2] == [('fake_driver', 'configure'), ('fake_recorder', 'configure')], again
+    assert wait_until(lambda: phase('fake_driver') == OK and phase('fake_recorder') == OK, 10)
     hm.stop()
     assert wait_until(lambda: not any(_alive(p) for _, p, _, w in _events(log)
                                       if w == 'start'), 15)
