@@ -20,7 +20,7 @@ import yaml
 
 from field_deploy.profile import RobotProfile, _Checker, load_profile
 from field_deploy.rosenv import config_dir
-from health_monitor.core import ERROR, LEVELS, WARN, HostLimits, RuleSpec, TopicLimits
+from health_monitor.core import LEVELS, HostLimits, RuleSpec, TopicLimits
 
 KNOWN_NODES = ('sim_robot', 'data_recorder', 'skill_runtime', 'bag_player')
 """Stack nodes a config may manage without a ``command`` (someone else starts them)."""
@@ -508,12 +508,3 @@ def load_config(path: Path | str | None, profile: RobotProfile | str) -> HealthC
     except yaml.YAMLError as exc:
         raise HealthConfigError(path, '<yaml>', f'not valid YAML: {exc}') from None
     return parse_config(data if data is not None else {}, path, profile)
-
-
-def with_overrides(cfg: HealthConfig, **changes: Any) -> HealthConfig:
-    """A copy of ``cfg`` with fields replaced (tests and the bring-up tune one thing)."""
-    from dataclasses import replace
-    return replace(cfg, **changes)
-
-
-__all__ = ['ERROR', 'WARN', 'HealthConfig', 'HealthConfigError', 'load_config', 'parse_config']

@@ -9,7 +9,6 @@ can hand its processes to the same mechanism (:meth:`PopenSpawner.adopt`).
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 import signal
@@ -405,10 +404,3 @@ class PolicyEngine:
     def reset(self) -> None:
         self._active.clear()
         self._pending.clear()
-
-
-def glob_match(path: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(path.strip('/'), pattern.strip('/'))
-
-
-__all__ = ['ERROR', 'LifecycleManager', 'PolicyEngine', 'PopenSpawner', 'backoff_delay']

@@ -527,7 +527,6 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ['ERROR', 'HealthMonitor', 'main']
 
 if __name__ == '__main__':
     sys.exit(main())
