@@ -17,6 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 
 from field_deploy.profile import QosSpec
+from field_deploy.rosenv import use_project_fastdds_profile
 
 _RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE, 'best_effort': ReliabilityPolicy.BEST_EFFORT}
 _DURABILITY = {'volatile': DurabilityPolicy.VOLATILE,
@@ -54,6 +55,7 @@ def init(args: Sequence[str] | None = None) -> list[str]:
     publish its safe command or close its bag on the way out: :func:`run_nodes` handles the
     signals itself and tears down in order.
     """
+    use_project_fastdds_profile()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return rclpy.utilities.remove_ros_args(args)
 

@@ -40,3 +40,24 @@ def config_dir() -> Path:
     if source.is_dir():
         return source
     return share_dir('field_deploy') / 'config'
+
+
+FASTDDS_PROFILES_ENV = 'FASTRTPS_DEFAULT_PROFILES_FILE'
+
+
+def use_project_fastdds_profile() -> str | None:
+    """Point Fast DDS at ``config/fastdds.xml`` unless the user chose a file; returns the file used.
+
+    Must run before the process creates its first ROS node (rmw_fastrtps reads the XML when it
+    creates the participant), in every process: each receiver's queue and socket sizes come from
+    its own settings. Only sets the variable when unset, so an integrator's own profile wins; an
+    empty value runs with Fast DDS defaults. Why the profile exists (a 640×480 image does not fit
+    the default 512 KiB shared-memory segment): see the README, "QoS contract".
+    """
+    if FASTDDS_PROFILES_ENV in os.environ:
+        return os.environ[FASTDDS_PROFILES_ENV] or None
+    path = config_dir() / 'fastdds.xml'
+    if not path.is_file():
+        return None
+    os.environ[FASTDDS_PROFILES_ENV] = str(path)
+    return str(path)

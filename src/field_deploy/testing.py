@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from field_deploy.rosenv import use_project_fastdds_profile
+
 
 def isolate_ros_env(domain_id: int | None = None) -> int:
     """Give this process (and its children) a private DDS domain on localhost; returns the id.
@@ -29,6 +31,7 @@ def isolate_ros_env(domain_id: int | None = None) -> int:
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '1')
+    use_project_fastdds_profile()
     return domain_id
 
 
