@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from field_deploy.bringup import BringupError, Supervisor
-from field_deploy.operator import Mission, Operator, StepResult, load_mission
+from field_deploy.operator import Mission, Operator, OperatorError, StepResult, load_mission
 from field_deploy.profile import load_profile
 from field_deploy.stack import load_stack
 
@@ -42,13 +42,16 @@ def bag_summary(bag_dir: Path) -> dict[str, Any]:
 
 def run_mission(operator: Operator, mission: Mission) -> list[StepResult]:
     results = []
-    last_line = ['']
+    last = [0.0]
 
     def progress(skill: str, status: dict[str, str]) -> None:
-        line = f'  {skill}: {status.get("phase", "?")} {status.get("progress", "")}'
-        if line != last_line[0]:
-            last_line[0] = line
-            _print(line)
+        if time.monotonic() - last[0] >= 1.0 and status.get('phase') == 'active':
+            last[0] = time.monotonic()
+            try:
+                percent = f'{100 * float(status.get("progress", 0)):3.0f} %'
+            except ValueError:
+                percent = status.get('progress', '')
+            _print(f'  {skill}: {percent}')
 
     for step in mission.steps:
         _print(f'skill {step.skill} {step.params or ""}')
@@ -96,7 +99,7 @@ def demo(args: argparse.Namespace) -> int:
                    + ', '.join(n.name for n in stack.nodes))
             results = run_mission(operator, mission)
             time.sleep(0.5)  # let the last commands and statuses reach the recorder
-        except BringupError as exc:
+        except (BringupError, OperatorError) as exc:
             _print(f'error: {exc}')
             return 1
         finally:

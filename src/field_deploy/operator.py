@@ -101,6 +101,7 @@ class Operator:
         self.skill_status: dict[str, dict[str, str]] = {}
         self.health: dict[str, int] = {}
         self.health_events: list[tuple[float, str, str, str]] = []
+        self._clients: dict[str, Any] = {}
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(DiagnosticArray, f'{self.ns}/skill_runtime/status', self._on_status, qos)
         node.create_subscription(DiagnosticArray, '/diagnostics_agg', self._on_agg, qos)
@@ -135,19 +136,21 @@ class Operator:
 
     # ------------------------------------------------------------------ services
     def _call(self, srv_type: type, name: str, request: Any, timeout: float) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise OperatorError(f'{name}: service not available after {timeout:g} s')
-            future = client.call_async(request)
-            deadline = time.monotonic() + timeout
-            while not future.done():
-                if time.monotonic() > deadline:
-                    raise OperatorError(f'{name}: no answer within {timeout:g} s')
-                time.sleep(0.005)
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        """One service call; clients are kept (discovering a new client each call is slow)."""
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                client = self._clients[name] = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise OperatorError(f'{name}: service not available after {timeout:g} s')
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                client.remove_pending_request(future)
+                raise OperatorError(f'{name}: no answer within {timeout:g} s')
+            time.sleep(0.005)
+        return future.result()
 
     def trigger(self, service: str, timeout: float = 5.0) -> tuple[bool, str]:
         response = self._call(Trigger, service, Trigger.Request(), timeout)
@@ -202,7 +205,10 @@ class Operator:
             time.sleep(0.1)
             if on_progress is not None:
                 on_progress(step.skill, self.status_of(step.skill))
-            state = self.get_state(node, timeout=2.0)
+            try:
+                state = self.get_state(node, timeout=2.0)
+            except OperatorError:  # a busy host: ask again rather than give the skill up
+                continue
             if state != 'active':
                 status = self.status_of(step.skill)
                 return StepResult(step.skill, status.get('outcome', state), status.get('reason', ''),
