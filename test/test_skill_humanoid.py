@@ -54,10 +54,12 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
                              qos_profile(PROFILE.topic('joint_states').qos))
     node.create_subscription(JointState, 'joint_commands', on_cmd,
                              qos_profile(PROFILE.topic('joint_commands').qos))
-    spinner = Spinner([runtime, node]).start()
+    spinner = Spinner([runtime]).start()
+    probe_spinner = Spinner([node]).start()  # own executor, as a separate process would have
     try:
         yield runtime, SkillClient(node), seen, sim
     finally:
+        probe_spinner.stop()
         spinner.stop()
         runtime.destroy_node()
         node.destroy_node()
@@ -121,6 +123,7 @@ def test_wave_raises_the_right_arm_and_lowers_it(rig) -> None:
 
 def test_hold_pose_holds_until_stopped(rig) -> None:
     runtime, client, seen, _sim = rig
+    time.sleep(0.5)  # let the sim finish any motion of the previous test
     assert client.run(f'{PACK}/hold_pose')
     before = seen['q'].copy()
     time.sleep(0.5)

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import TransitionEvent
+from lifecycle_msgs.srv import ChangeState
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
 
 from field_deploy.profile import load_profile
 from field_deploy.ros import Spinner, qos_profile
@@ -82,7 +84,7 @@ class Probe:
 def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     log_dir = tmp_path_factory.mktemp('skill_rt')
     sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'], log_dir=log_dir)
-    runtime = client_node = spinner = None
+    runtime = client_node = spinner = probe_spinner = None
     try:
         runtime = SkillRuntimeNode(parameter_overrides=[
             Parameter('profile', value='quadruped_12dof'),
@@ -95,14 +97,18 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         probe = Probe(client_node)
         for skill in ('/skills/acme_test/reach', '/skills/acme_test/not_a_number'):
             probe.watch_transitions(skill)
-        spinner = Spinner([runtime, client_node]).start()
+        # Own executors: the probe's 1 kHz of callbacks must not queue in front of the runtime's
+        # events (the EventsExecutor handles events in arrival order), as in separate processes.
+        spinner = Spinner([runtime]).start()
+        probe_spinner = Spinner([client_node]).start()
         client = SkillClient(client_node)
         if not wait_until(lambda: runtime._have_state and not np.isnan(probe.q).any(), 30):
             pytest.fail(f'sim_robot did not come up:\n{sim.log()[-3000:]}')
         yield runtime, client, probe, sim
     finally:
-        if spinner is not None:
-            spinner.stop()
+        for sp in (spinner, probe_spinner):
+            if sp is not None:
+                sp.stop()
         for node in (runtime, client_node):
             if node is not None:
                 node.destroy_node()
@@ -255,6 +261,23 @@ def test_configure_raising_is_refused_and_runtime_survives(rig) -> None:
     assert client.state('/skills/acme_test/bad_configure') == 'unconfigured'
     assert 'vendor bug in configure' in runtime.skill_nodes['acme_test/bad_configure'].reason
     assert runtime.loop is not None and runtime.loop.running
+
+
+def test_configure_that_hangs_is_abandoned_and_estop_still_answers(rig) -> None:
+    runtime, client, _probe, _sim = rig
+    skill = '/skills/acme_test/hang_configure'
+    assert client.state(skill) == 'unconfigured'
+    client._client(ChangeState, f'{skill}/change_state').wait_for_service(10)  # discovery first
+    client._client(Trigger, '/skill_runtime/estop').wait_for_service(10)
+    t0 = time.monotonic()
+    assert not client.transition(skill, 'configure', timeout=20)
+    print(f'configure refused after {time.monotonic() - t0:.2f} s')
+    assert time.monotonic() - t0 < 5.5  # the 2 s bound, not the 6 s hang
+    assert 'did not return within 2 s' in runtime.skill_nodes['acme_test/hang_configure'].reason
+    t0 = time.monotonic()
+    assert client.trigger('estop').success
+    print(f'estop answered after {time.monotonic() - t0:.2f} s')
+    assert client.trigger('reset').success
 
 
 def test_stop_holds_pose(rig) -> None:

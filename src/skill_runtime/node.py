@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from rcl_interfaces.msg import (
 )
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Imu, JointState
@@ -48,7 +49,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from field_deploy.profile import RobotProfile, load_profile
-from field_deploy.ros import init, qos_profile, run_nodes, set_stamp
+from field_deploy.ros import Spinner, init, qos_profile, run_nodes, set_stamp
 from skill_runtime.api import RobotState, Skill, SkillContext
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
@@ -74,6 +75,36 @@ def _descriptor(p: ParamSpec) -> ParameterDescriptor:
     elif p.type == 'int':
         d.integer_range = [IntegerRange(from_value=int(p.min), to_value=int(p.max), step=0)]
     return d
+
+
+class VendorTimeout(Exception):
+    """A skill's constructor, configure() or start() did not return in time."""
+
+
+def call_bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Run vendor code in a helper thread and wait at most ``timeout`` s for it.
+
+    Python cannot kill the thread: a call that hangs is abandoned (daemon thread) and reported
+    as :class:`VendorTimeout`, so the executor — which also delivers e-stop — is never held
+    longer than ``timeout``. Exceptions of ``fn`` are re-raised here.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box['value'] = fn()
+        except BaseException as exc:  # handed to the caller
+            box['error'] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f'vendor-{what}', daemon=True).start()
+    if not done.wait(timeout):
+        raise VendorTimeout(f'{what} did not return within {timeout:g} s')
+    if 'error' in box:
+        raise box['error']
+    return box.get('value')
 
 
 class SkillNode(LifecycleNode):
@@ -130,9 +161,18 @@ class SkillNode(LifecycleNode):
         self.ctx = SkillContext(profile=rt.profile, params=self.params(), logger=self.get_logger(),
                                 clock=rt.clock_s, joints=tuple(rt.profile.joint_names[i] for i in indices),
                                 indices=indices, rate_hz=self.spec.control_rate or rt.rate_hz)
+        limit = rt.vendor_call_timeout()
+
+        def build() -> tuple[Skill, str | None]:
+            skill = self.cls(self.ctx)
+            return skill, skill.configure()
+
+        self.skill = None
         try:
-            self.skill = self.cls(self.ctx)
-            problem = self.skill.configure()
+            skill, problem = call_bounded(build, limit, 'configure')
+            self.skill = skill
+        except VendorTimeout as exc:
+            problem = str(exc)
         except Exception as exc:
             problem = f'configure raised {type(exc).__name__}: {exc}'
         if problem:
@@ -193,6 +233,7 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('safe_velocity', 0.5)      # rad/s towards the safe pose on e-stop
         self.declare_parameter('step_budget_ms', 20.0)    # default watchdog budget per step
         self.declare_parameter('status_rate', 10.0)       # Hz
+        self.declare_parameter('vendor_call_timeout', 2.0)  # s for a skill's __init__+configure / start
         self.declare_parameter('sensors', True)            # subscribe imu + wrenches for RobotState
         self.declare_parameter('rt_priority', 40)          # SCHED_FIFO of the control thread; 0 off
         self.declare_parameter('executor_rt_priority', DEFAULT_EXECUTOR_RT_PRIORITY)  # see main()
@@ -224,9 +265,14 @@ class SkillRuntimeNode(LifecycleNode):
 
         self._status_pub = self.create_publisher(DiagnosticArray, '~/status', 10)
         self.create_service(Trigger, '~/stop', self._srv_stop)
-        self.create_service(Trigger, '~/estop', self._srv_estop)
         self.create_service(Trigger, '~/reset', self._srv_reset)
-        self.create_subscription(Bool, 'estop', self._on_estop_topic, 10)
+        # E-stop has its own node and executor thread: it must not queue behind a skill's
+        # configure(), a transition or a backlog of robot-state callbacks in the main executor.
+        self._estop_pending: str | None = None
+        self._safety = Node(f'{self.get_name()}_estop', namespace=namespace)
+        self._safety.create_service(Trigger, f'{self.get_fully_qualified_name()}/estop', self._srv_estop)
+        self._safety.create_subscription(Bool, 'estop', self._on_estop_topic, 10)
+        self._safety_spinner = Spinner([self._safety]).start()
         self._status_timer = self.create_timer(
             1.0 / max(0.1, self.get_parameter('status_rate').value), self.publish_status)
         self._house_timer = self.create_timer(0.01, self._housekeeping)
@@ -235,6 +281,9 @@ class SkillRuntimeNode(LifecycleNode):
             self._autostart_timer = self.create_timer(0.01, self._autostart)
 
     # ----------------------------------------------------------------- helpers
+    def vendor_call_timeout(self) -> float:
+        return float(self.get_parameter('vendor_call_timeout').value)
+
     def clock_s(self) -> float:
         return time.monotonic()
 
@@ -393,6 +442,8 @@ class SkillRuntimeNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
+        self._safety_spinner.stop()
+        self._safety.destroy_node()
         self._stop_loop()
         for node in list(self.skill_nodes.values()):
             node.destroy_node()
@@ -482,10 +533,14 @@ class SkillRuntimeNode(LifecycleNode):
                        every=round(self.rate_hz / rate), budget=budget,
                        timeout=node.spec.timeout, clock=self.clock_s)
         try:
-            run.start(self.state())  # vendor code: outside the lock, so e-stop never waits on it
+            # Vendor code: outside the lock (the control thread and e-stop never wait on it) and
+            # bounded in time (it runs in the executor, which also delivers e-stop and stop).
+            call_bounded(lambda: run.start(self.state()), self.vendor_call_timeout(), 'start')
         except Exception as exc:
             with self._lock:
                 self.gate.release(node.key)
+            if isinstance(exc, VendorTimeout):
+                return str(exc)
             return f'start raised {type(exc).__name__}: {exc}'
         with self._lock:
             if self.gate.mode == MODE_ESTOP or node.key not in self.gate.owners():
@@ -522,6 +577,11 @@ class SkillRuntimeNode(LifecycleNode):
 
     def _housekeeping(self) -> None:
         """Executor thread: deactivate skills whose run ended (done, failed, stopped)."""
+        reason, self._estop_pending = self._estop_pending, None
+        if reason is not None:  # the gate is already safe; now the skills' lifecycles follow
+            self.get_logger().warning(f'E-STOP: {reason}')
+            self._finish_and_deactivate('stopped', f'e-stop: {reason}')
+            self.publish_status()
         for node in list(self.skill_nodes.values()):
             run = self.runs.get(node.key)
             if run is not None and run.outcome and node.phase == 'active':
@@ -593,14 +653,17 @@ class SkillRuntimeNode(LifecycleNode):
         return resp
 
     def estop(self, reason: str) -> None:
-        """Latch e-stop: the first safe command goes out before anything else happens."""
+        """Latch e-stop and publish the first safe command now (any thread).
+
+        Only the gate is touched here, under its lock: it drops every claim and ignores skills from
+        this instant. The skills' lifecycle transitions (and their vendor ``stop()``) follow in the
+        main executor's housekeeping, within 10 ms unless that executor is busy.
+        """
         with self._lock:
             if self.gate is not None:
                 self.gate.estop(reason)
                 self._publish(self.gate.compute({}))
-        self._finish_and_deactivate('stopped', f'e-stop: {reason}')
-        self.get_logger().warning(f'E-STOP: {reason}')
-        self.publish_status()
+        self._estop_pending = reason
 
     def _srv_estop(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
         self.estop('estop service')
