@@ -165,6 +165,8 @@ def subject(args: argparse.Namespace) -> int:
         counts = {t: int(accounting.get(t, {}).get('written', 0)) for t in counts}
         result['reported_lost'] = {t: int(accounting.get(t, {}).get('lost', 0)) for t in counts}
         result['received'] = {t: int(accounting.get(t, {}).get('received', 0)) for t in counts}
+        result['loss_sources'] = {k: sum(int(a.get(k, 0)) for a in accounting.values())
+                                  for k in ('lost_gaps', 'lost_queue', 'lost_middleware')}
     else:
         node = rclpy.create_node(f'bench_{args.subject}')
         if args.subject == 'noop':
@@ -322,7 +324,8 @@ def report(run: dict, duration: float, verbose: bool) -> None:
             f"CPU {100 * run['cpu']:5.1f} % of a core (generators {100 * run['gen_cpu']:5.1f} %)  "
             f"peak RSS {run['peak_rss_mb']:6.1f} MB  (load average {run['load_average']:.1f})")
     if 'reported_lost' in run:
-        line += f"  recorder-reported loss {sum(run['reported_lost'].values())}"
+        line += (f"  recorder-reported loss {sum(run['reported_lost'].values())} "
+                 f"{run.get('loss_sources', '')}")
     print(line, flush=True)
     if verbose or lost:
         for topic, n in published.items():
