@@ -228,6 +228,26 @@ def test_queue_overflow_is_counted_as_loss(tmp_path: Path) -> None:
     assert json.loads(custom['data_recorder.accounting'])['/js']['lost_queue'] == 3
 
 
+def test_queue_overflow_is_not_counted_twice_as_a_stamp_gap(tmp_path: Path) -> None:
+    recorder = Recorder(RecorderConfig(str(tmp_path / 'bag'), queue_size=5, min_free_space=0))
+    recorder.add_topic('/js', 'sensor_msgs/msg/JointState', [])
+    stats = recorder.stats('/js')
+    for i in range(20):
+        recorder.on_message(stats, '/js', joint_state(i))
+        assert wait_until(lambda: recorder.queue_length == 0, 5)
+    release = threading.Event()
+    recorder._queue.append((None, _Command(release.wait), 0))
+    assert wait_until(lambda: recorder.queue_length == 0, 5)
+    for i in range(20, 30):                               # 5 fit, 5 overflow
+        recorder.on_message(stats, '/js', joint_state(i))
+    release.set()
+    for i in range(30, 40):
+        recorder.on_message(stats, '/js', joint_state(i))
+        assert wait_until(lambda: recorder.queue_length == 0, 5)
+    recorder.close()
+    assert (stats.written, stats.lost_queue, stats.lost_gaps, stats.lost) == (35, 5, 0, 5)
+
+
 def test_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     recorder = Recorder(RecorderConfig(str(tmp_path / 'bag'), queue_max_bytes=1024 * 1024,
                                        min_free_space=0))

@@ -133,6 +133,10 @@ class Recorder:
         elif (len(self._queue) >= self._cap or
               self._in_bytes - self._out_bytes + len(data) > self._max_bytes):
             stats.lost_queue += 1
+            # a stamp-only marker (no payload): the gap detector must see the stamp, or it would
+            # count this message a second time as a hole in the stream
+            if self._headers.get(topic):
+                self._queue.append((topic, None, header_stamp_ns(data) or 0))
         else:
             self._in_bytes += len(data)
             self._queue.append((topic, data, time.time_ns()))
@@ -218,6 +222,9 @@ class Recorder:
                     topic, data, t = queue.popleft()
                     if topic is None:
                         data.run()
+                    elif data is None:                   # dropped at the queue: stamp only
+                        if t:
+                            self.accounting.topics[topic].observe_stamp(t)
                     else:
                         self._out_bytes += len(data)
                         self._handle(topic, data, t)
