@@ -160,6 +160,13 @@ def test_parameters_are_typed_and_range_checked(rig) -> None:
     wait_until(lambda: probe.status['skills/acme_test/reach']['outcome'] == 'done', 2)
     st = probe.status['skills/acme_test/reach']
     assert json.loads(st['params'])['offset'] == 0.2 and st['pack_version'] == '0.3.1'
+    # Set while inactive: applies at the next activate (the skill is rebuilt with it).
+    assert client.state(skill) == 'inactive'
+    (res,) = client.set_params(skill, offset=-0.2)
+    assert res.successful
+    assert run_to_end(client, skill) == 'inactive'
+    goal = np.clip(PROFILE.array('default') - 0.2, PROFILE.array('lower'), PROFILE.array('upper'))
+    assert settle(probe, goal, idx) < 0.05
     labels = [(a, b) for s, a, b in probe.events if s.endswith('/reach')]
     assert ('activating', 'active') in labels and ('deactivating', 'inactive') in labels
 
@@ -171,9 +178,7 @@ def test_parameters_are_typed_and_range_checked(rig) -> None:
 def test_reference_quadruped_pose_skills_move_the_sim(rig, skill: str, pose: str) -> None:
     _runtime, client, probe, _sim = rig
     name = f'/skills/reference_quadruped/{skill}'
-    client.set_params(name, min_duration=0.5, max_velocity=2.0)
-    if client.state(name) == 'inactive':
-        client.transition(name, 'cleanup')  # parameters apply at configure
+    client.set_params(name, min_duration=0.5, max_velocity=2.0)  # apply at the next activate
     assert run_to_end(client, name) == 'inactive'
     assert settle(probe, PROFILE.array(pose), np.arange(PROFILE.dof), tol=0.06) < 0.06
 

@@ -111,9 +111,9 @@ class SkillNode(LifecycleNode):
     """``<ns>/skills/<pack>/<skill>``: a skill as a lifecycle node with typed, ranged parameters.
 
     configure: builds the skill with the current parameters (its ``configure()`` may refuse);
-    activate: asks the runtime for its joints and starts; the runtime deactivates it when it is
-    done (→ inactive) or failed (→ ErrorProcessing → unconfigured). Parameters apply at configure;
-    they cannot change while active.
+    activate: rebuilds it if parameters changed since, asks the runtime for its joints and starts;
+    the runtime deactivates it when it is done (→ inactive) or failed (→ ErrorProcessing →
+    unconfigured). Parameters cannot change while active.
     """
 
     def __init__(self, runtime: SkillRuntimeNode, manifest: Manifest, spec: SkillSpec,
@@ -152,16 +152,14 @@ class SkillNode(LifecycleNode):
         self.outcome, self.reason = outcome, reason
         self.runtime.publish_status()
 
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _build(self) -> str | None:
+        """Construct the skill with the current parameters and let it check them; a reason or None."""
         rt = self.runtime
-        if rt.profile is None:
-            self._set_result('refused', 'skill_runtime is not configured')
-            return TransitionCallbackReturn.FAILURE
+        assert rt.profile is not None
         indices = rt.claim_indices(self.spec)
         self.ctx = SkillContext(profile=rt.profile, params=self.params(), logger=self.get_logger(),
                                 clock=rt.clock_s, joints=tuple(rt.profile.joint_names[i] for i in indices),
                                 indices=indices, rate_hz=self.spec.control_rate or rt.rate_hz)
-        limit = rt.vendor_call_timeout()
 
         def build() -> tuple[Skill, str | None]:
             skill = self.cls(self.ctx)
@@ -169,7 +167,7 @@ class SkillNode(LifecycleNode):
 
         self.skill = None
         try:
-            skill, problem = call_bounded(build, limit, 'configure')
+            skill, problem = call_bounded(build, rt.vendor_call_timeout(), 'configure')
             self.skill = skill
         except VendorTimeout as exc:
             problem = str(exc)
@@ -179,11 +177,22 @@ class SkillNode(LifecycleNode):
             self.skill = None
             self.get_logger().error(f'skill {self.key}: configure refused: {problem}')
             self._set_result('refused', f'configure: {problem}')
+        return problem or None
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.runtime.profile is None:
+            self._set_result('refused', 'skill_runtime is not configured')
+            return TransitionCallbackReturn.FAILURE
+        if self._build() is not None:
             return TransitionCallbackReturn.FAILURE
         self._set_result('', 'configured')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Parameters set while inactive apply now: the skill is rebuilt and re-checked with them.
+        if (self.skill is None or self.ctx is None or self.ctx.params != self.params()) \
+                and self._build() is not None:
+            return TransitionCallbackReturn.FAILURE
         assert self.skill is not None and self.ctx is not None
         reason = self.runtime.start_skill(self)
         if reason is not None:
