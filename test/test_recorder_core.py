@@ -189,6 +189,12 @@ def test_gap_accounting_on_periodic_stamps_only() -> None:
     for s in stamps:
         periodic.observe_stamp(s)
     assert periodic.lost_gaps == 5 and periodic.lost == 5
+    lossy = TopicStats()                      # a 30 Hz stream losing every third message
+    period = 33_333_333
+    for i in range(1, 301):
+        if i % 3:
+            lossy.observe_stamp(i * period)
+    assert 94 <= lossy.lost_gaps <= 100        # the first intervals only learn the period
     irregular = TopicStats()
     t = 1
     for i in range(200):
@@ -241,6 +247,7 @@ def test_queue_overflow_is_not_counted_twice_as_a_stamp_gap(tmp_path: Path) -> N
     for i in range(20, 30):                               # 5 fit, 5 overflow
         recorder.on_message(stats, '/js', joint_state(i))
     release.set()
+    assert wait_until(lambda: recorder.queue_length == 0, 5)
     for i in range(30, 40):
         recorder.on_message(stats, '/js', joint_state(i))
         assert wait_until(lambda: recorder.queue_length == 0, 5)

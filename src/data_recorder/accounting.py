@@ -3,8 +3,8 @@
 Three independent loss sources, kept apart so an operator can tell them apart:
 
 * ``lost_middleware``: the rmw *message lost* event (the DDS reader knows it missed samples);
-* ``lost_gaps``: holes in a periodic stream's header stamps (a stream is periodic when its
-  recent stamp intervals agree within 25 %): a jump of k periods counts k - 1 lost messages;
+* ``lost_gaps``: holes in a periodic stream's header stamps (see :meth:`TopicStats.period`):
+  a jump of k periods counts k - 1 lost messages;
 * ``lost_queue``: our own bounded queue overflowed (the writer thread could not keep up).
 
 ``lost`` = max(middleware, gaps) + queue, because the first two usually see the same loss.
@@ -63,14 +63,27 @@ class TopicStats:
         self._period = 0
 
     def period(self) -> int:
-        """The stream's period in ns if it is periodic, else 0."""
+        """The stream's period in ns if it is periodic, else 0.
+
+        Periodic: at least half of the recent intervals are one period (within 25 %) and every
+        other one is a whole number of periods (within 20 %) - so a stream that is already losing
+        messages is still recognised, while a stream of irregular intervals is not.
+        """
         if len(self._intervals) < _WINDOW // 2:
             return 0
         ordered = sorted(self._intervals)
-        median = ordered[len(ordered) // 2]
-        if median <= 0 or ordered[-1] > 1.25 * median or ordered[0] < 0.75 * median:
+        base = ordered[0]
+        if base <= 0:
             return 0
-        return median
+        singles = [x for x in ordered if x <= 1.25 * base]
+        if 2 * len(singles) < len(ordered):
+            return 0
+        period = singles[len(singles) // 2]
+        for x in ordered:
+            k = round(x / period)
+            if k < 1 or abs(x - k * period) > 0.2 * period:
+                return 0
+        return period
 
     def as_dict(self) -> dict[str, int | str]:
         out = {k: v for k, v in asdict(self).items() if not k.startswith('_')}
