@@ -16,19 +16,13 @@ from typing import Any
 
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from lifecycle_msgs.msg import State, Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_srvs.srv import Trigger
 
 from field_deploy.rosenv import config_dir
+from skill_runtime.client import SkillClient
 
 LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
-STATE_NAMES = {State.PRIMARY_STATE_UNCONFIGURED: 'unconfigured', State.PRIMARY_STATE_INACTIVE: 'inactive',
-               State.PRIMARY_STATE_ACTIVE: 'active', State.PRIMARY_STATE_FINALIZED: 'finalized'}
 
 
 class OperatorError(RuntimeError):
@@ -70,19 +64,6 @@ def load_mission(name_or_path: str | Path) -> Mission:
                    steps=tuple(steps))
 
 
-def _parameter(name: str, value: Any) -> Parameter:
-    v = ParameterValue()
-    if isinstance(value, bool):
-        v.type, v.bool_value = ParameterType.PARAMETER_BOOL, value
-    elif isinstance(value, int):
-        v.type, v.integer_value = ParameterType.PARAMETER_INTEGER, value
-    elif isinstance(value, float):
-        v.type, v.double_value = ParameterType.PARAMETER_DOUBLE, value
-    else:
-        v.type, v.string_value = ParameterType.PARAMETER_STRING, str(value)
-    return Parameter(name=name, value=v)
-
-
 @dataclass
 class StepResult:
     skill: str
@@ -101,7 +82,7 @@ class Operator:
         self.skill_status: dict[str, dict[str, str]] = {}
         self.health: dict[str, int] = {}
         self.health_events: list[tuple[float, str, str, str]] = []
-        self._clients: dict[str, Any] = {}
+        self.client = SkillClient(node, f'{self.ns}/skill_runtime')
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(DiagnosticArray, f'{self.ns}/skill_runtime/status', self._on_status, qos)
         node.create_subscription(DiagnosticArray, '/diagnostics_agg', self._on_agg, qos)
@@ -135,40 +116,25 @@ class Operator:
         return {}
 
     # ------------------------------------------------------------------ services
-    def _call(self, srv_type: type, name: str, request: Any, timeout: float) -> Any:
-        """One service call; clients are kept (discovering a new client each call is slow)."""
-        with self._lock:
-            client = self._clients.get(name)
-            if client is None:
-                client = self._clients[name] = self.node.create_client(srv_type, name)
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise OperatorError(f'{name}: service not available after {timeout:g} s')
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                client.remove_pending_request(future)
-                raise OperatorError(f'{name}: no answer within {timeout:g} s')
-            time.sleep(0.005)
-        return future.result()
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except TimeoutError as exc:
+            raise OperatorError(str(exc)) from None
 
     def trigger(self, service: str, timeout: float = 5.0) -> tuple[bool, str]:
-        response = self._call(Trigger, service, Trigger.Request(), timeout)
+        response = self._call(self.client.trigger, service, timeout)
         return response.success, response.message
 
     def get_state(self, node: str, timeout: float = 2.0) -> str:
-        response = self._call(GetState, f'{node}/get_state', GetState.Request(), timeout)
-        return STATE_NAMES.get(response.current_state.id, response.current_state.label)
+        return self._call(self.client.state, node, timeout)
 
-    def change_state(self, node: str, transition: int, timeout: float = 5.0) -> bool:
-        request = ChangeState.Request()
-        request.transition.id = transition
-        return bool(self._call(ChangeState, f'{node}/change_state', request, timeout).success)
+    def change_state(self, node: str, transition: str, timeout: float = 5.0) -> bool:
+        return self._call(self.client.transition, node, transition, timeout)
 
-    def set_parameters(self, node: str, params: dict[str, Any], timeout: float = 5.0) -> None:
-        request = SetParameters.Request(parameters=[_parameter(k, v) for k, v in params.items()])
-        response = self._call(SetParameters, f'{node}/set_parameters', request, timeout)
-        for (key, _), result in zip(params.items(), response.results, strict=True):
+    def set_parameters(self, node: str, params: dict[str, Any]) -> None:
+        results = self._call(self.client.set_params, node, **params)
+        for key, result in zip(params, results, strict=True):
             if not result.successful:
                 raise OperatorError(f'{node}: parameter {key!r} refused: {result.reason}')
 
@@ -193,11 +159,11 @@ class Operator:
         if state == 'unconfigured':
             if step.params:
                 self.set_parameters(node, step.params)
-            if not self.change_state(node, Transition.TRANSITION_CONFIGURE):
+            if not self.change_state(node, 'configure'):
                 return StepResult(step.skill, 'refused', 'configure refused', 0.0)
         elif step.params:
             self.set_parameters(node, step.params)
-        if not self.change_state(node, Transition.TRANSITION_ACTIVATE):
+        if not self.change_state(node, 'activate'):
             reason = self.status_of(step.skill).get('reason', 'activate refused')
             return StepResult(step.skill, 'refused', reason, time.monotonic() - started)
         deadline = time.monotonic() + timeout
