@@ -139,7 +139,7 @@ def test_sim_robot_overheat_trips_policy_and_ledger(
     assert wait_until(lambda: watch.level(joint) == OK
                       and watch.first('/sensors/imu/stream', OK, 0.0) is not None, 45), (
         watch.message(joint), hm.log()[-3000:])
-    assert watch.level('/lifecycle/sim_robot') == OK
+    assert wait_until(lambda: watch.level('/lifecycle/sim_robot') == OK, 5)
     assert '[sim_robot]' in hm.log() and 'starting sim_robot' in hm.log()
     assert watch.level('/robot/legs') in (OK, WARN)
     assert wait_until(lambda: watch.level('/host/disk') is not None, 5)

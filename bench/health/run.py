@@ -270,10 +270,13 @@ def main() -> int:
             return 1
         time.sleep(3.0)
         proc = psutil.Process(hm.pid)
+        th0 = {t.id: t.user_time + t.system_time for t in proc.threads()}
         c0, t0 = proc.cpu_times(), time.monotonic()
         host0 = psutil.cpu_times()
         time.sleep(args.duration)
         c1, t1 = proc.cpu_times(), time.monotonic()
+        th1 = {t.id: t.user_time + t.system_time for t in proc.threads()}
+        main_thread = (th1.get(hm.pid, 0.0) - th0.get(hm.pid, 0.0)) / (t1 - t0) * 100.0
         host1 = psutil.cpu_times()
         cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100.0
         busy = (sum(host1) - host1.idle - sum(host0) + host0.idle) / (sum(host1) - sum(host0))
@@ -283,6 +286,8 @@ def main() -> int:
         false_stale = sum(1 for i in range(1, len(window)) for p in leaves
                           if window[i].get(p) == 3 and window[i - 1].get(p) != 3)
         results['cpu_percent_of_one_core'] = round(cpu, 1)
+        results['cpu_percent_python_main_thread'] = round(main_thread, 1)
+        results['cpu_percent_other_threads_dds_worker'] = round(cpu - main_thread, 1)
         results['host_busy_percent'] = round(busy * 100, 1)
         results['generator_rates_hz'] = rates
         results['false_stale_transitions_in_window'] = false_stale
@@ -335,7 +340,9 @@ def main() -> int:
                           'cpu': platform.processor() or platform.machine()}
     print(json.dumps(results, indent=2))
     print(f"\nhealth_monitor CPU: {results['cpu_percent_of_one_core']} % of one core "
-          f"(target < 15 %; host busy {results['host_busy_percent']} % incl. the generator)")
+          f"(main Python thread {results['cpu_percent_python_main_thread']} %, DDS and worker "
+          f"threads {results['cpu_percent_other_threads_dds_worker']} %; target < 15 %; host "
+          f"busy {results['host_busy_percent']} % incl. the generator)")
     for key in ('stale_imu', 'stale_camera/head/image_raw', 'threshold_over_temperature'):
         if key not in results:
             continue

@@ -135,8 +135,10 @@ class TopicMonitor:
         self._future_ns = int(limits.future_tolerance_s * 1e9)
         self._lag_ns = int(limits.max_lag_s * 1e9)
 
-    def on_message(self, rx_mono: float, rx_wall_ns: int, stamp_ns: int | None) -> None:
-        self.count += 1
+    def on_message(self, rx_mono: float, rx_wall_ns: int, stamp_ns: int | None,
+                   messages: int = 1) -> None:
+        """One received sample (standing for ``messages`` published ones when sampled)."""
+        self.count += messages
         self.last_rx = rx_mono
         if self.first_rx < 0:
             self.first_rx = rx_mono
