@@ -31,9 +31,6 @@ from data_recorder import msgdefs
 
 COMPRESSION = {'': CompressionType.NONE, 'none': CompressionType.NONE,
                'lz4': CompressionType.LZ4, 'zstd': CompressionType.ZSTD}
-#: rosbag2 storage presets (``--storage-preset-profile``): chunk size and compression.
-PRESETS = {'none': {}, 'fastwrite': {'chunk_size': 4 * 1024 * 1024, 'compression': 'none'},
-           'zstd_fast': {'compression': 'zstd'}, 'zstd_small': {'compression': 'zstd'}}
 LIBRARY = 'field_deploy data_recorder (rosbag2-compatible)'
 
 _STAMP_LE = struct.Struct('<iI')
