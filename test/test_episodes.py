@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from data_recorder.episodes import CUSTOM_DATA_KEY, EpisodeTracker, episodes_from_records, skill_of_topic
+from data_recorder.episodes import CUSTOM_DATA_KEY, EpisodeTracker, skill_of_topic
 
 ACTIVE, INACTIVE, ERROR = 3, 2, 14
 
@@ -52,11 +52,3 @@ def test_close_interrupts_open_episodes_and_custom_data_round_trips() -> None:
     assert [(e['skill'], e['outcome'], e['end_ns']) for e in episodes] == [
         ('a/x', 'done', 3), ('b/y', 'interrupted', 10)]
 
-
-def test_records_merge_last_wins() -> None:
-    records = [{'index': '0', 'event': 'start', 'skill': 'a/x', 'outcome': ''},
-               {'index': '1', 'event': 'start', 'skill': 'b/y'},
-               {'index': '0', 'event': 'end', 'outcome': 'done'},
-               {'index': '0', 'event': 'update', 'outcome': 'failed'}]
-    merged = episodes_from_records(records)
-    assert [(m['skill'], m.get('outcome', '')) for m in merged] == [('a/x', 'failed'), ('b/y', '')]

@@ -115,10 +115,3 @@ class EpisodeTracker:
         """``metadata.yaml`` custom_data entry (rosbag2 keeps custom data as string → string)."""
         return {CUSTOM_DATA_KEY: json.dumps([asdict(e) for e in self.episodes])}
 
-
-def episodes_from_records(records: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Rebuild the episode list from a bag's ``episode`` Metadata records (last record wins)."""
-    by_index: dict[str, dict[str, str]] = {}
-    for record in records:
-        by_index.setdefault(record.get('index', ''), {}).update(record)
-    return [by_index[k] for k in sorted(by_index, key=lambda k: int(k) if k.isdigit() else -1)]

@@ -7,6 +7,10 @@ accounting). With ``autostart`` (default) the node configures and activates itse
 
 Services (std_srvs/Trigger): ``~/pause``, ``~/resume``, ``~/split``, ``~/snapshot``.
 Diagnostics: one ``data_recorder`` status on ``/diagnostics`` every ``diagnostics_period`` s.
+Episodes (``episodes``, default on): every skill activation heard on the skills'
+``transition_event`` topics and ``skill_runtime/status`` is marked in the bag (MCAP ``episode``
+Metadata records and ``metadata.yaml`` custom data); ``split_per_episode`` starts a new file at
+each episode boundary.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from lifecycle_msgs.msg import TransitionEvent
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
@@ -27,6 +32,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_srvs.srv import Trigger
 
 from data_recorder import metadata as md
+from data_recorder.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
 from data_recorder.recorder import Recorder, RecorderConfig
 from data_recorder.selection import Selection, adapt_qos, load_qos_overrides, unique
 from field_deploy.ros import init, message_class, run_nodes
@@ -58,6 +64,8 @@ PARAMETERS: dict[str, Any] = {
     'diagnostics_period': 1.0,
     'fsync': True,
     'message_lost_events': False,
+    'episodes': True,
+    'split_per_episode': False,
     'autostart': True,
 }
 
@@ -102,6 +110,9 @@ class DataRecorderNode(LifecycleNode):
         self._settings: dict[str, dict[str, Any]] = {}
         self._warned: set[str] = set()
         self._discovery_timer = None
+        self._episodes = EpisodeTracker()
+        self._episode_subs: dict[str, Any] = {}
+        self.create_subscription(DiagnosticArray, 'skill_runtime/status', self._on_skill_status, 100)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(float(self._param('diagnostics_period')),
                                              self._publish_diagnostics)
@@ -124,6 +135,10 @@ class DataRecorderNode(LifecycleNode):
         recorder, self.recorder = self.recorder, None
         self._unsubscribe()
         if recorder is not None:
+            if self._episodes.episodes:
+                self._episodes.close(self.get_clock().now().nanoseconds)
+                for key, value in self._episodes.custom_data().items():
+                    recorder.set_custom_data(key, value)
             path = recorder.close()
             totals = recorder.accounting.totals()
             self.get_logger().info(f'bag closed: {path} ({totals["written"]} messages written, '
@@ -144,6 +159,7 @@ class DataRecorderNode(LifecycleNode):
             path = self._param('qos_profile_overrides_path')
             self._overrides = load_qos_overrides(path) if path else {}
             self.recorder = Recorder(config, log=self._log)
+            self._episodes = EpisodeTracker()
         except (ValueError, OSError, RuntimeError) as exc:
             self.last_error = str(exc)
             self.get_logger().error(f'configure failed: {exc}')
@@ -212,6 +228,9 @@ class DataRecorderNode(LifecycleNode):
         if recorder is None or selection is None or recorder.state != 'recording':
             return
         for topic, types in self.get_topic_names_and_types():
+            if self._param('episodes') and topic not in self._episode_subs and skill_of_topic(topic):
+                self._episode_subs[topic] = self.create_subscription(
+                    TransitionEvent, topic, self._episode_transition(skill_of_topic(topic)), 100)
             if not selection.matches(topic):
                 continue
             if topic in self._recorded_subs:
@@ -227,6 +246,38 @@ class DataRecorderNode(LifecycleNode):
                     'is recorded until one type remains)'))
                 continue
             self._subscribe(topic, types[0])
+
+    # -- episodes -------------------------------------------------------------------------------
+
+    def _episode_transition(self, skill: str) -> Any:
+        def on_event(msg: TransitionEvent) -> None:
+            boundary = self._episodes.on_transition(skill, msg.goal_state.id, msg.goal_state.label,
+                                                    self.get_clock().now().nanoseconds)
+            if boundary is not None:
+                self._episode_boundary(*boundary)
+        return on_event
+
+    def _on_skill_status(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith('skills/'):
+                boundary = self._episodes.on_status(status.name.removeprefix('skills/'),
+                                                    {kv.key: kv.value for kv in status.values})
+                if boundary is not None:
+                    self._episode_boundary(*boundary)
+
+    def _episode_boundary(self, kind: str, episode: Any) -> None:
+        recorder = self.recorder
+        if recorder is None or not self._param('episodes'):
+            return
+        if kind == 'start' and self._param('split_per_episode'):
+            recorder.split()
+        recorder.add_metadata(EPISODE_RECORD, episode.record(kind))
+        for key, value in self._episodes.custom_data().items():
+            recorder.set_custom_data(key, value)
+        if kind == 'end' and self._param('split_per_episode'):
+            recorder.split()
+        self.get_logger().info(f'episode {episode.index} {kind}: {episode.skill}'
+                               + (f' -> {episode.outcome} {episode.reason}' if kind != 'start' else ''))
 
     def _publisher_infos(self, topic: str) -> list[Any]:
         """The topic's publishers, our own left out when there are others (this node's

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,12 @@ def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, star
         total_lost += row['lost']
         print(f'  {name:40s} {row["count"]:9d} {row["lost"]:6d}')
     print(f'  messages lost: {total_lost}')
-    if summary['episodes']:
-        print(f'episodes: {len(summary["episodes"])}')
-    print(f'health events: {len(operator.health_events)}')
-    for t, name, level, message in operator.health_events[-10:]:
+    print(f'episodes: {len(summary["episodes"])} (one per skill run; `bag export` writes one folder each)')
+    events = operator.leaf_events()
+    kinds = Counter(level for _, _, level, _ in events)
+    print(f'health events: {len(events)} level changes of components '
+          f'({", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"}); last ones:')
+    for t, name, level, message in events[-8:]:
         print(f'  {time.strftime("%H:%M:%S", time.localtime(t))} {level:5s} {name}: {message}')
     print('next:')
     print(f'  field_deploy bag info {bag_dir}')

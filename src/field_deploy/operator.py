@@ -99,13 +99,18 @@ class Operator:
             for status in msg.status:
                 level = int.from_bytes(status.level, 'little') if isinstance(status.level, bytes) \
                     else int(status.level)
-                if status.name.count('/') < 2:  # leaves only: a group's level repeats its worst leaf
-                    continue
                 previous = self.health.get(status.name, DiagnosticStatus.OK)
                 if level != previous and (level != DiagnosticStatus.OK or previous != DiagnosticStatus.OK):
                     self.health_events.append((time.time(), status.name, LEVELS.get(level, str(level)),
                                                status.message))
                 self.health[status.name] = level
+
+    def leaf_events(self) -> list[tuple[float, str, str, str]]:
+        """Health events of the leaves only: a group's level repeats the worst of its leaves."""
+        with self._lock:
+            names = set(self.health)
+            groups = {n for n in names if any(o.startswith(n + '/') for o in names)}
+            return [e for e in self.health_events if e[1] not in groups]
 
     def status_of(self, skill: str) -> dict[str, str]:
         with self._lock:

@@ -27,12 +27,13 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
 from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
-from health_monitor.config import HealthConfig, HealthConfigError, load_config
+from health_monitor.config import HealthConfig, HealthConfigError, ManagedNode, load_config
 from health_monitor.core import (
     ERROR,
     LEVEL_NAMES,
@@ -100,6 +101,25 @@ class RosLifecycleClient:
         return bool(response.success), response.message
 
 
+def managed_from_stack(cfg: HealthConfig, stack: str, stack_args: list[str]) -> HealthConfig:
+    """Manage the stack description's managed nodes, each with the command the bring-up used.
+
+    One description for both: ``field_deploy up`` starts the processes, this manager configures
+    and activates them in the description's order and restarts one that dies with the very same
+    command line. The bring-up has just started them, so they get time to appear
+    (``spawn_timeout_s``) before the manager would start a second copy.
+    """
+    from field_deploy.stack import load_stack, node_argv, stack_arguments
+
+    described = load_stack(stack, **stack_arguments(stack_args))
+    nodes = tuple(ManagedNode(n.name, tuple(node_argv(n, described.namespace, autostart=False)))
+                  for n in described.managed)
+    lifecycle = dataclasses.replace(cfg.lifecycle, nodes=nodes,
+                                    discover_timeout_s=max(cfg.lifecycle.discover_timeout_s,
+                                                           cfg.lifecycle.spawn_timeout_s))
+    return dataclasses.replace(cfg, lifecycle=lifecycle)
+
+
 class HealthMonitor(Node):
     """The ``health_monitor`` node (a plain node: it is the one that manages the others)."""
 
@@ -113,6 +133,10 @@ class HealthMonitor(Node):
         config = self.declare_parameter('config', '').value
         ledger_path = self.declare_parameter('ledger', '').value
         self.cfg: HealthConfig = load_config(config or None, profile)
+        stack = self.declare_parameter('stack', '').value
+        stack_args = self.declare_parameter('stack_args', Parameter.Type.STRING_ARRAY).value
+        if stack:
+            self.cfg = managed_from_stack(self.cfg, stack, list(stack_args or []))
         manage = self.declare_parameter('autostart', self.cfg.lifecycle.autostart).value
         self.prefix = f'{self.get_name()}: '
         cfg = self.cfg

@@ -1,0 +1,126 @@
+"""End to end: the whole stack as real processes over real DDS, driven like an operator would.
+
+`field_deploy up` starts sim_robot, data_recorder, skill_runtime and health_monitor as separate
+processes; the health monitor's lifecycle manager configures and activates them; the test drives
+skills through their lifecycle services, kills a node, injects a fault and stops the stack with
+SIGTERM — then reads the bag back with this project's reader and with `rosbags`.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from rclpy.node import Node
+
+from field_deploy.operator import MissionStep, Operator
+from field_deploy.testing import NodeProcess, executable, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+
+
+def child_pid(up: NodeProcess, name: str) -> int | None:
+    for proc in psutil.Process(up.pid).children(recursive=True):
+        try:
+            if any(part.endswith(f'/{name}') for part in proc.cmdline()[:2]):
+                return proc.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def read_bag(bag_dir: Path) -> dict[str, int]:
+    from rosbags.highlevel import AnyReader
+
+    from data_recorder.reader import Bag
+
+    ours = {name: topic.count for name, topic in Bag(bag_dir).topics.items()}
+    with AnyReader([bag_dir]) as reader:
+        theirs = {c.topic: c.msgcount for c in reader.connections}
+    assert ours == theirs
+    return ours
+
+
+@pytest.fixture
+def stack(tmp_path: Path, node_process, ros) -> tuple[NodeProcess, Operator, Path]:
+    bag_dir = tmp_path / 'bag'
+    # HOME: the component ledger's default place is per user; keep the test's to itself.
+    up = node_process('field_deploy', ['up', '--robot', 'quadruped_12dof', '--bag-dir', str(bag_dir)],
+                      env={'HOME': str(tmp_path)})
+    from field_deploy.ros import Spinner
+
+    node = Node(f'e2e_operator_{int(time.time() * 1000) % 100000}')
+    operator = Operator(node)
+    spinner = Spinner([node]).start()
+    try:
+        for name in ('sim_robot', 'data_recorder', 'skill_runtime'):
+            assert operator.wait_state(f'/{name}', 'active', timeout=90.0), \
+                f'{name} not active:\n{up.log()[-3000:]}'
+        yield up, operator, bag_dir
+    finally:
+        spinner.stop()
+        node.destroy_node()
+
+
+def test_bringup_mission_restart_and_sigterm_leave_a_readable_bag(stack) -> None:
+    up, operator, bag_dir = stack
+    result = operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0)
+    assert result.outcome == 'done', result
+
+    # A managed node killed like an OOM kill is brought back by the lifecycle manager.
+    victim = child_pid(up, 'skill_runtime')
+    assert victim is not None, up.log()[-2000:]
+    psutil.Process(victim).kill()
+    assert wait_until(lambda: child_pid(up, 'skill_runtime') not in (None, victim), 60.0), \
+        up.log()[-3000:]
+    assert operator.wait_state('/skill_runtime', 'active', timeout=90.0), up.log()[-3000:]
+
+    result = operator.run_skill(MissionStep('reference_quadruped/lie_down'), timeout=60.0)
+    assert result.outcome == 'done', result
+
+    assert up.stop(signal.SIGTERM, timeout=60.0) == 0, up.log()[-3000:]
+    counts = read_bag(bag_dir)
+    assert counts['/joint_states'] > 500 and counts['/joint_commands'] > 100
+    info = yaml.safe_load((bag_dir / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert info['message_count'] == sum(counts.values())
+    log = up.log()
+    for name in ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor'):
+        assert f'[{name}' in log  # every node's output streamed with its name in front
+
+
+def test_bringup_fails_with_the_reason_when_a_node_cannot_start(tmp_path: Path) -> None:
+    stack = tmp_path / 'bad_stack.yaml'
+    stack.write_text(yaml.safe_dump({'name': 'bad', 'nodes': [
+        {'name': 'sim_robot', 'executable': 'sim_robot', 'parameters': {'profile': 'no_such_robot'}}]}))
+    done = subprocess.run([executable('field_deploy'), 'up', '--stack', str(stack), '--no-record'],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert 'sim_robot exited with code' in done.stderr
+    assert 'no_such_robot' in done.stderr
+
+
+def test_demo_runs_the_mission_records_episodes_and_reports_zero_loss(tmp_path: Path) -> None:
+    out = tmp_path / 'run'
+    done = subprocess.run([executable('field_deploy'), 'demo', '--out', str(out)],
+                          capture_output=True, text=True, timeout=300)
+    text = done.stdout + done.stderr
+    assert 'field_deploy demo summary' in text, text[-4000:]
+    for skill in ('stand_up', 'trot_in_place', 'lie_down'):
+        assert f'reference_quadruped/{skill}' in text
+    from data_recorder.reader import Bag
+
+    bag = Bag(out / 'bag')
+    assert [e.name.split('/')[-1] for e in bag.episodes][:3] == ['stand_up', 'trot_in_place', 'lie_down'], \
+        bag.episodes
+    assert done.returncode == 0, text[-4000:]
+    assert 'messages lost: 0' in text
+
+
+if __name__ == '__main__':
+    sys.exit(pytest.main([__file__, '-v']))
