@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import struct
 import subprocess
@@ -201,6 +202,26 @@ def test_gap_accounting_on_periodic_stamps_only() -> None:
         t += (1 + (i * 7919) % 13) * 1_000_000
         irregular.observe_stamp(t)
     assert irregular.lost_gaps == 0
+
+
+def test_no_gap_guessed_from_wake_up_stamps_or_interleaved_publishers() -> None:
+    loop = TopicStats()                       # a 500 Hz loop stamping wake-up times (±0.15 ms), overruns
+    wake = random.Random(7)
+    for i in range(1, 2000):
+        tick = i + i // 97                    # every 97th tick skipped: never published, not lost
+        loop.observe_stamp(tick * 2_000_000 + int(wake.uniform(0, 150_000)))
+    assert loop.lost_gaps == 0
+    shared = TopicStats()                     # /diagnostics: 10 Hz and 2 Hz publishers interleaved
+    stamps = sorted([i * 100_000_000 for i in range(1, 200)] + [i * 500_000_000 + 7_000_000
+                                                               for i in range(1, 40)])
+    for stamp in stamps:
+        shared.observe_stamp(stamp)
+    assert shared.lost_gaps == 0
+    late = TopicStats()                       # a 10 Hz timer stamping wall time, once 230 ms late
+    for stamp in [i * 100_000_000 for i in range(1, 50)] + [5_130_000_000] + [
+            i * 100_000_000 for i in range(52, 80)]:
+        late.observe_stamp(stamp)
+    assert late.lost_gaps == 0
 
 
 def test_snapshot_buffer_keeps_the_last_seconds_and_bytes() -> None:
