@@ -25,8 +25,8 @@ from sensor_msgs.msg import JointState
 
 from field_deploy.profile import QosSpec, load_profile
 from field_deploy.ros import message_class, qos_profile
+from field_deploy.rosenv import use_project_fastdds_profile
 from field_deploy.testing import RawCollector, wait_until
-from sim_robot.dds import use_project_fastdds_profile
 from sim_robot.streamcheck import cdr_header_stamp_ns, stats_from_raw
 
 # The subscriber side uses the project's Fast DDS profile too (set before the session's first

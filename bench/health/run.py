@@ -220,7 +220,7 @@ def main() -> int:
     parser.add_argument('--cpu-only', action='store_true', help='skip the latency trials')
     args = parser.parse_args()
     isolate_ros_env()
-    from sim_robot.dds import use_project_fastdds_profile
+    from field_deploy.rosenv import use_project_fastdds_profile
     use_project_fastdds_profile()
     import psutil
     import rclpy

@@ -65,8 +65,8 @@ from sensor_msgs.msg import BatteryState, CameraInfo, Image, Imu, JointState
 import field_deploy  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
 from field_deploy.profile import ProfileError, RobotProfile, TopicSpec, load_profile
 from field_deploy.ros import init, qos_profile, run_nodes, set_stamp
+from field_deploy.rosenv import use_project_fastdds_profile
 from sim_robot.cdr import CdrTemplate
-from sim_robot.dds import use_project_fastdds_profile
 from sim_robot.model import Faults, SimModel
 from sim_robot.render import SceneRenderer
 
