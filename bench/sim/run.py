@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 
 from field_deploy.profile import QosSpec, load_profile, profile_path  # noqa: E402
 from field_deploy.ros import Spinner, message_class, qos_profile  # noqa: E402
-from sim_robot.dds import default_xml  # noqa: E402
+from field_deploy.rosenv import config_dir  # noqa: E402
 from sim_robot.streamcheck import cdr_header_stamp_ns, stats_from_raw  # noqa: E402
 
 
@@ -60,7 +60,8 @@ def measure(profile: str, seconds: float, *, reliability: str | None = None,
         os.environ.pop('FASTDDS_BUILTIN_TRANSPORTS', None)
     # The sim sets FASTRTPS_DEFAULT_PROFILES_FILE to config/fastdds.xml when it is unset; 'none'
     # (an empty value) keeps Fast DDS defaults, for the comparison.
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = '' if xml == 'none' else (xml or default_xml())
+    default = str(config_dir() / 'fastdds.xml')
+    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = '' if xml == 'none' else (xml or default)
     folder = Path(tempfile.mkdtemp(prefix='sim-bench-'))
     path = _profile_with_qos(profile, reliability, depth, folder)
     prof = load_profile(path)

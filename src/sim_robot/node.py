@@ -42,7 +42,7 @@ once per sample. The 500 Hz streams (joint_states, imu, wrench) are published as
 CDR templates patched per sample (:mod:`sim_robot.cdr`), the others as message objects.
 
 Fast DDS: ``main()`` points ``FASTRTPS_DEFAULT_PROFILES_FILE`` at ``config/fastdds.xml`` unless
-it is set (:mod:`sim_robot.dds`; why: ``docs/sim_robot.md``).
+it is set (:func:`field_deploy.rosenv.use_project_fastdds_profile`; why: ``docs/sim_robot.md``).
 """
 
 from __future__ import annotations
