@@ -155,6 +155,17 @@ class Operator:
         return False
 
     # ------------------------------------------------------------------ skills
+    def _final_status(self, skill: str, timeout: float = 3.0) -> dict[str, str]:
+        """The runtime's status once it reports the run's outcome (it publishes at 10 Hz, so the
+        lifecycle state can say "inactive" a moment before the status says why)."""
+        deadline = time.monotonic() + timeout
+        status = self.status_of(skill)
+        while time.monotonic() < deadline and not (status.get('outcome')
+                                                   and status.get('phase') != 'active'):
+            time.sleep(0.05)
+            status = self.status_of(skill)
+        return status
+
     def run_skill(self, step: MissionStep, timeout: float = 60.0,
                   on_progress: Any = None) -> StepResult:
         """Configure and activate one skill, wait until it leaves ``active``; its outcome."""
@@ -181,9 +192,10 @@ class Operator:
             except OperatorError:  # a busy host: ask again rather than give the skill up
                 continue
             if state != 'active':
-                status = self.status_of(step.skill)
-                return StepResult(step.skill, status.get('outcome', state), status.get('reason', ''),
-                                  time.monotonic() - started)
+                seconds = time.monotonic() - started
+                status = self._final_status(step.skill)
+                return StepResult(step.skill, status.get('outcome') or state, status.get('reason', ''),
+                                  seconds)
         self.trigger(f'{self.ns}/skill_runtime/stop')
         return StepResult(step.skill, 'timeout', f'still active after {timeout:g} s',
                           time.monotonic() - started)
