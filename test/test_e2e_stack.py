@@ -94,6 +94,46 @@ def test_bringup_mission_restart_and_sigterm_leave_a_readable_bag(stack) -> None
         assert f'[{name}' in log  # every node's output streamed with its name in front
 
 
+def test_fault_to_evidence_overheat_stops_the_skill_keeps_the_bag_and_writes_the_ledger(
+        stack, tmp_path: Path) -> None:
+    """Motor over-temperature injected in sim_robot → health policy → skill stopped, recorder
+    snapshot (the full recording holds the seconds before the fault), component ledger entry."""
+    up, operator, bag_dir = stack
+    assert operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0).outcome == 'done'
+    trot = 'reference_quadruped/trot_in_place'
+    operator.set_parameters(f'/skills/{trot}', {'duration': 40.0})
+    assert operator.change_state(f'/skills/{trot}', 'configure')
+    assert operator.change_state(f'/skills/{trot}', 'activate')
+    time.sleep(2.0)                                  # seconds of normal work before the fault
+    fault_ns = time.time_ns()
+    operator.set_parameters('/sim_robot', {'fault_overheat_rate': 40.0,
+                                           'fault_overheat': 'FL_calf_joint'})
+    assert wait_until(lambda: operator.get_state(f'/skills/{trot}', timeout=2.0) != 'active', 30.0), \
+        up.log()[-3000:]
+    status = operator._final_status(trot)
+    assert status.get('outcome') == 'stopped', status
+    assert wait_until(lambda: any(level == 'ERROR' and 'FL_calf_joint' in name
+                                  for _, name, level, _ in operator.leaf_events()), 10.0)
+    assert up.stop(signal.SIGTERM, timeout=60.0) == 0, up.log()[-3000:]
+    log = up.log()
+    assert 'motor_over_temperature' in log and '/data_recorder/snapshot -> ok' in log, log[-3000:]
+
+    from data_recorder.reader import Bag
+
+    bag = Bag(bag_dir)
+    before = [m.log_time_ns for m in bag.messages(['/joint_states'], end_ns=fault_ns)]
+    assert before and (fault_ns - before[0]) / 1e9 > 2.0    # the evidence before the fault is kept
+    hot = [m for m in bag.messages(['/diagnostics'], start_ns=fault_ns) if b'FL_calf_joint' in m.data]
+    assert hot, 'the over-temperature statuses are in the bag'
+
+    import sqlite3
+
+    (ledger,) = (tmp_path / '.field_deploy' / 'health').glob('*')
+    with sqlite3.connect(ledger) as db:
+        faults = db.execute('SELECT component, level, rule FROM faults').fetchall()
+    assert any('FL_calf' in component and level == 'ERROR' for component, level, _ in faults), faults
+
+
 def test_bringup_fails_with_the_reason_when_a_node_cannot_start(tmp_path: Path) -> None:
     stack = tmp_path / 'bad_stack.yaml'
     stack.write_text(yaml.safe_dump({'name': 'bad', 'nodes': [
