@@ -144,7 +144,7 @@ class _Checker:
     def mapping(self, value: Any, key: str, required: set[str], optional: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(key or '<top>', f'expected a mapping, got {type(value).__name__}')
-        unknown = sorted(set(value) - required - optional)
+        unknown = sorted(str(k) for k in set(value) - required - optional)
         if unknown:
             raise self.fail(f'{key}.{unknown[0]}' if key else unknown[0],
                             f'unknown key (allowed: {", ".join(sorted(required | optional))})')

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from field_deploy.profile import KINDS
+from field_deploy.profile import KINDS, _Checker
 
 MANIFEST = 'skillpack.yaml'
 PARAM_TYPES = ('double', 'int', 'bool', 'string')
@@ -106,25 +106,15 @@ class Manifest:
         raise KeyError(f'pack {self.name!r} has no skill {name!r}')
 
 
-class _Check:
+class _Check(_Checker):
+    """The profile loader's checks, with errors that name the pack and its file."""
+
     def __init__(self, pack: str, file: str) -> None:
         self.pack = pack
         self.file = file
 
     def fail(self, key: str, problem: str) -> PackError:
         return PackError(self.pack, self.file, key, problem)
-
-    def mapping(self, value: Any, key: str, required: set[str], optional: set[str]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key or '<top>', f'expected a mapping, got {type(value).__name__}')
-        unknown = sorted(str(k) for k in set(value) - required - optional)
-        if unknown:
-            raise self.fail(f'{key}.{unknown[0]}' if key else unknown[0],
-                            f'unknown key (allowed: {", ".join(sorted(required | optional))})')
-        missing = sorted(required - set(value))
-        if missing:
-            raise self.fail(f'{key}.{missing[0]}' if key else missing[0], 'missing required key')
-        return value
 
     def string(self, value: Any, key: str, pattern: re.Pattern[str] | None = None,
                what: str = '') -> str:
