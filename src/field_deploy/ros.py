@@ -31,15 +31,6 @@ def qos_profile(spec: QosSpec) -> QoSProfile:
                       durability=_DURABILITY[spec.durability])
 
 
-def qos_spec(profile: QoSProfile) -> QosSpec:
-    """Inverse of :func:`qos_profile`, for recording what a publisher offered."""
-    reliability = ('best_effort' if profile.reliability == ReliabilityPolicy.BEST_EFFORT
-                   else 'reliable')
-    durability = ('transient_local' if profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                  else 'volatile')
-    return QosSpec(reliability=reliability, durability=durability, depth=max(1, profile.depth))
-
-
 def stamp_to_ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
