@@ -53,12 +53,12 @@ class Supervisor:
         self.children: list[Child] = []
         self._write_lock = threading.Lock()
         self.width = max((len(n.name) for n in stack.nodes), default=8)
+        self._colour_index = {n.name: i + 1 for i, n in enumerate(stack.nodes)}
 
     def say(self, name: str, line: str) -> None:
         tag = f'[{name}]'.ljust(self.width + 2)
         if self.colour:
-            index = [n.name for n in self.stack.nodes].index(name) if name in [
-                n.name for n in self.stack.nodes] else 0
+            index = self._colour_index.get(name, 0)
             tag = f'\033[{_COLOURS[index % len(_COLOURS)]}m{tag}\033[0m'
         with self._write_lock:
             self.out.write(f'{tag} {line}\n')
