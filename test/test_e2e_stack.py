@@ -114,9 +114,10 @@ def test_fault_to_evidence_overheat_stops_the_skill_keeps_the_bag_and_writes_the
     assert status.get('outcome') == 'stopped', status
     assert wait_until(lambda: any(level == 'ERROR' and 'FL_calf_joint' in name
                                   for _, name, level, _ in operator.leaf_events()), 10.0)
+    # The policy's actions run in order: stop the skills, then the recorder's snapshot.
+    assert wait_until(lambda: '/data_recorder/snapshot -> ok' in up.log(), 20.0), up.log()[-3000:]
+    assert 'policy motor_over_temperature' in up.log()
     assert up.stop(signal.SIGTERM, timeout=60.0) == 0, up.log()[-3000:]
-    log = up.log()
-    assert 'motor_over_temperature' in log and '/data_recorder/snapshot -> ok' in log, log[-3000:]
 
     from data_recorder.reader import Bag
 
