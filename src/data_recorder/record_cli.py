@@ -127,19 +127,10 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m data_recorder.record_cli record …``), same behaviour."""
-    from field_deploy.cli import USER_ERRORS
+    """Stand-alone entry (``python -m data_recorder.record_cli record …``): ``field_deploy bag …``."""
+    from field_deploy.cli import main as field_deploy_main
 
-    parser = argparse.ArgumentParser(prog='field_deploy bag')
-    register(parser.add_subparsers(dest='bag_command', required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        print(f'field_deploy bag {args.bag_command}: error: {exc}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return field_deploy_main(['bag', *(sys.argv[1:] if argv is None else argv)])
 
 
 def accounting_json(bag_metadata: dict[str, Any]) -> dict[str, Any]:
