@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[2] / 'src'))
 sys.path.insert(0, str(HERE.parent))
 
-from run import STREAMS, _sample  # noqa: E402
+from run import STREAMS, _sample, plain  # noqa: E402
 
 import field_deploy  # noqa: E402,F401
 
@@ -66,24 +66,12 @@ def ours(batch: list[tuple[str, str, bytes]], seconds: int, out: Path) -> tuple[
 
 
 def naive(batch: list[tuple[str, str, bytes]], seconds: int, out: Path) -> tuple[float, int]:
-    import numpy as np
     from mcap.writer import CompressionType
     from mcap_ros2.writer import Writer
     from rclpy.serialization import deserialize_message
 
     from data_recorder.msgdefs import full_definition
     from field_deploy.ros import message_class
-
-    def plain(value):
-        if hasattr(value, 'get_fields_and_field_types'):
-            return {f: plain(getattr(value, f)) for f in value.get_fields_and_field_types()}
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        if isinstance(value, bytes) and len(value) == 1:
-            return value[0]
-        return value
 
     stream = (out / 'naive.mcap').open('wb')
     writer = Writer(stream, compression=CompressionType.NONE)

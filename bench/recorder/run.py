@@ -54,6 +54,22 @@ STREAMS: list[tuple[str, str, float]] = [
 ]
 
 
+
+def plain(value):
+    """rclpy message → dict/list (what rosidl_runtime_py's message_to_ordereddict does): the
+    naive recorder's re-serialisation input."""
+    import numpy as np
+
+    if hasattr(value, 'get_fields_and_field_types'):
+        return {f: plain(getattr(value, f)) for f in value.get_fields_and_field_types()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes) and len(value) == 1:   # a ``byte`` field
+        return value[0]
+    return value
+
 def _qos(best_effort: bool, depth: int):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
