@@ -269,13 +269,15 @@ class DataRecorderNode(LifecycleNode):
         recorder = self.recorder
         if recorder is None or not self._param('episodes'):
             return
-        if kind == 'start' and self._param('split_per_episode'):
-            recorder.split()
-        recorder.add_metadata(EPISODE_RECORD, episode.record(kind))
+        # Not awaited: this runs on the executor thread, which must keep taking messages.
+        split = self._param('split_per_episode')
+        if kind == 'start' and split:
+            recorder.split(wait=False)
+        recorder.add_metadata(EPISODE_RECORD, episode.record(kind), wait=False)
         for key, value in self._episodes.custom_data().items():
-            recorder.set_custom_data(key, value)
-        if kind == 'end' and self._param('split_per_episode'):
-            recorder.split()
+            recorder.set_custom_data(key, value, wait=False)
+        if kind == 'end' and split:
+            recorder.split(wait=False)
         self.get_logger().info(f'episode {episode.index} {kind}: {episode.skill}'
                                + (f' -> {episode.outcome} {episode.reason}' if kind != 'start' else ''))
 

@@ -166,20 +166,26 @@ class Recorder:
             stats.forget_stamps()
         self.paused = False
 
-    def split(self) -> None:
-        self._call(self._split)
+    def split(self, *, wait: bool = True) -> None:
+        self._submit(self._split, wait, 'split')
 
     def snapshot(self) -> str:
         """Write the ring buffer (snapshot mode) or flush (normal mode); returns what was done."""
         return self._call(self._snapshot)
 
-    def add_metadata(self, name: str, data: Mapping[str, str]) -> None:
+    def add_metadata(self, name: str, data: Mapping[str, str], *, wait: bool = True) -> None:
         """An MCAP Metadata record in the current file, in order with the queued messages."""
-        self._call(lambda: self.writer.add_metadata(name, data))
+        self._submit(lambda: self.writer.add_metadata(name, data), wait, f'metadata record {name!r}')
 
-    def set_custom_data(self, key: str, value: str) -> None:
+    def set_custom_data(self, key: str, value: str, *, wait: bool = True) -> None:
         """An entry of metadata.yaml ``custom_data`` (written at close)."""
-        self._call(lambda: self.writer.set_custom_data(key, value))
+        self._submit(lambda: self.writer.set_custom_data(key, value), wait, f'custom data {key!r}')
+
+    def _submit(self, fn: Callable[[], Any], wait: bool, what: str) -> None:
+        if wait:
+            self._call(fn)
+        else:
+            self.post(fn, what)
 
     def close(self) -> Path:
         """Write what is queued, close the bag (metadata.yaml with the accounting). Idempotent."""
@@ -202,6 +208,21 @@ class Recorder:
                 **self.accounting.totals()}
 
     # -- writer thread ------------------------------------------------------------------------
+
+    def post(self, fn: Callable[[], Any], what: str) -> None:
+        """Run ``fn`` in the writer thread, in order with the queued messages, without waiting.
+
+        For callers on a ROS executor thread (episode markers, per-episode splits): waiting there
+        for the queue to drain and a split's fsync stalled the executor past the DDS history of
+        the 500 Hz streams (2 s at keep-last 1000), which lost messages. A failure is logged.
+        """
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # nobody waits: say it
+                self.log('error', f'{self.path}: {what} failed: {exc}')
+        if self.state != 'closed' and not self._closing:
+            self._queue.append((None, _Command(run), 0))
 
     def _call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         if self.state == 'closed' or self._closing:
