@@ -203,20 +203,6 @@ def subject(args: argparse.Namespace) -> int:
             writer = Writer(stream, compression=CompressionType.NONE)   # as ours: no compression
             schemas = {t: writer.register_msgdef(ty, full_definition(ty)) for t, ty, _ in STREAMS}
             lock = threading.Lock()
-            import numpy as np
-
-            def plain(value):
-                """rclpy message → dict/list (what rosidl_runtime_py's message_to_ordereddict does)."""
-                if hasattr(value, 'get_fields_and_field_types'):
-                    return {f: plain(getattr(value, f)) for f in value.get_fields_and_field_types()}
-                if isinstance(value, np.ndarray):
-                    return value.tolist()
-                if isinstance(value, list):
-                    return [plain(v) for v in value]
-                if isinstance(value, bytes) and len(value) == 1:   # a ``byte`` field
-                    return value[0]
-                return value
-
             def make(topic: str):
                 schema = schemas[topic]
 
