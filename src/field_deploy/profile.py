@@ -24,14 +24,22 @@ RELIABILITIES = ('reliable', 'best_effort')
 DURABILITIES = ('volatile', 'transient_local')
 
 
-class ProfileError(ValueError):
-    """A robot profile that does not validate; the message names the file and the key."""
+class ConfigError(ValueError):
+    """A configuration file that does not validate: ``<file>: <key>: <problem>``.
+
+    The one error shape of every YAML the project reads (profiles, stacks, health configuration),
+    so a user always learns which file, which key and what is wrong.
+    """
 
     def __init__(self, path: Path | str, key: str, problem: str) -> None:
         super().__init__(f'{path}: {key}: {problem}')
         self.path = str(path)
         self.key = key
         self.problem = problem
+
+
+class ProfileError(ConfigError):
+    """A robot profile that does not validate."""
 
 
 @dataclass(frozen=True)

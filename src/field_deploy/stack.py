@@ -20,17 +20,15 @@ from typing import Any
 
 import yaml
 
+from field_deploy.profile import ConfigError
 from field_deploy.rosenv import config_dir
 
 CONDITIONS = ('always', 'sim', 'hardware', 'record')
 _VAR = re.compile(r'\$\{(\w+)\}')
 
 
-class StackError(ValueError):
+class StackError(ConfigError):
     """A stack description that does not validate; names the file and the key."""
-
-    def __init__(self, path: Path | str, key: str, problem: str) -> None:
-        super().__init__(f'{path}: {key}: {problem}')
 
 
 @dataclass(frozen=True)

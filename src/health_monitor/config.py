@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from field_deploy.profile import RobotProfile, _Checker, load_profile
+from field_deploy.profile import ConfigError, RobotProfile, _Checker, load_profile
 from field_deploy.rosenv import config_dir
 from health_monitor.core import LEVELS, HostLimits, RuleSpec, TopicLimits
 
@@ -30,14 +30,8 @@ DIRECTIONS = ('rising', 'falling', 'nonzero')
 _NODE_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
 
 
-class HealthConfigError(ValueError):
+class HealthConfigError(ConfigError):
     """A health configuration that does not validate: ``<file>: <key>: <problem>``."""
-
-    def __init__(self, path: Path | str, key: str, problem: str) -> None:
-        super().__init__(f'{path}: {key}: {problem}')
-        self.path = str(path)
-        self.key = key
-        self.problem = problem
 
 
 class _C(_Checker):
