@@ -38,6 +38,16 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+def read_yaml(path: Path, error: type[ConfigError], missing_key: str, missing: str) -> Any:
+    """Parse a configuration file, or raise ``error`` naming the file (missing, or not YAML)."""
+    if not path.is_file():
+        raise error(path, missing_key, missing)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise error(path, '<yaml>', f'not valid YAML: {exc}') from None
+
+
 class ProfileError(ConfigError):
     """A robot profile that does not validate."""
 
@@ -322,11 +332,6 @@ def available_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> RobotProfile:
     path = profile_path(name_or_path)
-    if not path.is_file():
-        raise ProfileError(path, 'name', f'no such profile file (shipped profiles: '
-                                         f'{", ".join(available_profiles())})')
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ProfileError(path, '<yaml>', f'not valid YAML: {exc}') from None
+    data = read_yaml(path, ProfileError, 'name', 'no such profile file (shipped profiles: '
+                     f'{", ".join(available_profiles())})')
     return parse_profile(data, path)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from field_deploy.profile import ConfigError
+from field_deploy.profile import ConfigError, read_yaml
 from field_deploy.rosenv import config_dir
 
 CONDITIONS = ('always', 'sim', 'hardware', 'record')
@@ -126,12 +126,7 @@ def load_stack(name_or_path: str | Path = 'field_stack', *, robot: str = 'quadru
                bag_dir: str = 'bags/field_stack') -> Stack:
     """Parse, substitute and filter a stack description for the given bring-up flags."""
     path = stack_path(name_or_path)
-    if not path.is_file():
-        raise StackError(path, 'name', 'no such stack description')
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StackError(path, '<yaml>', f'not valid YAML: {exc}') from None
+    doc = read_yaml(path, StackError, 'name', 'no such stack description')
     if not isinstance(doc, dict) or not isinstance(doc.get('nodes'), list) or not doc['nodes']:
         raise StackError(path, 'nodes', 'expected a non-empty list of nodes')
     unknown = sorted(set(doc) - {'name', 'description', 'nodes'})

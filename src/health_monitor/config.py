@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from field_deploy.profile import ConfigError, RobotProfile, _Checker, load_profile
+from field_deploy.profile import ConfigError, RobotProfile, _Checker, load_profile, read_yaml
 from field_deploy.rosenv import config_dir
 from health_monitor.core import LEVELS, HostLimits, RuleSpec, TopicLimits
 
@@ -495,10 +493,5 @@ def load_config(path: Path | str | None, profile: RobotProfile | str) -> HealthC
     if not isinstance(profile, RobotProfile):
         profile = load_profile(profile)
     path = Path(path) if path else default_config_path()
-    if not path.is_file():
-        raise HealthConfigError(path, '<file>', 'no such health configuration file')
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise HealthConfigError(path, '<yaml>', f'not valid YAML: {exc}') from None
+    data = read_yaml(path, HealthConfigError, '<file>', 'no such health configuration file')
     return parse_config(data if data is not None else {}, path, profile)
