@@ -68,7 +68,7 @@ def stack(tmp_path: Path, node_process, ros) -> tuple[NodeProcess, Operator, Pat
         node.destroy_node()
 
 
-def test_bringup_mission_restart_and_sigterm_leave_a_readable_bag(stack) -> None:
+def test_bringup_mission_restarts_and_sigterm_leave_readable_bags(stack) -> None:
     up, operator, bag_dir = stack
     result = operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0)
     assert result.outcome == 'done', result
@@ -81,13 +81,27 @@ def test_bringup_mission_restart_and_sigterm_leave_a_readable_bag(stack) -> None
         up.log()[-3000:]
     assert operator.wait_state('/skill_runtime', 'active', timeout=90.0), up.log()[-3000:]
 
+    # The recorder killed mid-recording: its cut bag is recovered in place and the restarted
+    # recorder goes on in <bag>_2 (a bag is never overwritten).
+    time.sleep(1.5)                                      # past the 1 s flush: chunks on disk
+    victim = child_pid(up, 'data_recorder')
+    assert victim is not None, up.log()[-2000:]
+    psutil.Process(victim).kill()
+    assert wait_until(lambda: child_pid(up, 'data_recorder') not in (None, victim), 60.0), \
+        up.log()[-3000:]
+    assert operator.wait_state('/data_recorder', 'active', timeout=90.0), up.log()[-3000:]
+    cut = read_bag(bag_dir)                              # recovered: every reader opens it
+    assert cut['/joint_states'] > 500, cut
+    assert 'recovered' in up.log() and f'recording into {bag_dir}_2' in up.log(), up.log()[-3000:]
+
     result = operator.run_skill(MissionStep('reference_quadruped/lie_down'), timeout=60.0)
     assert result.outcome == 'done', result
 
     assert up.stop(signal.SIGTERM, timeout=60.0) == 0, up.log()[-3000:]
-    counts = read_bag(bag_dir)
+    counts = read_bag(bag_dir.with_name(f'{bag_dir.name}_2'))
     assert counts['/joint_states'] > 500 and counts['/joint_commands'] > 100
-    info = yaml.safe_load((bag_dir / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    info = yaml.safe_load((bag_dir.with_name(f'{bag_dir.name}_2') / 'metadata.yaml').read_text())[
+        'rosbag2_bagfile_information']
     assert info['message_count'] == sum(counts.values())
     log = up.log()
     for name in ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor'):

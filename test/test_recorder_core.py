@@ -29,7 +29,7 @@ from data_recorder import metadata as md
 from data_recorder import msgdefs
 from data_recorder.accounting import TopicStats
 from data_recorder.recorder import Recorder, RecorderConfig, _Command
-from data_recorder.recover import is_complete, recover
+from data_recorder.recover import is_complete, recover, take_over_output
 from data_recorder.snapshot import SnapshotBuffer
 from data_recorder.writer import BagWriter, header_stamp_ns
 from field_deploy.testing import wait_until
@@ -406,6 +406,26 @@ def test_recover_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r'no \.mcap'):
         recover(empty)
     assert not is_complete(Path(os.devnull))
+
+
+def test_take_over_output_recovers_a_cut_bag_and_picks_the_next_free_name(tmp_path: Path) -> None:
+    """A recorder restarted after kill -9 with its old command line: the bag it was writing is
+    recovered in place, never overwritten, and the new recording goes next to it."""
+    bag = tmp_path / 'bag'
+    assert take_over_output(bag) == (bag, [])           # nothing there: the name itself
+    writer = BagWriter(bag, chunk_size=2048)
+    writer.add_topic('/js', 'sensor_msgs/msg/JointState')
+    for i in range(200):
+        writer.write('/js', joint_state(i), log_time=i)
+    writer.flush()                                      # then "killed": no close, no metadata.yaml
+    (tmp_path / 'bag_2').mkdir()                        # a clean earlier restart's bag...
+    (tmp_path / 'bag_2' / 'metadata.yaml').write_text('x')
+    path, reports = take_over_output(bag)
+    assert path == tmp_path / 'bag_3'
+    assert [r.bag for r in reports] == [bag]            # ...is left alone; the cut one recovered
+    assert rosbags_counts(bag) == {'/js': reports[0].messages} and reports[0].messages > 0
+    assert not path.exists()                            # created by the writer, not here
+    writer.close()
 
 
 # -- topic selection / QoS ---------------------------------------------------------------------

@@ -34,6 +34,7 @@ from std_srvs.srv import Trigger
 from data_recorder import metadata as md
 from data_recorder.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
 from data_recorder.recorder import Recorder, RecorderConfig
+from data_recorder.recover import take_over_output
 from data_recorder.selection import Selection, adapt_qos, load_qos_overrides, unique
 from field_deploy.ros import init, message_class, run_nodes
 
@@ -42,6 +43,7 @@ NODE_NAME = 'data_recorder'
 #: parameter name → default (the CLI flags map onto the same names).
 PARAMETERS: dict[str, Any] = {
     'output': '',
+    'if_output_exists': 'fail',
     'topics': [],
     'all_topics': False,
     'regex': '',
@@ -200,9 +202,29 @@ class DataRecorderNode(LifecycleNode):
             value = None
         return PARAMETERS[name] if value is None else value
 
+    def _output(self) -> str:
+        """The bag directory to create. ``if_output_exists``: ``fail`` (never overwrite, as
+        ``ros2 bag record``) or ``next``: recover a bag there that a crash cut short and record
+        into the first free ``<output>_2``, ``<output>_3``… - what a recorder restarted by the
+        lifecycle manager with its old command line needs."""
+        output = self._param('output') or default_output()
+        mode = self._param('if_output_exists')
+        if mode not in ('fail', 'next'):
+            raise ValueError(f'parameter if_output_exists: {mode!r} is not one of fail, next')
+        if mode == 'fail':
+            return output
+        path, recovered = take_over_output(output)
+        for report in recovered:
+            self.get_logger().warning(
+                f'{report.bag}: a recording cut short (no metadata.yaml): recovered '
+                f'{report.messages} messages in {len(report.files)} file(s)')
+        if str(path) != output:
+            self.get_logger().warning(f'{output} exists: recording into {path}')
+        return str(path)
+
     def _config(self) -> RecorderConfig:
         return RecorderConfig(
-            output=self._param('output') or default_output(),
+            output=self._output(),
             compression_format=self._param('compression_format'),
             chunk_size=self._param('chunk_size'), flush_interval=self._param('flush_interval'),
             max_bag_size=self._param('max_bag_size'),

@@ -164,3 +164,26 @@ def recover(target: Path | str) -> RecoverReport:
     report.files = [recover_file(f) for f in files]
     report.metadata_path = rebuild_metadata(bag)
     return report
+
+
+def is_cut(bag: Path) -> bool:
+    """A bag directory a crash left behind: MCAP files but no ``metadata.yaml`` (written at close)."""
+    return bag.is_dir() and not (bag / 'metadata.yaml').is_file() and any(bag.glob('*.mcap'))
+
+
+def take_over_output(path: Path | str) -> tuple[Path, list[RecoverReport]]:
+    """The first free bag directory of ``path``, ``path_2``, ``path_3``, …, recovering on the way
+    every one a crash cut short.
+
+    For a recorder restarted after a crash with its old command line: the bag it was writing is
+    made readable (never overwritten) and the recording goes on next to it.
+    """
+    base = Path(path).expanduser()
+    reports: list[RecoverReport] = []
+    candidate, n = base, 1
+    while candidate.exists():
+        if is_cut(candidate):
+            reports.append(recover(candidate))
+        n += 1
+        candidate = base.with_name(f'{base.name}_{n}')
+    return candidate, reports
