@@ -489,6 +489,31 @@ def test_dead_node_brought_back() -> None:
     assert mgr.nodes['skill_runtime'].restarts == 1
 
 
+
+def test_busy_node_is_waited_for_and_a_hung_one_restarted() -> None:
+    """On the graph but not answering get_state: late (a recorder catching up on its queue) is
+    left alone; silent for unresponsive_timeout is hung and is respawned."""
+    mgr, client, spawner, clock = _manager(['data_recorder'], unresponsive_timeout_s=5.0)
+    mgr.startup()
+    answering = [False]
+    client.get_state = lambda node, timeout: client.state[node] if answering[0] else None
+    for _ in range(40):                       # 4 s without an answer: busy
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert mgr.nodes['data_recorder'].phase == 'active' and spawner.started == []
+    answering[0] = True
+    clock.t += 0.1
+    mgr.heartbeat()                           # it answers: the silence starts afresh
+    answering[0] = False
+    for _ in range(45):
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert mgr.nodes['data_recorder'].phase == 'active' and spawner.started == []
+    for _ in range(30):                       # now more than 5 s silent: hung
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert spawner.started[:1] == ['data_recorder'], mgr.nodes['data_recorder']
+
 def test_error_state_node_recovered_without_respawn_and_retry_limit() -> None:
     mgr, client, spawner, clock = _manager(['data_recorder'], fail=['data_recorder'])
     ok, _ = mgr.startup()

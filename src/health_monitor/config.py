@@ -68,6 +68,9 @@ class LifecycleConfig:
     max_retries: int = 5
     stable_after_s: float = 30.0
     missed_heartbeats: int = 2
+    unresponsive_timeout_s: float = 10.0
+    """How long a node still on the graph may leave heartbeats unanswered before it is taken
+    for hung (and restarted): a busy executor answers late, it is not dead."""
     spawn_timeout_s: float = 20.0
     """How long a process we started may take to show its lifecycle services (Python + rclpy
     imports take several seconds on a loaded 2-core robot computer)."""
@@ -266,7 +269,7 @@ def _lifecycle(c: _C, raw: Any) -> LifecycleConfig:
     m = c.mapping(raw or {}, 'lifecycle', set(),
                   {'nodes', 'autostart', 'heartbeat_rate', 'transition_timeout',
                    'discover_timeout', 'backoff', 'max_retries', 'stable_after',
-                   'missed_heartbeats', 'spawn_timeout'})
+                   'missed_heartbeats', 'unresponsive_timeout', 'spawn_timeout'})
     nodes: list[ManagedNode] = []
     for i, entry in enumerate(m.get('nodes', []) or []):
         key = f'lifecycle.nodes[{i}]'
@@ -314,6 +317,8 @@ def _lifecycle(c: _C, raw: Any) -> LifecycleConfig:
         stable_after_s=c.number(m.get('stable_after', 30.0), 'lifecycle.stable_after',
                                 positive=True),
         missed_heartbeats=missed,
+        unresponsive_timeout_s=c.number(m.get('unresponsive_timeout', 10.0),
+                                        'lifecycle.unresponsive_timeout', positive=True),
         spawn_timeout_s=c.number(m.get('spawn_timeout', 20.0), 'lifecycle.spawn_timeout',
                                  positive=True))
 

@@ -128,6 +128,7 @@ class NodeRecord:
     next_attempt: float = 0.0
     active_since: float = 0.0
     missed: int = 0
+    answered_at: float = 0.0   # last heartbeat the node answered
     message: str = 'not started'
     restarts: int = 0
     spawned_at: float = -1e9
@@ -278,7 +279,7 @@ class LifecycleManager:
         rec.phase = 'active'
         rec.state = 'active'
         rec.missed = 0
-        rec.active_since = self.clock()
+        rec.active_since = rec.answered_at = self.clock()
         rec.message = 'active'
 
     def _down(self, rec: NodeRecord, why: str) -> None:
@@ -298,14 +299,23 @@ class LifecycleManager:
                 if self.spawner.alive(name) is False:
                     self._down(rec, f'process of {name} exited')
                     continue
+                available = self.client.available(name)
                 state = (self.client.get_state(name, min(1.0, self.cfg.transition_timeout_s))
-                         if self.client.available(name) else None)
+                         if available else None)
                 if state is None:
+                    silent = now - rec.answered_at
+                    if available and silent < self.cfg.unresponsive_timeout_s:
+                        # On the graph but late: its executor is behind its queue (a recorder on
+                        # a loaded host takes the request after seconds of messages). Busy, not
+                        # gone: restarting it would lose what it is still catching up on.
+                        continue
                     rec.missed += 1
                     if rec.missed >= self.cfg.missed_heartbeats:
-                        self._down(rec, f'{name} missed {rec.missed} heartbeats (gone from graph)')
+                        why = (f'no answer for {silent:.1f} s' if available else 'gone from graph')
+                        self._down(rec, f'{name} missed {rec.missed} heartbeats ({why})')
                     continue
                 rec.missed = 0
+                rec.answered_at = now
                 rec.state = state
                 if state != 'active':
                     self._down(rec, f'{name} fell to {state}')
