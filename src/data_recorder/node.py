@@ -321,7 +321,14 @@ class DataRecorderNode(LifecycleNode):
         match (best effort, volatile) joined later; a reliable reader never receives from a
         best-effort writer, so without this its messages would be silently missing."""
         current = self._settings[topic]
-        settings = adapt_qos(self._offered(self._publisher_infos(topic)), self._param('qos_depth'),
+        # A publisher that is going away (its process shutting down) is listed for a moment with
+        # an UNKNOWN QoS: no reason to weaken what we record with.
+        known = [p for p in self._publisher_infos(topic)
+                 if p.qos_profile.reliability in _RELIABILITY
+                 and p.qos_profile.durability in _DURABILITY]
+        if not known:
+            return
+        settings = adapt_qos(self._offered(known), self._param('qos_depth'),
                              self._overrides.get(topic))
         weaker = ((current['reliability'] == 'reliable' and settings['reliability'] != 'reliable')
                   or (current['durability'] == 'transient_local'
@@ -420,6 +427,14 @@ class DataRecorderNode(LifecycleNode):
         if recorder is None:
             response.success, response.message = False, f'cannot {action}: no bag is open'
             return response
+        # split and snapshot are queued for the writer thread, in order with the messages already
+        # received, and answered at once: waiting here for a flush's fsync would stall this
+        # executor - the one taking the messages - and lose samples under load. The writer thread
+        # logs what it did.
+        if action in ('split', 'snapshot') and recorder.state != 'recording':
+            response.success = False
+            response.message = f'cannot {action}: recording {recorder.state} ({recorder.stop_reason})'
+            return response
         try:
             if action == 'pause':
                 recorder.pause()
@@ -428,10 +443,16 @@ class DataRecorderNode(LifecycleNode):
                 recorder.resume()
                 response.message = 'recording'
             elif action == 'split':
-                recorder.split()
-                response.message = f'now writing {recorder.writer.files[-1].path}'
+                recorder.split(wait=False)
+                response.message = 'split queued: the messages received from now on go to a new file'
+            elif recorder.snapshot_buffer is not None:
+                recorder.snapshot(wait=False)
+                response.message = (f'snapshot queued: the last {recorder.config.snapshot_duration:g} s '
+                                    'go to a new file')
             else:
-                response.message = recorder.snapshot()
+                recorder.snapshot(wait=False)
+                response.message = ('snapshot queued: everything is recorded (not in snapshot mode); '
+                                    'flushed to disk after the messages received so far')
             response.success = True
         except (RuntimeError, OSError, TimeoutError) as exc:
             response.success, response.message = False, f'{action} failed: {exc}'

@@ -169,9 +169,13 @@ class Recorder:
     def split(self, *, wait: bool = True) -> None:
         self._submit(self._split, wait, 'split')
 
-    def snapshot(self) -> str:
-        """Write the ring buffer (snapshot mode) or flush (normal mode); returns what was done."""
-        return self._call(self._snapshot)
+    def snapshot(self, *, wait: bool = True) -> str:
+        """Write the ring buffer (snapshot mode) or flush (normal mode); returns what was done
+        (``wait=False``: queued in order with the messages, what was done is logged)."""
+        if wait:
+            return self._call(self._snapshot)
+        self.post(lambda: self.log('info', self._snapshot()), 'snapshot')
+        return 'queued'
 
     def add_metadata(self, name: str, data: Mapping[str, str], *, wait: bool = True) -> None:
         """An MCAP Metadata record in the current file, in order with the queued messages."""
