@@ -143,6 +143,18 @@ def test_discovery_refusals_in_status_and_skill_nodes_exist(rig) -> None:
     assert client.state('/skills/acme_test/reach') == 'unconfigured'
 
 
+def test_skills_see_the_newest_imu_and_foot_wrenches(rig) -> None:
+    """The sensor streams are polled at the skill's tick, not spun: the state a skill gets still
+    holds the sim's IMU (gravity on z) and one wrench per foot, and keeps up with the stream."""
+    runtime, _client, _probe, _sim = rig
+    assert wait_until(lambda: len(runtime.state().wrenches) == 4, 10), runtime.state().wrenches
+    state = runtime.state()
+    assert set(state.wrenches) == {'FL_foot', 'FR_foot', 'RL_foot', 'RR_foot'}
+    assert 9.0 < state.imu[9] < 10.6, state.imu             # linear acceleration z: gravity
+    first = runtime._raw['imu']
+    assert wait_until(lambda: (runtime.state(), runtime._raw['imu'] != first)[1], 5)  # fresh samples
+
+
 def test_parameters_are_typed_and_range_checked(rig) -> None:
     _runtime, client, probe, _sim = rig
     skill = '/skills/acme_test/reach'

@@ -15,6 +15,7 @@ from rclpy.experimental import EventsExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 
 from field_deploy.profile import QosSpec
 from field_deploy.rosenv import use_project_fastdds_profile
@@ -120,6 +121,30 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def _never(_data: bytes) -> None:
+    """Callback of the polled subscriptions: their node is never spun, so it never runs."""
+
+
+def polled_subscription(node: Node, msg_type: type, topic: str, qos: QoSProfile) -> Subscription:
+    """A raw subscription that no executor serves: its owner takes samples when it wants them.
+
+    ``node`` must be a node that is never added to an executor. An executor event per message
+    costs Python time in the receiving process for every sample of a 500 Hz stream; a reader that
+    only needs the newest sample at its own pace (a control tick, a monitor's check) pays nothing
+    per message this way. Take with ``sub.handle.take_message(sub.msg_type, True)`` or
+    :func:`take_latest`.
+    """
+    return node.create_subscription(msg_type, topic, _never, qos, raw=True)
+
+
+def take_latest(sub: Subscription) -> bytes | None:
+    """The newest CDR sample waiting in a :func:`polled_subscription` (None: nothing new)."""
+    latest = None
+    while (taken := sub.handle.take_message(sub.msg_type, True)) is not None:
+        latest = taken[0]
+    return latest
 
 
 def message_class(type_name: str) -> type:

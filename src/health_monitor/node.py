@@ -32,7 +32,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
-from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
+from field_deploy.ros import init, message_class, polled_subscription, qos_profile, run_nodes, set_stamp
 from health_monitor.config import HealthConfig, HealthConfigError, ManagedNode, load_config
 from health_monitor.core import (
     ERROR,
@@ -172,9 +172,8 @@ class HealthMonitor(Node):
             self.monitors[watch.name] = mon
             if watch.name == '/diagnostics':
                 continue  # fed by the deserialising callback below (it skips our own output)
-            sub = self._topics_node.create_subscription(
-                message_class(watch.type), watch.name, _never,
-                qos_profile(dataclasses.replace(watch.qos, depth=1)), raw=True)
+            sub = polled_subscription(self._topics_node, message_class(watch.type), watch.name,
+                                      qos_profile(dataclasses.replace(watch.qos, depth=1)))
             self._polled.append([sub, mon, watch.stamped, None])
         self._diag_monitor = self.monitors.get('/diagnostics')
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
@@ -538,10 +537,6 @@ class HealthMonitor(Node):
         self._client_exec.shutdown()
         self._client_node.destroy_node()
         self._topics_node.destroy_node()
-
-
-def _never(_data: bytes) -> None:
-    """Callback of the polled subscriptions; their node is never spun, so it never runs."""
 
 
 def _to_msg(s: Status, name: str, hardware_id: str) -> DiagnosticStatus:
