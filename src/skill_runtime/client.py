@@ -9,6 +9,7 @@ spun by someone else (e.g. :class:`field_deploy.ros.Spinner`); calls wait on the
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from lifecycle_msgs.msg import Transition
@@ -46,8 +47,13 @@ class SkillClient:
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
-        if not done.wait(timeout):
-            raise TimeoutError(f'service {name} did not answer within {timeout:g} s')
+        # The done callback reaches us as a task of the node's executor; the future itself is
+        # looked at too, so an answer is never missed whatever that executor does with tasks.
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f'service {name} did not answer within {timeout:g} s')
+            done.wait(0.01)
         return future.result()
 
     def transition(self, skill: str, name: str, timeout: float = 10.0) -> bool:

@@ -1,0 +1,127 @@
+"""Benchmark of the whole stack: `field_deploy demo` run N times, loss and lag per run.
+
+    .venv/bin/python bench/demo/run.py [--runs 10] [--robot quadruped_12dof] [--busy 0]
+
+For each run: the mission's outcomes, the messages recorded and lost (the bag's own accounting,
+per topic when not zero), the recorder's worst lag on the 500 Hz streams and on the camera
+(receive time minus header stamp, read back from the bag: how far behind the sample clock the
+recorder took messages) and the CPU share of each process of the stack. ``--busy K`` adds K
+busy-loop processes at normal priority, an overloaded host. Prints figures; not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'src'))
+
+from field_deploy.testing import executable  # noqa: E402
+
+NODES = ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor')
+
+
+def sample_cpu(proc: subprocess.Popen[bytes]) -> dict[str, float]:
+    """CPU share (% of one core) of each stack process over its life, sampled until ``proc`` ends."""
+    import psutil
+
+    seen: dict[int, tuple[str, float, float, float]] = {}   # pid -> (name, first, last, cpu s)
+    while proc.poll() is None:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                argv = p.cmdline()
+                name = next((n for n in NODES if len(argv) > 1 and argv[1].endswith(f'/{n}')), None)
+                if name:
+                    times = p.cpu_times()
+                    now = time.monotonic()
+                    first = seen.get(p.pid, (name, now, now, 0.0))[1]
+                    seen[p.pid] = (name, first, now, times.user + times.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.5)
+    return {name: 100 * cpu / max(last - first, 1e-9) for name, first, last, cpu in seen.values()}
+
+
+def lag_ms(bag_dir: Path, topics: list[str]) -> float:
+    """Worst (log time - header stamp) over ``topics``, in ms."""
+    from data_recorder.reader import Bag
+    from data_recorder.writer import header_stamp_ns
+
+    worst = 0
+    for m in Bag(bag_dir).messages(topics):
+        stamp = header_stamp_ns(m.data)
+        if stamp:
+            worst = max(worst, m.log_time_ns - stamp)
+    return worst / 1e6
+
+
+def one_run(out: Path, robot: str) -> dict[str, object]:
+    from data_recorder.info import summary
+    from data_recorder.reader import Bag
+
+    started = time.monotonic()
+    proc = subprocess.Popen([executable('field_deploy'), 'demo', '--robot', robot, '--out', str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cpu = sample_cpu(proc)
+    text = proc.stdout.read().decode(errors='replace') if proc.stdout else ''
+    result: dict[str, object] = {'rc': proc.wait(), 'seconds': time.monotonic() - started, 'cpu': cpu}
+    bag_dir = out / 'bag'
+    if not (bag_dir / 'metadata.yaml').exists():
+        result['error'] = text[-600:]
+        return result
+    bag = Bag(bag_dir)
+    info = summary(bag)
+    totals = json.loads(bag.custom_data.get('data_recorder.totals', '{}'))
+    accounting = json.loads(bag.custom_data.get('data_recorder.accounting', '{}'))
+    result['written'] = totals.get('written', 0)
+    result['lost'] = totals.get('lost', 0)
+    result['lost_topics'] = {t: c['lost'] for t, c in accounting.items() if c.get('lost')}
+    result['outcomes'] = [e.fields.get('outcome', '') for e in bag.episodes]
+    fast = [t['topic'] for t in info['topics'] if t['topic'] in ('/joint_states', '/imu')]
+    cams = [t['topic'] for t in info['topics'] if t['topic'].endswith('/image_raw')]
+    result['lag_fast_ms'] = lag_ms(bag_dir, fast)
+    result['lag_camera_ms'] = lag_ms(bag_dir, cams)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--runs', type=int, default=10)
+    parser.add_argument('--robot', default='quadruped_12dof')
+    parser.add_argument('--busy', type=int, default=0, help='busy-loop processes beside the stack')
+    args = parser.parse_args()
+    print(f'# field_deploy demo x{args.runs}, {args.robot}, {args.busy} busy loop(s); '
+          f'{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}')
+    busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(args.busy)]
+    clean = 0
+    try:
+        with tempfile.TemporaryDirectory(prefix='bench_demo_') as tmp:
+            for i in range(args.runs):
+                r = one_run(Path(tmp) / f'run{i}', args.robot)
+                cpu = ', '.join(f'{n} {c:.0f} %' for n, c in sorted(r['cpu'].items()))
+                if 'error' in r:
+                    print(f'run {i + 1}: rc {r["rc"]}, no bag: {r["error"]!r}')
+                    continue
+                ok = r['rc'] == 0 and r['lost'] == 0
+                clean += ok
+                print(f'run {i + 1}: rc {r["rc"]} {r["seconds"]:.1f} s, outcomes {r["outcomes"]}, '
+                      f'{r["written"]} written, {r["lost"]} lost {r["lost_topics"] or ""}; '
+                      f'worst lag 500 Hz {r["lag_fast_ms"]:.0f} ms, camera {r["lag_camera_ms"]:.0f} ms; '
+                      f'CPU {cpu}', flush=True)
+    finally:
+        for p in busy:
+            p.kill()
+    print(f'clean runs (all skills done, 0 lost): {clean} / {args.runs}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
