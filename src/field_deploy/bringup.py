@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from field_deploy.rosenv import clean_stale_shm
 from field_deploy.stack import Stack, StackNode, load_stack, node_argv
 
 _COLOURS = ('36', '33', '35', '32', '34', '31')
@@ -87,6 +88,10 @@ class Supervisor:
 
     def start(self, grace_s: float = 2.0) -> None:
         """Start every node in order; raise :class:`BringupError` if one exits within ``grace_s``."""
+        freed = clean_stale_shm()
+        if freed:
+            self.say('bringup', f'freed {freed / 2**20:.0f} MiB of shared memory left in /dev/shm by '
+                                'ROS processes that died')
         for node in self.stack.nodes:
             self.say('bringup', f'starting {node.name}: {" ".join(node_argv(node, self.stack.namespace))}')
             self.start_node(node)

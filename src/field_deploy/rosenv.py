@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -61,3 +64,38 @@ def use_project_fastdds_profile() -> str | None:
         return None
     os.environ[FASTDDS_PROFILES_ENV] = str(path)
     return str(path)
+
+
+SHM_DIR = Path('/dev/shm')
+_SHM_LOCK = re.compile(r'^fastrtps_(?:[0-9a-f]{16}|port\d{1,5})_[es]l$')
+
+
+def clean_stale_shm(shm_dir: Path = SHM_DIR) -> int:
+    """Remove the Fast DDS shared-memory files of processes that died; returns the bytes freed.
+
+    A process killed (kill -9, OOM, power supervisor) leaves its segment (32 MiB with this
+    project's profile) and its port files in ``/dev/shm``, which is RAM: a robot whose nodes get
+    restarted a few times a day would fill it. Each segment or port has an ``_el`` file that its
+    living owner keeps locked (``flock``); a lock we can take means the owner is gone. Same rule
+    as eProsima's ``fastdds shm clean``, which is not installed with the PyPI wheels.
+    """
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return 0
+    freed = 0
+    for name in names:
+        if not _SHM_LOCK.match(name):
+            continue
+        lock = shm_dir / name
+        try:
+            with lock.open('ab') as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)   # raises while the owner lives
+                base = name[:-len('_el')]   # (or _sl)
+                for stale in (shm_dir / base, shm_dir / f'sem.{base}_mutex', lock):
+                    with contextlib.suppress(OSError):
+                        freed += stale.stat().st_blocks * 512
+                        stale.unlink()
+        except OSError:
+            continue
+    return freed

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from field_deploy.rosenv import clean_stale_shm
 from health_monitor.config import LifecycleConfig, ManagedNode, PolicySpec
 from health_monitor.core import ERROR, OK, WARN, Status
 
@@ -72,6 +73,7 @@ class PopenSpawner:
 
     def start(self, name: str, argv: Sequence[str]) -> None:
         self.stop(name, timeout=2.0)
+        clean_stale_shm()   # the dead process's Fast DDS segment would stay in RAM otherwise
         proc = subprocess.Popen(resolve_command(argv), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.adopt(name, proc)

@@ -1,0 +1,61 @@
+"""Process environment helpers: the Fast DDS shared-memory files of dead processes are removed,
+those of living ones never."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from field_deploy.rosenv import SHM_DIR, clean_stale_shm
+from field_deploy.testing import wait_until
+
+
+def test_only_unlocked_segments_and_ports_are_removed(tmp_path: Path) -> None:
+    dead, live, port = 'fastrtps_0123456789abcdef', 'fastrtps_fedcba9876543210', 'fastrtps_port7411'
+    for base in (dead, live, port):
+        (tmp_path / base).write_bytes(b'\0' * 8192)
+        (tmp_path / f'{base}_el').touch()
+    (tmp_path / f'sem.{port}_mutex').touch()
+    (tmp_path / 'unrelated_el').touch()
+    with (tmp_path / f'{live}_el').open('ab') as owner:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)    # a living owner holds its lock
+        freed = clean_stale_shm(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live, f'{live}_el', 'unrelated_el']
+    assert freed >= 2 * 8192
+    assert clean_stale_shm(tmp_path / 'missing') == 0
+
+
+def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> None:
+    """Real Fast DDS: kill -9 a process with a node; its 32 MiB segment goes, ours stays."""
+    before = set(os.listdir(SHM_DIR))
+    code = ('from field_deploy.ros import init; import rclpy, time; init([]); '
+            'n = rclpy.create_node("shm_victim"); n.create_publisher('
+            '__import__("std_msgs.msg").msg.String, "shm_test", 10); print("up", flush=True); '
+            'time.sleep(60)')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
+        assert wait_until(lambda: any(n.endswith('_el') for n in set(os.listdir(SHM_DIR)) - before), 10)
+        theirs = {n for n in set(os.listdir(SHM_DIR)) - before if n.startswith('fastrtps_')}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.2)
+    assert theirs <= set(os.listdir(SHM_DIR))          # kill -9: nothing cleaned up by itself
+    ours = {n for n in before if n.endswith('_el')} & set(os.listdir(SHM_DIR))
+    assert clean_stale_shm() > 0
+    left = set(os.listdir(SHM_DIR))
+    assert not theirs & left, theirs & left
+    locked = set()
+    for name in ours & left:
+        try:
+            with (SHM_DIR / name).open('ab') as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            locked.add(name)
+    assert locked == ours & left                        # what is left is in use
