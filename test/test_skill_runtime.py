@@ -333,3 +333,29 @@ def test_estop_goes_safe_at_once_latches_and_resets(rig, via: str) -> None:
     assert wait_until(lambda: any(c[1] == 'run' for c in probe.commands_since(t1)), 2)
     assert client.run('/skills/acme_test/reach')
     wait_until(lambda: client.state('/skills/acme_test/reach') != 'active', 10, 0.1)
+
+
+def test_a_transition_whose_answer_is_late_is_settled_by_the_node_state(ros: None) -> None:
+    """The answer comes after the client's timeout (as when it is lost to a client the server has
+    not matched yet): the client asks the node's state instead of failing, and does not repeat
+    the request."""
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+    class SlowToConfigure(LifecycleNode):
+        configured = 0
+
+        def on_configure(self, state):
+            time.sleep(1.5)                       # longer than the client waits
+            self.configured += 1
+            return TransitionCallbackReturn.SUCCESS
+
+    server = SlowToConfigure('late_answer_test')
+    client_node = Node('late_answer_client')
+    client = SkillClient(client_node)
+    try:
+        with Spinner([client_node]), Spinner([server]):
+            assert client.transition('/late_answer_test', 'configure', timeout=1.0)
+            assert client.state('/late_answer_test') == 'inactive' and server.configured == 1
+    finally:
+        server.destroy_node()
+        client_node.destroy_node()

@@ -89,6 +89,7 @@ def demo(args: argparse.Namespace) -> int:
 
         node = Node('demo_operator')
         operator = Operator(node, stack.namespace)
+        operator.prepare(mission.steps)
         spinner = Spinner([node]).start()
         results: list[StepResult] = []
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,12 @@ class Operator:
             time.sleep(0.05)
             status = self.status_of(skill)
         return status
+
+    def prepare(self, steps: Sequence[MissionStep]) -> None:
+        """Create the service clients of every step's skill up front (matched by the time each
+        runs)."""
+        for step in steps:
+            self.client.prepare(f'{self.ns}/skills/{step.skill}')
 
     def run_skill(self, step: MissionStep, timeout: float = 60.0,
                   on_progress: Any = None) -> StepResult:

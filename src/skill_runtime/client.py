@@ -24,6 +24,8 @@ TRANSITIONS = {'configure': Transition.TRANSITION_CONFIGURE,
                'activate': Transition.TRANSITION_ACTIVATE,
                'deactivate': Transition.TRANSITION_DEACTIVATE,
                'cleanup': Transition.TRANSITION_CLEANUP}
+GOAL_STATES = {'configure': 'inactive', 'activate': 'active', 'deactivate': 'inactive',
+               'cleanup': 'unconfigured'}
 
 
 class SkillClient:
@@ -39,6 +41,13 @@ class SkillClient:
         if key not in self._clients:
             self._clients[key] = self.node.create_client(srv_type, name)
         return self._clients[key]
+
+    def prepare(self, skill: str) -> None:
+        """Create the clients of a skill's services now, so that DDS has matched them both ways
+        by the time they are called (a mission prepares all its skills before the first runs)."""
+        for srv_type, service in ((GetState, 'get_state'), (ChangeState, 'change_state'),
+                                  (SetParameters, 'set_parameters')):
+            self._client(srv_type, f'{skill}/{service}')
 
     def call(self, srv_type: type, name: str, request: Any, timeout: float = 10.0) -> Any:
         client = self._client(srv_type, name)
@@ -57,12 +66,32 @@ class SkillClient:
         return future.result()
 
     def transition(self, skill: str, name: str, timeout: float = 10.0) -> bool:
+        """Request a lifecycle transition; True when the node made it.
+
+        An answer can be lost while a new client is still being matched: a Fast DDS service drops
+        its answer to a client whose reader it has not discovered within 100 ms
+        (ros2/rmw_fastrtps#390), which a loaded host overruns. So on a timeout the node's state
+        says whether the transition was made. It is never requested a second time: a request that
+        is only late would then run twice (a skill activated twice).
+        """
         req = ChangeState.Request()
         req.transition.id = TRANSITIONS[name]
-        return bool(self.call(ChangeState, f'{skill}/change_state', req, timeout).success)
+        try:
+            return bool(self.call(ChangeState, f'{skill}/change_state', req, timeout).success)
+        except TimeoutError:
+            if self.state(skill, timeout) == GOAL_STATES[name]:
+                return True
+            raise
 
     def state(self, skill: str, timeout: float = 10.0) -> str:
-        return str(self.call(GetState, f'{skill}/get_state', GetState.Request(), timeout).current_state.label)
+        """The node's lifecycle state label; asked twice if the first answer is lost (see
+        :meth:`transition`)."""
+        name = f'{skill}/get_state'
+        try:
+            reply = self.call(GetState, name, GetState.Request(), timeout)
+        except TimeoutError:
+            reply = self.call(GetState, name, GetState.Request(), timeout)
+        return str(reply.current_state.label)
 
     def set_params(self, skill: str, **values: Any) -> list[SetParametersResult]:
         req = SetParameters.Request()
