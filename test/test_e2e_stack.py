@@ -68,28 +68,27 @@ def stack(tmp_path: Path, node_process, ros) -> tuple[NodeProcess, Operator, Pat
         node.destroy_node()
 
 
+def kill_and_see_it_back(up: NodeProcess, operator: Operator, name: str) -> None:
+    """kill -9 one node of the stack; the lifecycle manager must start it again and activate it."""
+    victim = child_pid(up, name)
+    assert victim is not None, up.log()[-2000:]
+    psutil.Process(victim).kill()
+    assert wait_until(lambda: child_pid(up, name) not in (None, victim), 60.0), up.log()[-3000:]
+    assert operator.wait_state(f'/{name}', 'active', timeout=90.0), up.log()[-3000:]
+
+
 def test_bringup_mission_restarts_and_sigterm_leave_readable_bags(stack) -> None:
     up, operator, bag_dir = stack
     result = operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0)
     assert result.outcome == 'done', result
 
     # A managed node killed like an OOM kill is brought back by the lifecycle manager.
-    victim = child_pid(up, 'skill_runtime')
-    assert victim is not None, up.log()[-2000:]
-    psutil.Process(victim).kill()
-    assert wait_until(lambda: child_pid(up, 'skill_runtime') not in (None, victim), 60.0), \
-        up.log()[-3000:]
-    assert operator.wait_state('/skill_runtime', 'active', timeout=90.0), up.log()[-3000:]
+    kill_and_see_it_back(up, operator, 'skill_runtime')
 
     # The recorder killed mid-recording: its cut bag is recovered in place and the restarted
     # recorder goes on in <bag>_2 (a bag is never overwritten).
     time.sleep(1.5)                                      # past the 1 s flush: chunks on disk
-    victim = child_pid(up, 'data_recorder')
-    assert victim is not None, up.log()[-2000:]
-    psutil.Process(victim).kill()
-    assert wait_until(lambda: child_pid(up, 'data_recorder') not in (None, victim), 60.0), \
-        up.log()[-3000:]
-    assert operator.wait_state('/data_recorder', 'active', timeout=90.0), up.log()[-3000:]
+    kill_and_see_it_back(up, operator, 'data_recorder')
     cut = read_bag(bag_dir)                              # recovered: every reader opens it
     assert cut['/joint_states'] > 500, cut
     assert 'recovered' in up.log() and f'recording into {bag_dir}_2' in up.log(), up.log()[-3000:]
