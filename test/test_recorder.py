@@ -132,6 +132,9 @@ def test_round_trip_every_contract_type(ros, spin, tmp_path: Path) -> None:
     other_node = rclpy.create_node('conflict_publisher', context=other)
     conflict = [pub_node.create_publisher(String, '/conflict', 10),
                 other_node.create_publisher(JointState, '/conflict', 10)]
+    # the recorder must meet the conflict, not only the first type: wait for the second
+    # participant's publisher to be discovered
+    assert wait_until(lambda: len(dict(pub_node.get_topic_names_and_types()).get('/conflict', [])) == 2, 20)
     collectors = [RawCollector(pub_node, [(t, CONTRACT[t][0])], CONTRACT[t][2]) for t in CONTRACT]
     # the latched battery state exists before the recorder: transient local must bring it in
     for i in range(3):
