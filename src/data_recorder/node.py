@@ -445,14 +445,13 @@ class DataRecorderNode(LifecycleNode):
             elif action == 'split':
                 recorder.split(wait=False)
                 response.message = 'split queued: the messages received from now on go to a new file'
-            elif recorder.snapshot_buffer is not None:
-                recorder.snapshot(wait=False)
-                response.message = (f'snapshot queued: the last {recorder.config.snapshot_duration:g} s '
-                                    'go to a new file')
             else:
                 recorder.snapshot(wait=False)
-                response.message = ('snapshot queued: everything is recorded (not in snapshot mode); '
-                                    'flushed to disk after the messages received so far')
+                response.message = (
+                    f'snapshot queued: the last {recorder.config.snapshot_duration:g} s go to a new file'
+                    if recorder.snapshot_buffer is not None else
+                    'snapshot queued: everything is recorded (not in snapshot mode); flushed to disk '
+                    'after the messages received so far')
             response.success = True
         except (RuntimeError, OSError, TimeoutError) as exc:
             response.success, response.message = False, f'{action} failed: {exc}'
