@@ -5,7 +5,7 @@
 For each run: the mission's outcomes, the messages recorded and lost (the bag's own accounting,
 per topic when not zero), the recorder's worst lag on the 500 Hz streams and on the camera
 (receive time minus header stamp, read back from the bag: how far behind the sample clock the
-recorder took messages) and the CPU share of each process of the stack. ``--busy K`` adds K
+recorder took messages) and the CPU share and peak RSS of each process of the stack. ``--busy K`` adds K
 busy-loop processes at normal priority, an overloaded host. Prints figures; not a pass/fail test.
 """
 
@@ -29,11 +29,11 @@ from field_deploy.testing import executable  # noqa: E402
 NODES = ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor')
 
 
-def sample_cpu(proc: subprocess.Popen[bytes]) -> dict[str, float]:
-    """CPU share (% of one core) of each stack process over its life, sampled until ``proc`` ends."""
+def sample_cpu(proc: subprocess.Popen[bytes]) -> dict[str, tuple[float, float]]:
+    """CPU share (% of one core) and peak RSS (MB) of each stack process, sampled until ``proc`` ends."""
     import psutil
 
-    seen: dict[int, tuple[str, float, float, float]] = {}   # pid -> (name, first, last, cpu s)
+    seen: dict[int, tuple[str, float, float, float, float]] = {}  # pid -> (name, first, last, cpu s, rss)
     while proc.poll() is None:
         for p in psutil.Process(proc.pid).children(recursive=True):
             try:
@@ -41,13 +41,15 @@ def sample_cpu(proc: subprocess.Popen[bytes]) -> dict[str, float]:
                 name = next((n for n in NODES if len(argv) > 1 and argv[1].endswith(f'/{n}')), None)
                 if name:
                     times = p.cpu_times()
+                    rss = p.memory_info().rss / 1e6
                     now = time.monotonic()
-                    first = seen.get(p.pid, (name, now, now, 0.0))[1]
-                    seen[p.pid] = (name, first, now, times.user + times.system)
+                    _, first, _, _, peak = seen.get(p.pid, (name, now, now, 0.0, 0.0))
+                    seen[p.pid] = (name, first, now, times.user + times.system, max(peak, rss))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         time.sleep(0.5)
-    return {name: 100 * cpu / max(last - first, 1e-9) for name, first, last, cpu in seen.values()}
+    return {name: (100 * cpu / max(last - first, 1e-9), rss)
+            for name, first, last, cpu, rss in seen.values()}
 
 
 def lag_ms(bag_dir: Path, topics: list[str]) -> float:
@@ -83,7 +85,10 @@ def one_run(out: Path, robot: str) -> dict[str, object]:
     accounting = json.loads(bag.custom_data.get('data_recorder.accounting', '{}'))
     result['written'] = totals.get('written', 0)
     result['lost'] = totals.get('lost', 0)
-    result['lost_topics'] = {t: c['lost'] for t, c in accounting.items() if c.get('lost')}
+    # where each loss was seen: middleware event, gap in the stamps, our own queue
+    result['lost_topics'] = {t: f'{c["lost"]} (mw {c.get("lost_middleware", 0)}, gaps '
+                                f'{c.get("lost_gaps", 0)}, queue {c.get("lost_queue", 0)})'
+                             for t, c in accounting.items() if c.get('lost')}
     result['outcomes'] = [e.fields.get('outcome', '') for e in bag.episodes]
     fast = [t['topic'] for t in info['topics'] if t['topic'] in ('/joint_states', '/imu')]
     cams = [t['topic'] for t in info['topics'] if t['topic'].endswith('/image_raw')]
@@ -106,7 +111,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix='bench_demo_') as tmp:
             for i in range(args.runs):
                 r = one_run(Path(tmp) / f'run{i}', args.robot)
-                cpu = ', '.join(f'{n} {c:.0f} %' for n, c in sorted(r['cpu'].items()))
+                cpu = ', '.join(f'{n} {c:.0f} % {m:.0f} MB' for n, (c, m) in sorted(r['cpu'].items()))
                 if 'error' in r:
                     print(f'run {i + 1}: rc {r["rc"]}, no bag: {r["error"]!r}')
                     continue
@@ -115,7 +120,7 @@ def main() -> int:
                 print(f'run {i + 1}: rc {r["rc"]} {r["seconds"]:.1f} s, outcomes {r["outcomes"]}, '
                       f'{r["written"]} written, {r["lost"]} lost {r["lost_topics"] or ""}; '
                       f'worst lag 500 Hz {r["lag_fast_ms"]:.0f} ms, camera {r["lag_camera_ms"]:.0f} ms; '
-                      f'CPU {cpu}', flush=True)
+                      f'CPU, peak RSS: {cpu}', flush=True)
     finally:
         for p in busy:
             p.kill()
