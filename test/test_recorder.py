@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from geometry_msgs.msg import WrenchStamped
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from nav_msgs.msg import Odometry
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.signals import SignalHandlerOptions
@@ -238,6 +240,101 @@ def test_pause_resume_split_and_flush_services(ros, spin, tmp_path: Path) -> Non
     assert stamps == [s.sec * 10**9 + s.nanosec for s in expected]
     failed = _call(pub_node, clients['pause'])           # after close: refused with a reason
     assert not failed.success and 'no bag is open' in failed.message
+
+
+def _spin_until_subscribed(executor, publishers: list) -> None:
+    """Spin the recorder only until it has subscribed to every publisher's topic."""
+    deadline = time.monotonic() + 20
+    while not all(p.get_subscription_count() >= 1 for p in publishers):
+        assert time.monotonic() < deadline, 'the recorder did not subscribe within 20 s'
+        executor.spin_once(timeout_sec=0.05)
+
+
+def _wall_stamped(stamp_ns: int) -> JointState:
+    msg = JointState(name=['j'], position=[0.0])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    return msg
+
+
+def test_stop_takes_the_backlog_dds_holds_before_closing(ros, tmp_path: Path) -> None:
+    """A recorder behind its publishers (a loaded host) gets SIGINT: what DDS has already
+    received for it is taken and written before the bag closes, not dropped unseen."""
+    from rclpy.experimental import EventsExecutor
+
+    pub_node = rclpy.create_node('backlog_test')
+    pub = pub_node.create_publisher(JointState, '/backlog', RELIABLE)
+    recorder = _recorder(tmp_path / 'bag', topics=['/backlog'])
+    executor = EventsExecutor()
+    executor.add_node(recorder)
+    try:
+        _spin_until_subscribed(executor, [pub])
+        now = time.time_ns() - 1_000_000
+        for i in range(800):                 # 1.6 s of a 500 Hz stream the recorder has not taken
+            pub.publish(_wall_stamped(now - (800 - i) * 2_000_000))
+        assert pub.wait_for_all_acked(Duration(seconds=10))   # all in the recorder's DDS history
+        recorder.drain(executor)
+        recorder.close_bag()
+    finally:
+        executor.shutdown()
+        recorder.destroy_node()
+        pub_node.destroy_node()
+    counts = json.loads(md.load(tmp_path / 'bag')['custom_data']['data_recorder.accounting'])
+    assert counts['/backlog']['written'] == 800 and counts['/backlog']['lost'] == 0, counts
+
+
+def test_stop_counts_the_tail_of_a_stream_still_behind(ros, tmp_path: Path) -> None:
+    """A stream still flowing but behind the stop when ``drain_timeout`` ends has lost its end:
+    counted, per topic. A publisher that has gone silent, or has gone, is not blamed."""
+    from rclpy.experimental import EventsExecutor
+
+    pub_node = rclpy.create_node('tail_test')
+    behind, silent, gone = (pub_node.create_publisher(JointState, f'/{name}', RELIABLE)
+                            for name in ('behind', 'silent', 'gone'))
+    recorder = _recorder(tmp_path / 'bag', topics=['/behind', '/silent', '/gone'],
+                         drain_timeout=1.0)
+    executor = EventsExecutor()
+    executor.add_node(recorder)
+    stop = threading.Event()
+
+    def publish_late() -> None:              # 500 Hz, each sample published 3 s after its stamp
+        t0, i = time.time_ns() - 3 * 10**9, 0
+        while not stop.is_set():
+            if t0 + i * 2_000_000 > time.time_ns() - 3 * 10**9:
+                time.sleep(0.001)
+                continue
+            behind.publish(_wall_stamped(t0 + i * 2_000_000))
+            i += 1
+    try:
+        _spin_until_subscribed(executor, [behind, silent, gone])
+        newest = time.time_ns() - 10**9
+        for i in range(300):                 # silent and gone: 300 samples, the newest 1 s old
+            silent.publish(_wall_stamped(newest - (299 - i) * 2_000_000))
+            gone.publish(_wall_stamped(newest - (299 - i) * 2_000_000))
+        thread = threading.Thread(target=publish_late)
+        thread.start()
+        stats = recorder.recorder.accounting.topics
+        deadline = time.monotonic() + 20
+        while not (stats['/silent'].written == stats['/gone'].written == 300
+                   and stats['/behind'].written > 100):
+            assert time.monotonic() < deadline, {t: s.written for t, s in stats.items()}
+            executor.spin_once(timeout_sec=0.05)
+        pub_node.destroy_publisher(gone)
+        while recorder.count_publishers('/gone'):
+            assert time.monotonic() < deadline, '/gone publisher still on the graph'
+            executor.spin_once(timeout_sec=0.05)
+        recorder.drain(executor)
+        recorder.close_bag()
+    finally:
+        stop.set()
+        thread.join()
+        executor.shutdown()
+        recorder.destroy_node()
+        pub_node.destroy_node()
+    counts = json.loads(md.load(tmp_path / 'bag')['custom_data']['data_recorder.accounting'])
+    # 3 s behind, 1 s of drain: the last ~2 s (about 1,000 samples at 500 Hz) never came
+    assert 800 <= counts['/behind']['lost_gaps'] <= 1100, counts['/behind']
+    assert counts['/silent']['written'] == 300 and counts['/silent']['lost'] == 0, counts
+    assert counts['/gone']['written'] == 300 and counts['/gone']['lost'] == 0, counts
 
 
 def test_late_best_effort_publisher_is_recorded_too(ros, spin, tmp_path: Path) -> None:

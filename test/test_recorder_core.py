@@ -224,6 +224,37 @@ def test_no_gap_guessed_from_wake_up_stamps_or_interleaved_publishers() -> None:
     assert late.lost_gaps == 0
 
 
+def test_samples_due_before_the_stop_only_for_a_periodic_stream_on_the_recorder_clock() -> None:
+    stop = 1_800_000_000_000_000_000                  # a wall-clock stop time
+    periodic = TopicStats()
+    for i in range(100):                              # 500 Hz, newest sample 1 s before the stop
+        periodic.observe_stamp(stop - 1_000_000_000 - (99 - i) * 2_000_000)
+    assert periodic.last_stamp == stop - 1_000_000_000
+    assert periodic.due_before(stop) == 500           # 1 s of a 2 ms period not seen yet
+    assert periodic.due_before(stop - 999_000_000) == 0   # caught up: nothing due
+    assert periodic.due_before(stop + 100 * 10**9) == 0   # stamps not on the stop's clock
+    assert periodic.due_before(stop - 2 * 10**9) == 0     # newer than the stop (sim time ahead)
+    irregular = TopicStats()
+    for i in range(100):
+        irregular.observe_stamp(stop - 10**9 - (99 - i) * (1 + i % 7) * 1_000_000)
+    assert irregular.due_before(stop) == 0            # no period, no guess
+    assert TopicStats().due_before(stop) == 0
+
+
+def test_close_counts_the_unreceived_tail_of_live_streams_only(tmp_path: Path) -> None:
+    rec = Recorder(RecorderConfig(str(tmp_path / 'bag'), min_free_space=0))
+    period = 1_000_000
+    for topic in ('/alive', '/gone'):
+        rec.add_topic(topic, 'sensor_msgs/msg/JointState', [md.qos_dict()])
+        for i in range(200):
+            rec.on_message(rec.stats(topic), topic, joint_state(i, period))
+    last = header_stamp_ns(joint_state(199, period))
+    rec.close(stop_ns=last + 50 * period, live_topics=['/alive'])
+    counts = json.loads(md.load(tmp_path / 'bag')['custom_data']['data_recorder.accounting'])
+    assert (counts['/alive']['written'], counts['/alive']['lost_gaps']) == (200, 50)
+    assert (counts['/gone']['written'], counts['/gone']['lost']) == (200, 0)
+
+
 def test_snapshot_buffer_keeps_the_last_seconds_and_bytes() -> None:
     buffer = SnapshotBuffer(max_duration=1.0)
     for i in range(300):                                  # 3 s at 100 Hz

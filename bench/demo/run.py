@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument('--runs', type=int, default=10)
     parser.add_argument('--robot', default='quadruped_12dof')
     parser.add_argument('--busy', type=int, default=0, help='busy-loop processes beside the stack')
+    parser.add_argument('--keep', type=Path, metavar='DIR',
+                        help='keep every run (bag, stack.log) under DIR instead of a temporary one')
     args = parser.parse_args()
     print(f'# field_deploy demo x{args.runs}, {args.robot}, {args.busy} busy loop(s); '
           f'{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}')
@@ -109,6 +111,9 @@ def main() -> int:
     clean = 0
     try:
         with tempfile.TemporaryDirectory(prefix='bench_demo_') as tmp:
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                tmp = str(args.keep)
             for i in range(args.runs):
                 r = one_run(Path(tmp) / f'run{i}', args.robot)
                 cpu = ', '.join(f'{n} {c:.0f} % {m:.0f} MB' for n, (c, m) in sorted(r['cpu'].items()))

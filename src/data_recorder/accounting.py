@@ -8,6 +8,9 @@ Three independent loss sources, kept apart so an operator can tell them apart:
 * ``lost_queue``: our own bounded queue overflowed (the writer thread could not keep up).
 
 ``lost`` = max(middleware, gaps) + queue, because the first two usually see the same loss.
+A periodic stream whose publisher is still there when the bag closes, but whose newest samples
+never reached the recorder, has a hole at its end: :meth:`TopicStats.due_before` counts it and the
+recorder adds it to ``lost_gaps`` (a tail loss would otherwise be invisible).
 Messages received while paused or after the disk guard stopped the bag are counted apart
 (``skipped_paused``, ``skipped_stopped``): not written on purpose, not lost.
 """
@@ -18,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 _WINDOW = 16
 _TOLERANCE = 0.005  # of a period: see TopicStats.period
+#: Stamps older than this at the stop are not on the recorder's clock (a replayed bag, sim time):
+#: nothing is "due" from such a stream.
+CLOCK_HORIZON_NS = 60_000_000_000
 
 
 @dataclass
@@ -58,6 +64,23 @@ class TopicStats:
         self._samples += 1
         if self._samples % (_WINDOW // 2) == 0 or not period:
             self._period = self.period()
+
+    @property
+    def last_stamp(self) -> int:
+        """Header stamp of the newest message the writer thread has seen (0: none yet)."""
+        return self._last_stamp
+
+    def due_before(self, stop_ns: int) -> int:
+        """Samples of this periodic stream stamped in (newest seen, ``stop_ns``] not seen yet.
+
+        0 for an aperiodic stream, one that has caught up, and one whose stamps are not on the
+        recorder's clock (older than :data:`CLOCK_HORIZON_NS` at ``stop_ns``, or newer than it).
+        The recorder drains until this is 0 for every live stream before it closes the bag.
+        """
+        last, period = self._last_stamp, self._period
+        if not period or not last or not 0 <= stop_ns - last <= CLOCK_HORIZON_NS:
+            return 0
+        return (stop_ns - last) // period
 
     def forget_stamps(self) -> None:
         """Start the gap detection afresh (after a pause: the hole there is not a loss)."""

@@ -103,7 +103,7 @@ def run_record(args: argparse.Namespace) -> int:
         import rclpy
         rclpy.try_shutdown()
         raise CliError(error)
-    run_nodes([node], on_shutdown=node.close_bag)
+    run_nodes([node], drain=node.drain, on_shutdown=node.close_bag)
     totals = {k: 0 for k in ('received', 'written', 'lost')}
     for counts in node.accounting().values():
         for key in totals:

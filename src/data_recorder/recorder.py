@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,11 +191,23 @@ class Recorder:
         else:
             self.post(fn, what)
 
-    def close(self) -> Path:
-        """Write what is queued, close the bag (metadata.yaml with the accounting). Idempotent."""
+    def close(self, *, stop_ns: int = 0, live_topics: Collection[str] = ()) -> Path:
+        """Write what is queued, close the bag (metadata.yaml with the accounting). Idempotent.
+
+        ``stop_ns`` and ``live_topics`` (the stop time and the streams still flowing, from a
+        publisher still there, that had not caught up with it): samples of those periodic streams
+        stamped before the stop that were not received are counted lost (``lost_gaps``), the end
+        of a stream being a hole like any other.
+        """
         if self.state != 'closed':
             self._closing = True
             self._thread.join()
+            if (stop_ns and self.state == 'recording' and not self.paused
+                    and self.snapshot_buffer is None):
+                for topic in live_topics:
+                    stats = self.accounting.topics.get(topic)
+                    if stats is not None:
+                        stats.lost_gaps += stats.due_before(stop_ns)
             self._close_writer()
             self.state = 'closed'
         return self.path

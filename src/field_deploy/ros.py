@@ -96,9 +96,11 @@ class Spinner:
 
 
 def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
+              drain: Callable[[Executor], None] | None = None,
               on_shutdown: Callable[[], None] | None = None) -> None:
     """Spin ``nodes`` in the main thread until SIGINT / SIGTERM, then shut down in order.
 
+    ``drain`` gets the executor first, to take what has already arrived (a recorder's backlog);
     ``on_shutdown`` runs while the context is still valid (a gate can still publish its safe
     command, a recorder closes its bag), then the nodes are destroyed and rclpy shut down.
     The EventsExecutor is the default: measured here it takes a third of the CPU of the
@@ -115,8 +117,12 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
     try:
         spinner.spin_until(stop)
     finally:
-        if on_shutdown is not None:
-            on_shutdown()
+        try:
+            if drain is not None:
+                drain(spinner.executor)
+        finally:
+            if on_shutdown is not None:
+                on_shutdown()
         spinner.executor.shutdown()
         for node in nodes:
             node.destroy_node()
