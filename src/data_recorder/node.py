@@ -177,7 +177,7 @@ class DataRecorderNode(LifecycleNode):
                 break
             executor.spin_once(timeout_sec=0.02)
             steps += 1
-        took = f'took {received - first} waiting messages in {time.monotonic() - started:.2f} s'
+        took = f'took {received - first} more messages in {time.monotonic() - started:.2f} s'
         if self._behind:
             self.get_logger().warning(
                 f'stopping: {took}; still behind after drain_timeout: '
