@@ -242,12 +242,17 @@ def test_pause_resume_split_and_flush_services(ros, spin, tmp_path: Path) -> Non
     assert not failed.success and 'no bag is open' in failed.message
 
 
-def _spin_until_subscribed(executor, publishers: list) -> None:
-    """Spin the recorder only until it has subscribed to every publisher's topic."""
-    deadline = time.monotonic() + 20
-    while not all(p.get_subscription_count() >= 1 for p in publishers):
-        assert time.monotonic() < deadline, 'the recorder did not subscribe within 20 s'
+def _spin_until(executor, predicate, what: object, deadline: float) -> None:
+    """Spin the recorder's own executor only until ``predicate()`` holds, by ``deadline``
+    (monotonic; ``what`` on failure): the tests below decide when it takes messages."""
+    while not predicate():
+        assert time.monotonic() < deadline, what() if callable(what) else what
         executor.spin_once(timeout_sec=0.05)
+
+
+def _spin_until_subscribed(executor, publishers: list) -> None:
+    _spin_until(executor, lambda: all(p.get_subscription_count() >= 1 for p in publishers),
+                'the recorder did not subscribe within 20 s', time.monotonic() + 20)
 
 
 def _wall_stamped(stamp_ns: int) -> JointState:
@@ -314,14 +319,12 @@ def test_stop_counts_the_tail_of_a_stream_still_behind(ros, tmp_path: Path) -> N
         thread.start()
         stats = recorder.recorder.accounting.topics
         deadline = time.monotonic() + 20
-        while not (stats['/silent'].written == stats['/gone'].written == 300
-                   and stats['/behind'].written > 100):
-            assert time.monotonic() < deadline, {t: s.written for t, s in stats.items()}
-            executor.spin_once(timeout_sec=0.05)
+        _spin_until(executor, lambda: (stats['/silent'].written == stats['/gone'].written == 300
+                                       and stats['/behind'].written > 100),
+                    lambda: {t: s.written for t, s in stats.items()}, deadline)
         pub_node.destroy_publisher(gone)
-        while recorder.count_publishers('/gone'):
-            assert time.monotonic() < deadline, '/gone publisher still on the graph'
-            executor.spin_once(timeout_sec=0.05)
+        _spin_until(executor, lambda: not recorder.count_publishers('/gone'),
+                    '/gone publisher still on the graph', deadline)
         recorder.drain(executor)
         recorder.close_bag()
     finally:

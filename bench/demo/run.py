@@ -12,6 +12,7 @@ busy-loop processes at normal priority, an overloaded host. Prints figures; not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -110,10 +111,10 @@ def main() -> int:
     busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(args.busy)]
     clean = 0
     try:
-        with tempfile.TemporaryDirectory(prefix='bench_demo_') as tmp:
-            if args.keep:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                tmp = str(args.keep)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        with (contextlib.nullcontext(str(args.keep)) if args.keep
+              else tempfile.TemporaryDirectory(prefix='bench_demo_')) as tmp:
             for i in range(args.runs):
                 r = one_run(Path(tmp) / f'run{i}', args.robot)
                 cpu = ', '.join(f'{n} {c:.0f} % {m:.0f} MB' for n, (c, m) in sorted(r['cpu'].items()))

@@ -151,8 +151,7 @@ class DataRecorderNode(LifecycleNode):
         most 0.5 s). Streams still behind at the timeout: :meth:`close_bag` counts their tail lost.
         """
         recorder = self.recorder
-        if (recorder is None or recorder.paused or recorder.state != 'recording'
-                or recorder.snapshot_buffer is not None or not self._recorded_subs):
+        if recorder is None or not recorder.streaming or not self._recorded_subs:
             return
         self._stop_ns = stop_ns = time.time_ns()
         started = time.monotonic()

@@ -202,8 +202,7 @@ class Recorder:
         if self.state != 'closed':
             self._closing = True
             self._thread.join()
-            if (stop_ns and self.state == 'recording' and not self.paused
-                    and self.snapshot_buffer is None):
+            if stop_ns and self.streaming:
                 for topic in live_topics:
                     stats = self.accounting.topics.get(topic)
                     if stats is not None:
@@ -211,6 +210,12 @@ class Recorder:
             self._close_writer()
             self.state = 'closed'
         return self.path
+
+    @property
+    def streaming(self) -> bool:
+        """Writing what arrives to the bag as it comes: recording, not paused, not snapshot mode.
+        Only then is a stream's missing end a loss (see :meth:`close`)."""
+        return self.state == 'recording' and not self.paused and self.snapshot_buffer is None
 
     @property
     def queue_length(self) -> int:
