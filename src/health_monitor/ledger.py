@@ -5,6 +5,7 @@ each sample would cost a transaction per 3 ms; instead running totals and peaks 
 memory and :meth:`Ledger.flush` commits them every ``flush_interval`` seconds in one
 transaction. WAL makes each commit atomic and durable against a kill -9 of the process (the
 lost part is at most the last interval), and lets the CLI read while the monitor writes.
+Lifecycle events (service, replace, retire) are written at once, fsync'd: :mod:`.lifecycle`.
 No rclpy import here.
 """
 
@@ -14,17 +15,20 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from health_monitor import lifecycle
+from health_monitor.lifecycle import interval_days, migrate, now_iso
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS components (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL, model TEXT, serial TEXT,
     firmware TEXT, installed_at TEXT, maintenance_every_h REAL, maintenance_due_date TEXT,
-    last_service_h REAL NOT NULL DEFAULT 0, compliance TEXT, degraded TEXT NOT NULL DEFAULT '');
+    last_service_h REAL NOT NULL DEFAULT 0, degraded TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS totals (
     component TEXT PRIMARY KEY REFERENCES components(id), operating_s REAL NOT NULL DEFAULT 0,
     cycles INTEGER NOT NULL DEFAULT 0, energy_j REAL NOT NULL DEFAULT 0,
@@ -36,7 +40,7 @@ CREATE TABLE IF NOT EXISTS faults (
 """
 
 _COMPONENT_KEYS = {'id', 'kind', 'model', 'serial', 'firmware', 'installed_at'}
-_OPTIONAL_KEYS = {'path', 'maintenance', 'compliance'}
+_OPTIONAL_KEYS = {'path', 'maintenance'}
 
 
 class LedgerError(ValueError):
@@ -54,7 +58,6 @@ class ComponentSpec:
     installed_at: str
     maintenance_every_h: float | None = None
     maintenance_due_date: str | None = None
-    compliance: dict[str, Any] = field(default_factory=dict)
 
 
 def load_components(path: Path, joint_paths: dict[str, str] | None = None
@@ -72,6 +75,9 @@ def load_components(path: Path, joint_paths: dict[str, str] | None = None
         key = f'components[{i}]'
         if not isinstance(entry, dict):
             raise LedgerError(f'{path}: {key}: expected a mapping')
+        if 'compliance' in entry:
+            raise LedgerError(f'{path}: {key}.compliance: no longer here: RoHS declarations are '
+                              'per model in config/compliance/declarations/ (remove this key)')
         unknown = set(entry) - _COMPONENT_KEYS - _OPTIONAL_KEYS
         missing = _COMPONENT_KEYS - set(entry)
         if unknown or missing:
@@ -96,21 +102,14 @@ def load_components(path: Path, joint_paths: dict[str, str] | None = None
             except ValueError:
                 raise LedgerError(f'{path}: {key}.maintenance.due_date: {due!r} is not '
                                   'YYYY-MM-DD') from None
-        compliance = entry.get('compliance') or {}
-        if not isinstance(compliance, dict):
-            raise LedgerError(f'{path}: {key}.compliance: expected a mapping')
         if any(c.id == cid for c in out):
             raise LedgerError(f'{path}: {key}.id: component {cid!r} listed twice')
         out.append(ComponentSpec(cid, str(entry['kind']), str(comp_path).strip('/'),
                                  str(entry['model']), str(entry['serial']),
                                  str(entry['firmware']), str(entry['installed_at']),
                                  float(every) if every is not None else None,
-                                 str(due) if due is not None else None, dict(compliance)))
+                                 str(due) if due is not None else None))
     return out
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec='milliseconds')
 
 
 @dataclass
@@ -145,6 +144,7 @@ class Ledger:
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.execute('PRAGMA synchronous=NORMAL')
         self._db.executescript(SCHEMA)
+        migrate(self._db)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._faults: list[tuple[str, str, str, str, str]] = []
@@ -156,24 +156,60 @@ class Ledger:
     # ---------------------------------------------------------------- writing
 
     def load(self, specs: list[ComponentSpec]) -> None:
-        """Insert or update the identities; keeps totals, faults and degraded marks."""
-        import json
+        """Insert or update the identities; keeps totals, faults and degraded marks.
+
+        The components file describes the robot as built: once a place has been serviced,
+        replaced or retired the ledger knows better, and only its kind and path follow the file.
+        A place new to the ledger gets its ``install`` event.
+        """
         with self._lock, self._db:
             for s in specs:
+                days = interval_days(s.installed_at, s.maintenance_due_date)
+                self._db.execute(
+                    'UPDATE components SET kind=?, path=? WHERE id=?', (s.kind, s.path, s.id))
                 self._db.execute(
                     'INSERT INTO components (id, kind, path, model, serial, firmware, installed_at,'
-                    ' maintenance_every_h, maintenance_due_date, compliance)'
-                    ' VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET kind=excluded.kind,'
-                    ' path=excluded.path, model=excluded.model, serial=excluded.serial,'
+                    ' maintenance_every_h, maintenance_due_date, maintenance_every_days)'
+                    ' VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET'
+                    ' model=excluded.model, serial=excluded.serial,'
                     ' firmware=excluded.firmware, installed_at=excluded.installed_at,'
                     ' maintenance_every_h=excluded.maintenance_every_h,'
                     ' maintenance_due_date=excluded.maintenance_due_date,'
-                    ' compliance=excluded.compliance',
+                    ' maintenance_every_days=excluded.maintenance_every_days'
+                    ' WHERE components.id NOT IN'
+                    " (SELECT component FROM events WHERE kind != 'install')",
                     (s.id, s.kind, s.path, s.model, s.serial, s.firmware, s.installed_at,
-                     s.maintenance_every_h, s.maintenance_due_date,
-                     json.dumps(s.compliance, ensure_ascii=False)))
+                     s.maintenance_every_h, s.maintenance_due_date, days))
                 self._db.execute('INSERT OR IGNORE INTO totals (component) VALUES (?)', (s.id,))
+                if s.id not in self.known:
+                    self._db.execute(
+                        'INSERT INTO events (component, at, kind, serial, model, firmware,'
+                        " operating_h, note) VALUES (?,?,'install',?,?,?,0,'components file')",
+                        (s.id, s.installed_at, s.serial, s.model, s.firmware))
                 self.known.add(s.id)
+
+    # ------------------------------------------------------- lifecycle events (fsync'd at once)
+
+    def service(self, component: str, note: str = '') -> dict[str, Any]:
+        with self._lock:
+            return lifecycle.service(self._db, component, note)
+
+    def replace(self, component: str, serial: str, model: str | None = None,
+                firmware: str | None = None, note: str = '') -> dict[str, Any]:
+        with self._lock:
+            return lifecycle.replace(self._db, component, serial, model, firmware, note)
+
+    def retire(self, component: str, note: str = '') -> dict[str, Any]:
+        with self._lock:
+            return lifecycle.retire(self._db, component, note)
+
+    def history(self, component: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return lifecycle.history(self._db, component)
+
+    def units(self, component: str) -> list[dict[str, Any]]:
+        """The units that left this place (replaced or retired), with their totals."""
+        return self._rows('SELECT * FROM units WHERE component=? ORDER BY id', (component,))
 
     def _p(self, component: str) -> _Pending:
         p = self._pending.get(component)
@@ -223,11 +259,11 @@ class Ledger:
 
     def fault(self, component: str, level: str, rule: str, message: str) -> None:
         with self._lock:
-            self._faults.append((component, _now_iso(), level, rule, message))
+            self._faults.append((component, now_iso(), level, rule, message))
 
     def clear_fault(self, component: str, rule: str) -> None:
         with self._lock:
-            self._cleared.append((_now_iso(), component, rule))
+            self._cleared.append((now_iso(), component, rule))
 
     def mark_degraded(self, component_path: str, reason: str) -> None:
         with self._lock, self._db:
@@ -259,7 +295,7 @@ class Ledger:
             cleared, self._cleared = self._cleared, []
             if not (pending or faults or cleared):
                 return
-            stamp = _now_iso()
+            stamp = now_iso()
             with self._db:
                 for comp, p in pending.items():
                     self._db.execute(
@@ -291,13 +327,12 @@ class Ledger:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def components(self) -> list[dict[str, Any]]:
-        import json
         rows = self._rows(
             'SELECT c.*, t.operating_s, t.cycles, t.energy_j, t.above_warn_s,'
             ' t.peak_temperature, t.peak_current, t.updated_at FROM components c'
             ' LEFT JOIN totals t ON t.component=c.id ORDER BY c.rowid')
         for r in rows:
-            r['compliance'] = json.loads(r['compliance'] or '{}')
+            r.pop('compliance', None)   # a version-1 ledger's fixed label, superseded
             r['operating_h'] = round((r.pop('operating_s') or 0.0) / 3600.0, 6)
         return rows
 
@@ -312,6 +347,8 @@ class Ledger:
         today = today or dt.date.today()
         out = []
         for c in self.components():
+            if c['retired_at']:
+                continue
             hours_left = None
             if c['maintenance_every_h']:
                 hours_left = c['last_service_h'] + c['maintenance_every_h'] - c['operating_h']
