@@ -195,8 +195,9 @@ def _csv(path: Path, rules: Rules) -> Declaration:
     r = _Reader(path, rules)
     try:
         with path.open(newline='', encoding='utf-8-sig') as f:
-            rows = list(csv.DictReader(f))
-            header = list(rows[0].keys()) if rows else []
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise r.fail(TOP, '<file>', f'cannot read: {exc}') from None
     if not rows:
