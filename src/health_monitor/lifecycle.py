@@ -210,5 +210,7 @@ def history(db: sqlite3.Connection, cid: str) -> list[dict[str, Any]]:
                     'previous_serial': None, 'operating_h': None,
                     'note': f'{level} {rule}: {message}'
                             + (f' (cleared {cleared})' if cleared else '')})
-    out.sort(key=lambda e: e['at'])   # ISO dates and UTC times sort as text
+    # ISO dates and UTC times sort as text; within one millisecond a fault comes first (the
+    # monitor stamps it when seen, a technician's event follows what they saw)
+    out.sort(key=lambda e: (e['at'], e['kind'] != 'fault'))
     return out
