@@ -315,3 +315,34 @@ def test_a_model_declared_twice_is_refused(tmp_path: Path) -> None:
         load_declarations(tmp_path, RULES)
     assert str(err.value) == f"{tmp_path / 'b.yaml'}: <declaration>: model: 'T-1' is also " \
                              'declared in a.yaml'
+
+
+# ------------------------------------------------------------------------------ into the bag
+
+def test_bag_metadata_carries_the_table_and_never_raises(tmp_path: Path) -> None:
+    """What the recorder's hook writes: an MCAP metadata record and a metadata.yaml entry."""
+    import json
+
+    import yaml
+    from mcap.reader import make_reader
+
+    from data_recorder.writer import BagWriter
+    from health_monitor.rohs import BAG_KEY, bag_metadata
+
+    entry = bag_metadata('quadruped_12dof', tmp_path / 'no-ledger.sqlite')[BAG_KEY]
+    table = json.loads(entry)
+    assert table['robot'] == 'quadruped_12dof' and table['efup_years'] == 20
+    assert {r['part'] for r in table['rows']} >= {'Joint motors (关节电机)', 'Compute unit (计算单元)'}
+    broken = json.loads(bag_metadata('no_such_robot')[BAG_KEY])
+    assert broken['robot'] == 'no_such_robot' and 'no_such_robot' in broken['error']
+
+    writer = BagWriter(tmp_path / 'bag')
+    writer.add_metadata(BAG_KEY, {'json': entry})
+    writer.set_custom_data(BAG_KEY, entry)
+    path = writer.close()
+    (mcap,) = path.glob('*.mcap')
+    with mcap.open('rb') as f:
+        records = {m.name: m.metadata for m in make_reader(f).iter_metadata()}
+    assert json.loads(records[BAG_KEY]['json']) == table
+    info = yaml.safe_load((path / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert json.loads(info['custom_data'][BAG_KEY]) == table

@@ -72,6 +72,7 @@ PARAMETERS: dict[str, Any] = {
     'split_per_episode': False,
     'autostart': True,
     'drain_timeout': 10.0,
+    'hardware_profile': '',   # robot profile: its RoHS table (installed parts) goes into the bag
 }
 
 _RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
@@ -220,6 +221,11 @@ class DataRecorderNode(LifecycleNode):
             self._overrides = load_qos_overrides(path) if path else {}
             self.recorder = Recorder(config, log=self._log)
             self._episodes = EpisodeTracker()
+            if self._param('hardware_profile'):   # the hardware this bag is recorded on
+                from health_monitor.rohs import BAG_KEY, bag_metadata
+                rohs = bag_metadata(self._param('hardware_profile'))[BAG_KEY]
+                self.recorder.add_metadata(BAG_KEY, {'json': rohs}, wait=False)
+                self.recorder.set_custom_data(BAG_KEY, rohs, wait=False)
         except (ValueError, OSError, RuntimeError) as exc:
             self.last_error = str(exc)
             self.get_logger().error(f'configure failed: {exc}')
