@@ -247,6 +247,9 @@ def test_events_survive_kill_9_of_the_writer(tmp_path: Path, kill_after: int) ->
         serial = con.execute("SELECT serial FROM components WHERE id='FL_calf_joint'").fetchone()[0]
     assert units == len(replaces)          # each replacement archived its unit, or neither
     assert serial == (replaces[-1][0] if replaces else 'QXM2611002')
+    after = Ledger(db)                     # and the ledger opens and reads as usual
+    assert len(after.history('FL_calf_joint')) == len(numbers) + 1   # + the install
+    after.close()
     print(f'killed after {len(returned)} returned events: {len(numbers)} in the ledger')
 
 
