@@ -320,14 +320,15 @@ def test_a_model_declared_twice_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ into the bag
 
 def test_bag_metadata_carries_the_table_and_never_raises(tmp_path: Path) -> None:
-    """What the recorder's hook writes: an MCAP metadata record and a metadata.yaml entry."""
+    """What the recorder's hook writes: an MCAP metadata record and a metadata.yaml entry
+    (through the recorder engine the node uses, from the hook's background thread)."""
     import json
 
     import yaml
     from mcap.reader import make_reader
 
-    from data_recorder.writer import BagWriter
-    from health_monitor.rohs import BAG_KEY, bag_metadata
+    from data_recorder.recorder import Recorder, RecorderConfig
+    from health_monitor.rohs import BAG_KEY, bag_metadata, write_into_bag
 
     entry = bag_metadata('quadruped_12dof', tmp_path / 'no-ledger.sqlite')[BAG_KEY]
     table = json.loads(entry)
@@ -336,10 +337,9 @@ def test_bag_metadata_carries_the_table_and_never_raises(tmp_path: Path) -> None
     broken = json.loads(bag_metadata('no_such_robot')[BAG_KEY])
     assert broken['robot'] == 'no_such_robot' and 'no_such_robot' in broken['error']
 
-    writer = BagWriter(tmp_path / 'bag')
-    writer.add_metadata(BAG_KEY, {'json': entry})
-    writer.set_custom_data(BAG_KEY, entry)
-    path = writer.close()
+    recorder = Recorder(RecorderConfig(output=str(tmp_path / 'bag')))
+    write_into_bag(recorder, 'quadruped_12dof', ledger=tmp_path / 'no-ledger.sqlite').join(60)
+    path = recorder.close()
     (mcap,) = path.glob('*.mcap')
     with mcap.open('rb') as f:
         records = {m.name: m.metadata for m in make_reader(f).iter_metadata()}

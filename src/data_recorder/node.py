@@ -222,10 +222,9 @@ class DataRecorderNode(LifecycleNode):
             self.recorder = Recorder(config, log=self._log)
             self._episodes = EpisodeTracker()
             if self._param('hardware_profile'):   # the hardware this bag is recorded on
-                from health_monitor.rohs import BAG_KEY, bag_metadata
-                rohs = bag_metadata(self._param('hardware_profile'))[BAG_KEY]
-                self.recorder.add_metadata(BAG_KEY, {'json': rohs}, wait=False)
-                self.recorder.set_custom_data(BAG_KEY, rohs, wait=False)
+                from health_monitor.rohs import write_into_bag
+                write_into_bag(self.recorder, self._param('hardware_profile'),
+                               self.get_logger().warning)
         except (ValueError, OSError, RuntimeError) as exc:
             self.last_error = str(exc)
             self.get_logger().error(f'configure failed: {exc}')

@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from health_monitor.compliance import Disclosure, Installed, disclose, load_rules
 from health_monitor.declarations import load_declarations
@@ -148,3 +150,34 @@ def bag_metadata(profile: str, ledger: Path | None = None) -> dict[str, str]:
     except Exception as exc:   # any failure becomes the recorded reason
         data = {'robot': profile, 'error': f'{type(exc).__name__}: {exc}'}
     return {BAG_KEY: json.dumps(data, ensure_ascii=False, separators=(',', ':'))}
+
+
+class BagSink(Protocol):
+    """What :func:`write_into_bag` needs of a recorder (``data_recorder.recorder.Recorder``)."""
+
+    def add_metadata(self, name: str, data: Mapping[str, str], *, wait: bool = True) -> None: ...
+    def set_custom_data(self, key: str, value: str, *, wait: bool = True) -> None: ...
+
+
+def write_into_bag(recorder: BagSink, profile: str,
+                   log: Callable[[str], None] = lambda _msg: None,
+                   ledger: Path | None = None) -> threading.Thread:
+    """Put the robot's table into the bag being recorded, from a background thread.
+
+    Why a thread: reading the profile, the health configuration, the ledger and every declaration
+    takes about a second of YAML parsing on a loaded host, and the recorder configures itself
+    before it answers the lifecycle manager; the table goes in as an MCAP metadata record (in the
+    file open when it is ready: the first one, unless a split came sooner) and as metadata.yaml
+    ``custom_data`` (the whole bag's, written at close).
+    """
+    def run() -> None:
+        value = bag_metadata(profile, ledger)[BAG_KEY]
+        try:
+            recorder.add_metadata(BAG_KEY, {'json': value}, wait=False)
+            recorder.set_custom_data(BAG_KEY, value, wait=False)
+        except Exception as exc:   # the bag closed first: nothing to write into
+            log(f'{BAG_KEY} not written: {exc}')
+
+    thread = threading.Thread(target=run, name='rohs-into-bag', daemon=True)
+    thread.start()
+    return thread
