@@ -284,6 +284,9 @@ def test_cli_rohs_replace_history(tmp_path: Path) -> None:
     assert [(e['kind'], e['serial']) for e in events] == [('install', 'QXC2614001'),
                                                           ('replace', 'QXC0000009')]
     assert events[1]['note'] == 'fan failure'
+    rows = {r['id']: r for r in json.loads(_cli('components', '--db', db, '--json').stdout)}
+    assert rows['compute']['rohs'] == 'exempt 7(c)-I' and rows['camera_front']['rohs'] == 'undeclared'
+    assert rows['FL_calf_joint']['rohs'] == 'exempt 6(c)'
     out = _cli('history', 'compute', '--db', db)
     assert 'replace' in out.stdout and 'QXC2614001' in out.stdout
     check = _cli('rohs', '--robot', ROBOT, '--db', db, '--check')
