@@ -1,34 +1,43 @@
-"""Rebuild a readable, indexed bag from MCAP files cut short by kill -9 or a power loss.
+"""Rebuild a readable, indexed bag from damaged MCAP files: cut short by kill -9 or a power
+loss, or corrupted inside (overwritten bytes, a zeroed sector, a bad CRC, a broken summary).
 
-A recording killed mid-way leaves MCAP files without summary, footer or closing magic, and no
-``metadata.yaml``. Every completed chunk on disk is intact and CRC-checked, so: read the file
-sequentially until the first broken record, write what was read into a new, fully indexed
-MCAP file, keep the original beside it as ``<name>.mcap.truncated`` (nothing is deleted), and
-write ``metadata.yaml`` from the summaries of all the bag's files. Pure core (no rclpy).
+Every file of the bag is scanned first (:mod:`data_recorder.bag.scan`: every chunk CRC-checked,
+resynchronising past damage); input that is not MCAP at all is refused before anything is
+written. Each damaged file is rebuilt from its intact chunks into a new, fully indexed MCAP file
+(:mod:`data_recorder.bag.salvage`), fsync'd, and only then put in its place; the original is kept
+beside it as ``<name>.mcap.truncated`` (only cut short) or ``<name>.mcap.damaged`` (corrupted).
+``metadata.yaml`` is rebuilt from the files' summaries, with what was lost under
+``custom_data['data_recorder.salvage']``. Intact files are left alone (idempotent). Pure core
+(no rclpy).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from mcap.reader import make_reader
-from mcap.records import Channel, Message, Metadata, Schema
-from mcap.stream_reader import StreamReader
-from mcap.writer import CompressionType, Writer
+from mcap.records import Channel, Schema
 
 from data_recorder import metadata as md
+from data_recorder.bag.assess import Assessment, assess
+from data_recorder.bag.salvage import replace_keeping_original, write_salvaged
+from data_recorder.bag.scan import Scan, scan
 from data_recorder.writer import LIBRARY
 
 
 @dataclass
 class FileReport:
     path: Path
-    recovered: bool              # False: the file was complete, left untouched
-    messages: int = 0
-    error: str = ''              # what stopped the sequential read (the truncation)
+    recovered: bool              # False: the file was intact, left untouched
+    messages: int = 0            # messages in the file now
+    error: str = ''              # the first problem found (the cut, a bad CRC, ...)
+    kept_as: Path | None = None  # where the original is kept
+    assessment: Assessment | None = None
 
 
 @dataclass
@@ -43,7 +52,7 @@ class RecoverReport:
 
 
 def is_complete(path: Path) -> bool:
-    """True when the file has its summary and footer (a clean close)."""
+    """True when the file has its summary and footer (a clean close; CRCs not checked)."""
     try:
         with path.open('rb') as stream:
             return make_reader(stream).get_summary() is not None
@@ -51,50 +60,55 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def recover_file(path: Path) -> FileReport:
-    """Rebuild ``path`` in place from its readable prefix (the original kept as ``.truncated``)."""
+def recover_file(path: Path, found: Scan | None = None) -> FileReport:
+    """Rebuild ``path`` in place from every intact chunk (the original kept beside it).
+
+    The original is kept as ``<name>.truncated`` when it was only cut short (a crash), as
+    ``<name>.damaged`` when bytes inside it were corrupted; an intact file is left alone.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such MCAP file')
-    if is_complete(path):
-        with path.open('rb') as stream:
-            summary = make_reader(stream).get_summary()
-        count = summary.statistics.message_count if summary and summary.statistics else 0
-        return FileReport(path, recovered=False, messages=count)
+    found = found or scan(path)
+    report = assess(found)
+    if found.intact:
+        return FileReport(path, False, report.kept_messages, assessment=report)
     tmp = path.with_name(path.name + '.recovering')
-    report = FileReport(path, recovered=True)
-    schemas: dict[int, int] = {}
-    channels: dict[int, int] = {}
-    with path.open('rb') as source, tmp.open('wb') as target:
-        writer = Writer(target, compression=CompressionType.ZSTD)
-        writer.start(profile='ros2', library=LIBRARY)
-        records = StreamReader(source, validate_crcs=True).records
-        iterator = iter(records)
-        while True:
-            try:
-                record = next(iterator)
-            except StopIteration:
-                break
-            except Exception as exc:   # (truncation shows as many error types)
-                report.error = f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__
-                break
-            if isinstance(record, Schema) and record.id not in schemas:
-                schemas[record.id] = writer.register_schema(record.name, record.encoding,
-                                                            record.data)
-            elif isinstance(record, Channel) and record.id not in channels:
-                channels[record.id] = writer.register_channel(
-                    record.topic, record.message_encoding, schemas.get(record.schema_id, 0),
-                    dict(record.metadata))
-            elif isinstance(record, Message) and record.channel_id in channels:
-                writer.add_message(channels[record.channel_id], record.log_time, record.data,
-                                   record.publish_time, record.sequence)
-                report.messages += 1
-            elif isinstance(record, Metadata) and record.name != 'rosbag2':
-                writer.add_metadata(record.name, dict(record.metadata))
-        writer.finish()
-    path.replace(path.with_name(path.name + '.truncated'))
-    tmp.replace(path)
-    return report
+    tmp.unlink(missing_ok=True)          # a previous recover interrupted before its rename
+    record = _rosbag2_record(found, path.name, report)
+    written = write_salvaged(found, tmp, LIBRARY, extra_metadata={'rosbag2': record},
+                             skip_metadata=('rosbag2',))
+    kept = replace_keeping_original(path, tmp, '.truncated' if found.cut_only else '.damaged')
+    first = report.lost[0].problem if report.lost else (report.problems or [''])[0]
+    return FileReport(path, True, written, first, kept, report)
+
+
+def _rosbag2_record(found: Scan, name: str, report: Assessment) -> dict[str, str]:
+    """The ``rosbag2`` Metadata record rosbag2 writes into each file, for what was kept."""
+    info = md.FileInfo(name)
+    good = found.good_chunks
+    if good and report.kept_messages:
+        info.start_ns = min(c.start_ns for c in good)
+        info.end_ns = max(c.end_ns for c in good)
+    info.message_count = report.kept_messages
+    info.topic_counts = dict(report.kept)
+    document = md.build(topic_infos(found.channels.values(), found.schemas), [info])
+    return {'serialized_metadata': md.dump(document['rosbag2_bagfile_information'])}
+
+
+def topic_infos(channels: Iterable[Channel], schemas: Mapping[int, Schema]) -> list[md.TopicInfo]:
+    """metadata.yaml topics from MCAP channels (QoS from their ``offered_qos_profiles``)."""
+    topics: dict[str, md.TopicInfo] = {}
+    for channel in channels:
+        if channel.topic in topics:
+            continue
+        schema = schemas.get(channel.schema_id)
+        try:
+            qos = yaml.safe_load(channel.metadata.get('offered_qos_profiles', '') or '[]') or []
+        except yaml.YAMLError:
+            qos = []
+        topics[channel.topic] = md.TopicInfo(channel.topic, schema.name if schema else '',
+                                             qos if isinstance(qos, list) else [],
+                                             channel.message_encoding)
+    return list(topics.values())
 
 
 def _file_number(path: Path) -> tuple[int, str]:
@@ -102,10 +116,11 @@ def _file_number(path: Path) -> tuple[int, str]:
     return (int(match.group(1)) if match else 0, path.name)
 
 
-def rebuild_metadata(bag: Path) -> Path:
+def rebuild_metadata(bag: Path, custom_extra: Mapping[str, str] | None = None) -> Path:
     """Write ``metadata.yaml`` for every ``*.mcap`` of ``bag`` from the files' own summaries.
 
-    Keeps the ``custom_data`` of an existing metadata.yaml (accounting, episodes).
+    Keeps the ``custom_data`` of an existing metadata.yaml (accounting, episodes) and adds
+    ``custom_extra`` (the salvage report).
     """
     files = sorted(bag.glob('*.mcap'), key=_file_number)
     if not files:
@@ -120,13 +135,9 @@ def rebuild_metadata(bag: Path) -> Path:
             raise ValueError(f'{path}: no summary (run recover on it first)')
         info = md.FileInfo(path.name)
         stats = summary.statistics
+        for topic in topic_infos(summary.channels.values(), summary.schemas):
+            topics.setdefault(topic.name, topic)
         for cid, channel in summary.channels.items():
-            schema = summary.schemas.get(channel.schema_id)
-            if channel.topic not in topics:
-                qos = yaml.safe_load(channel.metadata.get('offered_qos_profiles', '') or '[]') or []
-                topics[channel.topic] = md.TopicInfo(channel.topic, schema.name if schema else '',
-                                                     qos if isinstance(qos, list) else [],
-                                                     channel.message_encoding)
             n = stats.channel_message_counts.get(cid, 0) if stats else 0
             info.topic_counts[channel.topic] = info.topic_counts.get(channel.topic, 0) + n
         if stats and stats.message_count:
@@ -142,6 +153,7 @@ def rebuild_metadata(bag: Path) -> Path:
             custom = md.load(bag).get('custom_data') or {}
         except (ValueError, yaml.YAMLError):
             custom = {}
+    custom.update(custom_extra or {})
     return md.write(bag, md.build(topics.values(), infos, compression_format=compression,
                                   custom_data=custom))
 
@@ -160,10 +172,24 @@ def recover(target: Path | str) -> RecoverReport:
         bag, files = target.parent, [target]
     else:
         raise FileNotFoundError(f'{target}: no such bag directory or MCAP file')
+    scans = [scan(f) for f in files]     # NotMcapError before anything is written
     report = RecoverReport(bag)
-    report.files = [recover_file(f) for f in files]
-    report.metadata_path = rebuild_metadata(bag)
+    report.files = [recover_file(f, s) for f, s in zip(files, scans, strict=True)]
+    salvaged = {str(f.path.name): {'kept_as': f.kept_as.name if f.kept_as else '',
+                                   **_loss_summary(f.assessment)}
+                for f in report.files if f.recovered and f.assessment is not None}
+    report.metadata_path = rebuild_metadata(
+        bag, {'data_recorder.salvage': json.dumps(salvaged, sort_keys=True)} if salvaged else None)
     return report
+
+
+def _loss_summary(a: Assessment) -> dict[str, object]:
+    """What metadata.yaml keeps of a salvage: kept/lost counts and the lost time ranges."""
+    return {'kept_messages': a.kept_messages, 'lost_messages': a.lost_messages,
+            'lost_by_topic': a.lost_by_topic,
+            'lost_ranges': [{'bytes': [r.start, r.end], 'problem': r.problem,
+                             'start_ns': r.start_ns, 'end_ns': r.end_ns,
+                             'topics': r.topics} for r in a.lost]}
 
 
 def is_cut(bag: Path) -> bool:

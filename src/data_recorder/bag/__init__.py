@@ -1,0 +1,1 @@
+"""The MCAP file format below the bag: a damage-tolerant scanner, verification and salvage."""
