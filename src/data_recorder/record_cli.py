@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help='history depth of the recorder\'s subscriptions')
     rec.set_defaults(func=run_record)
 
-    rc = subparsers.add_parser('recover', help='rebuild a readable bag from a truncated recording')
+    rc = subparsers.add_parser('recover', help='rebuild a readable bag from a cut or damaged '
+                               'recording (every intact chunk kept, the original kept beside)')
     rc.add_argument('bag', metavar='BAG_OR_FILE', help='bag directory or .mcap file')
     rc.set_defaults(func=run_recover)
 
@@ -114,16 +115,8 @@ def run_record(args: argparse.Namespace) -> int:
 
 
 def run_recover(args: argparse.Namespace) -> int:
-    from data_recorder.recover import recover
-
-    report = recover(args.bag)
-    for f in report.files:
-        what = (f'rebuilt ({f.messages} messages kept; read stopped at: {f.error or "end"}; '
-                f'original kept as {f.path.name}.truncated)' if f.recovered
-                else f'complete ({f.messages} messages), left as is')
-        print(f'{f.path}: {what}')
-    print(f'{report.metadata_path}: written ({report.messages} messages in the bag)')
-    return 0
+    from data_recorder.tools_cli import run_recover as report_recover
+    return report_recover(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

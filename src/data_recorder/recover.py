@@ -158,20 +158,24 @@ def rebuild_metadata(bag: Path, custom_extra: Mapping[str, str] | None = None) -
                                   custom_data=custom))
 
 
-def recover(target: Path | str) -> RecoverReport:
-    """Recover a bag directory (all its files) or one MCAP file (and its bag directory's metadata)."""
+def bag_files(target: Path | str) -> tuple[Path, list[Path]]:
+    """(bag directory, its MCAP files) of a bag directory or of one MCAP file."""
     target = Path(target).expanduser()
     if target.is_dir():
-        bag = target
-        files = sorted(bag.glob('*.mcap'), key=_file_number)
+        files = sorted(target.glob('*.mcap'), key=_file_number)
         if not files:
-            raise FileNotFoundError(f'{bag}: no .mcap file in this directory')
-    elif target.is_file():
-        if target.suffix != '.mcap':
-            raise ValueError(f'{target}: not an .mcap file')
-        bag, files = target.parent, [target]
-    else:
-        raise FileNotFoundError(f'{target}: no such bag directory or MCAP file')
+            raise FileNotFoundError(f'{target}: no .mcap file in this directory')
+        return target, files
+    if target.is_file():
+        return target.parent, [target]
+    raise FileNotFoundError(f'{target}: no such bag directory or MCAP file')
+
+
+def recover(target: Path | str) -> RecoverReport:
+    """Recover a bag directory (all its files) or one MCAP file (and its bag directory's metadata)."""
+    bag, files = bag_files(target)
+    if len(files) == 1 and files[0].suffix != '.mcap':
+        raise ValueError(f'{files[0]}: not an .mcap file')
     scans = [scan(f) for f in files]     # NotMcapError before anything is written
     report = RecoverReport(bag)
     report.files = [recover_file(f, s) for f, s in zip(files, scans, strict=True)]

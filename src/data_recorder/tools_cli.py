@@ -1,5 +1,6 @@
-"""``field_deploy bag play | info | export | plot`` (the recorder's ``record``/``recover`` are in
-``record_cli``). Each fails with one line and a non-zero status (:class:`field_deploy.cli.CliError`)."""
+"""``field_deploy bag play | info | verify | export | plot`` and the report of ``recover`` (the
+recorder's ``record`` and ``recover`` flags are in ``record_cli``). Each fails with one line and
+a non-zero status (:class:`field_deploy.cli.CliError`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument('bag', help='rosbag2 directory or .mcap file')
     info.add_argument('--json', action='store_true', help='machine-readable output')
     info.set_defaults(func=_info)
+
+    verify = sub.add_parser('verify', help='check every chunk CRC, the data section and summary; '
+                            'exit 0 only when intact',
+                            description='Check every chunk CRC (and the data-section and summary '
+                                        'CRCs, the footer) of every MCAP file of a bag. Exit '
+                                        'status: 0 intact, 1 damaged (`bag recover` salvages it), '
+                                        '2 not an MCAP file / nothing to check.')
+    verify.add_argument('bag', help='rosbag2 directory or .mcap file')
+    verify.add_argument('--json', action='store_true', help='machine-readable output')
+    verify.set_defaults(func=_verify)
 
     export = sub.add_parser('export', help='bag(s) -> Parquet + MP4 dataset, one folder per episode',
                             description='Export time-aligned arrays (resampled to a common clock by '
@@ -65,6 +76,42 @@ def _info(args: argparse.Namespace) -> int:
     from data_recorder.reader import Bag
     bag = Bag(args.bag)
     print(json.dumps(summary(bag), indent=2, default=str) if args.json else render(bag))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import sys
+
+    from data_recorder.bag.assess import assess, render
+    from data_recorder.bag.scan import scan
+    from data_recorder.recover import bag_files
+    try:
+        results = [assess(scan(f)) for f in bag_files(args.bag)[1]]
+    except (ValueError, OSError) as exc:     # not MCAP, no such file, nothing to check
+        print(f'field_deploy bag verify: error: {exc}', file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([a.as_dict() for a in results], indent=2))
+    else:
+        for a in results:
+            print('\n'.join(render(a)))
+    return 0 if all(a.intact for a in results) else 1
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    """``bag recover``: salvage, then say per file what was kept, lost and where the original is."""
+    from data_recorder.bag.assess import render
+    from data_recorder.recover import recover
+
+    report = recover(args.bag)
+    for f in report.files:
+        if not f.recovered:
+            print(f'{f.path}: intact ({f.messages} messages), left as is')
+            continue
+        print(f'{f.path}: rebuilt with {f.messages} messages; original kept as {f.kept_as}')
+        if f.assessment is not None:
+            print('\n'.join('  ' + line for line in render(f.assessment)))
+    print(f'{report.metadata_path}: written ({report.messages} messages in the bag)')
     return 0
 
 
