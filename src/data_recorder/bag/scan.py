@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import EndOfFile
@@ -60,11 +60,12 @@ OP_FOOTER, OP_SCHEMA, OP_CHANNEL, OP_MESSAGE, OP_CHUNK = 0x02, 0x03, 0x04, 0x05,
 OP_DATA_END = 0x0F
 FOOTER_RECORD = 9 + 20                 # opcode, length, summary_start, summary_offset_start, crc
 COMPRESSIONS = ('', 'lz4', 'zstd')
+NO_FOOTER = 'no footer'
 #: A chunk larger than this is not believed (a damaged length field must not allocate GiBs).
 MAX_CHUNK_BYTES = 1 << 31
 _U64 = struct.Struct('<Q')
 _CHUNK_HEAD = struct.Struct('<QQQII')   # start, end, uncompressed size, CRC, compression length
-_MESSAGE_HEAD = struct.Struct('<BQH')   # opcode, length, channel id
+_MESSAGE_HEAD = struct.Struct('<HIQ')    # channel id, sequence, log time
 _RECORD_HEAD = struct.Struct('<BQ')
 
 _READERS: dict[int, Callable[[ReadDataStream], McapRecord]] = {
@@ -115,6 +116,7 @@ class ChunkInfo:
     problem: str = ''
     counts: dict[int, int] = field(default_factory=dict)   # channel id -> messages
     counts_known: bool = False            # counts are exact (parsed, or from message indexes)
+    index: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
 
     @property
     def records_offset(self) -> int:
@@ -159,7 +161,8 @@ class Scan:
     @property
     def cut_only(self) -> bool:
         """Only a truncation (the recorder killed): no corrupted byte before the cut."""
-        return all(r.cut for r in self.regions) and not any('CRC' in p for p in self.problems)
+        return all(r.cut for r in self.regions) and all(p.startswith(NO_FOOTER)
+                                                        for p in self.problems)
 
     @property
     def good_chunks(self) -> list[ChunkInfo]:
@@ -247,16 +250,22 @@ class _Scanner:
     def check_chunk(self, info: ChunkInfo, collect: bool) -> None:
         """Decompress, CRC-check and parse the chunk's records; sets ``ok``/``problem``/``counts``."""
         try:
-            data = self.chunk_records(info)
-            counts, schemas, channels = chunk_contents(data)
+            contents = chunk_contents(self.chunk_records(info))
         except ValueError as exc:
             info.ok, info.problem = False, str(exc)
             return
-        info.ok, info.counts, info.counts_known = True, counts, True
+        info.ok, info.counts, info.counts_known = True, contents.counts, True
+        info.index = contents.index
+        if contents.start_ns is not None and (contents.start_ns, contents.end_ns) != \
+                (info.start_ns, info.end_ns):
+            self.scan.problems.append(
+                f'chunk at byte {info.offset}: header time range {info.start_ns}..{info.end_ns} '
+                f'is not its messages\' {contents.start_ns}..{contents.end_ns} (damaged header)')
+            info.start_ns, info.end_ns = contents.start_ns, contents.end_ns
         if collect:
-            for s in schemas:
+            for s in contents.schemas:
                 self.scan.schemas.setdefault(s.id, s)
-            for c in channels:
+            for c in contents.channels:
                 self.scan.channels.setdefault(c.id, c)
 
     def record_at(self, pos: int, limit: int) -> tuple[int, McapRecord, int] | None:
@@ -282,7 +291,7 @@ class _Scanner:
         scan, buf, size = self.scan, self.buf, self.size
         footer_at = size - 8 - FOOTER_RECORD
         if footer_at < 8 or bytes(buf[size - 8:]) != MAGIC or buf[footer_at] != OP_FOOTER:
-            scan.problems.append('no footer: the file was not closed (cut, or its end is damaged)')
+            scan.problems.append(NO_FOOTER + ': the file was not closed (cut, or its end is damaged)')
             return size
         found = self.record_at(footer_at, size - 8)
         if found is None or not isinstance(found[1], Footer):
@@ -391,6 +400,10 @@ class _Scanner:
             elif isinstance(rec, MessageIndex) and last is not None and not last.ok:
                 last.counts[rec.channel_id] = len(rec.records)
                 last.counts_known = True
+            elif isinstance(rec, MessageIndex) and last is not None and \
+                    sorted(rec.records) != sorted(last.index.get(rec.channel_id, [])):
+                scan.problems.append(f'message index at byte {pos} does not match the chunk at '
+                                     f'byte {last.offset} (damaged index)')
             elif isinstance(rec, Metadata):
                 scan.metadata.append((pos, rec))
             elif isinstance(rec, Attachment):
@@ -404,6 +417,12 @@ class _Scanner:
                     scan.summary_state = 'unverified (no footer)'
                     if stopped < size:
                         scan.regions.append(Region(stopped, size, 'summary cut or damaged', True))
+                elif end != limit:
+                    scan.problems.append(f'{limit - end} bytes after DataEnd (byte {pos}) that the '
+                                         'footer does not point at (damaged footer?)')
+                    if scan.summary is None:
+                        self.read_summary_records(end, limit)
+                        scan.summary_state = 'unverified (damaged footer)'
                 return
             elif op in (0x08, 0x0B, 0x0A, 0x0D, 0x0E, OP_FOOTER):   # summary records, no DataEnd
                 scan.problems.append(f'summary records at byte {pos} without a DataEnd record')
@@ -442,13 +461,19 @@ class _Scanner:
         scan, summary = self.scan, self.scan.summary
         if summary is None:
             return
-        for sid, schema in summary.schemas.items():
-            scan.schemas.setdefault(sid, schema)
-        for cid, channel in summary.channels.items():
-            scan.channels.setdefault(cid, channel)
+        for table, copies in ((scan.schemas, summary.schemas), (scan.channels, summary.channels)):
+            for key, record in copies.items():
+                if table.setdefault(key, record) != record:
+                    scan.problems.append(f'the summary\'s copy of {type(record).__name__} {key} '
+                                         'differs from the data section\'s (one is damaged)')
         found = {c.offset: c for c in scan.chunks}
         for index in summary.chunk_indexes:
             chunk = found.get(index.chunk_start_offset)
+            if chunk is not None and chunk.ok and (
+                    index.message_start_time, index.message_end_time, index.chunk_length) != (
+                    chunk.start_ns, chunk.end_ns, chunk.end - chunk.offset):
+                scan.problems.append(f'the summary\'s index of the chunk at byte {chunk.offset} '
+                                     'does not match the chunk (damaged index)')
             if chunk is None:
                 chunk = ChunkInfo(index.chunk_start_offset,
                                   index.chunk_start_offset + index.chunk_length,
@@ -463,6 +488,21 @@ class _Scanner:
                 chunk.start_ns, chunk.end_ns = index.message_start_time, index.message_end_time
                 if not chunk.counts_known:
                     self._index_counts(chunk, index)
+        self._check_statistics()
+
+    def _check_statistics(self) -> None:
+        scan = self.scan
+        stats = scan.summary.statistics if scan.summary else None
+        if stats is None or scan.regions or scan.summary_state not in ('ok', 'crc not set'):
+            return
+        held = dict(scan.loose_counts)
+        for chunk in scan.good_chunks:
+            for cid, n in chunk.counts.items():
+                held[cid] = held.get(cid, 0) + n
+        recorded = {cid: n for cid, n in stats.channel_message_counts.items() if n}
+        if recorded != {cid: n for cid, n in held.items() if n}:
+            scan.problems.append(f'the summary\'s statistics count {stats.message_count} messages, '
+                                 f'the chunks hold {sum(held.values())}')
 
     def _index_counts(self, chunk: ChunkInfo, index: ChunkIndex) -> None:
         """Messages per channel of a lost chunk from its MessageIndex records (when they survive)."""
@@ -477,12 +517,23 @@ class _Scanner:
         chunk.counts, chunk.counts_known = counts, known
 
 
-def chunk_contents(data: bytes) -> tuple[dict[int, int], list[Schema], list[Channel]]:
-    """Messages per channel, schemas and channels of a chunk's records (ValueError if they do not
-    tile the chunk exactly: a framing error)."""
+class ChunkContents(NamedTuple):
+    counts: dict[int, int]                     # channel id -> messages
+    schemas: list[Schema]
+    channels: list[Channel]
+    index: dict[int, list[tuple[int, int]]]    # channel id -> [(log time, offset)], as MessageIndex
+    start_ns: int | None
+    end_ns: int | None
+
+
+def chunk_contents(data: bytes) -> ChunkContents:
+    """What a chunk's records hold (ValueError if they do not tile the chunk exactly: a framing
+    error)."""
     counts: dict[int, int] = {}
+    index: dict[int, list[tuple[int, int]]] = {}
     schemas: list[Schema] = []
     channels: list[Channel] = []
+    lo = hi = None
     pos, n = 0, len(data)
     while pos < n:
         if pos + 9 > n:
@@ -494,8 +545,11 @@ def chunk_contents(data: bytes) -> tuple[dict[int, int], list[Schema], list[Chan
         if op == OP_MESSAGE:
             if length < 22:
                 raise ValueError(f'message record too short at byte {pos} of the chunk')
-            cid = _MESSAGE_HEAD.unpack_from(data, pos)[2]
+            cid, _seq, log_time = _MESSAGE_HEAD.unpack_from(data, pos + 9)
             counts[cid] = counts.get(cid, 0) + 1
+            index.setdefault(cid, []).append((log_time, pos))
+            lo = log_time if lo is None or log_time < lo else lo
+            hi = log_time if hi is None or log_time > hi else hi
         elif op in (OP_SCHEMA, OP_CHANNEL):
             try:
                 rec = parse_record(op, data[pos + 9: end])
@@ -504,7 +558,7 @@ def chunk_contents(data: bytes) -> tuple[dict[int, int], list[Schema], list[Chan
                     from None
             (schemas if op == OP_SCHEMA else channels).append(rec)   # type: ignore[arg-type]
         pos = end
-    return counts, schemas, channels
+    return ChunkContents(counts, schemas, channels, index, lo, hi)
 
 
 def iter_chunk_messages(data: bytes):   # -> Iterator[tuple[int, int, int, int, bytes]]
