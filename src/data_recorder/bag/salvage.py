@@ -23,7 +23,8 @@ from pathlib import Path
 
 from mcap.writer import CompressionType, Writer
 
-from data_recorder.bag.scan import ChunkInfo, Scan, chunk_records, iter_chunk_messages, parse_record
+from data_recorder.bag.records import chunk_records, iter_chunk_messages, parse_record
+from data_recorder.bag.scan import ChunkInfo, Scan
 
 _COMPRESSION = {'': CompressionType.NONE, 'lz4': CompressionType.LZ4,
                 'zstd': CompressionType.ZSTD}
