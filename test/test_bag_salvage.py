@@ -387,3 +387,18 @@ def test_bag_with_one_good_and_one_junk_file_is_refused_whole(tmp_path: Path) ->
     with pytest.raises(ValueError, match=r'bag_1\.mcap'):
         recover(source.parent)
     assert not (source.parent / 'bag_0.mcap.truncated').exists()
+
+
+def test_empty_file_beside_real_ones_is_a_crash_at_a_split(tmp_path: Path) -> None:
+    """Killed right after a split created the next file: the bag comes back whole, the empty
+    file rebuilt as an empty MCAP (readers refuse a bag with a 0-byte file)."""
+    source = WRITERS['project-zstd'](tmp_path)
+    everything = all_messages(source)
+    (source.parent / 'metadata.yaml').unlink()
+    (source.parent / 'bag_1.mcap').write_bytes(b'')
+    report = recover(source.parent)
+    assert [f.recovered for f in report.files] == [False, True]
+    assert (source.parent / 'bag_1.mcap.truncated').read_bytes() == b''
+    with AnyReader([source.parent]) as reader:
+        assert {(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()} == everything
+    assert run_cli(['bag', 'verify', str(source.parent)])[0] == 0

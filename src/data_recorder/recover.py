@@ -13,6 +13,7 @@ beside it as ``<name>.mcap.truncated`` (only cut short) or ``<name>.mcap.damaged
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -25,8 +26,9 @@ from mcap.records import Channel, Schema
 
 from data_recorder import metadata as md
 from data_recorder.bag.assess import Assessment, assess
+from data_recorder.bag.records import NO_FOOTER
 from data_recorder.bag.salvage import replace_keeping_original, write_salvaged
-from data_recorder.bag.scan import Scan, scan
+from data_recorder.bag.scan import NotMcapError, Scan, scan
 from data_recorder.writer import LIBRARY
 
 
@@ -176,7 +178,7 @@ def recover(target: Path | str) -> RecoverReport:
     bag, files = bag_files(target)
     if len(files) == 1 and files[0].suffix != '.mcap':
         raise ValueError(f'{files[0]}: not an .mcap file')
-    scans = [scan(f) for f in files]     # NotMcapError before anything is written
+    scans = _scan_all(files)             # NotMcapError before anything is written
     report = RecoverReport(bag)
     report.files = [recover_file(f, s) for f, s in zip(files, scans, strict=True)]
     salvaged = {str(f.path.name): {'kept_as': f.kept_as.name if f.kept_as else '',
@@ -185,6 +187,25 @@ def recover(target: Path | str) -> RecoverReport:
     report.metadata_path = rebuild_metadata(
         bag, {'data_recorder.salvage': json.dumps(salvaged, sort_keys=True)} if salvaged else None)
     return report
+
+
+def _scan_all(files: list[Path]) -> list[Scan]:
+    """Scan every file first. An *empty* file beside real MCAP files is what a crash at a split
+    leaves (created, header not yet on disk): it is rebuilt as an empty MCAP file so the bag's
+    metadata stays whole. Anything else that is not MCAP refuses the whole bag."""
+    scans: list[Scan | None] = []
+    for path in files:
+        try:
+            scans.append(scan(path))
+        except NotMcapError:
+            if path.stat().st_size or len(files) == 1:
+                raise
+            scans.append(None)
+    if all(s is None for s in scans):
+        raise NotMcapError(f'{files[0].parent}: every .mcap file is empty')
+    return [s or Scan(p, 0, problems=[NO_FOOTER + ': empty file (cut before its header was '
+                                      'written)'])
+            for p, s in zip(files, scans, strict=True)]
 
 
 def _loss_summary(a: Assessment) -> dict[str, object]:
@@ -213,7 +234,8 @@ def take_over_output(path: Path | str) -> tuple[Path, list[RecoverReport]]:
     candidate, n = base, 1
     while candidate.exists():
         if is_cut(candidate):
-            reports.append(recover(candidate))
+            with contextlib.suppress(NotMcapError):   # nothing to rebuild (killed before the header)
+                reports.append(recover(candidate))
         n += 1
         candidate = base.with_name(f'{base.name}_{n}')
     return candidate, reports

@@ -16,6 +16,7 @@ its time range and topics, so the loss is visible.)
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Mapping
@@ -45,7 +46,8 @@ def write_salvaged(scan: Scan, out: Path, library: str,
     written = 0
     with scan.path.open('rb') as source, out.open('xb') as target:
         size = source.seek(0, 2)
-        with mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with (mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) if size
+              else contextlib.nullcontext(b'')) as buf:
             writer = Writer(target, chunk_size=chunk_size, compression=compression,
                             enable_data_crcs=True)
             writer.start(profile=scan.header.profile if scan.header else 'ros2', library=library)
