@@ -52,6 +52,7 @@ class Assessment:
     lost: list[Lost]
     lost_by_topic: dict[str, int] | None   # from the summary's statistics (exact) or None
     orphans: int = 0                       # messages in intact chunks whose channel was lost
+    no_crc: int = 0                        # intact chunks written without CRC (not verifiable)
     summary_state: str = 'missing'
     data_crc: str = 'missing'
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +80,7 @@ class Assessment:
                            for c in self.bad_chunks],
             'kept_messages': self.kept_messages, 'kept': dict(self.kept),
             'lost_messages': self.lost_messages, 'lost_by_topic': self.lost_by_topic,
-            'orphans': self.orphans,
+            'orphans': self.orphans, 'chunks_without_crc': self.no_crc,
             'lost': [dict(vars(lost)) for lost in self.lost],
         }
 
@@ -108,7 +109,8 @@ def assess(scan: Scan) -> Assessment:
     return Assessment(scan.path, scan.size, scan.intact, scan.cut_only, len(scan.chunks),
                       [c for c in scan.chunks if not c.ok], list(scan.problems), kept,
                       [_lost(scan, r) for r in scan.regions], lost_by_topic, orphans,
-                      scan.summary_state, scan.data_crc)
+                      sum(1 for c in scan.good_chunks if not c.crc), scan.summary_state,
+                      scan.data_crc)
 
 
 def _lost(scan: Scan, region: Region) -> Lost:
@@ -146,10 +148,11 @@ def _stamp(ns: int | None, origin: int | None) -> str:
 def render(a: Assessment, origin: int | None = None) -> list[str]:
     """Human lines: one verdict, then each problem (file, offset, chunk, time, topics)."""
     name = str(a.path)
+    no_crc = (f'; {a.no_crc} of them written without CRC (their bytes cannot be checked, only '
+              'their framing)' if a.no_crc else '')
     if a.intact:
-        return [f'{name}: intact ({a.chunks} chunks, every CRC checked: chunks; '
-                f'data section {a.data_crc}; summary {a.summary_state}; '
-                f'{a.kept_messages} messages)']
+        return [f'{name}: intact ({a.chunks} chunks{no_crc}; data-section CRC {a.data_crc}; '
+                f'summary {a.summary_state}; {a.kept_messages} messages)']
     lost = a.lost_messages
     lines = [f'{name}: DAMAGED: {len(a.bad_chunks)} of {a.chunks} chunks bad; '
              f'{a.kept_messages} messages intact; lost: '
