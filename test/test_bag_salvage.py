@@ -375,6 +375,9 @@ def test_verify_intact_bag_exits_0_and_recover_leaves_it_alone(tmp_path: Path) -
     report = recover(source.parent)
     assert not report.files[0].recovered and source.read_bytes() == before
     assert not list(source.parent.glob('*.damaged')) and not list(source.parent.glob('*.truncated'))
+    source.rename(source.with_name('moved.mcap'))     # a file metadata.yaml lists has gone
+    code, out = run_cli(['bag', 'verify', str(source.parent)])
+    assert code == 1 and f'{source}: MISSING' in out
 
 
 @pytest.mark.parametrize('kind', ['random', 'text', 'empty', 'dir-without-mcap', 'zeros'])

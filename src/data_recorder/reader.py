@@ -396,6 +396,7 @@ class Bag:
 
 
 _MESSAGE_OP = 0x05
+_SALVAGE = ' (`field_deploy bag verify` names the damage, `bag recover` keeps every intact chunk)'
 _CHUNK_OP = 0x06
 
 
@@ -417,7 +418,7 @@ def _chunk_messages(path: Path, stream: io.BufferedReader, index: Any, channels:
     stream.seek(index.chunk_start_offset)
     buf = stream.read(index.chunk_length)
     if len(buf) != index.chunk_length or buf[0] != _CHUNK_OP:
-        raise BagError(f'{path}: chunk at offset {index.chunk_start_offset} is damaged')
+        raise BagError(f'{path}: chunk at offset {index.chunk_start_offset} is damaged{_SALVAGE}')
     off = 9 + 28
     (clen,) = struct.unpack_from('<I', buf, off)
     compression = buf[off + 4: off + 4 + clen].decode()
@@ -488,7 +489,7 @@ def _indexed_messages(path: Path, stream: io.BufferedReader, summary: Any,
     except (struct.error, ValueError, OSError) as exc:
         if isinstance(exc, BagError):
             raise
-        raise BagError(f'{path}: corrupt chunk ({exc})') from None
+        raise BagError(f'{path}: corrupt chunk ({exc}){_SALVAGE}') from None
 
 
 def describe_qos(profiles: tuple[dict[str, Any], ...]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from field_deploy.cli import CliError
 
@@ -86,16 +87,31 @@ def _verify(args: argparse.Namespace) -> int:
     from data_recorder.bag.scan import scan
     from data_recorder.recover import bag_files
     try:
-        results = [assess(scan(f)) for f in bag_files(args.bag)[1]]
+        bag, files = bag_files(args.bag)
+        results = [assess(scan(f)) for f in files]
     except (ValueError, OSError) as exc:     # not MCAP, no such file, nothing to check
         print(f'field_deploy bag verify: error: {exc}', file=sys.stderr)
         return 2
+    missing = _missing_listed(bag) if Path(args.bag).is_dir() else []
     if args.json:
-        print(json.dumps([a.as_dict() for a in results], indent=2))
+        print(json.dumps([a.as_dict() for a in results]
+                         + [{'file': str(m), 'missing': True} for m in missing], indent=2))
     else:
         for a in results:
             print('\n'.join(render(a)))
-    return 0 if all(a.intact for a in results) else 1
+        for m in missing:
+            print(f'{m}: MISSING (listed in {bag / "metadata.yaml"})')
+    return 0 if all(a.intact for a in results) and not missing else 1
+
+
+def _missing_listed(bag: Path) -> list[Path]:
+    """Files metadata.yaml lists that are not there (an unreadable metadata.yaml lists none)."""
+    from data_recorder import metadata as md
+    try:
+        listed = md.load(bag).get('relative_file_paths') or []
+    except (OSError, ValueError):
+        return []
+    return [bag / p for p in listed if not (bag / p).is_file()]
 
 
 def run_recover(args: argparse.Namespace) -> int:
@@ -116,8 +132,6 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from data_recorder.export import export, find_bags
