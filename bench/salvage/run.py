@@ -37,8 +37,10 @@ def main() -> None:
         path = Path(tmp) / 'bag' / 'bag_0.mcap'
         size = path.stat().st_size
         t0 = time.perf_counter()
-        intact = assess(scan(path))
+        found = scan(path)
+        intact = assess(found)
         t_verify = time.perf_counter() - t0
+        raw = sum(c.uncompressed_size for c in found.chunks) / 1e6
         with path.open('r+b') as f:
             f.seek(size // 2)
             f.write(b'\0' * 4096)
@@ -49,12 +51,13 @@ def main() -> None:
         report = recover(path.parent)
         t_recover = time.perf_counter() - t0
         mb = size / 1e6
-        print(f'bag: {mb:.0f} MB, {intact.chunks} chunks ({args.compression}), '
-              f'{intact.kept_messages} messages; load {os.getloadavg()[0]:.1f}')
-        print(f'verify intact:  {t_verify:.2f} s ({mb / t_verify:.0f} MB/s)')
-        print(f'verify damaged: {t_damaged:.2f} s ({mb / t_damaged:.0f} MB/s); '
+        print(f'bag: {mb:.0f} MB on disk, {raw:.0f} MB of records, {intact.chunks} chunks '
+              f'({args.compression}), {intact.kept_messages} messages; '
+              f'load {os.getloadavg()[0]:.1f}')
+        print(f'verify intact:  {t_verify:.2f} s ({raw / t_verify:.0f} MB/s of records)')
+        print(f'verify damaged: {t_damaged:.2f} s ({raw / t_damaged:.0f} MB/s); '
               f'{len(damaged.bad_chunks)} bad chunk(s), {damaged.lost_messages} messages lost')
-        print(f'recover:        {t_recover:.2f} s ({mb / t_recover:.0f} MB/s); '
+        print(f'recover:        {t_recover:.2f} s ({raw / t_recover:.0f} MB/s); '
               f'{report.messages} messages kept')
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 MAGIC = b'\x89MCAP0\r\n'
 OP_FOOTER, OP_SCHEMA, OP_CHANNEL, OP_MESSAGE, OP_CHUNK = 0x02, 0x03, 0x04, 0x05, 0x06
-OP_DATA_END = 0x0F
+OP_MESSAGE_INDEX, OP_DATA_END = 0x07, 0x0F
 FOOTER_RECORD = 9 + 20                 # opcode, length, summary_start, summary_offset_start, crc
 COMPRESSIONS = ('', 'lz4', 'zstd')
 NO_FOOTER = 'no footer'
@@ -64,6 +64,11 @@ class _Strict(ReadDataStream):
 
 def parse_record(op: int, body: bytes) -> McapRecord:
     """One record body, strictly (ValueError/EndOfFile/struct.error/UnicodeError when damaged)."""
+    if op == OP_MESSAGE_INDEX:              # thousands of entries per chunk: not one read per field
+        channel_id, length = struct.unpack_from('<HI', body)
+        if length % 16 or 6 + length > len(body):
+            raise ValueError('message index entries run past the record')
+        return MessageIndex(channel_id, list(struct.iter_unpack('<QQ', body[6: 6 + length])))
     stream = _Strict(BytesIO(body))
     if op == OP_MESSAGE:
         return Message.read(stream, len(body))
