@@ -66,8 +66,8 @@ def parse_record(op: int, body: bytes) -> McapRecord:
     """One record body, strictly (ValueError/EndOfFile/struct.error/UnicodeError when damaged)."""
     if op == OP_MESSAGE_INDEX:              # thousands of entries per chunk: not one read per field
         channel_id, length = struct.unpack_from('<HI', body)
-        if length % 16 or 6 + length > len(body):
-            raise ValueError('message index entries run past the record')
+        if length % 16 or 6 + length != len(body):     # its layout is fixed: exact, or damaged
+            raise ValueError('message index entries do not fill the record')
         return MessageIndex(channel_id, list(struct.iter_unpack('<QQ', body[6: 6 + length])))
     stream = _Strict(BytesIO(body))
     if op == OP_MESSAGE:

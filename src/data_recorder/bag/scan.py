@@ -305,22 +305,31 @@ class _Scanner:
                 self.check_chunk(info, collect=True)
                 scan.chunks.append(info)
                 last = info
+                after = min(info.end, limit)
                 if not info.ok:
-                    cut = info.end > limit and limit == size
-                    scan.regions.append(Region(pos, min(info.end, limit), f'chunk {info.problem}',
-                                               cut))
-                pos = min(info.end, limit)
+                    # a length past the end is a cut only if no valid chunk follows (a damaged
+                    # length field would otherwise swallow the rest of the file)
+                    after = self.resync(pos + 1, limit) if info.end > limit else after
+                    cut = after >= limit and info.end > limit and limit == size
+                    scan.regions.append(Region(pos, after, info.problem, cut))
+                pos = after
                 continue
             found = self.record_at(pos, limit)
             if found is None:
-                cut = self._runs_past_end(pos, limit)
-                after = limit if cut else self.resync(pos + 1, limit)
+                after = self.resync(pos + 1, limit)
+                cut = after >= limit and self._runs_past_end(pos, limit)
                 scan.regions.append(Region(pos, after, (
                     f'the file ends inside a record (cut at byte {size})' if cut
                     else 'unreadable bytes (no valid record framing)'), cut))
                 pos = after
                 continue
             op, rec, end = found
+            inside = next((k for k in self.known if pos < k < end), None)
+            if inside is not None:       # a record may not swallow what the summary indexes
+                scan.regions.append(Region(pos, inside, 'a damaged record runs over the chunk or '
+                                           f'record the summary indexes at byte {inside}'))
+                pos = inside
+                continue
             if isinstance(rec, Schema):
                 scan.schemas.setdefault(rec.id, rec)
             elif isinstance(rec, Channel):
