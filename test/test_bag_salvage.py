@@ -472,3 +472,22 @@ def test_seeded_random_damage_of_every_kind(tmp_path: Path) -> None:
         orphans = a.orphans if a is not None else 0
         assert len(expected - got) <= orphans, (trial, writer, kind, spans)
         assert got <= all_messages_from(chunks), (trial, writer, kind, spans)
+
+
+def test_lone_mcap_file_is_salvaged_without_a_metadata_yaml_beside_it(tmp_path: Path) -> None:
+    """A .mcap file in some folder (not a rosbag2 directory): the file is rebuilt, the folder
+    gets no metadata.yaml and the other files there are not touched."""
+    source = WRITERS['mcap-zstd'](tmp_path)
+    chunks = original_chunks(source)
+    lone = tmp_path / 'downloads' / 'drive.mcap'
+    lone.parent.mkdir()
+    data = bytearray(source.read_bytes())
+    data[chunks[4][0] + 50] ^= 0x10
+    lone.write_bytes(bytes(data))
+    (lone.parent / 'other.mcap').write_bytes(b'unrelated')
+    report = recover(lone)
+    assert report.metadata_path is None and not (lone.parent / 'metadata.yaml').exists()
+    assert (lone.parent / 'other.mcap').read_bytes() == b'unrelated'
+    with lone.open('rb') as stream:
+        got = {(c.topic, m.log_time, m.data) for _s, c, m in make_reader(stream).iter_messages()}
+    assert got == all_messages_from(chunks) - set(chunks[4][2])

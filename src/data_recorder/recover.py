@@ -184,9 +184,18 @@ def recover(target: Path | str) -> RecoverReport:
     salvaged = {str(f.path.name): {'kept_as': f.kept_as.name if f.kept_as else '',
                                    **_loss_summary(f.assessment)}
                 for f in report.files if f.recovered and f.assessment is not None}
-    report.metadata_path = rebuild_metadata(
-        bag, {'data_recorder.salvage': json.dumps(salvaged, sort_keys=True)} if salvaged else None)
+    if Path(target).is_dir() or _in_its_bag(files[0]):
+        report.metadata_path = rebuild_metadata(
+            bag, {'data_recorder.salvage': json.dumps(salvaged, sort_keys=True)} if salvaged
+            else None)
     return report
+
+
+def _in_its_bag(path: Path) -> bool:
+    """A file of a rosbag2 directory (``metadata.yaml`` beside it, or named ``<dir>_<n>.mcap``),
+    not a lone MCAP file in some folder: only then is ``metadata.yaml`` (re)written."""
+    return (path.parent / 'metadata.yaml').is_file() or re.fullmatch(
+        re.escape(path.parent.name) + r'_\d+\.mcap', path.name) is not None
 
 
 def _scan_all(files: list[Path]) -> list[Scan]:

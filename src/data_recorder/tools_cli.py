@@ -127,7 +127,8 @@ def run_recover(args: argparse.Namespace) -> int:
         print(f'{f.path}: rebuilt with {f.messages} messages; original kept as {f.kept_as}')
         if f.assessment is not None:
             print('\n'.join('  ' + line for line in render(f.assessment)))
-    print(f'{report.metadata_path}: written ({report.messages} messages in the bag)')
+    if report.metadata_path is not None:
+        print(f'{report.metadata_path}: written ({report.messages} messages in the bag)')
     return 0
 
 
