@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_recorder.bag.scan import ChunkInfo, Region, Scan
+from data_recorder.bag.scan import TRUSTED, ChunkInfo, Region, Scan
 
-#: Summary states whose Statistics record can be trusted for "lost = recorded − kept".
-TRUSTED_SUMMARY = ('ok', 'crc not set', 'unverified (no footer)')
+#: Summary states whose Statistics record can be trusted for "lost = recorded − kept": a cut
+#: file's summary that survived whole after DataEnd counts too.
+TRUSTED_SUMMARY = (*TRUSTED, 'unverified (no footer)')
 
 
 @dataclass

@@ -25,6 +25,7 @@ schemas/channels from wherever they survived (chunks, the data section, the summ
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ from data_recorder.bag.records import (
     crc32,
     parse_record,
 )
+
+#: Summary states whose indexes and statistics are believed (a summary whose CRC fails is not).
+TRUSTED = ('ok', 'crc not set')
 
 
 class NotMcapError(ValueError):
@@ -275,8 +279,8 @@ class _Scanner:
 
     def resync(self, pos: int, limit: int) -> int:
         """The next offset >= ``pos`` where a verified Chunk or an indexed record starts."""
-        stop = next((k for k in self.known if k >= pos), limit)
-        stop = min(stop, limit)
+        at = bisect.bisect_left(self.known, pos)
+        stop = min(self.known[at] if at < len(self.known) else limit, limit)
         buf = self.buf
         while True:
             pos = buf.find(b'\x06', pos, stop)
@@ -324,7 +328,8 @@ class _Scanner:
                 pos = after
                 continue
             op, rec, end = found
-            inside = next((k for k in self.known if pos < k < end), None)
+            at = bisect.bisect_right(self.known, pos)
+            inside = self.known[at] if at < len(self.known) and self.known[at] < end else None
             if inside is not None:       # a record may not swallow what the summary indexes
                 scan.regions.append(Region(pos, inside, 'a damaged record runs over the chunk or '
                                            f'record the summary indexes at byte {inside}'))
@@ -407,7 +412,7 @@ class _Scanner:
                     scan.problems.append(f'the summary\'s copy of {type(record).__name__} {key} '
                                          'differs from the data section\'s (one is damaged)')
         found = {c.offset: c for c in scan.chunks}
-        for index in summary.chunk_indexes:
+        for index in summary.chunk_indexes if scan.summary_state in TRUSTED else ():
             chunk = found.get(index.chunk_start_offset)
             if chunk is not None and chunk.ok and (
                     index.message_start_time, index.message_end_time, index.chunk_length) != (
@@ -433,7 +438,7 @@ class _Scanner:
     def _check_statistics(self) -> None:
         scan = self.scan
         stats = scan.summary.statistics if scan.summary else None
-        if stats is None or scan.regions or scan.summary_state not in ('ok', 'crc not set'):
+        if stats is None or scan.regions or scan.summary_state not in TRUSTED:
             return
         held = dict(scan.loose_counts)
         for chunk in scan.good_chunks:
@@ -471,7 +476,7 @@ def scan(path: Path | str) -> Scan:
             result = scanner.scan
             result.magic = size >= 8 and bytes(buf[:8]) == MAGIC
             limit = scanner.read_summary()
-            if result.summary is not None:
+            if result.summary is not None and result.summary_state in TRUSTED:
                 scanner.known = sorted(
                     [c.chunk_start_offset for c in result.summary.chunk_indexes]
                     + [m.offset for m in result.summary.metadata_indexes]
