@@ -54,6 +54,7 @@ class Assessment:
     lost_by_topic: dict[str, int] | None   # from the summary's statistics (exact) or None
     orphans: int = 0                       # messages in intact chunks whose channel was lost
     no_crc: int = 0                        # intact chunks written without CRC (not verifiable)
+    first_ns: int | None = None            # first intact message time (origin of "+s" times)
     summary_state: str = 'missing'
     data_crc: str = 'missing'
     extra: dict[str, Any] = field(default_factory=dict)
@@ -110,8 +111,9 @@ def assess(scan: Scan) -> Assessment:
     return Assessment(scan.path, scan.size, scan.intact, scan.cut_only, len(scan.chunks),
                       [c for c in scan.chunks if not c.ok], list(scan.problems), kept,
                       [_lost(scan, r) for r in scan.regions], lost_by_topic, orphans,
-                      sum(1 for c in scan.good_chunks if not c.crc), scan.summary_state,
-                      scan.data_crc)
+                      sum(1 for c in scan.good_chunks if not c.crc),
+                      min((c.start_ns for c in scan.good_chunks), default=None),
+                      scan.summary_state, scan.data_crc)
 
 
 def _lost(scan: Scan, region: Region) -> Lost:
@@ -146,9 +148,10 @@ def _stamp(ns: int | None, origin: int | None) -> str:
     return f'{t:%H:%M:%S}.{ns % 1_000_000_000:09d}{rel}'
 
 
-def render(a: Assessment, origin: int | None = None) -> list[str]:
-    """Human lines: one verdict, then each problem (file, offset, chunk, time, topics)."""
-    name = str(a.path)
+def render(a: Assessment) -> list[str]:
+    """Human lines: one verdict, then each problem (file, offset, chunk, time, topics); times
+    as UTC clock time and seconds after the first intact message."""
+    name, origin = str(a.path), a.first_ns
     no_crc = (f'; {a.no_crc} of them written without CRC (their bytes cannot be checked, only '
               'their framing)' if a.no_crc else '')
     if a.intact:
