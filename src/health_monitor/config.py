@@ -18,7 +18,8 @@ from typing import Any
 
 from field_deploy.profile import ConfigError, RobotProfile, _Checker, load_profile, read_yaml
 from field_deploy.rosenv import config_dir
-from health_monitor.core import LEVELS, HostLimits, RuleSpec, TopicLimits
+from health_monitor.core import LEVELS, HostLimits, RuleSpec
+from health_monitor.topics import TopicLimits
 
 KNOWN_NODES = ('sim_robot', 'data_recorder', 'skill_runtime', 'bag_player')
 """Stack nodes a config may manage without a ``command`` (someone else starts them)."""
@@ -137,6 +138,8 @@ class HealthConfig:
     components_path: Path | None
     flush_interval_s: float
     expected: tuple[str, ...] = field(default_factory=tuple)
+    check_late_s: float = 0.02
+    """A check later than this behind its schedule judges no staleness (the monitor was starved)."""
 
     def joint_path(self, status_name: str) -> str | None:
         """The component path of a /diagnostics status naming a joint (``…FL_calf_joint``)."""
@@ -162,8 +165,9 @@ STAMPED_TYPES = {
     'geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/TwistStamped',
 }
 
-_TOPIC_KEYS = {'min_ratio', 'max_ratio', 'window', 'stale_periods', 'stale_floor',
-               'future_tolerance', 'max_lag', 'check_stamps', 'rate_hold', 'clear', 'stale_clear'}
+_TOPIC_KEYS = {'min_ratio', 'max_ratio', 'window', 'stale_periods', 'stale_floor', 'stale_hold',
+               'future_tolerance', 'max_lag', 'check_stamps', 'rate_hold', 'clear', 'stale_clear',
+               'freeze_after'}
 
 
 def _topic_limits(c: _C, raw: Any, key: str, rate: float, base: TopicLimits | None = None
@@ -171,20 +175,25 @@ def _topic_limits(c: _C, raw: Any, key: str, rate: float, base: TopicLimits | No
     m = c.mapping(raw or {}, key, set(), _TOPIC_KEYS)
     b = base or TopicLimits(rate_hz=rate)
 
-    def num(k: str, default: float) -> float:
-        return c.number(m[k], f'{key}.{k}', positive=True) if k in m else default
+    def num(k: str, default: float, positive: bool = True) -> float:
+        return c.number(m[k], f'{key}.{k}', positive=positive) if k in m else default
 
     limits = TopicLimits(
         rate_hz=rate,
         min_ratio=num('min_ratio', b.min_ratio), max_ratio=num('max_ratio', b.max_ratio),
         window_s=num('window', b.window_s), stale_periods=num('stale_periods', b.stale_periods),
         stale_floor_s=num('stale_floor', b.stale_floor_s),
+        stale_hold_s=num('stale_hold', b.stale_hold_s, positive=False),
+        freeze_after_s=num('freeze_after', b.freeze_after_s, positive=False),
         future_tolerance_s=num('future_tolerance', b.future_tolerance_s),
         max_lag_s=num('max_lag', b.max_lag_s),
         check_stamps=c.boolean(m['check_stamps'], f'{key}.check_stamps')
         if 'check_stamps' in m else b.check_stamps,
         rate_hold_s=num('rate_hold', b.rate_hold_s), clear_s=num('clear', b.clear_s),
         stale_clear_s=num('stale_clear', b.stale_clear_s))
+    for k, v in (('stale_hold', limits.stale_hold_s), ('freeze_after', limits.freeze_after_s)):
+        if v < 0:
+            raise c.fail(f'{key}.{k}', f'must be >= 0, got {v!r}')
     if limits.min_ratio >= 1.0 or limits.max_ratio <= 1.0:
         raise c.fail(key, f'rate band [min_ratio {limits.min_ratio}, max_ratio '
                           f'{limits.max_ratio}] must contain 1.0 (the expected rate)')
@@ -404,7 +413,8 @@ def default_config_path() -> Path:
 def parse_config(data: Any, path: Path | str, profile: RobotProfile) -> HealthConfig:
     path = Path(path)
     c = _C(path)
-    top = c.mapping(data, '', set(), {'check_rate', 'publish_rate', 'aggregator', 'topics',
+    top = c.mapping(data, '', set(), {'check_rate', 'check_late', 'publish_rate', 'aggregator',
+                                      'topics',
                                       'joint_paths', 'rules', 'host', 'lifecycle', 'policies',
                                       'services', 'ledger'})
     robot = profile.name
@@ -479,6 +489,7 @@ def parse_config(data: Any, path: Path | str, profile: RobotProfile) -> HealthCo
     return HealthConfig(
         path=path, profile=profile,
         check_hz=c.number(top.get('check_rate', 50.0), 'check_rate', positive=True),
+        check_late_s=c.number(top.get('check_late', 0.02), 'check_late', positive=True),
         publish_hz=c.number(top.get('publish_rate', 2.0), 'publish_rate', positive=True),
         stale_after_s=c.number(agg.get('stale_after', 5.0), 'aggregator.stale_after',
                                positive=True),

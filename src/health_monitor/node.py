@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import queue
-import struct
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
-from field_deploy.ros import init, message_class, polled_subscription, qos_profile, run_nodes, set_stamp
+from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
 from health_monitor.config import HealthConfig, HealthConfigError, ManagedNode, load_config
 from health_monitor.core import (
     ERROR,
@@ -44,12 +43,12 @@ from health_monitor.core import (
     HostMonitor,
     Status,
     ThresholdRule,
-    TopicMonitor,
 )
 from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.manager import LifecycleManager, PolicyEngine, PopenSpawner, Spawner
+from health_monitor.polling import TopicPoller
+from health_monitor.topics import Punctuality, TopicMonitor
 
-_STAMP = struct.Struct('<iI')
 _DIAG_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -160,21 +159,17 @@ class HealthMonitor(Node):
         self._ledger_paths: dict[str, str | None] = {}
         self._warn_temp = cfg.profile.motor_temperature.warn
 
-        # Raw subscriptions of depth 1 on a node no executor spins: DDS keeps the newest sample
-        # in the reader and _drain() takes it at check_rate. The writer's publication sequence
-        # number says how many were published since the previous take, so a 1 kHz stream costs
-        # at most check_rate takes, not a thousand executor dispatches and Python callbacks.
+        # The robot topics are polled (health_monitor.polling) on a node no executor spins.
         self._topics_node = Node('_health_monitor_topics', namespace=self.get_namespace(),
                                  context=self.context)
-        self._polled: list[list[Any]] = []
+        polled = []
         for watch in cfg.topics:
             mon = TopicMonitor(watch.name, watch.path, watch.limits)
             self.monitors[watch.name] = mon
-            if watch.name == '/diagnostics':
-                continue  # fed by the deserialising callback below (it skips our own output)
-            sub = polled_subscription(self._topics_node, message_class(watch.type), watch.name,
-                                      qos_profile(dataclasses.replace(watch.qos, depth=1)))
-            self._polled.append([sub, mon, watch.stamped, None])
+            if watch.name != '/diagnostics':  # fed by the deserialising callback below
+                polled.append((watch, mon))
+        self.poller = TopicPoller(self._topics_node, polled, cfg.check_hz)
+        self.punctuality = Punctuality(1.0 / cfg.check_hz, cfg.check_late_s)
         self._diag_monitor = self.monitors.get('/diagnostics')
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
         for rule in cfg.topic_rules:
@@ -191,6 +186,7 @@ class HealthMonitor(Node):
         self.create_timer(0.2, self._evaluate_topics)
         self.create_timer(1.0 / cfg.publish_hz, self._publish)
         self.create_timer(1.0 / cfg.host_hz, self._sample_host)
+        self.create_timer(1.0, self.poller.refresh_writers)
 
         self.policies = PolicyEngine(cfg.policies)
         self.policy_log: list[str] = []
@@ -217,38 +213,6 @@ class HealthMonitor(Node):
             f'{[n.name for n in cfg.lifecycle.nodes]}; ledger {lp}')
 
     # ------------------------------------------------------------------ hot path
-
-    def _drain(self) -> None:
-        """Take the newest sample of each robot topic; feed the topic monitors.
-
-        The receive time is the middleware's reception timestamp of the sample (so the check
-        period does not blur staleness or lag), mapped onto the monotonic clock; the number
-        of messages is the advance of the writer's publication sequence number (one writer
-        per topic, as a driver is; an RMW without sequence numbers counts one per take and
-        the rate reads low).
-        """
-        mono, wall = time.monotonic(), time.time_ns()
-        offset = mono - wall * 1e-9
-        unpack = _STAMP.unpack_from
-        for entry in self._polled:
-            sub, mon, stamped = entry[0], entry[1], entry[2]
-            with sub.handle:
-                while True:
-                    taken = sub.handle.take_message(sub.msg_type, True)
-                    if taken is None:
-                        break
-                    data, info = taken
-                    rx = info.get('received_timestamp') or wall
-                    seq, previous = info.get('publication_sequence_number'), entry[3]
-                    count = seq - previous if (seq is not None and previous is not None
-                                               and seq > previous) else 1
-                    entry[3] = seq
-                    if stamped:
-                        sec, nanosec = unpack(data, 4)
-                        mon.on_message(rx * 1e-9 + offset, rx, sec * 1_000_000_000 + nanosec,
-                                       count)
-                    else:
-                        mon.on_message(rx * 1e-9 + offset, rx, None, count)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         now = time.monotonic()
@@ -360,15 +324,22 @@ class HealthMonitor(Node):
                 self._fire(policy, path, status)
 
     def _check_stale(self) -> None:
-        """Fast path at ``check_rate``: take the waiting messages, then the silence test only."""
-        self._drain()
+        """Fast path at ``check_rate``: take the waiting messages, then the silence test only.
+
+        The check first measures its own lateness: a check that comes late (the process was
+        starved) restarts the watch, so silence is only ever counted over time watched on
+        schedule (health_monitor.topics).
+        """
+        self.punctuality.check(time.monotonic())
+        self.poller.drain()
         now = time.monotonic()
+        since = self.punctuality.watching_since
         for mon in self.monitors.values():
-            stale = mon.last_rx < 0 or now - mon.last_rx > mon.limits.stale_after_s
+            stale = mon.stale(now, since)
             known = self.levels.get(mon.path)
             if (stale and known != STALE and (mon.last_rx >= 0 or known is None)) or (
                     not stale and known == STALE):
-                self._leaf(mon.status(now), now)
+                self._leaf(mon.status(now, since), now)
         for policy, path in self.policies.tick(now):
             with self._lock:
                 status = self.own.get(path)
@@ -381,7 +352,7 @@ class HealthMonitor(Node):
     def _evaluate_topics(self) -> None:
         now = time.monotonic()
         for mon in self.monitors.values():
-            status = mon.status(now)
+            status = mon.status(now, self.punctuality.watching_since)
             self._leaf(status, now)
             if status.level < STALE and self.ledger is not None:
                 cid = self._ledger_component(mon.path)

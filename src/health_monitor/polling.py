@@ -1,0 +1,100 @@
+"""The robot topics, polled: raw subscriptions no executor serves, taken at the check rate.
+
+DDS keeps the newest sample(s) in each reader and :meth:`TopicPoller.drain` takes them when the
+monitor checks. The message info of each take gives the middleware's reception time (staleness
+and lag without the check period's blur) and the writer's publication sequence number (how many
+were published since that writer's previous sample), so a 1 kHz stream costs at most check-rate
+takes, not a thousand executor dispatches and Python callbacks. Only 8 stamp bytes are read
+from a sample (and, for a JointState watched for frozen joints, the position doubles).
+
+A topic the graph shows with several publishers gets a reader deep enough to take every
+sample, so the writers' sequence-number runs can be told apart (:class:`~health_monitor.topics.WriterRuns`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+import time
+from typing import Any
+
+from rclpy.node import Node
+
+from field_deploy.ros import message_class, polled_subscription, qos_profile
+from health_monitor.config import TopicWatch
+from health_monitor.topics import FreezeWatch, TopicMonitor, joint_state_positions
+
+_STAMP = struct.Struct('<iI')
+
+
+@dataclasses.dataclass
+class _Polled:
+    watch: TopicWatch
+    monitor: TopicMonitor
+    sub: Any
+    depth: int = 1
+    freeze: FreezeWatch | None = None
+    takes: int = 0
+
+
+class TopicPoller:
+    """Polled subscriptions of the watched topics on ``node`` (a node no executor spins)."""
+
+    def __init__(self, node: Node, watches: list[tuple[TopicWatch, TopicMonitor]],
+                 check_hz: float) -> None:
+        self.node = node
+        self.check_hz = check_hz
+        self.entries: list[_Polled] = []
+        for watch, mon in watches:
+            freeze = (FreezeWatch(watch.limits.freeze_after_s)
+                      if watch.limits.freeze_after_s > 0 and watch.type.endswith('/JointState')
+                      else None)
+            self.entries.append(_Polled(watch, mon, self._subscribe(watch, 1), 1, freeze))
+
+    def _subscribe(self, watch: TopicWatch, depth: int) -> Any:
+        return polled_subscription(self.node, message_class(watch.type), watch.name,
+                                   qos_profile(dataclasses.replace(watch.qos, depth=depth)))
+
+    def refresh_writers(self) -> None:
+        """Follow the graph's publisher count per topic (call at ~1 Hz).
+
+        With one publisher a depth-1 reader suffices (the sequence number counts what was not
+        taken); with several, the reader keeps every sample published between two checks.
+        """
+        for entry in self.entries:
+            count = max(1, self.node.count_publishers(entry.watch.name))
+            entry.monitor.writers.max_writers = count
+            want = 1 if count == 1 else math.ceil(2 * count * entry.watch.limits.rate_hz
+                                                  / self.check_hz) + 4
+            if want != entry.depth:
+                self.node.destroy_subscription(entry.sub)
+                entry.sub, entry.depth = self._subscribe(entry.watch, want), want
+
+    def drain(self) -> None:
+        """Take what waits in every reader and feed the topic monitors."""
+        mono, wall = time.monotonic(), time.time_ns()
+        offset = mono - wall * 1e-9
+        unpack = _STAMP.unpack_from
+        for entry in self.entries:
+            sub, mon, stamped, freeze = entry.sub, entry.monitor, entry.watch.stamped, entry.freeze
+            with sub.handle:
+                while True:
+                    taken = sub.handle.take_message(sub.msg_type, True)
+                    if taken is None:
+                        break
+                    entry.takes += 1
+                    data, info = taken
+                    rx = info.get('received_timestamp') or wall
+                    rx_mono = rx * 1e-9 + offset
+                    stamp = None
+                    if stamped:
+                        sec, nanosec = unpack(data, 4)
+                        stamp = sec * 1_000_000_000 + nanosec
+                    mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'))
+                    if freeze is not None:
+                        try:
+                            names, positions = joint_state_positions(data)
+                        except (ValueError, struct.error, UnicodeDecodeError):
+                            continue
+                        freeze.observe(names, positions, rx_mono, mon.frozen)

@@ -1,0 +1,395 @@
+"""Topic monitoring (pure, no rclpy): rate, staleness from evidence, stamps, writers, frozen values.
+
+The monitor is fed with what the middleware says about each sample (reception time, the
+writer's publication sequence number, the header stamp) and asked for a :class:`Status` at a
+time ``now`` (monotonic seconds). Staleness is a claim about the *stream*, so it is judged
+only on evidence the monitor can stand behind:
+
+* a check counts only when the monitor itself was on time (:class:`Punctuality`): after the
+  monitor's own check was late (its process starved, its timer fired late), silence is measured
+  from the moment it resumed watching, not from the last sample — samples the starved process
+  had not yet taken prove nothing about the publisher;
+* the silence must hold a minimum duration (``stale_hold``) beyond the threshold, the STALE
+  hysteresis, as value rules have ``raise``;
+* a stream that comes back after a STALE whose sequence numbers show nothing was missing (every
+  publication arrived, late) clears at once: it was delivery, not the source.
+
+Several writers on one topic are told apart by their sequence-number runs (the message info
+has no writer id on rclpy 7.1.6): see :class:`WriterRuns`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from health_monitor.core import OK, STALE, WARN, Debounce, Status
+
+_U32 = struct.Struct('<I')
+
+
+@dataclass(frozen=True)
+class TopicLimits:
+    """What a topic is held to; derived from the profile rate and the ``topics`` config."""
+
+    rate_hz: float
+    min_ratio: float = 0.8
+    max_ratio: float = 1.25
+    window_s: float = 1.0
+    stale_periods: float = 2.0
+    stale_floor_s: float = 0.06
+    stale_hold_s: float = 0.02
+    """STALE hysteresis: the silence must last this much beyond the stale time, watched on time."""
+    future_tolerance_s: float = 0.05
+    max_lag_s: float = 0.5
+    check_stamps: bool = True
+    rate_hold_s: float = 1.0
+    clear_s: float = 1.0
+    stale_clear_s: float = 0.25
+    """After a real silence, STALE clears once this long's worth of messages (at the expected
+    rate, at least 2) has arrived again: no STALE/OK flicker on a bursty stream."""
+    freeze_after_s: float = 0.0
+    """JointState topics: a joint whose position is bit-identical for this long while the
+    stream flows is frozen (0: not checked)."""
+
+    @property
+    def stale_after_s(self) -> float:
+        """No message for ``stale_periods`` periods (never less than the floor: OS jitter)."""
+        return max(self.stale_periods / self.rate_hz, self.stale_floor_s)
+
+    @property
+    def stale_raise_s(self) -> float:
+        """Silence, watched on time, after which STALE is raised: stale time + hold."""
+        return self.stale_after_s + self.stale_hold_s
+
+
+class Punctuality:
+    """The monitor's own lateness against its check schedule.
+
+    A check is late when it comes more than ``tolerance_s`` after the one before plus the
+    period. :attr:`watching_since` is when the monitor last resumed watching on time; every
+    silence is measured from no earlier than that, so a starved monitor never calls a stream
+    stale for the time it was not looking.
+    """
+
+    def __init__(self, period_s: float, tolerance_s: float) -> None:
+        self.period_s = period_s
+        self.tolerance_s = tolerance_s
+        self.last = -1.0
+        self.watching_since = -1e18
+        self.late_checks = 0
+        self.worst_late_s = 0.0
+
+    def check(self, now: float) -> float:
+        """Record a check at ``now``; returns its lateness (s, 0 when on time)."""
+        late = 0.0
+        if self.last >= 0:
+            late = max(0.0, now - self.last - self.period_s)
+            if late > self.tolerance_s:
+                self.watching_since = now
+                self.late_checks += 1
+                self.worst_late_s = max(self.worst_late_s, late)
+        self.last = now
+        return late
+
+
+@dataclass
+class _Writer:
+    """One writer of a topic, known by its run of publication sequence numbers."""
+
+    last_seq: int
+    last_rx: float
+    count: int = 0
+    window: deque[tuple[float, int]] = field(default_factory=deque)
+
+
+class WriterRuns:
+    """Tells the writers of one topic apart by their publication sequence numbers.
+
+    Each DDS writer numbers its samples 1, 2, 3 …; the message info of rclpy 7.1.6 carries
+    the number but not the writer's id. Rule: a sample continues the run whose last number is
+    the largest one below its own (the writer that published just before it), unless the jump
+    is more than twice what that writer could have published since (at the topic's rate) while
+    the graph shows more writers than runs; a number that continues no run starts a new one (a
+    new writer, or one that restarted). At most
+    ``max_writers`` runs are kept (the graph's publisher count): when a new run would exceed
+    it, the run extended least recently is dropped (a writer that restarted leaves the graph).
+    Exact when every sample is taken (the reader is deep enough) and the writers' numbers differ;
+    two writers at equal numbers that also lose samples can swap runs (the total stays right).
+    """
+
+    def __init__(self) -> None:
+        self.writers: list[_Writer] = []
+        self.max_writers = 1
+
+    def add(self, seq: int, rx: float, rate_hz: float = 0.0) -> tuple[_Writer, int]:
+        """Assign sample ``seq``; returns its writer and how many publications it stands for."""
+        best = None
+        for w in self.writers:
+            if w.last_seq < seq and (best is None or w.last_seq > best.last_seq):
+                best = w
+        if (best is not None and rate_hz > 0 and len(self.writers) < self.max_writers
+                and seq - best.last_seq > 2 * rate_hz * max(0.0, rx - best.last_rx) + 2):
+            best = None   # too far ahead for that writer: one not seen yet
+        if best is None:
+            if len(self.writers) >= self.max_writers:
+                self.writers.remove(min(self.writers, key=lambda w: w.last_rx))
+            best = _Writer(seq, rx)
+            self.writers.append(best)
+            advance = 1
+        else:
+            advance = seq - best.last_seq
+        best.last_seq, best.last_rx = seq, rx
+        best.count += advance
+        return best, advance
+
+
+class TopicMonitor:
+    """Rate window, staleness and header-stamp sanity of one topic.
+
+    :meth:`on_message` is on the hot path (up to the check rate per topic): it only counts and
+    compares integers. :meth:`status` does the arithmetic at the evaluation rate.
+    """
+
+    def __init__(self, topic: str, path: str, limits: TopicLimits) -> None:
+        self.topic = topic
+        self.path = path
+        self.limits = limits
+        self.count = 0
+        self.last_rx = -1.0
+        self.first_rx = -1.0
+        self.last_stamp_ns = 0
+        self.future = 0
+        self.backwards = 0
+        self.lagging = 0
+        self.max_lag_ns = 0
+        self.writers = WriterRuns()
+        self.frozen: dict[str, float] = {}
+        """Joints whose value is frozen -> since when (set by the node's :class:`FreezeWatch`)."""
+        self._window: deque[tuple[float, int]] = deque()
+        self._stamp_marks: tuple[int, int, int] = (0, 0, 0)
+        self._stamp_bad_until = -1.0
+        self._last_stamp_problem = ''
+        self._stale = False
+        self._stale_count = 0
+        self._stale_since = 0.0
+        self.stale_raised = 0
+        self.delivery_gaps = 0
+        """STALEs that cleared with no publication missing (the samples came late, all of them)."""
+        self._rate = Debounce(limits.rate_hold_s, limits.clear_s)
+        self._future_ns = int(limits.future_tolerance_s * 1e9)
+        self._lag_ns = int(limits.max_lag_s * 1e9)
+
+    def on_message(self, rx_mono: float, rx_wall_ns: int, stamp_ns: int | None,
+                   messages: int = 1, seq: int | None = None) -> None:
+        """One received sample; with its writer's ``seq`` it stands for every publication
+        since that writer's previous one (else for ``messages``)."""
+        if seq is not None:
+            _writer, messages = self.writers.add(seq, rx_mono, self.limits.rate_hz)
+        self.count += messages
+        self.last_rx = rx_mono
+        if self.first_rx < 0:
+            self.first_rx = rx_mono
+        if stamp_ns is None:
+            return
+        if stamp_ns > rx_wall_ns + self._future_ns:
+            self.future += 1
+        else:
+            lag = rx_wall_ns - stamp_ns
+            if lag > self._lag_ns:
+                self.lagging += 1
+                if lag > self.max_lag_ns:
+                    self.max_lag_ns = lag
+        if stamp_ns < self.last_stamp_ns:
+            self.backwards += 1
+        self.last_stamp_ns = stamp_ns
+
+    # ------------------------------------------------------------------ staleness
+
+    def silence(self, now: float, watching_since: float = -1e18) -> float:
+        """How long the stream has been silent *as watched on time* (s)."""
+        return now - max(self.last_rx, watching_since)
+
+    def silent_writers(self, now: float, watching_since: float = -1e18) -> int:
+        """Writers (when the graph shows several) with no sample for the STALE time."""
+        if self.writers.max_writers < 2:
+            return 0
+        raise_s = self.limits.stale_raise_s
+        return sum(1 for w in self.writers.writers
+                   if now - max(w.last_rx, watching_since) > raise_s)
+
+    def stale(self, now: float, watching_since: float = -1e18) -> bool:
+        """The STALE decision alone (the node's fast path): see the module docstring."""
+        if self.last_rx < 0:
+            return True
+        if self.frozen:
+            return True
+        if self.silence(now, watching_since) > self.limits.stale_raise_s:
+            return True
+        if self.silent_writers(now, watching_since):
+            return True
+        if self._stale:
+            return not self._cleared()
+        return False
+
+    def _cleared(self) -> bool:
+        """After a STALE: enough messages again, or proof that none had been missing."""
+        lim = self.limits
+        arrived = self.count - self._stale_count
+        if arrived >= max(2, int(lim.rate_hz * lim.stale_clear_s)):
+            return True
+        # Every publication of the silent time arrived (late, in a burst): delivery, not source.
+        expected = lim.rate_hz * (self.last_rx - self._stale_since)
+        if arrived >= 2 and arrived >= 0.8 * expected:
+            self.delivery_gaps += 1
+            return True
+        return False
+
+    def rate(self, now: float) -> float | None:
+        """Messages per second over the last window; None until a full window has passed."""
+        return _window_rate(self._window, now, self.count, self.limits.window_s)
+
+    def status(self, now: float, watching_since: float = -1e18) -> Status:
+        lim = self.limits
+        values = {'topic': self.topic, 'messages': str(self.count),
+                  'expected rate (Hz)': f'{lim.rate_hz:g}'}
+        rate = self.rate(now)
+        if rate is not None:
+            values['rate (Hz)'] = f'{rate:.1f}'
+        if self.last_rx < 0:
+            return Status(self.path, STALE, f'{self.topic}: no message yet', values=values)
+        silent = now - self.last_rx
+        values['since last (s)'] = f'{silent:.3f}'
+        values['STALE raised'] = str(self.stale_raised)
+        writers = self.writers.writers
+        rates = [rate]
+        if len(writers) > 1:
+            rates = [_window_rate(w.window, now, w.count, lim.window_s) for w in writers]
+            values['writers'] = str(len(writers))
+            for i, (w, wr) in enumerate(zip(writers, rates, strict=True), 1):
+                values[f'writer {i}'] = (f'{wr:.1f} Hz, ' if wr is not None else '') + \
+                    f'last {now - w.last_rx:.3f} s ago'
+        if self.frozen:
+            return self._raise(Status(self.path, STALE, f'{self.topic}: ' + ', '.join(
+                f'{j} frozen for {now - t:.2f} s' for j, t in sorted(self.frozen.items()))
+                + ' (the same value in every sample)', values=values), now)
+        if self.silence(now, watching_since) > lim.stale_raise_s:
+            return self._raise(Status(self.path, STALE,
+                                      f'{self.topic}: no message for {silent:.2f} s '
+                                      f'(expected every {1.0 / lim.rate_hz:.3f} s)',
+                                      values=values), now)
+        quiet = self.silent_writers(now, watching_since)
+        if quiet:
+            return self._raise(Status(self.path, STALE, f'{self.topic}: {quiet} of '
+                                      f'{len(writers)} writers silent', values=values), now)
+        if self._stale:
+            if not self._cleared():
+                needed = max(2, int(lim.rate_hz * lim.stale_clear_s))
+                return Status(self.path, STALE, f'{self.topic}: messages again '
+                                                f'({self.count - self._stale_count} of {needed} '
+                                                'needed to clear)', values=values)
+            self._stale = False
+        level, problems = OK, []
+        low, high = lim.min_ratio * lim.rate_hz, lim.max_ratio * lim.rate_hz
+        known = [r for r in rates if r is not None]
+        bad = [r for r in known if not low <= r <= high]
+        if known and self._rate.update(WARN if bad else OK, now) > OK:
+            level = WARN
+            problems.append(f'rate {(bad or known)[0]:.1f} Hz outside [{low:g}, {high:g}]'
+                            + (' (per writer)' if len(writers) > 1 else ''))
+        marks = (self.future, self.backwards, self.lagging)
+        if lim.check_stamps:
+            if marks != self._stamp_marks:
+                self._stamp_bad_until = now + lim.clear_s
+                new = [n - o for n, o in zip(marks, self._stamp_marks, strict=True)]
+                self._last_stamp_problem = ', '.join(
+                    f'{k} {v}' for k, v in zip(('stamps in the future', 'stamps going backwards',
+                                                'stamps lagging'), new, strict=True) if v)
+            if now < self._stamp_bad_until:
+                level = WARN
+                problems.append(self._last_stamp_problem)
+        self._stamp_marks = marks
+        values.update({'future stamps': str(self.future), 'backwards stamps': str(self.backwards),
+                       'lagging stamps': str(self.lagging),
+                       'max lag (s)': f'{self.max_lag_ns / 1e9:.3f}'})
+        message = f'{self.topic}: ' + ('; '.join(problems) if problems else 'OK')
+        return Status(self.path, level, message, values=values)
+
+    def _raise(self, status: Status, now: float) -> Status:
+        self._rate.reset()
+        if not self._stale:
+            self.stale_raised += 1
+            self._stale_since = self.last_rx
+        self._stale, self._stale_count = True, self.count
+        status.values['STALE raised'] = str(self.stale_raised)
+        return status
+
+
+def _window_rate(window: deque[tuple[float, int]], now: float, count: int,
+                 window_s: float) -> float | None:
+    window.append((now, count))
+    horizon = now - window_s
+    while len(window) > 2 and window[1][0] <= horizon:
+        window.popleft()
+    t0, c0 = window[0]
+    if now - t0 < 0.5 * window_s:
+        return None
+    return (count - c0) / (now - t0)
+
+
+# --------------------------------------------------------------------------- frozen values
+
+def joint_state_positions(cdr: bytes) -> tuple[list[str], memoryview]:
+    """Names and the raw ``position`` doubles of a serialised sensor_msgs/JointState.
+
+    CDR (little endian): header (stamp 8 bytes, frame_id string), ``name`` sequence<string>,
+    ``position`` sequence<double>; alignment is relative to the byte after the 4-byte
+    encapsulation. Reading this far costs microseconds; deserialising the whole message with
+    velocities and efforts costs ten times more at the check rate.
+    """
+    view = memoryview(cdr)
+    off = 4 + 8
+
+    def u32(at: int) -> tuple[int, int]:
+        at += (-(at - 4)) % 4
+        return _U32.unpack_from(view, at)[0], at + 4
+
+    n, off = u32(off)
+    off += n                               # frame_id (with its NUL)
+    count, off = u32(off)
+    names = []
+    for _ in range(count):
+        n, off = u32(off)
+        names.append(bytes(view[off:off + n - 1]).decode())
+        off += n
+    npos, off = u32(off)
+    off += (-(off - 4)) % 8
+    if npos != count or off + 8 * npos > len(view):
+        raise ValueError(f'JointState with {count} names and {npos} positions')
+    return names, view[off:off + 8 * npos]
+
+
+class FreezeWatch:
+    """Joints of a JointState stream whose reported position stops changing.
+
+    A live encoder's reading changes from sample to sample (noise, motion); a frozen one
+    repeats the same bits while the stream goes on flowing. A joint is frozen when its value
+    has been bit-identical in every taken sample for ``after_s``. A stream that stops is the
+    silence rule's, not this one's (no sample, no observation).
+    """
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._last: dict[str, tuple[bytes, float]] = {}
+
+    def observe(self, names: list[str], positions: memoryview, rx: float,
+                frozen: dict[str, float]) -> None:
+        for i, name in enumerate(names):
+            value = bytes(positions[8 * i:8 * i + 8])
+            last = self._last.get(name)
+            if last is None or last[0] != value:
+                self._last[name] = (value, rx)
+                frozen.pop(name, None)
+            elif rx - last[1] >= self.after_s:
+                frozen.setdefault(name, last[1])
