@@ -238,9 +238,10 @@ def test_frozen_joint_from_real_joint_state_bytes() -> None:
     from sensor_msgs.msg import JointState
     msg = JointState(name=['hip', 'knee'], position=[0.5, -1.25], velocity=[0.0, 0.0])
     msg.header.frame_id = 'base'
-    names, pos = joint_state_positions(serialize_message(msg))
+    data = serialize_message(msg)
+    names, off = joint_state_positions(data)
     assert names == ['hip', 'knee']
-    assert struct.unpack('<2d', pos) == (0.5, -1.25)
+    assert struct.unpack_from('<2d', data, off) == (0.5, -1.25)
     mon = TopicMonitor('joint_states', 'robot/joints',
                        TopicLimits(rate_hz=500.0, freeze_after_s=0.05))
     watch = FreezeWatch(0.05)
@@ -248,8 +249,9 @@ def test_frozen_joint_from_real_joint_state_bytes() -> None:
     for i in range(100):                        # knee frozen from the start, hip moving
         t += 0.01
         msg.position = [0.5 + 0.001 * i, -1.25]
-        n, p = joint_state_positions(serialize_message(msg))
-        watch.observe(n, p, t, mon.frozen)
+        data = serialize_message(msg)
+        n, off = joint_state_positions(data)
+        watch.observe(n, data, off, t, mon.frozen)
         mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=5 * i + 5)
         if i == 3:
             assert not mon.frozen
@@ -257,8 +259,9 @@ def test_frozen_joint_from_real_joint_state_bytes() -> None:
     s = mon.status(t)
     assert s.level == STALE and 'knee frozen' in s.message
     msg.position = [0.6, -1.2]
-    n, p = joint_state_positions(serialize_message(msg))
-    watch.observe(n, p, t + 0.01, mon.frozen)
+    data = serialize_message(msg)
+    n, off = joint_state_positions(data)
+    watch.observe(n, data, off, t + 0.01, mon.frozen)
     assert not mon.frozen
 
 
@@ -608,6 +611,34 @@ def test_bring_up_in_order_configure_all_then_activate_all() -> None:
     assert all(s.level == OK for s in mgr.statuses())
     ok, _ = mgr.shutdown()
     assert ok and set(client.state.values()) == {'unconfigured'}
+
+
+def test_adopt_takes_over_the_running_stack_changing_nothing() -> None:
+    """A restarted monitor adopts: active nodes watched, others left as they are, nothing
+    transitioned or started; a node missing at adoption is recovered as a dead one is."""
+    mgr, client, spawner, clock = _manager(['sim_robot', 'data_recorder', 'skill_runtime',
+                                            'bag_player'])
+    client.state.update(sim_robot='active', data_recorder='active', skill_runtime='inactive')
+    client.alive['bag_player'] = False
+    ok, summary = mgr.adopt()
+    assert not ok and 'bag_player: down' in summary
+    assert client.calls == [] and spawner.started == []
+    phases = {n: r.phase for n, r in mgr.nodes.items()}
+    assert phases == {'sim_robot': 'active', 'data_recorder': 'active',
+                      'skill_runtime': 'stopped', 'bag_player': 'down'}
+    assert 'left as it is' in mgr.nodes['skill_runtime'].message
+    for _ in range(30):           # heartbeats: the inactive node stays inactive, the missing
+        clock.t += 0.1            # one is started and brought up
+        mgr.heartbeat()
+    assert client.state['skill_runtime'] == 'inactive'
+    assert spawner.started == ['bag_player'] and mgr.nodes['bag_player'].phase == 'active'
+    assert ('sim_robot', 'configure') not in client.calls
+    assert ('sim_robot', 'activate') not in client.calls
+    client.alive['sim_robot'] = False  # an adopted node that dies is recovered as usual
+    for _ in range(60):
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert spawner.started == ['bag_player', 'sim_robot']
 
 
 def test_dead_node_respawned_with_backoff_then_given_up() -> None:

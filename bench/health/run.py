@@ -43,6 +43,8 @@ JOINTS_TOPIC_RATES = [
     ('odom', 'nav_msgs/msg/Odometry', 100, 'robot/odometry', {}),
     *[(f'camera/{c}/image_raw', 'sensor_msgs/msg/Image', 30, f'sensors/camera/{c}', {})
       for c in ('head', 'left', 'right')],
+    *[(f'camera/{c}/camera_info', 'sensor_msgs/msg/CameraInfo', 30, f'sensors/camera/{c}', {})
+      for c in ('head', 'left', 'right')],
     ('/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', 10, 'robot/motors', {}),
 ]
 HOT_JOINT = 'left_knee_joint'
@@ -114,6 +116,10 @@ def generator(profile_path: str) -> int:
                                                                           qos_profile(spec.qos)),
                         'period': 1.0 / spec.rate_hz, 'buf': bytearray(data), 'count': 0,
                         'silent': False, 'last': 0.0})
+    from health_monitor.topics import joint_state_positions
+    js = next(s for s in streams if s['name'] == 'joint_states')
+    _names, pos_off = joint_state_positions(bytes(js['buf']))
+    frozen = {'on': False, 'n': 0}
     hot_bytes, cool_bytes = bytearray(diag(True)), bytearray(diag(False))
     diag_stream = next(s for s in streams if s['name'] == '/diagnostics')
     commands: list[str] = []
@@ -147,6 +153,9 @@ def generator(profile_path: str) -> int:
                 if verb == 'resume':
                     s['due'] = time.monotonic()
                 reply(f'{verb} {arg} {s["last"]:.6f}')
+            elif verb in ('freeze', 'unfreeze'):
+                frozen['on'] = verb == 'freeze'
+                reply(f'{verb} {js["last"]:.6f}')
             elif verb == 'hot':
                 diag_stream['buf'], pending_hot = hot_bytes, True
             elif verb == 'cool':
@@ -168,6 +177,11 @@ def generator(profile_path: str) -> int:
             buf = s['buf']
             sec, nanosec = divmod(time.time_ns(), 1_000_000_000)
             STAMP.pack_into(buf, 4, sec, nanosec)
+            if s is js:  # a live encoder: every joint's position changes from sample to sample
+                frozen['n'] += 1
+                first = 1 if frozen['on'] else 0   # frozen: the first joint keeps its value
+                for j in range(first, len(joints)):
+                    struct.pack_into('<d', buf, pos_off + 8 * j, 0.1 + 1e-6 * (frozen['n'] % 997))
             s['pub'].publish(bytes(buf))
             s['count'] += 1
             s['last'] = time.monotonic()
@@ -260,10 +274,10 @@ def main() -> int:
 
     results: dict[str, object] = {}
     try:
-        leaves = [p for t, p in (('imu', '/sensors/imu/stream'),
-                                 ('camera/head/image_raw', '/sensors/camera/head/image_raw'),
-                                 ('joint_states', '/robot/joints/joint_states'))
-                  if t not in args.ignore] + [f'/robot/legs/{HOT_JOINT}']
+        from health_monitor.config import load_config
+        watched = ['/' + w.path for w in load_config(config, str(profile)).topics
+                   if w.name != '/diagnostics']
+        leaves = [*watched, f'/robot/legs/{HOT_JOINT}']
         if not wait_until(lambda: all(level(p) == 0 for p in leaves), 60):
             print('monitor never saw the load OK:', {p: level(p) for p in leaves})
             print((tmp / 'health_monitor.log').read_text()[-3000:])
@@ -283,8 +297,9 @@ def main() -> int:
         rates = json.loads(gen.ask('counts', 'counts').split(' ', 1)[1])
         with lock:
             window = [tab for t, tab in seen if t0 <= t <= t1]
-        false_stale = sum(1 for i in range(1, len(window)) for p in leaves
+        false_stale = sum(1 for i in range(1, len(window)) for p in watched
                           if window[i].get(p) == 3 and window[i - 1].get(p) != 3)
+        results['watched_streams'] = len(watched)
         results['cpu_percent_of_one_core'] = round(cpu, 1)
         results['cpu_percent_python_main_thread'] = round(main_thread, 1)
         results['cpu_percent_other_threads_dds_worker'] = round(cpu - main_thread, 1)
@@ -294,6 +309,8 @@ def main() -> int:
 
         for topic, path, rate in (('imu', '/sensors/imu/stream', 1000.0),
                                   ('camera/head/image_raw', '/sensors/camera/head/image_raw',
+                                   30.0),
+                                  ('camera/head/camera_info', '/sensors/camera/head/camera_info',
                                    30.0)):
             if args.cpu_only or topic in args.ignore:
                 continue
@@ -311,6 +328,20 @@ def main() -> int:
                 'trials': len(lat), 'p50_ms': round(pct(lat, 0.5) * 1000, 1),
                 'p99_ms': round(pct(lat, 0.99) * 1000, 1), 'max_ms': round(max(lat) * 1000, 1),
                 'target_ms': round(limit * 1000, 1)}
+        lat = []
+        path = '/robot/joints/joint_states'
+        for _ in range(0 if args.cpu_only else args.trials):
+            since = float(gen.ask('freeze', 'freeze').split()[-1])
+            if wait_until(lambda since=since: first(path, 3, since) is not None, 5):
+                lat.append(first(path, 3, since) - since)
+            gen.ask('unfreeze', 'unfreeze')
+            wait_until(lambda: level(path) == 0, 5)
+            time.sleep(0.3)
+        if lat:
+            results['freeze_joint_states'] = {
+                'trials': len(lat), 'p50_ms': round(pct(lat, 0.5) * 1000, 1),
+                'p99_ms': round(pct(lat, 0.99) * 1000, 1), 'max_ms': round(max(lat) * 1000, 1),
+                'target_ms': 102.0, 'note': 'from the last sample whose value changed'}
         lat = []
         path = f'/robot/legs/{HOT_JOINT}'
         for _ in range(0 if args.cpu_only else max(5, args.trials // 2)):
@@ -335,6 +366,7 @@ def main() -> int:
         gen.close()
         spinner.stop()
         rclpy.try_shutdown()
+    results['load_average_1_5_15'] = [round(x, 2) for x in os.getloadavg()]
     results['machine'] = {'cpus': os.cpu_count(), 'python': platform.python_version(),
                           'platform': platform.platform(),
                           'cpu': platform.processor() or platform.machine()}
@@ -342,8 +374,12 @@ def main() -> int:
     print(f"\nhealth_monitor CPU: {results['cpu_percent_of_one_core']} % of one core "
           f"(main Python thread {results['cpu_percent_python_main_thread']} %, DDS and worker "
           f"threads {results['cpu_percent_other_threads_dds_worker']} %; target < 15 %; host "
-          f"busy {results['host_busy_percent']} % incl. the generator)")
-    for key in ('stale_imu', 'stale_camera/head/image_raw', 'threshold_over_temperature'):
+          f"busy {results['host_busy_percent']} % incl. the generator; load average "
+          f"{results['load_average_1_5_15']})")
+    print(f"false STALE transitions in the {args.duration:g} s window "
+          f"({results['watched_streams']} streams): {results['false_stale_transitions_in_window']}")
+    for key in ('stale_imu', 'stale_camera/head/image_raw', 'stale_camera/head/camera_info',
+                'freeze_joint_states', 'threshold_over_temperature'):
         if key not in results:
             continue
         r = results[key]

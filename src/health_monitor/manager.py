@@ -243,6 +243,35 @@ class LifecycleManager:
                 ok = False
         return ok, self.summary()
 
+    def adopt(self) -> tuple[bool, str]:
+        """Take over nodes another manager brought up: record each one's state, change nothing.
+
+        A health monitor restarted by the supervisor finds the stack running; re-configuring,
+        re-activating or restarting the nodes would interrupt a skill or a recording for the
+        monitor's own crash. An active node is watched from now on (heartbeat, recovery); a node
+        in another state is left in it (``~/startup`` brings it up); a node that is not there at
+        all is down and recovered with the usual back-off.
+        """
+        ok = True
+        for rec in self.nodes.values():
+            name = rec.spec.name
+            state = (self.client.get_state(name, self.cfg.transition_timeout_s)
+                     if self._wait_available(rec, self.cfg.discover_timeout_s) else None)
+            if state is None:
+                self._down(rec, f'{name} not found when adopting the stack')
+                ok = False
+                continue
+            rec.state = state
+            self._event(name, f'adopted {state}')
+            if state == 'active':
+                self._up(rec)
+                rec.message = 'active (adopted)'
+            else:
+                rec.phase = 'stopped'
+                rec.message = f'adopted in state {state}, left as it is (~/startup brings it up)'
+        self.log('info', 'adopted the running stack: ' + self.summary())
+        return ok, self.summary()
+
     def shutdown(self) -> tuple[bool, str]:
         """Deactivate then clean up every node in reverse order; heartbeats stop acting."""
         ok = True

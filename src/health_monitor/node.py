@@ -137,6 +137,7 @@ class HealthMonitor(Node):
         if stack:
             self.cfg = managed_from_stack(self.cfg, stack, list(stack_args or []))
         manage = self.declare_parameter('autostart', self.cfg.lifecycle.autostart).value
+        adopt = self.declare_parameter('adopt', False).value
         self.prefix = f'{self.get_name()}: '
         cfg = self.cfg
         self._lock = threading.Lock()
@@ -205,7 +206,9 @@ class HealthMonitor(Node):
             self.create_service(Trigger, f'~/{name}', self._manual(name))
         self._worker = threading.Thread(target=self._work, name='health-worker', daemon=True)
         self._worker.start()
-        if manage and cfg.lifecycle.nodes:
+        if adopt and cfg.lifecycle.nodes:   # restarted by the supervisor: the stack is running
+            self._jobs.put((self.manager.adopt, threading.Event(), []))
+        elif manage and cfg.lifecycle.nodes:
             self._jobs.put((self._startup_job, threading.Event(), []))
         self.get_logger().info(
             f'watching {len(self.monitors)} topics of {cfg.profile.name}, {len(cfg.rules)} '

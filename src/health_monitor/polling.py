@@ -94,7 +94,7 @@ class TopicPoller:
                     mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'))
                     if freeze is not None:
                         try:
-                            names, positions = joint_state_positions(data)
+                            names, offset = joint_state_positions(data)
                         except (ValueError, struct.error, UnicodeDecodeError):
                             continue
-                        freeze.observe(names, positions, rx_mono, mon.frozen)
+                        freeze.observe(names, data, offset, rx_mono, mon.frozen)

@@ -340,8 +340,9 @@ def _window_rate(window: deque[tuple[float, int]], now: float, count: int,
 
 # --------------------------------------------------------------------------- frozen values
 
-def joint_state_positions(cdr: bytes) -> tuple[list[str], memoryview]:
-    """Names and the raw ``position`` doubles of a serialised sensor_msgs/JointState.
+def joint_state_positions(cdr: bytes) -> tuple[list[str], int]:
+    """Names and the offset of the ``position`` doubles (one per name) in a serialised
+    sensor_msgs/JointState.
 
     CDR (little endian): header (stamp 8 bytes, frame_id string), ``name`` sequence<string>,
     ``position`` sequence<double>; alignment is relative to the byte after the 4-byte
@@ -367,7 +368,7 @@ def joint_state_positions(cdr: bytes) -> tuple[list[str], memoryview]:
     off += (-(off - 4)) % 8
     if npos != count or off + 8 * npos > len(view):
         raise ValueError(f'JointState with {count} names and {npos} positions')
-    return names, view[off:off + 8 * npos]
+    return names, off
 
 
 class FreezeWatch:
@@ -383,10 +384,10 @@ class FreezeWatch:
         self.after_s = after_s
         self._last: dict[str, tuple[bytes, float]] = {}
 
-    def observe(self, names: list[str], positions: memoryview, rx: float,
+    def observe(self, names: list[str], cdr: bytes, offset: int, rx: float,
                 frozen: dict[str, float]) -> None:
         for i, name in enumerate(names):
-            value = bytes(positions[8 * i:8 * i + 8])
+            value = cdr[offset + 8 * i:offset + 8 * i + 8]
             last = self._last.get(name)
             if last is None or last[0] != value:
                 self._last[name] = (value, rx)
