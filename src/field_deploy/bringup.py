@@ -4,13 +4,18 @@ Each node of the stack description runs as its own process (a crash stays in its
 output is streamed with the node name in front; Ctrl-C / SIGTERM stops them in reverse start order
 with SIGINT, so the recorder closes its bag, and kills only what has not exited after a grace
 period. A node that exits during its start-up grace period fails the bring-up with its last log
-lines as the reason. Restarting a process that dies later is the health monitor's lifecycle
-policy, not this module's: one mechanism, configured in one place.
+lines as the reason. Restarting a managed node that dies later is the health monitor's lifecycle
+policy; this supervisor restarts only the nodes nobody else watches (``managed: false``: the
+health monitor itself — who watches the watcher), with their ``restart_parameters`` (the monitor
+adopts the running nodes). It is a child subreaper, so nodes the monitor restarted outlive a
+monitor killed with -9 as its children and are still stopped at the end; under systemd it
+reports ready and feeds the watchdog (:mod:`field_deploy.systemd`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from field_deploy import systemd
 from field_deploy.rosenv import clean_stale_shm
 from field_deploy.stack import Stack, StackNode, load_stack, node_argv
 
@@ -40,6 +46,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
     pump: threading.Thread | None = None
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
 
 
 class Supervisor:
@@ -72,8 +80,8 @@ class Supervisor:
             child.tail.append(line)
             self.say(child.node.name, line)
 
-    def start_node(self, node: StackNode) -> Child:
-        argv = node_argv(node, self.stack.namespace)
+    def start_node(self, node: StackNode, *, restart: bool = False) -> Child:
+        argv = node_argv(node, self.stack.namespace, restart=restart)
         exe = shutil.which(argv[0]) or str(Path(sys.executable).parent / argv[0])
         if not Path(exe).exists():
             raise BringupError(f'{node.name}: executable {argv[0]!r} not found on PATH')
@@ -113,6 +121,62 @@ class Supervisor:
     def exited(self) -> list[Child]:
         return [c for c in self.children if c.proc.poll() is not None]
 
+    QUICK_DEATH_S = 10.0
+    """A restarted node that dies within this time is restarted again only after a back-off."""
+
+    def restart_due(self, child: Child, now: float) -> float:
+        """When an exited unmanaged node may be restarted: at once after a run of at least
+        :attr:`QUICK_DEATH_S`, else after 1, 2, 4 … 30 s (a node that cannot start does not spin)."""
+        if now - child.started >= self.QUICK_DEATH_S or child.restarts == 0:
+            return now
+        return child.started + min(30.0, 2.0 ** (child.restarts - 1))
+
+    def restart(self, child: Child) -> Child:
+        """Start ``child``'s node again in its place (with its ``restart_parameters``)."""
+        quick = time.monotonic() - child.started < self.QUICK_DEATH_S
+        self.say('bringup', f'restarting {child.node.name}: '
+                            f'{" ".join(node_argv(child.node, self.stack.namespace, restart=True))}')
+        clean_stale_shm()
+        new = self.start_node(child.node, restart=True)
+        new.restarts = child.restarts + 1 if quick else 1
+        self.children.remove(new)
+        self.children[self.children.index(child)] = new
+        return new
+
+    def reap_orphans(self) -> None:
+        """Collect the exit status of adopted orphans that ended (no zombies pile up)."""
+        import psutil
+        ours = {c.proc.pid for c in self.children}
+        for proc in psutil.Process().children():
+            with contextlib.suppress(Exception):
+                if proc.pid not in ours and proc.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(proc.pid, os.WNOHANG)
+
+    def stop_orphans(self, timeout_s: float) -> None:
+        """Stop the processes left under us: nodes a dead health monitor had restarted (their
+        parent died, so they were re-parented to this subreaper)."""
+        try:
+            import psutil
+            left = [p for p in psutil.Process().children(recursive=True)
+                    if p.pid not in {c.proc.pid for c in self.children}]
+        except Exception:  # best effort at shutdown
+            return
+        for proc in left:
+            with contextlib.suppress(Exception):
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(proc.pid, os.WNOHANG)
+                    continue
+                self.say('bringup', f'stopping {proc.name()} (pid {proc.pid}, started by a '
+                                    'health monitor that is gone)')
+                proc.send_signal(signal.SIGINT)
+        _gone, alive = psutil.wait_procs(left, timeout=timeout_s)
+        for proc in alive:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+
     def stop(self, timeout_s: float = 15.0) -> dict[str, int]:
         """SIGINT each node in reverse start order, wait, SIGKILL stragglers; returns exit codes."""
         for child in reversed(self.children):
@@ -125,24 +189,50 @@ class Supervisor:
                     self.say('bringup', f'{child.node.name} did not stop in {timeout_s:g} s: killing it')
                     child.proc.kill()
                     child.proc.wait()
+        self.stop_orphans(timeout_s)
         for child in self.children:
             if child.pump is not None:
                 child.pump.join(timeout=2.0)
         return {c.node.name: c.proc.returncode for c in self.children}
 
 
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER (Linux): orphaned descendants are re-parented to us, not init."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def wait_for_signal(supervisor: Supervisor, should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Block until SIGINT / SIGTERM or ``should_stop()``; report nodes that exit meanwhile."""
+    """Block until SIGINT / SIGTERM or ``should_stop()``: restart unmanaged nodes that exit,
+    report managed ones (the health monitor restarts those), feed the systemd watchdog."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    reported: set[str] = set()
-    while not stop.wait(0.2) and not should_stop():
+    reported: set[int] = set()
+    watchdog = systemd.watchdog_period()
+    fed = reaped = 0.0
+    while not stop.wait(0.1) and not should_stop():
+        now = time.monotonic()
+        if watchdog is not None and now - fed >= watchdog:
+            systemd.notify('WATCHDOG=1')
+            fed = now
+        if now - reaped >= 2.0:
+            supervisor.reap_orphans()
+            reaped = now
         for child in supervisor.exited():
-            if child.node.name not in reported:
-                reported.add(child.node.name)
-                supervisor.say('bringup', f'{child.node.name} exited with code {child.proc.returncode}'
-                               ' (the health monitor restarts managed nodes)')
+            if child.proc.pid not in reported:
+                reported.add(child.proc.pid)
+                what = ('the health monitor restarts managed nodes' if child.node.managed else
+                        'restarting it' if child.restarts == 0 or
+                        now - child.started >= supervisor.QUICK_DEATH_S else
+                        f'restarting it in {supervisor.restart_due(child, now) - now:.0f} s')
+                supervisor.say('bringup', f'{child.node.name} exited with code '
+                                          f'{child.proc.returncode} ({what})')
+            if not child.node.managed and now >= supervisor.restart_due(child, now):
+                supervisor.restart(child)
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,6 +259,7 @@ def up(args: argparse.Namespace) -> int:
     stack = load_stack(args.stack, robot=args.robot, sim=args.sim, record=args.record,
                        namespace=args.namespace, bag_dir=resolve_bag_dir(args))
     supervisor = Supervisor(stack)
+    become_subreaper()
     try:
         supervisor.start()
     except BringupError as exc:
@@ -176,9 +267,11 @@ def up(args: argparse.Namespace) -> int:
         print(f'field_deploy up: error: {exc}', file=sys.stderr)
         return 1
     supervisor.say('bringup', f'stack {stack.name!r} up ({len(stack.nodes)} nodes); Ctrl-C stops it')
+    systemd.notify(f'READY=1\nSTATUS=stack {stack.name} up ({len(stack.nodes)} nodes)')
     try:
         wait_for_signal(supervisor)
     finally:
+        systemd.notify('STOPPING=1')
         codes = supervisor.stop()
     supervisor.say('bringup', 'stopped: ' + ', '.join(f'{k}={v}' for k, v in codes.items()))
     return 0
@@ -188,3 +281,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser('up', help='bring up the robot stack (nodes as processes)')
     add_up_arguments(parser)
     parser.set_defaults(func=up)
+    systemd.register(subparsers)

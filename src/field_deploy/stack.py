@@ -43,6 +43,9 @@ class StackNode:
     parameters: dict[str, Any] = field(default_factory=dict)
     remappings: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
+    restart_parameters: dict[str, Any] = field(default_factory=dict)
+    """Added when the bring-up restarts this (unmanaged) node after it died: the health
+    monitor gets ``adopt: true`` so it takes over the running nodes instead of starting them."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def _substitute(value: Any, variables: dict[str, str], path: Path, key: str) -> 
 
 def _node(raw: Any, path: Path, key: str) -> StackNode:
     allowed = {'name', 'executable', 'when', 'managed', 'params_files', 'parameters', 'remappings',
-               'args'}
+               'args', 'restart_parameters'}
     if not isinstance(raw, dict):
         raise StackError(path, key, 'expected a mapping')
     unknown = sorted(set(raw) - allowed)
@@ -104,7 +107,7 @@ def _node(raw: Any, path: Path, key: str) -> StackNode:
     managed = raw.get('managed', True)
     if not isinstance(managed, bool):
         raise StackError(path, f'{key}.managed', f'expected true or false, got {managed!r}')
-    for mapping in ('parameters', 'remappings'):
+    for mapping in ('parameters', 'remappings', 'restart_parameters'):
         if not isinstance(raw.get(mapping, {}), dict):
             raise StackError(path, f'{key}.{mapping}', 'expected a mapping')
     for listing in ('params_files', 'args'):
@@ -118,7 +121,8 @@ def _node(raw: Any, path: Path, key: str) -> StackNode:
     return StackNode(name=raw['name'], executable=raw['executable'], when=when, managed=managed,
                      params_files=params_files, parameters=dict(raw.get('parameters', {})),
                      remappings={str(k): str(v) for k, v in raw.get('remappings', {}).items()},
-                     args=tuple(raw.get('args', [])))
+                     args=tuple(raw.get('args', [])),
+                     restart_parameters=dict(raw.get('restart_parameters', {})))
 
 
 def load_stack(name_or_path: str | Path = 'field_stack', *, robot: str = 'quadruped_12dof',
@@ -153,8 +157,10 @@ def ros_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()
 
 
-def node_argv(node: StackNode, namespace: str = '', *, autostart: bool | None = None) -> list[str]:
-    """The command line that starts ``node`` (executable first), as ``ros2 run`` would."""
+def node_argv(node: StackNode, namespace: str = '', *, autostart: bool | None = None,
+              restart: bool = False) -> list[str]:
+    """The command line that starts ``node`` (executable first), as ``ros2 run`` would
+    (``restart``: the command line of its restart, with ``restart_parameters``)."""
     # No ``__node:=`` remap: it renames every node of the process (the runtime's skill nodes,
     # the monitor's helper nodes), so a stack node's ``name`` is the node's own fixed name.
     argv = [node.executable, *node.args, '--ros-args']
@@ -167,6 +173,8 @@ def node_argv(node: StackNode, namespace: str = '', *, autostart: bool | None = 
         autostart = not node.managed
     if node.managed:
         params['autostart'] = autostart
+    if restart:
+        params.update(node.restart_parameters)
     for key, value in params.items():
         argv += ['-p', f'{key}:={ros_value(value)}']
     for source, target in node.remappings.items():
