@@ -42,6 +42,7 @@ from health_monitor.manager import (
     backoff_delay,
 )
 from health_monitor.topics import (
+    DeliveryGaps,
     FreezeWatch,
     Punctuality,
     TopicLimits,
@@ -193,6 +194,35 @@ def test_stale_that_lost_nothing_clears_at_once_and_says_so() -> None:
     mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
     assert mon.status(t + 0.001).level == OK and mon.delivery_gaps == 1
     assert mon.stale_raised == 1
+
+
+def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
+    """A loaded host: a stream goes quiet 250 ms and then delivers all 250 publications.
+    Afterwards (shared by every topic of the monitor) the hold covers a gap that long, so the
+    next such gap raises nothing, while a real silence is still STALE within the cap."""
+    gaps = DeliveryGaps(horizon_s=30.0)
+    lim = TopicLimits(rate_hz=1000.0, stale_hold_max_s=0.35)
+    imu = TopicMonitor('imu', 'sensors/imu', lim, gaps)
+    other = TopicMonitor('wrench', 'sensors/wrench', TopicLimits(rate_hz=500.0), gaps)
+    t, seq = _seq_feed(imu, 0.0, 1.0, 1000.0, 0)
+    assert imu.raise_after(t) == pytest.approx(0.08)         # quiet host: 60 ms + 20 ms
+    assert imu.stale(t + 0.09)                                  # (this one is raised)
+    t, seq = t + 0.25, seq + 250                               # ... then all 250 arrive
+    imu.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
+    assert gaps.seen == 1 and not imu.stale(t + 0.001)
+    assert imu.raise_after(t) == pytest.approx(1.25 * 0.25)   # covers that gap, with margin
+    assert other.raise_after(t) == pytest.approx(1.25 * 0.25)  # the host's, not one stream's
+    t, seq = _seq_feed(imu, t, t + 1.0, 1000.0, seq)
+    last = imu.last_rx
+    assert not imu.stale(last + 0.25)                          # the same gap again: no alarm
+    assert imu.stale(last + 0.32)                              # a real silence: still caught
+    gaps.record(t, 5.0)                                         # a very long no-loss gap
+    assert imu.raise_after(t) == pytest.approx(0.06 + 0.35)    # capped: detection stays bounded
+    assert imu.raise_after(t + 31.0) == pytest.approx(0.08)    # forgotten after the horizon
+    t, seq = _seq_feed(imu, t + 1.0, t + 1.01, 1000.0, seq)
+    t, seq = t + 0.3, seq + 3                                   # quiet 300 ms, 3 published: a
+    imu.on_message(t, int(1e18 + t * 1e9), 0, seq=seq)          # real gap, not learnt
+    assert gaps.seen == 2
 
 
 def test_writers_told_apart_by_sequence_runs() -> None:

@@ -297,8 +297,13 @@ def main() -> int:
         rates = json.loads(gen.ask('counts', 'counts').split(' ', 1)[1])
         with lock:
             window = [tab for t, tab in seen if t0 <= t <= t1]
-        false_stale = sum(1 for i in range(1, len(window)) for p in watched
-                          if window[i].get(p) == 3 and window[i - 1].get(p) != 3)
+        per_stream: dict[str, int] = {}
+        for i in range(1, len(window)):
+            for p in watched:
+                if window[i].get(p) == 3 and window[i - 1].get(p) != 3:
+                    per_stream[p] = per_stream.get(p, 0) + 1
+        false_stale = sum(per_stream.values())
+        results['false_stale_by_stream'] = per_stream
         results['watched_streams'] = len(watched)
         results['cpu_percent_of_one_core'] = round(cpu, 1)
         results['cpu_percent_python_main_thread'] = round(main_thread, 1)

@@ -166,6 +166,7 @@ STAMPED_TYPES = {
 }
 
 _TOPIC_KEYS = {'min_ratio', 'max_ratio', 'window', 'stale_periods', 'stale_floor', 'stale_hold',
+               'stale_hold_max',
                'future_tolerance', 'max_lag', 'check_stamps', 'rate_hold', 'clear', 'stale_clear',
                'freeze_after'}
 
@@ -184,6 +185,7 @@ def _topic_limits(c: _C, raw: Any, key: str, rate: float, base: TopicLimits | No
         window_s=num('window', b.window_s), stale_periods=num('stale_periods', b.stale_periods),
         stale_floor_s=num('stale_floor', b.stale_floor_s),
         stale_hold_s=num('stale_hold', b.stale_hold_s, positive=False),
+        stale_hold_max_s=num('stale_hold_max', b.stale_hold_max_s, positive=False),
         freeze_after_s=num('freeze_after', b.freeze_after_s, positive=False),
         future_tolerance_s=num('future_tolerance', b.future_tolerance_s),
         max_lag_s=num('max_lag', b.max_lag_s),
@@ -191,7 +193,8 @@ def _topic_limits(c: _C, raw: Any, key: str, rate: float, base: TopicLimits | No
         if 'check_stamps' in m else b.check_stamps,
         rate_hold_s=num('rate_hold', b.rate_hold_s), clear_s=num('clear', b.clear_s),
         stale_clear_s=num('stale_clear', b.stale_clear_s))
-    for k, v in (('stale_hold', limits.stale_hold_s), ('freeze_after', limits.freeze_after_s)):
+    for k, v in (('stale_hold', limits.stale_hold_s), ('stale_hold_max', limits.stale_hold_max_s),
+                 ('freeze_after', limits.freeze_after_s)):
         if v < 0:
             raise c.fail(f'{key}.{k}', f'must be >= 0, got {v!r}')
     if limits.min_ratio >= 1.0 or limits.max_ratio <= 1.0:

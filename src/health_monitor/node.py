@@ -47,7 +47,7 @@ from health_monitor.core import (
 from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.manager import LifecycleManager, PolicyEngine, PopenSpawner, Spawner
 from health_monitor.polling import TopicPoller
-from health_monitor.topics import Punctuality, TopicMonitor
+from health_monitor.topics import DeliveryGaps, Punctuality, TopicMonitor
 
 _DIAG_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -164,8 +164,9 @@ class HealthMonitor(Node):
         self._topics_node = Node('_health_monitor_topics', namespace=self.get_namespace(),
                                  context=self.context)
         polled = []
+        self.delivery_gaps = DeliveryGaps()
         for watch in cfg.topics:
-            mon = TopicMonitor(watch.name, watch.path, watch.limits)
+            mon = TopicMonitor(watch.name, watch.path, watch.limits, self.delivery_gaps)
             self.monitors[watch.name] = mon
             if watch.name != '/diagnostics':  # fed by the deserialising callback below
                 polled.append((watch, mon))

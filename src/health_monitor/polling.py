@@ -53,8 +53,10 @@ class TopicPoller:
             self.entries.append(_Polled(watch, mon, self._subscribe(watch, 1), 1, freeze))
 
     def _subscribe(self, watch: TopicWatch, depth: int) -> Any:
+        import os
+        rel = 'best_effort' if os.environ.get('HM_BE') else watch.qos.reliability
         return polled_subscription(self.node, message_class(watch.type), watch.name,
-                                   qos_profile(dataclasses.replace(watch.qos, depth=depth)))
+                                   qos_profile(dataclasses.replace(watch.qos, depth=depth, reliability=rel)))
 
     def refresh_writers(self) -> None:
         """Follow the graph's publisher count per topic (call at ~1 Hz).

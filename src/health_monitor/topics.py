@@ -10,7 +10,10 @@ only on evidence the monitor can stand behind:
   from the moment it resumed watching, not from the last sample — samples the starved process
   had not yet taken prove nothing about the publisher;
 * the silence must hold a minimum duration (``stale_hold``) beyond the threshold, the STALE
-  hysteresis, as value rules have ``raise``;
+  hysteresis, as value rules have ``raise``; on a host where streams have recently gone quiet
+  and then delivered every publication late (:class:`DeliveryGaps`: a starved publisher or
+  reader, nothing lost), the hold stretches to cover the longest such gap, up to
+  ``stale_hold_max`` — a loaded host trades detection time (bounded) for no false alarm;
 * a stream that comes back after a STALE whose sequence numbers show nothing was missing (every
   publication arrived, late) clears at once: it was delivery, not the source.
 
@@ -41,6 +44,8 @@ class TopicLimits:
     stale_floor_s: float = 0.06
     stale_hold_s: float = 0.02
     """STALE hysteresis: the silence must last this much beyond the stale time, watched on time."""
+    stale_hold_max_s: float = 0.35
+    """The most the hold stretches to after delivery gaps that lost nothing (loaded host)."""
     future_tolerance_s: float = 0.05
     max_lag_s: float = 0.5
     check_stamps: bool = True
@@ -92,6 +97,35 @@ class Punctuality:
                 self.worst_late_s = max(self.worst_late_s, late)
         self.last = now
         return late
+
+
+class DeliveryGaps:
+    """Recent silences that lost nothing: a stream went quiet, then every publication of the
+    quiet time arrived (by the writer's sequence numbers). Shared by the topics of a monitor:
+    it measures the host (starved publishers, starved readers), not one stream.
+
+    :meth:`hold` is the STALE hold that would have let the longest of them (in the last
+    ``horizon_s``) pass without an alarm, never below the configured hold nor above the cap.
+    """
+
+    def __init__(self, horizon_s: float = 30.0) -> None:
+        self.horizon_s = horizon_s
+        self._gaps: deque[tuple[float, float]] = deque()
+        self.seen = 0
+
+    def record(self, now: float, gap_s: float) -> None:
+        self.seen += 1
+        self._gaps.append((now, gap_s))
+
+    def longest(self, now: float) -> float:
+        while self._gaps and now - self._gaps[0][0] > self.horizon_s:
+            self._gaps.popleft()
+        return max((g for _, g in self._gaps), default=0.0)
+
+    def hold(self, limits: TopicLimits, now: float) -> float:
+        needed = 1.25 * self.longest(now) - limits.stale_after_s
+        return min(max(limits.stale_hold_s, needed), max(limits.stale_hold_max_s,
+                                                         limits.stale_hold_s))
 
 
 @dataclass
@@ -152,10 +186,12 @@ class TopicMonitor:
     compares integers. :meth:`status` does the arithmetic at the evaluation rate.
     """
 
-    def __init__(self, topic: str, path: str, limits: TopicLimits) -> None:
+    def __init__(self, topic: str, path: str, limits: TopicLimits,
+                 gaps: DeliveryGaps | None = None) -> None:
         self.topic = topic
         self.path = path
         self.limits = limits
+        self.gaps = gaps
         self.count = 0
         self.last_rx = -1.0
         self.first_rx = -1.0
@@ -187,6 +223,10 @@ class TopicMonitor:
         since that writer's previous one (else for ``messages``)."""
         if seq is not None:
             _writer, messages = self.writers.add(seq, rx_mono, self.limits.rate_hz)
+            gap = rx_mono - self.last_rx
+            if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_after_s
+                    and messages >= 0.8 * self.limits.rate_hz * gap):
+                self.gaps.record(rx_mono, gap)   # quiet, then all of it at once: nothing lost
         self.count += messages
         self.last_rx = rx_mono
         if self.first_rx < 0:
@@ -211,11 +251,17 @@ class TopicMonitor:
         """How long the stream has been silent *as watched on time* (s)."""
         return now - max(self.last_rx, watching_since)
 
+    def raise_after(self, now: float) -> float:
+        """Silence (watched on time) after which STALE is raised: stale time + the hold."""
+        lim = self.limits
+        hold = lim.stale_hold_s if self.gaps is None else self.gaps.hold(lim, now)
+        return lim.stale_after_s + hold
+
     def silent_writers(self, now: float, watching_since: float = -1e18) -> int:
         """Writers (when the graph shows several) with no sample for the STALE time."""
         if self.writers.max_writers < 2:
             return 0
-        raise_s = self.limits.stale_raise_s
+        raise_s = self.raise_after(now)
         return sum(1 for w in self.writers.writers
                    if now - max(w.last_rx, watching_since) > raise_s)
 
@@ -225,7 +271,7 @@ class TopicMonitor:
             return True
         if self.frozen:
             return True
-        if self.silence(now, watching_since) > self.limits.stale_raise_s:
+        if self.silence(now, watching_since) > self.raise_after(now):
             return True
         if self.silent_writers(now, watching_since):
             return True
@@ -274,7 +320,9 @@ class TopicMonitor:
             return self._raise(Status(self.path, STALE, f'{self.topic}: ' + ', '.join(
                 f'{j} frozen for {now - t:.2f} s' for j, t in sorted(self.frozen.items()))
                 + ' (the same value in every sample)', values=values), now)
-        if self.silence(now, watching_since) > lim.stale_raise_s:
+        raise_after = self.raise_after(now)
+        values['STALE after (s)'] = f'{raise_after:.3f}'
+        if self.silence(now, watching_since) > raise_after:
             return self._raise(Status(self.path, STALE,
                                       f'{self.topic}: no message for {silent:.2f} s '
                                       f'(expected every {1.0 / lim.rate_hz:.3f} s)',
