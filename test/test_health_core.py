@@ -138,22 +138,23 @@ def test_late_check_with_no_gap_is_not_stale() -> None:
     for _ in range(100):                       # 1 s of on-time checks, 10 samples each
         t, seq = _seq_feed(mon, t, t + 0.01, 1000.0, seq)
         assert punct.check(t) == pytest.approx(0.0, abs=1e-9)
-        assert not mon.stale(t, punct.watching_since)
+        assert not mon.stale(t, punct.blind_since)
     last_rx = mon.last_rx
     t_wake = t + 0.3                            # starved: the next check comes 300 ms late
     assert punct.check(t_wake) == pytest.approx(0.29)
-    assert punct.watching_since == t_wake and punct.late_checks == 1
+    assert punct.late_checks == 1
+    assert punct.blind_since(last_rx) == pytest.approx(0.29)   # not looking for 290 ms
     # the DDS threads of the starved process have not delivered yet: nothing newer was taken
     assert mon.silence(t_wake) > 0.29          # silent by the clock ...
-    assert not mon.stale(t_wake, punct.watching_since)     # ... but not watched: not STALE
-    assert mon.status(t_wake, punct.watching_since).level == OK
+    assert not mon.stale(t_wake, punct.blind_since)     # ... but not watched: not STALE
+    assert mon.status(t_wake, punct.blind_since).level == OK
     # 10 ms later (on time) the backlog arrives: 310 publications in a run, no gap
     t2 = t_wake + 0.01
     assert punct.check(t2) == pytest.approx(0.0, abs=1e-9)
     seq += 310
     mon.on_message(t2, int(1e18 + t2 * 1e9), int(1e18 + t2 * 1e9), seq=seq)
     assert mon.count == seq - 9 and mon.last_rx > last_rx  # (the first sample counts 1)
-    assert not mon.stale(t2, punct.watching_since)
+    assert not mon.stale(t2, punct.blind_since)
     assert mon.stale_raised == 0
 
 
@@ -167,21 +168,33 @@ def test_on_time_check_with_real_silence_is_stale_after_the_hold() -> None:
     while t < last + 0.2:                      # the publisher stops; checks stay on time
         t += 0.01
         punct.check(t)
-        levels.append((round(t - last, 3), mon.stale(t, punct.watching_since)))
+        levels.append((round(t - last, 3), mon.stale(t, punct.blind_since)))
     first = next(dt for dt, stale in levels if stale)
     assert lim.stale_raise_s == pytest.approx(0.11)
     assert 0.11 <= first <= 0.11 + 0.01 + 1e-9  # 60 ms stale time + 50 ms hold, next check
-    s = mon.status(t, punct.watching_since)
+    s = mon.status(t, punct.blind_since)
     assert s.level == STALE and 'no message for' in s.message and mon.stale_raised == 1
-    # a late check during the silence restarts the watch: the hold is served again on time
+    # a late check during the silence: its 90 ms of blindness are not counted as silence
     mon2 = TopicMonitor('imu', 'sensors/imu', lim)
     p2 = Punctuality(period_s=0.01, tolerance_s=0.02)
     t, _ = _seq_feed(mon2, 0.0, 1.0, 1000.0, 0)
     p2.check(t)
     p2.check(t + 0.1)                           # 90 ms late
-    assert not mon2.stale(t + 0.1, p2.watching_since)
-    assert not mon2.stale(t + 0.1 + 0.1, p2.watching_since)
-    assert mon2.stale(t + 0.1 + 0.111, p2.watching_since)
+    assert not mon2.stale(t + 0.1, p2.blind_since)
+    assert not mon2.stale(t + 0.19, p2.blind_since)          # 190 ms quiet, 100 ms watched
+    assert mon2.stale(t + 0.09 + 0.111, p2.blind_since)      # 111 ms watched
+    # a monitor late at every check (a saturated host) still sees a real silence, later
+    mon3 = TopicMonitor('imu', 'sensors/imu', lim)
+    p3 = Punctuality(period_s=0.01, tolerance_s=0.02)
+    t, _ = _seq_feed(mon3, 0.0, 1.0, 1000.0, 0)
+    p3.check(t)
+    last, caught = mon3.last_rx, None
+    while caught is None:
+        t += 0.035                              # every check 25 ms late
+        p3.check(t)
+        if mon3.stale(t, p3.blind_since):
+            caught = t - last
+    assert 0.11 < caught < 0.11 * 3.5 + 0.035, caught   # watched 10 ms in every 35 ms
 
 
 def test_stale_that_lost_nothing_clears_at_once_and_says_so() -> None:
@@ -223,6 +236,24 @@ def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
     t, seq = t + 0.3, seq + 3                                   # quiet 300 ms, 3 published: a
     imu.on_message(t, int(1e18 + t * 1e9), 0, seq=seq)          # real gap, not learnt
     assert gaps.seen == 2
+
+
+def test_images_watched_on_their_camera_info(tmp_path: Path) -> None:
+    data = yaml.safe_load(_default_path().read_text())
+    profile = load_profile('quadruped_12dof')
+    assert data['topics']['images_via_camera_info'] is True
+    cfg = parse_config(data, 'h.yaml', profile)
+    names = {w.name for w in cfg.topics}
+    assert 'camera/front/camera_info' in names and 'camera/front/image_raw' not in names
+    assert 'sensors/camera/front/image_raw' not in cfg.expected
+    data['topics']['images_via_camera_info'] = False
+    assert 'camera/front/image_raw' in {w.name for w in parse_config(data, 'h.yaml', profile).topics}
+    data['topics']['images_via_camera_info'] = True
+    data['topics']['ignore'] = ['camera/front/camera_info']   # no info watched: take the images
+    assert 'camera/front/image_raw' in {w.name for w in parse_config(data, 'h.yaml', profile).topics}
+    data['topics']['images_via_camera_info'] = 'yes'
+    with pytest.raises(HealthConfigError, match=r'topics\.images_via_camera_info: expected true'):
+        parse_config(data, 'h.yaml', profile)
 
 
 def test_writers_told_apart_by_sequence_runs() -> None:
@@ -466,7 +497,9 @@ def test_aggregator_rolls_up_worst_and_stale() -> None:
 def test_shipped_config_loads_for_both_robots() -> None:
     for profile in (QUAD, HUM):
         cfg = parse_config(DEFAULT, _default_path(), profile)
-        assert len(cfg.topics) == len(profile.topics)
+        images = [t for t in profile.topics if t.type == 'sensor_msgs/msg/Image']
+        assert images  # each watched on its camera_info instead
+        assert len(cfg.topics) == len(profile.topics) - len(images)
         assert len(cfg.joint_paths) == profile.dof
     hum = parse_config(DEFAULT, _default_path(), HUM)
     assert hum.joint_paths['left_knee_joint'] == 'robot/legs/left_knee_joint'

@@ -423,7 +423,9 @@ def parse_config(data: Any, path: Path | str, profile: RobotProfile) -> HealthCo
     robot = profile.name
 
     topics_cfg = c.mapping(top.get('topics', {}) or {}, 'topics', set(),
-                           {'defaults', 'ignore', 'overrides'})
+                           {'defaults', 'ignore', 'overrides', 'images_via_camera_info'})
+    via_info = c.boolean(topics_cfg.get('images_via_camera_info', False),
+                         'topics.images_via_camera_info')
     ignore = topics_cfg.get('ignore', []) or []
     names = {t.name for t in profile.topics}
     for i, name in enumerate(ignore):
@@ -434,6 +436,10 @@ def parse_config(data: Any, path: Path | str, profile: RobotProfile) -> HealthCo
     for spec in profile.topics:
         if spec.name in ignore:
             continue
+        info = spec.name.rpartition('/')[0] + '/camera_info'
+        if via_info and spec.type == 'sensor_msgs/msg/Image' and info in names and (
+                info not in ignore):
+            continue  # the camera's rate and silence are watched on its camera_info
         base = _topic_limits(c, topics_cfg.get('defaults'), 'topics.defaults', spec.rate_hz)
         limits = _topic_limits(c, overrides.get(spec.name), f'topics.overrides.{spec.name}',
                                spec.rate_hz, base)

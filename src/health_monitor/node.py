@@ -330,20 +330,19 @@ class HealthMonitor(Node):
     def _check_stale(self) -> None:
         """Fast path at ``check_rate``: take the waiting messages, then the silence test only.
 
-        The check first measures its own lateness: a check that comes late (the process was
-        starved) restarts the watch, so silence is only ever counted over time watched on
-        schedule (health_monitor.topics).
+        The check first measures its own lateness: the time a late check (a starved process)
+        was not looking is left out of every silence (health_monitor.topics.Punctuality).
         """
         self.punctuality.check(time.monotonic())
         self.poller.drain()
         now = time.monotonic()
-        since = self.punctuality.watching_since
+        blind = self.punctuality.blind_since
         for mon in self.monitors.values():
-            stale = mon.stale(now, since)
+            stale = mon.stale(now, blind)
             known = self.levels.get(mon.path)
             if (stale and known != STALE and (mon.last_rx >= 0 or known is None)) or (
                     not stale and known == STALE):
-                self._leaf(mon.status(now, since), now)
+                self._leaf(mon.status(now, blind), now)
         for policy, path in self.policies.tick(now):
             with self._lock:
                 status = self.own.get(path)
@@ -356,7 +355,7 @@ class HealthMonitor(Node):
     def _evaluate_topics(self) -> None:
         now = time.monotonic()
         for mon in self.monitors.values():
-            status = mon.status(now, self.punctuality.watching_since)
+            status = mon.status(now, self.punctuality.blind_since)
             self._leaf(status, now)
             if status.level < STALE and self.ledger is not None:
                 cid = self._ledger_component(mon.path)

@@ -23,13 +23,17 @@ has no writer id on rclpy 7.1.6): see :class:`WriterRuns`.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from health_monitor.core import OK, STALE, WARN, Debounce, Status
 
 _U32 = struct.Struct('<I')
+Blind = Callable[[float], float] | None
+"""The monitor's blind time since a moment (:meth:`Punctuality.blind_since`)."""
 
 
 @dataclass(frozen=True)
@@ -70,21 +74,27 @@ class TopicLimits:
 
 
 class Punctuality:
-    """The monitor's own lateness against its check schedule.
+    """The monitor's own lateness against its check schedule: when it was not looking.
 
-    A check is late when it comes more than ``tolerance_s`` after the one before plus the
-    period. :attr:`watching_since` is when the monitor last resumed watching on time; every
-    silence is measured from no earlier than that, so a starved monitor never calls a stream
-    stale for the time it was not looking.
+    A check that comes more than ``tolerance_s`` after the one before plus the period was late:
+    the monitor (its timer, its process) was starved for the lateness, and the samples its
+    reader threads had not delivered by then prove nothing about the publisher. Those blind
+    stretches are kept (:meth:`blind_since`) and left out of every silence, so a stream is
+    called stale only for time the monitor spent watching it on schedule.
     """
+
+    HORIZON_S = 10.0
 
     def __init__(self, period_s: float, tolerance_s: float) -> None:
         self.period_s = period_s
         self.tolerance_s = tolerance_s
         self.last = -1.0
-        self.watching_since = -1e18
         self.late_checks = 0
         self.worst_late_s = 0.0
+        self.blind_total = 0.0
+        self._ends: list[float] = []      # end of each blind stretch (the late check's time)
+        self._starts: list[float] = []
+        self._cum: list[float] = []       # blind_total after that stretch
 
     def check(self, now: float) -> float:
         """Record a check at ``now``; returns its lateness (s, 0 when on time)."""
@@ -92,11 +102,28 @@ class Punctuality:
         if self.last >= 0:
             late = max(0.0, now - self.last - self.period_s)
             if late > self.tolerance_s:
-                self.watching_since = now
                 self.late_checks += 1
                 self.worst_late_s = max(self.worst_late_s, late)
+                self.blind_total += late
+                self._starts.append(now - late)
+                self._ends.append(now)
+                self._cum.append(self.blind_total)
+                if self._ends[0] < now - 2 * self.HORIZON_S:
+                    cut = bisect.bisect_left(self._ends, now - self.HORIZON_S)
+                    del self._starts[:cut], self._ends[:cut], self._cum[:cut]
         self.last = now
         return late
+
+    def blind_since(self, t0: float) -> float:
+        """Seconds of lateness (blind time) after ``t0``."""
+        i = bisect.bisect_right(self._ends, t0)
+        if i == len(self._ends):
+            return 0.0
+        before = self._cum[i - 1] if i else self._cum[0] - (self._ends[0] - self._starts[0])
+        blind = self.blind_total - before
+        if self._starts[i] < t0:            # the first stretch began before t0: only its tail
+            blind -= t0 - self._starts[i]
+        return blind
 
 
 class DeliveryGaps:
@@ -247,9 +274,11 @@ class TopicMonitor:
 
     # ------------------------------------------------------------------ staleness
 
-    def silence(self, now: float, watching_since: float = -1e18) -> float:
-        """How long the stream has been silent *as watched on time* (s)."""
-        return now - max(self.last_rx, watching_since)
+    def silence(self, now: float, blind: Blind = None) -> float:
+        """How long the stream has been silent *as watched on time* (s): the monitor's blind
+        time since the last sample (``blind(t0)``, :meth:`Punctuality.blind_since`) left out."""
+        quiet = now - self.last_rx
+        return quiet if blind is None else quiet - blind(self.last_rx)
 
     def raise_after(self, now: float) -> float:
         """Silence (watched on time) after which STALE is raised: stale time + the hold."""
@@ -257,23 +286,23 @@ class TopicMonitor:
         hold = lim.stale_hold_s if self.gaps is None else self.gaps.hold(lim, now)
         return lim.stale_after_s + hold
 
-    def silent_writers(self, now: float, watching_since: float = -1e18) -> int:
+    def silent_writers(self, now: float, blind: Blind = None) -> int:
         """Writers (when the graph shows several) with no sample for the STALE time."""
         if self.writers.max_writers < 2:
             return 0
         raise_s = self.raise_after(now)
         return sum(1 for w in self.writers.writers
-                   if now - max(w.last_rx, watching_since) > raise_s)
+                   if now - w.last_rx - (blind(w.last_rx) if blind else 0.0) > raise_s)
 
-    def stale(self, now: float, watching_since: float = -1e18) -> bool:
+    def stale(self, now: float, blind: Blind = None) -> bool:
         """The STALE decision alone (the node's fast path): see the module docstring."""
         if self.last_rx < 0:
             return True
         if self.frozen:
             return True
-        if self.silence(now, watching_since) > self.raise_after(now):
+        if self.silence(now, blind) > self.raise_after(now):
             return True
-        if self.silent_writers(now, watching_since):
+        if self.silent_writers(now, blind):
             return True
         if self._stale:
             return not self._cleared()
@@ -296,7 +325,7 @@ class TopicMonitor:
         """Messages per second over the last window; None until a full window has passed."""
         return _window_rate(self._window, now, self.count, self.limits.window_s)
 
-    def status(self, now: float, watching_since: float = -1e18) -> Status:
+    def status(self, now: float, blind: Blind = None) -> Status:
         lim = self.limits
         values = {'topic': self.topic, 'messages': str(self.count),
                   'expected rate (Hz)': f'{lim.rate_hz:g}'}
@@ -322,12 +351,12 @@ class TopicMonitor:
                 + ' (the same value in every sample)', values=values), now)
         raise_after = self.raise_after(now)
         values['STALE after (s)'] = f'{raise_after:.3f}'
-        if self.silence(now, watching_since) > raise_after:
+        if self.silence(now, blind) > raise_after:
             return self._raise(Status(self.path, STALE,
                                       f'{self.topic}: no message for {silent:.2f} s '
                                       f'(expected every {1.0 / lim.rate_hz:.3f} s)',
                                       values=values), now)
-        quiet = self.silent_writers(now, watching_since)
+        quiet = self.silent_writers(now, blind)
         if quiet:
             return self._raise(Status(self.path, STALE, f'{self.topic}: {quiet} of '
                                       f'{len(writers)} writers silent', values=values), now)
