@@ -167,7 +167,8 @@ def test_sim_robot_overheat_trips_policy_and_ledger(
     time.sleep(max(0.0, calls['snapshot'][0] + 2.0 - time.monotonic()))
     future = client.call_async(SetParameters.Request(parameters=[
         Parameter('fault_silent', value='imu').to_parameter_msg()]))
-    assert wait_until(lambda: watch.level('/sensors/imu/stream') == STALE, 10)
+    assert wait_until(lambda: watch.level('/sensors/imu/stream') == STALE, 10), (
+        watch.message('/sensors/imu/stream'), hm.log()[-3000:])
     assert wait_until(lambda: len(calls['snapshot']) >= 2, 10), hm.log()[-4000:]
     time.sleep(1.0)
     assert len(calls['stop']) == 1  # the hot motor stopped the skills once, not every tick

@@ -5,7 +5,9 @@
 For each run: the mission's outcomes, the messages recorded and lost (the bag's own accounting,
 per topic when not zero), the recorder's worst lag on the 500 Hz streams and on the camera
 (receive time minus header stamp, read back from the bag: how far behind the sample clock the
-recorder took messages) and the CPU share and peak RSS of each process of the stack. ``--busy K`` adds K
+recorder took messages), the STALE alarms the health monitor raised on /diagnostics_agg (read
+back from the bag: every watched stream that had been OK and turned STALE) and the CPU share
+and peak RSS of each process of the stack. ``--busy K`` adds K
 busy-loop processes at normal priority, an overloaded host. Prints figures; not a pass/fail test.
 """
 
@@ -66,6 +68,29 @@ def lag_ms(bag_dir: Path, topics: list[str]) -> float:
     return worst / 1e6
 
 
+def stale_raised(bag_dir: Path, robot: str) -> dict[str, int]:
+    """STALE transitions of each watched stream on /diagnostics_agg, read back from the bag:
+    a leaf that had been OK or WARN and turns STALE (a stream not yet started is not counted)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.serialization import deserialize_message
+
+    from data_recorder.reader import Bag
+    from health_monitor.config import load_config
+
+    leaves = {'/' + w.path for w in load_config(None, robot).topics}
+    level: dict[str, int] = {}
+    raised: dict[str, int] = {}
+    for m in Bag(bag_dir).messages(['/diagnostics_agg']):
+        for s in deserialize_message(m.data, DiagnosticArray).status:
+            if s.name not in leaves:
+                continue
+            lv = s.level[0] if isinstance(s.level, bytes) else int(s.level)
+            if lv == 3 and level.get(s.name, 3) != 3:
+                raised[s.name] = raised.get(s.name, 0) + 1
+            level[s.name] = lv
+    return raised
+
+
 def one_run(out: Path, robot: str) -> dict[str, object]:
     from data_recorder.info import summary
     from data_recorder.reader import Bag
@@ -95,6 +120,7 @@ def one_run(out: Path, robot: str) -> dict[str, object]:
     cams = [t['topic'] for t in info['topics'] if t['topic'].endswith('/image_raw')]
     result['lag_fast_ms'] = lag_ms(bag_dir, fast)
     result['lag_camera_ms'] = lag_ms(bag_dir, cams)
+    result['stale'] = stale_raised(bag_dir, robot)
     return result
 
 
@@ -109,7 +135,7 @@ def main() -> int:
     print(f'# field_deploy demo x{args.runs}, {args.robot}, {args.busy} busy loop(s); '
           f'{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}')
     busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(args.busy)]
-    clean = 0
+    clean = stale_total = 0
     try:
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
@@ -123,14 +149,17 @@ def main() -> int:
                     continue
                 ok = r['rc'] == 0 and r['lost'] == 0
                 clean += ok
+                stale_total += sum(r['stale'].values())
                 print(f'run {i + 1}: rc {r["rc"]} {r["seconds"]:.1f} s, outcomes {r["outcomes"]}, '
                       f'{r["written"]} written, {r["lost"]} lost {r["lost_topics"] or ""}; '
                       f'worst lag 500 Hz {r["lag_fast_ms"]:.0f} ms, camera {r["lag_camera_ms"]:.0f} ms; '
+                      f'STALE raised {sum(r["stale"].values())} {r["stale"] or ""}; '
                       f'CPU, peak RSS: {cpu}', flush=True)
     finally:
         for p in busy:
             p.kill()
-    print(f'clean runs (all skills done, 0 lost): {clean} / {args.runs}')
+    print(f'clean runs (all skills done, 0 lost): {clean} / {args.runs}; STALE raised on '
+          f'/diagnostics_agg: {stale_total} in all; load average {os.getloadavg()}')
     return 0
 
 

@@ -365,6 +365,14 @@ class HealthMonitor(Node):
             manager_status = list(self._manager_status)
         for status in manager_status:
             self._leaf(status, now)
+        p, gaps = self.punctuality, self.delivery_gaps
+        self._leaf(Status('health/monitor', OK, f'{p.late_checks} late checks, '
+                          f'{p.blind_total:.2f} s not looking', values={
+                              'late checks': str(p.late_checks),
+                              'blind (s)': f'{p.blind_total:.3f}',
+                              'worst lateness (s)': f'{p.worst_late_s:.3f}',
+                              'delivery gaps': str(gaps.seen),
+                              'longest recent delivery gap (s)': f'{gaps.longest(now):.3f}'}), now)
         self._maybe_publish_now()
 
     def _sample_host(self) -> None:

@@ -53,10 +53,8 @@ class TopicPoller:
             self.entries.append(_Polled(watch, mon, self._subscribe(watch, 1), 1, freeze))
 
     def _subscribe(self, watch: TopicWatch, depth: int) -> Any:
-        import os
-        rel = 'best_effort' if os.environ.get('HM_BE') else watch.qos.reliability
         return polled_subscription(self.node, message_class(watch.type), watch.name,
-                                   qos_profile(dataclasses.replace(watch.qos, depth=depth, reliability=rel)))
+                                   qos_profile(dataclasses.replace(watch.qos, depth=depth)))
 
     def refresh_writers(self) -> None:
         """Follow the graph's publisher count per topic (call at ~1 Hz).
@@ -76,7 +74,7 @@ class TopicPoller:
     def drain(self) -> None:
         """Take what waits in every reader and feed the topic monitors."""
         mono, wall = time.monotonic(), time.time_ns()
-        offset = mono - wall * 1e-9
+        mono_minus_wall = mono - wall * 1e-9
         unpack = _STAMP.unpack_from
         for entry in self.entries:
             sub, mon, stamped, freeze = entry.sub, entry.monitor, entry.watch.stamped, entry.freeze
@@ -88,7 +86,7 @@ class TopicPoller:
                     entry.takes += 1
                     data, info = taken
                     rx = info.get('received_timestamp') or wall
-                    rx_mono = rx * 1e-9 + offset
+                    rx_mono = rx * 1e-9 + mono_minus_wall
                     stamp = None
                     if stamped:
                         sec, nanosec = unpack(data, 4)
@@ -96,7 +94,7 @@ class TopicPoller:
                     mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'))
                     if freeze is not None:
                         try:
-                            names, offset = joint_state_positions(data)
+                            names, positions_at = joint_state_positions(data)
                         except (ValueError, struct.error, UnicodeDecodeError):
                             continue
-                        freeze.observe(names, data, offset, rx_mono, mon.frozen)
+                        freeze.observe(names, data, positions_at, rx_mono, mon.frozen)

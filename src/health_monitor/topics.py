@@ -349,9 +349,10 @@ class TopicMonitor:
             return self._raise(Status(self.path, STALE, f'{self.topic}: ' + ', '.join(
                 f'{j} frozen for {now - t:.2f} s' for j, t in sorted(self.frozen.items()))
                 + ' (the same value in every sample)', values=values), now)
-        raise_after = self.raise_after(now)
+        raise_after, watched = self.raise_after(now), self.silence(now, blind)
         values['STALE after (s)'] = f'{raise_after:.3f}'
-        if self.silence(now, blind) > raise_after:
+        values['silent, watched (s)'] = f'{watched:.3f}'
+        if watched > raise_after:
             return self._raise(Status(self.path, STALE,
                                       f'{self.topic}: no message for {silent:.2f} s '
                                       f'(expected every {1.0 / lim.rate_hz:.3f} s)',
