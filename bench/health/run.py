@@ -62,10 +62,11 @@ def bench_profile(tmp: Path) -> Path:
     return path
 
 
-def bench_config(tmp: Path, ignore: list[str]) -> Path:
+def bench_config(tmp: Path, ignore: list[str], take_images: bool = False) -> Path:
     import yaml
     data = yaml.safe_load((ROOT / 'config/health/default.yaml').read_text())
     data['topics']['ignore'] = ignore
+    data['topics']['images_via_camera_info'] = not take_images
     data['lifecycle']['nodes'] = []
     data['policies'] = []
     data['rules'] = [r for r in data['rules'] if 'topic' not in r]  # no battery topic here
@@ -115,7 +116,7 @@ def generator(profile_path: str) -> int:
         streams.append({'name': spec.name, 'pub': node.create_publisher(cls, spec.name,
                                                                           qos_profile(spec.qos)),
                         'period': 1.0 / spec.rate_hz, 'buf': bytearray(data), 'count': 0,
-                        'silent': False, 'last': 0.0})
+                        'silent': False, 'last': 0.0, 'gaps': []})
     from health_monitor.topics import joint_state_positions
     js = next(s for s in streams if s['name'] == 'joint_states')
     _names, pos_off = joint_state_positions(bytes(js['buf']))
@@ -152,6 +153,7 @@ def generator(profile_path: str) -> int:
                 s['silent'] = verb == 'silence'
                 if verb == 'resume':
                     s['due'] = time.monotonic()
+                    s['last'] = 0.0
                 reply(f'{verb} {arg} {s["last"]:.6f}')
             elif verb in ('freeze', 'unfreeze'):
                 frozen['on'] = verb == 'freeze'
@@ -165,6 +167,8 @@ def generator(profile_path: str) -> int:
                 elapsed = time.monotonic() - start
                 reply('counts ' + json.dumps({s['name']: round(s['count'] / elapsed, 1)
                                               for s in streams}))
+            elif verb == 'gaps':   # the generator's own stalls: (from, to) per stream
+                reply('gaps ' + json.dumps({s['name']: s['gaps'] for s in streams}))
         now = time.monotonic()
         for s in streams:
             if now < s['due']:
@@ -184,7 +188,10 @@ def generator(profile_path: str) -> int:
                     struct.pack_into('<d', buf, pos_off + 8 * j, 0.1 + 1e-6 * (frozen['n'] % 997))
             s['pub'].publish(bytes(buf))
             s['count'] += 1
-            s['last'] = time.monotonic()
+            t_pub = time.monotonic()
+            if s['last'] and t_pub - s['last'] > max(0.1, 3 * s['period']) and not s['silent']:
+                s['gaps'].append((round(s['last'], 4), round(t_pub, 4)))  # starved: a real gap
+            s['last'] = t_pub
             if pending_hot and s is diag_stream:
                 pending_hot = False
                 reply(f'hot {s["last"]:.6f}')
@@ -232,6 +239,9 @@ def main() -> int:
     parser.add_argument('--ignore', action='append', default=[], metavar='TOPIC',
                         help='do not watch TOPIC (to see what each stream costs)')
     parser.add_argument('--cpu-only', action='store_true', help='skip the latency trials')
+    parser.add_argument('--take-images', action='store_true',
+                        help='watch the image streams themselves (each image taken into Python) '
+                             'instead of their camera_info')
     args = parser.parse_args()
     isolate_ros_env()
     from field_deploy.rosenv import use_project_fastdds_profile
@@ -244,7 +254,7 @@ def main() -> int:
     from field_deploy.ros import Spinner, init
 
     tmp = Path(tempfile.mkdtemp(prefix='health_bench_'))
-    profile, config = bench_profile(tmp), bench_config(tmp, args.ignore)
+    profile, config = bench_profile(tmp), bench_config(tmp, args.ignore, args.take_images)
     gen = Gen(profile)
     log = (tmp / 'health_monitor.log').open('wb')
     hm = subprocess.Popen([executable('health_monitor'), '--ros-args', '-p',
@@ -296,14 +306,26 @@ def main() -> int:
         busy = (sum(host1) - host1.idle - sum(host0) + host0.idle) / (sum(host1) - sum(host0))
         rates = json.loads(gen.ask('counts', 'counts').split(' ', 1)[1])
         with lock:
-            window = [tab for t, tab in seen if t0 <= t <= t1]
+            stamped_window = [(t, tab) for t, tab in seen if t0 <= t <= t1]
+        gaps = json.loads(gen.ask('gaps', 'gaps').split(' ', 1)[1])
+        path_of = {'/' + w.path: w.name for w in load_config(config, str(profile)).topics}
         per_stream: dict[str, int] = {}
-        for i in range(1, len(window)):
+        explained = 0
+        for i in range(1, len(stamped_window)):
+            t, tab = stamped_window[i]
             for p in watched:
-                if window[i].get(p) == 3 and window[i - 1].get(p) != 3:
+                if tab.get(p) == 3 and stamped_window[i - 1][1].get(p) != 3:
+                    # the generator itself stalled on this stream (> 300 ms) just before: the
+                    # source was really quiet, not a false alarm
+                    if any(b - a > 0.3 and a <= t <= b + 1.0 for a, b in gaps.get(path_of[p], [])):
+                        explained += 1
+                        continue
                     per_stream[p] = per_stream.get(p, 0) + 1
         false_stale = sum(per_stream.values())
         results['false_stale_by_stream'] = per_stream
+        results['stale_with_the_source_quiet_over_300ms'] = explained
+        results['generator_stalls_over_300ms'] = sum(
+            1 for g in gaps.values() for a, b in g if b - a > 0.3)
         results['watched_streams'] = len(watched)
         results['cpu_percent_of_one_core'] = round(cpu, 1)
         results['cpu_percent_python_main_thread'] = round(main_thread, 1)
@@ -317,8 +339,8 @@ def main() -> int:
                                    30.0),
                                   ('camera/head/camera_info', '/sensors/camera/head/camera_info',
                                    30.0)):
-            if args.cpu_only or topic in args.ignore:
-                continue
+            if args.cpu_only or path not in watched:
+                continue   # (images: watched on their camera_info unless configured otherwise)
             lat = []
             for _ in range(args.trials):
                 last = float(gen.ask(f'silence {topic}', 'silence').split()[-1])
@@ -328,6 +350,8 @@ def main() -> int:
                 gen.ask(f'resume {topic}', 'resume')
                 wait_until(lambda path=path: level(path) == 0, 5)
                 time.sleep(0.3)
+            if not lat:
+                continue
             limit = 2.0 / rate + 0.1
             results[f'stale_{topic}'] = {
                 'trials': len(lat), 'p50_ms': round(pct(lat, 0.5) * 1000, 1),
@@ -382,7 +406,9 @@ def main() -> int:
           f"busy {results['host_busy_percent']} % incl. the generator; load average "
           f"{results['load_average_1_5_15']})")
     print(f"false STALE transitions in the {args.duration:g} s window "
-          f"({results['watched_streams']} streams): {results['false_stale_transitions_in_window']}")
+          f"({results['watched_streams']} streams): {results['false_stale_transitions_in_window']}"
+          f" (and {results['stale_with_the_source_quiet_over_300ms']} while the generator itself "
+          f"stalled > 300 ms: {results['generator_stalls_over_300ms']} stream stalls)")
     for key in ('stale_imu', 'stale_camera/head/image_raw', 'stale_camera/head/camera_info',
                 'freeze_joint_states', 'threshold_over_temperature'):
         if key not in results:
