@@ -225,6 +225,42 @@ def test_stale_latency_stamps_and_recovery(ros: None, spin, node_process,
     assert wait_until(lambda: watch.level(path) == OK, 5), watch.message(path)
 
 
+def test_two_publishers_counted_per_writer(ros: None, spin, node_process, tmp_path: Path) -> None:
+    """Two writers of one 30 Hz topic: the monitor sees two writers at 30 Hz each (not one at
+    60 Hz, a rate WARN), and one of them going quiet while still on the graph is STALE."""
+    node = Node('health_test_writers')
+    watch = AggWatcher(node)
+    path = '/sensors/camera/front/camera_info'
+    pubs = [node.create_publisher(CameraInfo, 'camera/front/camera_info', 30)]
+    on = [True, True]
+
+    def ticker(i: int):
+        def tick() -> None:
+            if i < len(pubs) and on[i]:
+                msg = CameraInfo()
+                set_stamp(msg.header.stamp, time.time_ns())
+                pubs[i].publish(msg)
+        return tick
+    node.create_timer(1.0 / 30.0, ticker(0))
+    node.create_timer(1.0 / 30.0, ticker(1))
+    spin(node)
+    hm = monitor(node_process, write_config(tmp_path))
+    assert wait_until(lambda: watch.level(path) == OK, 30), (watch.message(path), hm.log())
+    time.sleep(2.0)   # the first writer's sequence numbers run ahead of the second's
+    pubs.append(node.create_publisher(CameraInfo, 'camera/front/camera_info', 30))
+    # the rate is checked per writer: two writers at 30 Hz stay OK over several rate windows
+    # (once the graph shows the second one: it is followed every second)
+    t0 = time.monotonic()
+    time.sleep(7.0)
+    assert watch.levels_seen(path, t0 + 4.0) == [OK], (watch.levels_seen(path, t0),
+                                                       watch.message(path))
+    on[1] = False    # the second writer stays on the graph but publishes nothing
+    assert wait_until(lambda: watch.level(path) == STALE, 10), watch.message(path)
+    assert '1 of 2 writers silent' in watch.message(path), watch.message(path)
+    on[1] = True
+    assert wait_until(lambda: watch.level(path) == OK, 10), watch.message(path)
+
+
 def test_threshold_latency_and_noise_without_flapping(ros: None, spin, node_process,
                                                       tmp_path: Path) -> None:
     """Motor statuses from a test publisher: a temperature step crosses the error limit and

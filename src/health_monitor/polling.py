@@ -41,6 +41,9 @@ class _Polled:
 class TopicPoller:
     """Polled subscriptions of the watched topics on ``node`` (a node no executor spins)."""
 
+    REMATCH_S = 1.0
+    """Time a re-created reader gets to be matched to the writers before silence counts."""
+
     def __init__(self, node: Node, watches: list[tuple[TopicWatch, TopicMonitor]],
                  check_hz: float) -> None:
         self.node = node
@@ -68,8 +71,12 @@ class TopicPoller:
             want = 1 if count == 1 else math.ceil(2 * count * entry.watch.limits.rate_hz
                                                   / self.check_hz) + 4
             if want != entry.depth:
+                # the new reader is matched to the writers again (discovery): no silence is
+                # counted for the time that takes
+                new = self._subscribe(entry.watch, want)
                 self.node.destroy_subscription(entry.sub)
-                entry.sub, entry.depth = self._subscribe(entry.watch, want), want
+                entry.sub, entry.depth = new, want
+                entry.monitor.watch_from = time.monotonic() + self.REMATCH_S
 
     def drain(self) -> None:
         """Take what waits in every reader and feed the topic monitors."""

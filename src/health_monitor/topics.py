@@ -228,6 +228,8 @@ class TopicMonitor:
         self.lagging = 0
         self.max_lag_ns = 0
         self.writers = WriterRuns()
+        self.watch_from = -1.0
+        """Silence is counted from no earlier than this (a reader re-created: DDS matching)."""
         self.frozen: dict[str, float] = {}
         """Joints whose value is frozen -> since when (set by the node's :class:`FreezeWatch`)."""
         self._window: deque[tuple[float, int]] = deque()
@@ -277,8 +279,9 @@ class TopicMonitor:
     def silence(self, now: float, blind: Blind = None) -> float:
         """How long the stream has been silent *as watched on time* (s): the monitor's blind
         time since the last sample (``blind(t0)``, :meth:`Punctuality.blind_since`) left out."""
-        quiet = now - self.last_rx
-        return quiet if blind is None else quiet - blind(self.last_rx)
+        since = max(self.last_rx, self.watch_from)
+        quiet = now - since
+        return quiet if blind is None else quiet - blind(since)
 
     def raise_after(self, now: float) -> float:
         """Silence (watched on time) after which STALE is raised: stale time + the hold."""
@@ -291,8 +294,9 @@ class TopicMonitor:
         if self.writers.max_writers < 2:
             return 0
         raise_s = self.raise_after(now)
-        return sum(1 for w in self.writers.writers
-                   if now - w.last_rx - (blind(w.last_rx) if blind else 0.0) > raise_s)
+        quiet = [max(w.last_rx, self.watch_from) for w in self.writers.writers]
+        return sum(1 for since in quiet
+                   if now - since - (blind(since) if blind else 0.0) > raise_s)
 
     def stale(self, now: float, blind: Blind = None) -> bool:
         """The STALE decision alone (the node's fast path): see the module docstring."""
