@@ -89,6 +89,9 @@ def stack(tmp_path: Path, node_process, ros):
     finally:
         spinner.stop()
         node.destroy_node()
+        # a loaded host can take long to stop the stack: a supervisor killed before its nodes
+        # stopped would leave them running
+        up.stop(signal.SIGTERM, timeout=90.0)
 
 
 def _stream_leaves() -> dict[str, str]:
