@@ -179,13 +179,24 @@ def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(stack, ros)
     assert wait_until(lambda: agg.level.get('/sensors/imu/stream') == 0, 30.0)
 
 
-def test_health_monitor_killed_comes_back_adopts_the_nodes_and_still_acts(stack) -> None:
+def _operating_s(home: Path) -> float:
+    import sqlite3
+    (ledger,) = (home / '.field_deploy' / 'health').glob('*.sqlite')
+    with sqlite3.connect(ledger) as db:
+        return db.execute("SELECT SUM(operating_s) FROM totals").fetchone()[0] or 0.0
+
+
+def test_health_monitor_killed_comes_back_adopts_the_nodes_and_still_acts(
+        stack, tmp_path: Path) -> None:
     up, operator, agg = stack
     assert operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0).outcome \
         == 'done'
     pids = {n: child_pid(up, n) for n in MANAGED}
     monitor = child_pid(up, 'health_monitor')
     assert monitor is not None and None not in pids.values(), up.log()[-3000:]
+    time.sleep(1.5)                                  # past a ledger flush
+    before = _operating_s(tmp_path)
+    assert before > 0
     psutil.Process(monitor).kill()
     killed = time.monotonic()
     assert wait_until(lambda: child_pid(up, 'health_monitor') not in (None, monitor), 5.0), \
@@ -202,6 +213,8 @@ def test_health_monitor_killed_comes_back_adopts_the_nodes_and_still_acts(stack)
     after_kill = up.log().split('exited with code -9', 1)[1]
     assert 'starting sim_robot' not in after_kill and 'is down' not in after_kill, after_kill
     assert wait_until(lambda: all(agg.level.get(f'/lifecycle/{n}') == 0 for n in MANAGED), 30.0)
+    # the ledger goes on from where the killed monitor's last flush left it
+    assert wait_until(lambda: _operating_s(tmp_path) > before + 1.0, 30.0), before
 
     # the new monitor's policies act: an over-temperature stops the running skill
     trot = 'reference_quadruped/trot_in_place'
