@@ -22,7 +22,7 @@ from typing import Any
 from rclpy.node import Node
 
 from field_deploy.ros import message_class, polled_subscription, qos_profile
-from health_monitor.config import TopicWatch
+from health_monitor.config_topics import TopicWatch
 from health_monitor.topics import FreezeWatch, TopicMonitor, joint_state_positions
 
 _STAMP = struct.Struct('<iI')

@@ -1,0 +1,302 @@
+"""Topic monitoring cores (health_monitor.topics): staleness from evidence on synthetic
+timelines, the STALE hold and its stretch, writers told apart by sequence runs, frozen joints,
+rate and stamp sanity; and the cameras watched on their camera_info (health_monitor.config)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import yaml
+
+from field_deploy.profile import load_profile
+from health_monitor.config import HealthConfigError, parse_config
+from health_monitor.config import default_config_path as _default_path
+from health_monitor.core import OK, STALE, WARN
+from health_monitor.topics import (
+    DeliveryGaps,
+    FreezeWatch,
+    Punctuality,
+    TopicLimits,
+    TopicMonitor,
+    WriterRuns,
+    joint_state_positions,
+)
+
+# --------------------------------------------------------------------------- topic monitor
+
+def _feed(mon: TopicMonitor, t0: float, t1: float, rate: float, stamp_offset: float = 0.0):
+    t = t0
+    while t < t1:
+        wall = int(1e18 + t * 1e9)
+        mon.on_message(t, wall, wall + int(stamp_offset * 1e9))
+        t += 1.0 / rate
+    return t
+
+
+def test_topic_stale_within_two_periods_and_clears() -> None:
+    mon = TopicMonitor('imu', 'sensors/imu/imu', TopicLimits(rate_hz=100.0))
+    assert mon.status(0.0).level == STALE  # never seen
+    t = _feed(mon, 0.0, 2.0, 100.0)
+    assert mon.status(t).level == OK
+    last = mon.last_rx
+    assert mon.limits.stale_after_s == pytest.approx(0.06)  # floor, 2 periods = 20 ms
+    assert mon.limits.stale_raise_s == pytest.approx(0.08)  # + the 20 ms STALE hold
+    assert mon.status(last + 0.07).level == OK and not mon.stale(last + 0.07)
+    s = mon.status(last + 0.081)
+    assert s.level == STALE and 'no message for' in s.message and mon.stale(last + 0.081)
+    t = _feed(mon, last + 1.0, last + 1.1, 100.0)  # 10 messages: 25 (250 ms) needed to clear
+    assert mon.status(t).level == STALE and 'again' in mon.status(t).message
+    t = _feed(mon, t, t + 0.2, 100.0)
+    assert mon.status(t).level == OK
+    assert mon.stale_raised == 1 and mon.delivery_gaps == 0
+    slow = TopicMonitor('cam', 'c', TopicLimits(rate_hz=10.0, stale_hold_s=0.0))
+    _feed(slow, 0.0, 1.0, 10.0)
+    assert slow.status(slow.last_rx + 0.19).level == OK
+    assert slow.status(slow.last_rx + 0.21).level == STALE  # 2 periods of 100 ms
+
+
+def _seq_feed(mon: TopicMonitor, t0: float, t1: float, rate: float, seq: int,
+              every: float = 0.01) -> tuple[float, int]:
+    """Checks every ``every`` s, each taking the newest of the samples published since."""
+    t = t0
+    while t < t1 - 1e-9:
+        t += every
+        seq += round(rate * every)
+        wall = int(1e18 + t * 1e9)
+        mon.on_message(t, wall, wall, seq=seq)
+    return t, seq
+
+
+def test_late_check_with_no_gap_is_not_stale() -> None:
+    """Synthetic timeline: the monitor starved 300 ms (its check fired late); the samples it
+    takes when it wakes, and those its DDS threads deliver just after, show no gap."""
+    punct = Punctuality(period_s=0.01, tolerance_s=0.02)
+    mon = TopicMonitor('imu', 'sensors/imu', TopicLimits(rate_hz=1000.0))
+    t, seq = 0.0, 0
+    for _ in range(100):                       # 1 s of on-time checks, 10 samples each
+        t, seq = _seq_feed(mon, t, t + 0.01, 1000.0, seq)
+        assert punct.check(t) == pytest.approx(0.0, abs=1e-9)
+        assert not mon.stale(t, punct.blind_since)
+    last_rx = mon.last_rx
+    t_wake = t + 0.3                            # starved: the next check comes 300 ms late
+    assert punct.check(t_wake) == pytest.approx(0.29)
+    assert punct.late_checks == 1
+    assert punct.blind_since(last_rx) == pytest.approx(0.29)   # not looking for 290 ms
+    # the DDS threads of the starved process have not delivered yet: nothing newer was taken
+    assert mon.silence(t_wake) > 0.29          # silent by the clock ...
+    assert not mon.stale(t_wake, punct.blind_since)     # ... but not watched: not STALE
+    assert mon.status(t_wake, punct.blind_since).level == OK
+    # 10 ms later (on time) the backlog arrives: 310 publications in a run, no gap
+    t2 = t_wake + 0.01
+    assert punct.check(t2) == pytest.approx(0.0, abs=1e-9)
+    seq += 310
+    mon.on_message(t2, int(1e18 + t2 * 1e9), int(1e18 + t2 * 1e9), seq=seq)
+    assert mon.count == seq - 9 and mon.last_rx > last_rx  # (the first sample counts 1)
+    assert not mon.stale(t2, punct.blind_since)
+    assert mon.stale_raised == 0
+
+
+def test_on_time_check_with_real_silence_is_stale_after_the_hold() -> None:
+    punct = Punctuality(period_s=0.01, tolerance_s=0.02)
+    lim = TopicLimits(rate_hz=1000.0, stale_hold_s=0.05)
+    mon = TopicMonitor('imu', 'sensors/imu', lim)
+    t, _ = _seq_feed(mon, 0.0, 1.0, 1000.0, 0)
+    last = mon.last_rx
+    levels = []
+    while t < last + 0.2:                      # the publisher stops; checks stay on time
+        t += 0.01
+        punct.check(t)
+        levels.append((round(t - last, 3), mon.stale(t, punct.blind_since)))
+    first = next(dt for dt, stale in levels if stale)
+    assert lim.stale_raise_s == pytest.approx(0.11)
+    assert 0.11 <= first <= 0.11 + 0.01 + 1e-9  # 60 ms stale time + 50 ms hold, next check
+    s = mon.status(t, punct.blind_since)
+    assert s.level == STALE and 'no message for' in s.message and mon.stale_raised == 1
+    # a late check during the silence: its 90 ms of blindness are not counted as silence
+    mon2 = TopicMonitor('imu', 'sensors/imu', lim)
+    p2 = Punctuality(period_s=0.01, tolerance_s=0.02)
+    t, _ = _seq_feed(mon2, 0.0, 1.0, 1000.0, 0)
+    p2.check(t)
+    p2.check(t + 0.1)                           # 90 ms late
+    assert not mon2.stale(t + 0.1, p2.blind_since)
+    assert not mon2.stale(t + 0.19, p2.blind_since)          # 190 ms quiet, 100 ms watched
+    assert mon2.stale(t + 0.09 + 0.111, p2.blind_since)      # 111 ms watched
+    # a monitor late at every check (a saturated host) still sees a real silence, later
+    mon3 = TopicMonitor('imu', 'sensors/imu', lim)
+    p3 = Punctuality(period_s=0.01, tolerance_s=0.02)
+    t, _ = _seq_feed(mon3, 0.0, 1.0, 1000.0, 0)
+    p3.check(t)
+    last, caught = mon3.last_rx, None
+    while caught is None:
+        t += 0.035                              # every check 25 ms late
+        p3.check(t)
+        if mon3.stale(t, p3.blind_since):
+            caught = t - last
+    assert 0.11 < caught < 0.11 * 3.5 + 0.035, caught   # watched 10 ms in every 35 ms
+
+
+def test_stale_that_lost_nothing_clears_at_once_and_says_so() -> None:
+    """Raised (the samples were late on an on-time check), then every publication of the
+    silent time arrives in a burst: it clears on that evidence, counted as a delivery gap."""
+    mon = TopicMonitor('imu', 'sensors/imu', TopicLimits(rate_hz=1000.0))
+    t, seq = _seq_feed(mon, 0.0, 1.0, 1000.0, 0)
+    assert mon.status(t + 0.1).level == STALE
+    t, seq = t + 0.11, seq + 110               # all 110 publications, in one run
+    mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
+    assert mon.status(t + 0.001).level == OK and mon.delivery_gaps == 1
+    assert mon.stale_raised == 1
+
+
+def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
+    """A loaded host: a stream goes quiet 250 ms and then delivers all 250 publications.
+    Afterwards (shared by every topic of the monitor) the hold covers a gap that long, so the
+    next such gap raises nothing, while a real silence is still STALE within the cap."""
+    gaps = DeliveryGaps(horizon_s=30.0)
+    lim = TopicLimits(rate_hz=1000.0, stale_hold_max_s=0.35)
+    imu = TopicMonitor('imu', 'sensors/imu', lim, gaps)
+    other = TopicMonitor('wrench', 'sensors/wrench', TopicLimits(rate_hz=500.0), gaps)
+    t, seq = _seq_feed(imu, 0.0, 1.0, 1000.0, 0)
+    assert imu.raise_after(t) == pytest.approx(0.08)         # quiet host: 60 ms + 20 ms
+    assert imu.stale(t + 0.09)                                  # (this one is raised)
+    t, seq = t + 0.25, seq + 250                               # ... then all 250 arrive
+    imu.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
+    assert gaps.seen == 1 and not imu.stale(t + 0.001)
+    assert imu.raise_after(t) == pytest.approx(1.25 * 0.25)   # covers that gap, with margin
+    assert other.raise_after(t) == pytest.approx(1.25 * 0.25)  # the host's, not one stream's
+    t, seq = _seq_feed(imu, t, t + 1.0, 1000.0, seq)
+    last = imu.last_rx
+    assert not imu.stale(last + 0.25)                          # the same gap again: no alarm
+    assert imu.stale(last + 0.32)                              # a real silence: still caught
+    gaps.record(t, 5.0)                                         # a very long no-loss gap
+    assert imu.raise_after(t) == pytest.approx(0.06 + 0.35)    # capped: detection stays bounded
+    assert imu.raise_after(t + 31.0) == pytest.approx(0.08)    # forgotten after the horizon
+    t, seq = _seq_feed(imu, t + 1.0, t + 1.01, 1000.0, seq)
+    t, seq = t + 0.3, seq + 3                                   # quiet 300 ms, 3 published: a
+    imu.on_message(t, int(1e18 + t * 1e9), 0, seq=seq)          # real gap, not learnt
+    assert gaps.seen == 2
+
+
+def test_images_watched_on_their_camera_info(tmp_path: Path) -> None:
+    data = yaml.safe_load(_default_path().read_text())
+    profile = load_profile('quadruped_12dof')
+    assert data['topics']['images_via_camera_info'] is True
+    cfg = parse_config(data, 'h.yaml', profile)
+    names = {w.name for w in cfg.topics}
+    assert 'camera/front/camera_info' in names and 'camera/front/image_raw' not in names
+    assert 'sensors/camera/front/image_raw' not in cfg.expected
+    data['topics']['images_via_camera_info'] = False
+    assert 'camera/front/image_raw' in {w.name for w in parse_config(data, 'h.yaml', profile).topics}
+    data['topics']['images_via_camera_info'] = True
+    data['topics']['ignore'] = ['camera/front/camera_info']   # no info watched: take the images
+    assert 'camera/front/image_raw' in {w.name for w in parse_config(data, 'h.yaml', profile).topics}
+    data['topics']['images_via_camera_info'] = 'yes'
+    with pytest.raises(HealthConfigError, match=r'topics\.images_via_camera_info: expected true'):
+        parse_config(data, 'h.yaml', profile)
+
+
+def test_writers_told_apart_by_sequence_runs() -> None:
+    runs = WriterRuns()
+    runs.max_writers = 2
+    a = [runs.add(s, 0.01 * s, 100.0)[1] for s in range(1, 4)]          # writer A: 1 2 3
+    b = [runs.add(s, 0.035 + 0.01 * i, 100.0)[1] for i, s in enumerate((100, 101, 102))]
+    assert a == [1, 1, 1] and b == [1, 1, 1] and len(runs.writers) == 2  # B: from 100 on
+    assert runs.add(4, 0.07, 100.0) == (runs.writers[0], 1)  # A continues (3 is the run below)
+    assert runs.add(105, 0.1, 100.0)[1] == 3                  # B: 2 not taken, counts 3
+    assert sorted(w.count for w in runs.writers) == [4, 6]
+    # one publisher: a number below the run is the writer restarting, not a second writer
+    one = WriterRuns()
+    one.add(500, 0.0)
+    one.add(1, 1.0)
+    assert len(one.writers) == 1 and one.writers[0].last_seq == 1
+
+
+def test_topic_rate_and_staleness_per_writer() -> None:
+    """Two writers at 100 Hz each on a 100 Hz topic: the rate is right per writer, and one
+    writer going silent is STALE though the topic still flows."""
+    mon = TopicMonitor('odom', 'robot/odom', TopicLimits(rate_hz=100.0, rate_hold_s=0.3))
+    mon.writers.max_writers = 2
+    t = 0.0
+    sb = 1000
+    levels = []
+    for i in range(300):
+        t += 0.01
+        mon.on_message(t, int(1e18 + t * 1e9), None, seq=i + 1)
+        if i < 200:
+            sb += 1
+            mon.on_message(t + 0.001, int(1e18 + t * 1e9), None, seq=sb)
+        if i % 10 == 0:
+            levels.append(mon.status(t + 0.002).level)
+    assert levels[5:20] == [OK] * 15, levels          # 200 Hz on the topic, 100 Hz a writer
+    s = mon.status(t + 0.002)
+    assert s.level == STALE and '1 of 2 writers silent' in s.message, s.message
+    assert s.values['writers'] == '2'
+
+
+def test_frozen_joint_from_real_joint_state_bytes() -> None:
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    msg = JointState(name=['hip', 'knee'], position=[0.5, -1.25], velocity=[0.0, 0.0])
+    msg.header.frame_id = 'base'
+    data = serialize_message(msg)
+    names, off = joint_state_positions(data)
+    assert names == ['hip', 'knee']
+    assert struct.unpack_from('<2d', data, off) == (0.5, -1.25)
+    mon = TopicMonitor('joint_states', 'robot/joints',
+                       TopicLimits(rate_hz=500.0, freeze_after_s=0.05))
+    watch = FreezeWatch(0.05)
+    t = 0.0
+    for i in range(100):                        # knee frozen from the start, hip moving
+        t += 0.01
+        msg.position = [0.5 + 0.001 * i, -1.25]
+        data = serialize_message(msg)
+        n, off = joint_state_positions(data)
+        watch.observe(n, data, off, t, mon.frozen)
+        mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=5 * i + 5)
+        if i == 3:
+            assert not mon.frozen
+    assert set(mon.frozen) == {'knee'}
+    s = mon.status(t)
+    assert s.level == STALE and 'knee frozen' in s.message
+    msg.position = [0.6, -1.2]
+    data = serialize_message(msg)
+    n, off = joint_state_positions(data)
+    watch.observe(n, data, off, t + 0.01, mon.frozen)
+    assert not mon.frozen
+
+
+def test_topic_rate_band_with_hold_and_clear() -> None:
+    mon = TopicMonitor('j', 'p', TopicLimits(rate_hz=100.0, rate_hold_s=0.5, clear_s=1.0))
+    t, levels = 0.0, []
+    for _ in range(30):  # 3 s at half rate, evaluated every 100 ms
+        t = _feed(mon, t, t + 0.1, 50.0)
+        levels.append(mon.status(t).level)
+    assert levels[-1] == WARN and 'rate' in mon.status(t).message
+    assert levels[:5] == [OK] * 5  # the hold: no instant trip
+    for _ in range(5):  # back to nominal: still WARN until the clear time passed
+        t = _feed(mon, t, t + 0.1, 100.0)
+        mon.status(t)
+    for _ in range(25):
+        t = _feed(mon, t, t + 0.1, 100.0)
+        level = mon.status(t).level
+    assert level == OK
+
+
+def test_topic_stamp_sanity_future_backwards_lagging() -> None:
+    lim = TopicLimits(rate_hz=100.0, future_tolerance_s=0.05, max_lag_s=0.5, clear_s=0.5)
+    for offset, word in ((0.2, 'future'), (-1.0, 'lagging')):
+        mon = TopicMonitor('j', 'p', lim)
+        t = _feed(mon, 0.0, 1.0, 100.0)
+        assert mon.status(t).level == OK
+        t = _feed(mon, t, t + 0.2, 100.0, stamp_offset=offset)
+        s = mon.status(t)
+        assert s.level == WARN and word in s.message
+        for _ in range(10):  # back to good stamps (one goes 'backwards' after the future ones)
+            t = _feed(mon, t, t + 0.1, 100.0)
+            mon.status(t)
+        assert mon.status(t + 0.001).level == OK
+    mon = TopicMonitor('j', 'p', lim)
+    mon.on_message(0.0, int(1e18), int(1e18))
+    mon.on_message(0.01, int(1e18) + 10_000_000, int(1e18) - 5_000_000)
+    assert mon.backwards == 1 and 'backwards' in mon.status(0.02).message
