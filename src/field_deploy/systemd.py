@@ -80,7 +80,7 @@ def unit_text(args: argparse.Namespace) -> str:
         # what is left after the timeout is killed with the whole control group.
         'KillMode=mixed',
         'KillSignal=SIGTERM',
-        'TimeoutStopSec=30',
+        'TimeoutStopSec=90',   # the recorder drains up to 10 s, each node gets 15 s
     ]
     if args.user:
         lines.append(f'User={args.user}')
