@@ -148,8 +148,8 @@ class SourceGaps:
 def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(stack, ros) -> None:
     up, operator, agg = stack
     leaves = _stream_leaves()
-    assert wait_until(lambda: all(agg.level.get(p) == 0 for p in leaves), 60.0), \
-        {p: agg.level.get(p) for p in leaves}
+    assert wait_until(lambda: all(agg.level.get(p) == 0 for p in leaves), 60.0), (
+        [c for c in agg.changes if c[1] in leaves][-20:], up.log()[-3000:])
     sources_node = Node(f'e2e_sources_{int(time.time() * 1000) % 100000}')   # never spun
     sources = SourceGaps(sources_node)
     busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(2)]

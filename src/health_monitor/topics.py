@@ -368,9 +368,10 @@ class TopicMonitor:
         if self._stale:
             if not self._cleared():
                 needed = max(2, int(lim.rate_hz * lim.stale_clear_s))
-                return Status(self.path, STALE, f'{self.topic}: messages again '
-                                                f'({self.count - self._stale_count} of {needed} '
-                                                'needed to clear)', values=values)
+                arrived = self.count - self._stale_count
+                return Status(self.path, STALE, f'{self.topic}: messages again ({arrived} of '
+                                                f'{needed} needed to clear)' if arrived else
+                              f'{self.topic}: no message for {silent:.2f} s', values=values)
             self._stale = False
         level, problems = OK, []
         low, high = lim.min_ratio * lim.rate_hz, lim.max_ratio * lim.rate_hz
