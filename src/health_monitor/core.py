@@ -1,4 +1,4 @@
-"""Pure monitor cores (no rclpy): topic monitor, threshold rules, host monitor, aggregator.
+"""Pure monitor cores (no rclpy): threshold rules, host monitor, aggregator (topics: topics.py).
 
 Every monitor is fed with observations and asked for its :class:`Status` at a time ``now``
 (monotonic seconds), so the cores are unit-tested with synthetic clocks and the node shell only
