@@ -174,14 +174,16 @@ def test_sim_robot_overheat_trips_policy_and_ledger(
     assert len(calls['stop']) == 1  # the hot motor stopped the skills once, not every tick
     # a frozen encoder: the stream flows, one joint's position repeats itself
     joints = '/robot/joints/joint_states'
-    assert watch.level(joints) == OK, watch.message(joints)
+    assert wait_until(lambda: watch.level(joints) in (OK, WARN), 10), watch.message(joints)
     future = client.call_async(SetParameters.Request(parameters=[
         Parameter('fault_freeze', value='FR_calf_joint').to_parameter_msg()]))
     assert wait_until(lambda: watch.level(joints) == STALE, 10), watch.message(joints)
     assert 'FR_calf_joint frozen' in watch.message(joints), watch.message(joints)
     future = client.call_async(SetParameters.Request(parameters=[
         Parameter('fault_freeze', value='').to_parameter_msg()]))
-    assert wait_until(lambda: watch.level(joints) == OK, 10), watch.message(joints)
+    # (OK, or WARN for stamps lagging on a loaded host: not frozen any more)
+    assert wait_until(lambda: watch.level(joints) in (OK, WARN)
+                      and 'frozen' not in watch.message(joints), 10), watch.message(joints)
     assert hm.stop() == 0
     db = sqlite3.connect(ledger)
     faults = db.execute("SELECT component, level, rule FROM faults WHERE component="
