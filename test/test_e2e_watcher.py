@@ -25,9 +25,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from field_deploy.operator import MissionStep, Operator
+from field_deploy.operator import MissionStep
 from field_deploy.testing import wait_until
-from test_e2e_stack import child_pid  # the same helper: a stack node's process
+from test_e2e_stack import child_pid, stack  # noqa: F401  (the same stack fixture and helper)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -63,23 +63,15 @@ class AggLevels:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, node_process, ros):
-    up = node_process('field_deploy', ['up', '--robot', 'quadruped_12dof', '--bag-dir',
-                                       str(tmp_path / 'bag')], env={'HOME': str(tmp_path)})
-    from field_deploy.ros import Spinner
-
+def watched(stack, spin):  # noqa: F811  (test_e2e_stack's fixture, imported above)
+    """test_e2e_stack's running stack (all managed nodes active) and its /diagnostics_agg."""
+    up, operator, _bag = stack
     node = Node(f'e2e_watcher_{int(time.time() * 1000) % 100000}')
-    operator = Operator(node)
     agg = AggLevels(node)
-    spinner = Spinner([node]).start()
+    spin(node)
     try:
-        for name in MANAGED:
-            assert operator.wait_state(f'/{name}', 'active', timeout=90.0), \
-                f'{name} not active:\n{up.log()[-3000:]}'
         yield up, operator, agg
     finally:
-        spinner.stop()
-        node.destroy_node()
         # a loaded host can take long to stop the stack: a supervisor killed before its nodes
         # stopped would leave them running
         up.stop(signal.SIGTERM, timeout=90.0)
@@ -145,8 +137,8 @@ class SourceGaps:
                    for a, b in self.gaps.get(self.GROUP.get(topic, topic), []))
 
 
-def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(stack, ros) -> None:
-    up, operator, agg = stack
+def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(watched, ros) -> None:
+    up, operator, agg = watched
     leaves = _stream_leaves()
     assert wait_until(lambda: all(agg.level.get(p) == 0 for p in leaves), 60.0), (
         [c for c in agg.changes if c[1] in leaves][-20:], up.log()[-3000:])
@@ -187,8 +179,8 @@ def _operating_s(home: Path) -> float:
 
 
 def test_health_monitor_killed_comes_back_adopts_the_nodes_and_still_acts(
-        stack, tmp_path: Path) -> None:
-    up, operator, agg = stack
+        watched, tmp_path: Path) -> None:
+    up, operator, agg = watched
     assert operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0).outcome \
         == 'done'
     pids = {n: child_pid(up, n) for n in MANAGED}
@@ -204,8 +196,8 @@ def test_health_monitor_killed_comes_back_adopts_the_nodes_and_still_acts(
     print(f'health monitor back after {time.monotonic() - killed:.2f} s')
     assert wait_until(lambda: 'adopted the running stack' in up.log(), 60.0), up.log()[-3000:]
     adopted = up.log().split('adopted the running stack', 1)[1].splitlines()[0]
-    for name in MANAGED:
-        assert f'{name}: active (active)' in adopted, adopted
+    for name in MANAGED:   # active, or on the graph and busy (answers later): adopted as it is
+        assert f'{name}: active (' in adopted, adopted
     # the same processes, in the same state; nothing started or transitioned by the new monitor
     assert {n: child_pid(up, n) for n in MANAGED} == pids
     for name in MANAGED:

@@ -407,6 +407,20 @@ def test_adopt_takes_over_the_running_stack_changing_nothing() -> None:
         mgr.heartbeat()
     assert client.state['skill_runtime'] == 'inactive'
     assert spawner.started == ['bag_player'] and mgr.nodes['bag_player'].phase == 'active'
+    # a node on the graph that does not answer at adoption is busy, not dead: adopted, and
+    # watched (it answers later), never restarted
+    mgr2, client2, spawner2, clock2 = _manager(['data_recorder'])
+    client2.state['data_recorder'] = 'active'
+    answer = client2.get_state
+    client2.get_state = lambda node, timeout: None
+    ok, summary = mgr2.adopt()
+    assert ok and 'data_recorder: active (unknown)' in summary, summary
+    client2.get_state = answer
+    for _ in range(10):
+        clock2.t += 0.5
+        mgr2.heartbeat()
+    assert spawner2.started == [] and client2.calls == []
+    assert mgr2.nodes['data_recorder'].state == 'active'
     assert ('sim_robot', 'configure') not in client.calls
     assert ('sim_robot', 'activate') not in client.calls
     client.alive['sim_robot'] = False  # an adopted node that dies is recovered as usual

@@ -248,18 +248,27 @@ class LifecycleManager:
 
         A health monitor restarted by the supervisor finds the stack running; re-configuring,
         re-activating or restarting the nodes would interrupt a skill or a recording for the
-        monitor's own crash. An active node is watched from now on (heartbeat, recovery); a node
-        in another state is left in it (``~/startup`` brings it up); a node that is not there at
-        all is down and recovered with the usual back-off.
+        monitor's own crash. An active node is watched from now on (heartbeat, recovery), and so
+        is one on the graph that does not answer yet (busy, as the heartbeat sees it: hung only
+        after ``unresponsive_timeout``); a node in another state is left in it (``~/startup``
+        brings it up); a node that is not there at all is down and recovered with the usual
+        back-off.
         """
         ok = True
         for rec in self.nodes.values():
             name = rec.spec.name
-            state = (self.client.get_state(name, self.cfg.transition_timeout_s)
-                     if self._wait_available(rec, self.cfg.discover_timeout_s) else None)
-            if state is None:
+            if not self._wait_available(rec, self.cfg.discover_timeout_s):
                 self._down(rec, f'{name} not found when adopting the stack')
                 ok = False
+                continue
+            state = self.client.get_state(name, self.cfg.transition_timeout_s)
+            if state is None:
+                # On the graph but not answering: busy (a recorder behind its queue), as the
+                # heartbeat treats it; it is hung only after unresponsive_timeout of silence.
+                self._up(rec)
+                rec.state = 'unknown'
+                rec.message = 'active (adopted; not answering yet)'
+                self._event(name, 'adopted busy')
                 continue
             rec.state = state
             self._event(name, f'adopted {state}')
