@@ -352,6 +352,11 @@ def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | N
         old = {k: v for k, v in state.info['features'].items() if k not in lay.DEFAULT_FEATURES}
         if diff := feature_differences(old, plans[0].features):
             raise lay.LayoutError(f'{root}: features differ from the bags\': ' + '; '.join(diff))
+        done = {(b['path'], b['start_ns']) for e in state.provenance.get('exports', []) for b in e['bags']}
+        for bag in bags:
+            if (str(bag.path.resolve()), bag.start_ns) in done:
+                raise lay.LayoutError(f'{bag.path}: already exported into {root} (see '
+                                      f'{lay.PROVENANCE_PATH}); not appending its episodes twice')
     rate = _choose_fps(profile, plans[0], fps, state)
     report = ExportReport(root, rate, profile.name)
     staging = store.begin(root)
@@ -407,7 +412,8 @@ def _export_bag(bag: Bag, pl: Plan, writer: _Writer, report: ExportReport, *, ta
         listed.append({'index_in_bag': i, 'name': ep.name, 'outcome': outcome, 'exported': rep.exported,
                        'episode_index': rep.episode_index, 'frames': rep.frames, 'lost': rep.lost,
                        'reason': rep.reason})
-    return {'path': str(bag.path), 'start_ns': bag.start_ns, 'end_ns': bag.end_ns, 'episodes': listed}
+    return {'path': str(bag.path.resolve()), 'start_ns': bag.start_ns, 'end_ns': bag.end_ns,
+            'episodes': listed}
 
 
 def _run_episode(bag: Bag, pl: Plan, ep: Episode, writer: _Writer, rep: EpisodeReport, *, failed: str,

@@ -37,18 +37,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.add_argument('--json', action='store_true', help='machine-readable output')
     verify.set_defaults(func=_verify)
 
-    export = sub.add_parser('export', help='bag(s) -> Parquet + MP4 dataset, one folder per episode',
-                            description='Export time-aligned arrays (resampled to a common clock by '
-                                        'zero-order hold) to Parquet and images to MP4/PNG, with a '
-                                        'manifest.json per episode (LeRobot-style layout).')
-    export.add_argument('bag', help='a bag, or a folder of bags')
-    export.add_argument('-o', '--output', required=True, help='output folder')
-    export.add_argument('--topics', nargs='+', default=None, metavar='TOPIC',
-                        help='topics to export (default: every exportable one)')
-    export.add_argument('--rate', type=float, default=50.0, metavar='HZ',
-                        help='common clock of the table (default 50 Hz)')
-    export.add_argument('--images', choices=('mp4', 'png', 'none'), default='mp4',
-                        help='how to write camera images (default mp4)')
+    export = sub.add_parser(
+        'export', help='bag(s) -> a LeRobot v3.0 dataset (default) or Parquet + MP4 per episode',
+        description='--format lerobot (default): every skill run of the bags becomes an episode of '
+                    'one LeRobot v3.0 dataset (meta/, data/, videos/) that LeRobotDataset loads; '
+                    'exporting into an existing dataset appends. --format parquet: time-aligned '
+                    'Parquet + MP4/PNG and a manifest.json per episode (the --rate, --topics and '
+                    '--images options select it when --format is not given).')
+    export.add_argument('bag', nargs='+', help='bags, or folders of bags')
+    export.add_argument('-o', '--output', required=True, help='dataset folder (lerobot) / output folder')
+    export.add_argument('--format', choices=('lerobot', 'parquet'), default=None,
+                        help='lerobot (default) or parquet')
+    lerobot = export.add_argument_group('--format lerobot')
+    lerobot.add_argument('--fps', type=int, default=None,
+                         help="frames per second (default: the cameras' rate; an existing dataset's)")
+    lerobot.add_argument('--task', default=None,
+                         help='task text of every episode (default: the skill and its parameters)')
+    lerobot.add_argument('--include-failed', action='store_true',
+                         help='keep episodes whose skill failed or whose streams lost messages '
+                              '(marked in meta/episodes field_deploy/status)')
+    lerobot.add_argument('--robot', default=None, metavar='NAME|PROFILE.yaml',
+                         help='robot profile (default: the shipped one whose joints the bag has)')
+    lerobot.add_argument('--vcodec', default=None, metavar='CODEC',
+                         help="video codec (default LeRobot's: libsvtav1; h264 / libx264 also load)")
+    parquet = export.add_argument_group('--format parquet')
+    parquet.add_argument('--topics', nargs='+', default=None, metavar='TOPIC',
+                         help='topics to export (default: every exportable one)')
+    parquet.add_argument('--rate', type=float, default=None, metavar='HZ',
+                         help='common clock of the table (default 50 Hz)')
+    parquet.add_argument('--images', choices=('mp4', 'png', 'none'), default=None,
+                         help='how to write camera images (default mp4)')
     export.set_defaults(func=_export)
 
     plot = sub.add_parser('plot', help='PNG of signals over time (joints, efforts, forces)',
@@ -133,14 +151,60 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    parquet_only = [o for o, v in (('--topics', args.topics), ('--rate', args.rate),
+                                   ('--images', args.images)) if v is not None]
+    lerobot_only = [o for o, v in (('--fps', args.fps), ('--task', args.task), ('--robot', args.robot),
+                                   ('--vcodec', args.vcodec),
+                                   ('--include-failed', args.include_failed or None)) if v is not None]
+    fmt = args.format or ('parquet' if parquet_only else 'lerobot')
+    wrong = lerobot_only if fmt == 'parquet' else parquet_only
+    if wrong:
+        raise CliError(f'{", ".join(wrong)}: not an option of --format {fmt}')
+    return _export_lerobot(args) if fmt == 'lerobot' else _export_parquet(args)
+
+
+def _export_lerobot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from data_recorder.lerobot import export_lerobot
+    from data_recorder.lerobot_video import DEFAULT_CODEC
+
+    with tqdm(unit='msg', unit_scale=True, desc='export', leave=False) as bar:
+        def planned(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+        report = export_lerobot(args.bag, args.output, fps=args.fps, task=args.task,
+                                include_failed=args.include_failed, robot=args.robot,
+                                codec=args.vcodec or DEFAULT_CODEC, progress=bar.update, planned=planned)
+    for e in report.episodes:
+        head = f'episode {e.episode_index}' if e.exported else 'left out'
+        print(f'{head}: {e.name} ({Path(e.bag).name}) {e.frames} frames'
+              + (f' [{e.reason}]' if e.reason else '') + (f' task {e.task!r}' if e.exported else ''))
+    kept = sum(e.exported for e in report.episodes)
+    print(f'{report.root}: LeRobot v3.0 dataset, robot {report.robot}, {report.fps} fps: '
+          f'+{kept} episodes ({len(report.episodes) - kept} left out), now {report.total_episodes} '
+          f'episodes, {report.total_frames} frames ({report.seconds:.1f} s)')
+    if kept < len(report.episodes) and not args.include_failed:
+        print('  (--include-failed keeps the episodes left out, marked in meta/episodes)')
+    return 0
+
+
+def _export_parquet(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tqdm import tqdm
 
     from data_recorder.export import export, find_bags
     from data_recorder.reader import Bag
-    total = sum(Bag(b).size_bytes for b in find_bags(Path(args.bag)))
-    with tqdm(total=total, unit='B', unit_scale=True, desc='export', leave=False) as bar:
-        results = export(args.bag, args.output, topics=args.topics, rate_hz=args.rate,
-                         images=args.images, progress=bar.update)
+    results = []
+    for path in args.bag:
+        out = Path(args.output) if len(args.bag) == 1 else Path(args.output) / Path(path).name
+        total = sum(Bag(b).size_bytes for b in find_bags(Path(path)))
+        with tqdm(total=total, unit='B', unit_scale=True, desc='export', leave=False) as bar:
+            results += export(path, out, topics=args.topics, rate_hz=args.rate or 50.0,
+                              images=args.images or 'mp4', progress=bar.update)
     for r in results:
         videos = ', '.join(f'{k}: {n} frames' for k, n in r.videos.items())
         print(f'{r.folder}: {r.rows} rows' + (f'; {videos}' if videos else ''))
