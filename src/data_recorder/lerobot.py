@@ -132,9 +132,23 @@ class _Episode:
         self.columns: dict[str, list[np.ndarray]] = {k: [] for k, f in pl.features.items()
                                                      if f['dtype'] != 'video'}
         self.gaps = {t: TopicStats() for t in [*pl.sources, *pl.cameras]}
+        self._gaps_before: dict[str, int] = {}
         self._cache: dict[str, tuple[int, list[np.ndarray]]] = {}
         self.first_time_ns: int | None = None
         self.frames = 0
+
+    def observe(self, topic: str, stamp: int, start_ns: int, end_ns: int) -> None:
+        """Holes in a stream's sample stamps (the recorder's rule, :class:`TopicStats`): learned
+        over the pre-roll too, counted from the episode's start (a hole reaching into it counts)."""
+        if stamp > end_ns:
+            return
+        gaps = self.gaps[topic]
+        if stamp >= start_ns and topic not in self._gaps_before:
+            self._gaps_before[topic] = gaps.lost_gaps
+        gaps.observe_stamp(stamp)
+
+    def lost(self, topic: str) -> int:
+        return self.gaps[topic].lost_gaps - self._gaps_before.get(topic, self.gaps[topic].lost_gaps)
 
     def vectors(self, topic: str, sample: Any) -> list[np.ndarray]:
         cached = self._cache.get(topic)
@@ -428,8 +442,7 @@ def _run_episode(bag: Bag, pl: Plan, ep: Episode, writer: _Writer, rep: EpisodeR
     try:
         for m in bag.messages(topics, ep.start_ns - PRE_NS, ep.end_ns + max_delay_ns + 1):
             stamp = header_stamp_ns(m.data) or m.log_time_ns
-            if ep.start_ns <= stamp <= ep.end_ns:
-                frames.gaps[m.topic].observe_stamp(stamp)
+            frames.observe(m.topic, stamp, ep.start_ns, ep.end_ns)
             for f in sampler.push(m.topic, stamp, m.data, m.log_time_ns):
                 frames.add(f)
             read += 1
@@ -444,11 +457,11 @@ def _run_episode(bag: Bag, pl: Plan, ep: Episode, writer: _Writer, rep: EpisodeR
         raise
     if progress is not None:
         progress(read % 1000)
-    lost = sum(g.lost_gaps for g in frames.gaps.values())
+    lost = sum(frames.lost(t) for t in frames.gaps)
     rep.lost = lost + sum(unplaced.values())
     why = [failed] if failed else []
     if lost:
-        worst = max(frames.gaps, key=lambda t: frames.gaps[t].lost_gaps)
+        worst = max(frames.gaps, key=frames.lost)
         why.append(f'{lost} messages lost in the episode (holes in sample stamps; most on {worst})')
     if unplaced:
         why.append('the recorder lost ' + ', '.join(f'{n} on {t}' for t, n in unplaced.items())
