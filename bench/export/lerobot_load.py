@@ -27,8 +27,8 @@ def main() -> int:
         kwargs['video_backend'] = 'pyav'
     t0 = time.perf_counter()
     ds = LeRobotDataset('field_deploy/export_check', root=root, **kwargs)
-    print(f'  loaded in {time.perf_counter() - t0:.1f} s: {ds.num_episodes} episodes, {ds.num_frames} frames, '
-          f'fps {ds.fps}, cameras {ds.meta.camera_keys}')
+    print(f'  loaded in {time.perf_counter() - t0:.1f} s: {ds.num_episodes} episodes, '
+          f'{ds.num_frames} frames, fps {ds.fps}, cameras {ds.meta.camera_keys}')
     problems = []
     if ds.num_episodes != info['total_episodes'] or ds.num_frames != info['total_frames']:
         problems.append(f'totals {ds.num_episodes}/{ds.num_frames} != info.json '
@@ -44,7 +44,8 @@ def main() -> int:
                 frame = item[key]
                 h, w, c = info['features'][key]['shape']
                 if tuple(frame.shape) != (c, h, w):
-                    problems.append(f'episode {ep} frame {idx}: {key} shape {tuple(frame.shape)} != {(c, h, w)}')
+                    problems.append(f'episode {ep} frame {idx}: {key} shape {tuple(frame.shape)} '
+                                    f'!= {(c, h, w)}')
                 decoded += 1
             for key in ('observation.state', 'action'):
                 if tuple(item[key].shape) != tuple(info['features'][key]['shape']):

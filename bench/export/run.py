@@ -4,7 +4,11 @@ Writes the reference humanoid load (see bench/player/run.py) with the rosbags wr
 
 * ``rosbags`` Reader, raw iteration of every message (the target to beat);
 * this project's reader, raw iteration;
-* ``field_deploy bag export`` (Parquet at 50 Hz + MP4 for the 3 cameras), and without images;
+* ``field_deploy bag export --format parquet`` (Parquet at 50 Hz + MP4 for the 3 cameras), and
+  without images;
+* ``field_deploy bag export --format lerobot`` (a LeRobot v3.0 dataset at 30 fps, AV1 video of the 3
+  cameras by LeRobot's encoder settings), and the video encoder's own rate (frames per second of
+  encoder-thread time, and per second of wall time);
 * deserialisation per message: rclpy ``deserialize_message`` vs rosbags typestore ``deserialize_cdr``
   (why export uses rclpy for the small messages and its own header parser for images).
 
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import data_recorder  # noqa: F401
 from data_recorder.export import export
+from data_recorder.lerobot import export_lerobot
 from data_recorder.reader import Bag
 from data_recorder.synthetic import reference_streams, write_bag
 
@@ -67,10 +72,21 @@ def main() -> int:
     for name, images in (('export parquet+mp4', 'mp4'), ('export parquet only', 'none')):
         shutil.rmtree(out, ignore_errors=True)
         results[name] = timed(lambda images=images: export(path, out, rate_hz=50, images=images))
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    report = export_lerobot([path], out / 'lerobot')
+    results['export lerobot v3.0 (3 cameras)'] = time.perf_counter() - t0
     for name, dt in results.items():
         print(f'{name:34s} {dt:6.2f} s  {mb / dt:7.1f} MB/s')
     ratio = (mb / results['export parquet+mp4']) / (mb / results['rosbags read (raw)'])
     print(f'export (mp4) / rosbags read throughput: {ratio:.2f}  (target >= 1)')
+    lr = results['export lerobot v3.0 (3 cameras)']
+    print(f'export lerobot / rosbags read throughput: {results["rosbags read (raw)"] / lr:.2f}; '
+          f'{report.total_frames} frames at {report.fps} fps = {report.total_frames / lr:.0f} frames/s')
+    cams = len(report.episodes) and report.frames_encoded // max(report.total_frames, 1)
+    print(f'video encoder (libsvtav1, 640x480, {cams} cameras): {report.frames_encoded} frames, '
+          f'{report.frames_encoded / report.encode_seconds:.0f} fps per encoder thread, '
+          f'{report.frames_encoded / lr:.0f} fps wall; load average {os.getloadavg()[0]:.1f}')
 
     # deserialisation cost per message
     from rclpy.serialization import deserialize_message

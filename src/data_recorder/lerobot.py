@@ -315,7 +315,8 @@ class _Writer:
                 video.close()
 
 
-def _choose_fps(profile: RobotProfile, pl: Plan, fps: int | None, state: store.DatasetState) -> int:
+def _choose_fps(profile: RobotProfile, bag: Bag, pl: Plan, fps: int | None, state: store.DatasetState) -> int:
+    """The dataset's fps, else ``fps``, else the cameras' rate (the profile's, else measured)."""
     if state.info is not None:
         if fps is not None and fps != state.info['fps']:
             raise lay.LayoutError(f'the dataset is at {state.info["fps"]} fps; '
@@ -325,8 +326,11 @@ def _choose_fps(profile: RobotProfile, pl: Plan, fps: int | None, state: store.D
         if fps <= 0:
             raise ExportError(f'--fps must be a positive integer (got {fps})')
         return fps
-    rates = [t.rate_hz for t in profile.topics if t.type == 'sensor_msgs/msg/Image'
-             and any(topic.endswith(t.name) for topic in pl.cameras)]
+    rates = []
+    for topic in pl.cameras:
+        spec = next((t for t in profile.topics if topic.endswith('/' + t.name.lstrip('/'))), None)
+        info = bag.topics[topic]
+        rates.append(spec.rate_hz if spec else (info.count - 1) / max(bag.duration_ns / NS, 1e-9))
     return max(1, round(max(rates))) if rates else DEFAULT_FPS_NO_CAMERA
 
 
@@ -371,7 +375,7 @@ def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | N
             if (str(bag.path.resolve()), bag.start_ns) in done:
                 raise lay.LayoutError(f'{bag.path}: already exported into {root} (see '
                                       f'{lay.PROVENANCE_PATH}); not appending its episodes twice')
-    rate = _choose_fps(profile, plans[0], fps, state)
+    rate = _choose_fps(profile, bags[0], plans[0], fps, state)
     report = ExportReport(root, rate, profile.name)
     staging = store.begin(root)
     writer = None

@@ -10,7 +10,7 @@ feature                        source (profile topic, type)               names
 ``observation.imu``            each sensor_msgs/Imu (``.<name>`` if >1)   orientation.x..w, ...
 ``observation.wrench.<site>``  each geometry_msgs/WrenchStamped           force.x..z, torque.x..z
 ``observation.odometry``       nav_msgs/Odometry                          position.x.., twist ...
-``observation.images.<cam>``   each sensor_msgs/Image (video)             height, width, channels
+``observation.images.<cam>``   every sensor_msgs/Image topic (video)      height, width, channels
 =============================  =========================================  =======================
 
 IMU names: ``orientation.x..w, angular_velocity.x..z, linear_acceleration.x..z``; odometry:
@@ -171,6 +171,13 @@ def plan(profile: RobotProfile, bag_topics: dict[str, str], first: Callable[[str
         features[key] = {'dtype': 'float32', 'shape': [len(names)], 'names': names}
         sources[topic] = Source(topic, spec.type, [key], [
             lambda m, gs=tuple(getters): np.concatenate([np.asarray(g(m), np.float32) for g in gs])])
+    for topic in sorted(t for t, ty in bag_topics.items() if ty == IMAGE_TYPE and t not in cameras):
+        key = f'observation.images.{_camera_key(topic)}'      # a camera the profile does not list
+        if key in features:
+            raise MappingError(f'{topic}: its video key {key} is taken by another camera topic')
+        h, w = image_shape(topic)
+        features[key] = {'dtype': 'video', 'shape': [h, w, 3], 'names': ['height', 'width', 'channels']}
+        cameras[topic] = key
     return Plan(profile, features, sources, cameras, state_topic, action_topic)
 
 
