@@ -337,10 +337,12 @@ def _choose_fps(profile: RobotProfile, bag: Bag, pl: Plan, fps: int | None, stat
 def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | None = None,
                    task: str | None = None, include_failed: bool = False, robot: str | None = None,
                    codec: str = DEFAULT_CODEC, max_delay_s: float = 2.0,
-                   progress: Callable[[int], None] | None = None, hook: Hook | None = None) -> ExportReport:
+                   progress: Callable[[int], None] | None = None, hook: Hook | None = None,
+                   planned: Callable[[int], None] | None = None) -> ExportReport:
     """Export the episodes of ``paths`` (bags, or folders of bags) into the dataset at ``out``
     (created, or appended to). Raises ExportError / LayoutError / MappingError naming the bag or
-    file and the reason; the dataset is then unchanged."""
+    file and the reason; the dataset is then unchanged. ``planned(n)`` is told once how many
+    messages the export will about read, ``progress(n)`` how many it read since its last call."""
     t0 = time.perf_counter()
     root = Path(out)
     bags = [Bag(b) for p in paths for b in find_bags(Path(p))]
@@ -377,6 +379,8 @@ def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | N
                                       f'{lay.PROVENANCE_PATH}); not appending its episodes twice')
     rate = _choose_fps(profile, bags[0], plans[0], fps, state)
     report = ExportReport(root, rate, profile.name)
+    if planned is not None:
+        planned(sum(_planned_messages(bag, pl) for bag, pl in zip(bags, plans, strict=True)))
     staging = store.begin(root)
     writer = None
     try:
@@ -385,6 +389,10 @@ def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | N
         for bag, pl in zip(bags, plans, strict=True):
             sources.append(_export_bag(bag, pl, writer, report, task=task, include_failed=include_failed,
                                        max_delay_ns=int(max_delay_s * NS), progress=progress, hook=hook))
+        if not any(e.exported for e in report.episodes):
+            why = '; '.join(f'{e.name}: {e.reason}' for e in report.episodes) or 'no episodes'
+            raise ExportError(f'no episode to export ({why}); {root} not changed'
+                              + ('' if include_failed else ' (--include-failed keeps failed ones)'))
         prov = dict(state.provenance) or {'format': FORMAT, 'robot_profile': profile.name,
                                           'joints': profile.joint_names, 'exports': []}
         prov['exports'] = [*prov.get('exports', []), {
@@ -405,6 +413,14 @@ def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | N
         raise
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _planned_messages(bag: Bag, pl: Plan) -> int:
+    """Messages of the exported topics inside the bag's episodes (for a progress bar)."""
+    topics = [*pl.sources, *pl.cameras]
+    per_ns = sum(bag.topics[t].count for t in topics) / max(bag.duration_ns, 1)
+    spans = [(e.end_ns - e.start_ns) for e in bag.episodes] or [bag.duration_ns]
+    return int(per_ns * sum(spans))
 
 
 def _export_bag(bag: Bag, pl: Plan, writer: _Writer, report: ExportReport, *, task: str | None,
