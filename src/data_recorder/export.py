@@ -100,22 +100,29 @@ def parse_image(data: bytes) -> tuple[int, int, str, int, memoryview]:
     return height, width, encoding, step, memoryview(data)[off + 8: off + 8 + n]
 
 
+IMAGE_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, '8UC1': 1, '8UC3': 3}
+
+
+def image_pixels(data: bytes) -> tuple[str, np.ndarray]:
+    """``(encoding, (H, W, C) uint8 view)`` of a CDR image; ExportError for other encodings."""
+    h, w, enc, step, px = parse_image(data)
+    if enc not in IMAGE_CHANNELS:
+        raise ExportError(f'image encoding {enc!r} is not supported (8-bit rgb/bgr/mono only)')
+    c = IMAGE_CHANNELS[enc]
+    return enc, np.frombuffer(px, np.uint8).reshape(h, step)[:, : w * c].reshape(h, w, c)
+
+
 def image_to_bgr(data: bytes) -> np.ndarray:
     """The frame as an OpenCV BGR (or mono) uint8 array; ExportError for other encodings."""
     import cv2
-    h, w, enc, step, px = parse_image(data)
-    channels = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, '8UC1': 1, '8UC3': 3}
-    if enc not in channels:
-        raise ExportError(f'image encoding {enc!r} is not supported (8-bit rgb/bgr/mono only)')
-    c = channels[enc]
-    arr = np.frombuffer(px, np.uint8).reshape(h, step)[:, : w * c].reshape(h, w, c)
+    enc, arr = image_pixels(data)
     if enc == 'rgb8':
         return cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     if enc == 'rgba8':
         return cv2.cvtColor(arr, cv2.COLOR_RGBA2BGR)
     if enc == 'bgra8':
         return cv2.cvtColor(arr, cv2.COLOR_BGRA2BGR)
-    return arr if c == 3 else arr[:, :, 0]
+    return arr if arr.shape[2] == 3 else arr[:, :, 0]
 
 
 # ----------------------------------------------------------------------------- image sinks

@@ -3,10 +3,11 @@
 LeRobot's defaults (``lerobot/configs/video.py``, ``video_utils.encode_video_frames``): AV1 by
 ``libsvtav1``, ``yuv420p``, a key frame every 2 frames (``g=2``: random access for training),
 ``crf=30``, preset 12. One MP4 per camera holds many episodes one after the other at the dataset's
-fps (``pts`` = frame number in the file), and an episode is the span ``[from_timestamp,
-to_timestamp)`` of it; a file is closed and the next one begun once it reaches the size limit
-(``video_files_size_in_mb``), at an episode boundary, as LeRobot does. Each camera encodes in its
-own thread (PyAV releases the GIL while encoding); the exporter hands it raw CDR images.
+fps (frame ``k`` of the file at ``k / fps``), and an episode is the span ``[from_timestamp,
+to_timestamp)`` of it; a file is closed and the next one begun once it would pass the size limit
+(``video_files_size_in_mb``), at an episode boundary, as LeRobot does. Each episode is encoded to a
+file of its own in the camera's thread (PyAV releases the GIL while encoding), then appended by
+remuxing (no re-encoding); an episode that turns out to be left out is just not appended.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_recorder.export import ExportError, parse_image
+from data_recorder.export import ExportError, image_pixels, parse_image
 from data_recorder.lerobot_layout import VIDEO_PATH, next_file
 
 DEFAULT_CODEC = 'libsvtav1'
 PIX_FMT = 'yuv420p'
 STATS_STRIDE = 4                        # pixel stats on every 4th row and column (LeRobot: ~150 px)
-_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, '8UC1': 1, '8UC3': 3}
 
 
 def codec_options(codec: str) -> dict[str, str]:
@@ -39,14 +39,10 @@ def codec_options(codec: str) -> dict[str, str]:
 
 def image_to_rgb(data: bytes) -> np.ndarray:
     """A CDR sensor_msgs/Image as an ``(H, W, 3)`` uint8 RGB array (LeRobot's frames are RGB)."""
-    h, w, enc, step, px = parse_image(data)
-    if enc not in _CHANNELS:
-        raise ExportError(f'image encoding {enc!r} is not supported (8-bit rgb/bgr/mono only)')
-    c = _CHANNELS[enc]
-    arr = np.frombuffer(px, np.uint8).reshape(h, step)[:, : w * c].reshape(h, w, c)
+    enc, arr = image_pixels(data)
     if enc in ('bgr8', 'bgra8'):
         return np.ascontiguousarray(arr[:, :, 2::-1])
-    if c == 1:
+    if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
     return np.ascontiguousarray(arr[:, :, :3])
 
