@@ -54,6 +54,18 @@ def main() -> int:
                 problems.append(f'frame {idx}: episode_index {int(item["episode_index"])} != {ep}')
         print(f'  episode {ep}: frames {start}..{end - 1}, task {item["task"]!r}')
     print(f'  decoded {decoded} video frames in {time.perf_counter() - t0:.1f} s')
+    # as a policy trains: an action chunk ahead and the previous camera frame, across episode ends
+    fps = info['fps']
+    deltas = {'action': [i / fps for i in range(10)], **{k: [-1 / fps, 0.0] for k in ds.meta.camera_keys}}
+    chunked = LeRobotDataset('field_deploy/export_check', root=root, delta_timestamps=deltas, **kwargs)
+    for idx in (0, len(chunked) // 2, len(chunked) - 1):
+        item = chunked[idx]
+        if tuple(item['action'].shape) != (10, info['features']['action']['shape'][0]):
+            problems.append(f'frame {idx}: action chunk shape {tuple(item["action"].shape)}')
+        for key in ds.meta.camera_keys:
+            if item[key].shape[0] != 2:
+                problems.append(f'frame {idx}: {key} history shape {tuple(item[key].shape)}')
+    print('  delta_timestamps (10-step action chunks, 2 camera frames): items 0, middle, last decoded')
     for p in problems:
         print('  PROBLEM:', p)
     print('LeRobotDataset: ' + ('FAILED' if problems else 'loaded, frames decoded, totals match'))
