@@ -28,7 +28,8 @@ def main() -> int:
     t0 = time.perf_counter()
     ds = LeRobotDataset('field_deploy/export_check', root=root, **kwargs)
     print(f'  loaded in {time.perf_counter() - t0:.1f} s: {ds.num_episodes} episodes, '
-          f'{ds.num_frames} frames, fps {ds.fps}, cameras {ds.meta.camera_keys}')
+          f'{ds.num_frames} frames, fps {ds.fps}, cameras {ds.meta.camera_keys}, '
+          f'video backend {getattr(ds, "video_backend", None) or kwargs.get("video_backend", "default")}')
     problems = []
     if ds.num_episodes != info['total_episodes'] or ds.num_frames != info['total_frames']:
         problems.append(f'totals {ds.num_episodes}/{ds.num_frames} != info.json '
