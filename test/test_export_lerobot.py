@@ -312,6 +312,30 @@ def test_episode_with_lost_messages_is_left_out(tmp_path: Path) -> None:
     assert got == [('pack/a', True, 0), ('pack/b', False, 5)]
     assert 'lost' in report.episodes[1].reason and '/joint_states' in report.episodes[1].reason
     assert check_layout(tmp_path / 'ds')['total_episodes'] == 1
+    # a stream that stops inside an episode (its frames would hold a stale sample) is a loss too
+    stops = write_bag(tmp_path / 'stops', seconds=2.0, hole=(1200 * MS, 10 * 10**9),
+                      episodes=[episode(0, 'pack/c', 200, 1000), episode(1, 'pack/d', 1050, 1800)])
+    report = export_lerobot([stops], tmp_path / 'ds2', include_failed=True)
+    last_frame_ms = 1050 + 22 * 1000 / 30                              # the grid's last time <= 1800
+    assert [e.lost for e in report.episodes] == [0, int(last_frame_ms - 1190) // 10]   # samples owed
+    assert check_layout(tmp_path / 'ds2')['total_episodes'] == 2
+
+
+def test_sampler_waits_for_a_lagging_stream_and_not_for_a_stopped_one() -> None:
+    """A stream logged 5 s after its stamps (a recorder that fell behind) is waited for, so its
+    samples are the right ones; a stream that stops is given up after ``quiet_ns``."""
+    start = 10 * 10**9
+    sampler = FrameSampler(['lag', 'stops', 'ok'], start, start + 3 * 10**9, 10, quiet_ns=10**9)
+    pushes = [(t + 5 * 10**9, 'lag', t) for t in range(start - 10**8, start + 4 * 10**9, 10 * MS)]
+    pushes += [(t, 'stops', t) for t in range(start - 10**8, start + 10**9, 10 * MS)]
+    pushes += [(t + MS, 'ok', t) for t in range(start - 10**8, start + 9 * 10**9, 10 * MS)]
+    frames = []
+    for log, stream, stamp in sorted(pushes):
+        frames += sampler.push(stream, stamp, stamp, log)
+    assert sampler.done and len(frames) == 31
+    for f in frames:
+        assert f.samples['lag'].stamp_ns == f.time_ns                  # exact, though 5 s late
+        assert f.samples['stops'].stamp_ns == min(f.time_ns, start + 10**9 - 10 * MS)
 
 
 def test_two_bags_append_into_one_dataset(bag_a: Path, bag_b: Path, tmp_path: Path) -> None:

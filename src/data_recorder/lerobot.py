@@ -135,6 +135,7 @@ class _Episode:
         self._gaps_before: dict[str, int] = {}
         self._cache: dict[str, tuple[int, list[np.ndarray]]] = {}
         self.first_time_ns: int | None = None
+        self.last_time_ns: int | None = None
         self.frames = 0
 
     def observe(self, topic: str, stamp: int, start_ns: int, end_ns: int) -> None:
@@ -148,7 +149,11 @@ class _Episode:
         gaps.observe_stamp(stamp)
 
     def lost(self, topic: str) -> int:
-        return self.gaps[topic].lost_gaps - self._gaps_before.get(topic, self.gaps[topic].lost_gaps)
+        """Holes inside the episode, plus the samples a periodic stream owed after its last one up
+        to the last frame (a stream that stopped inside the episode: frames held a stale sample)."""
+        gaps = self.gaps[topic]
+        inside = gaps.lost_gaps - self._gaps_before.get(topic, gaps.lost_gaps)
+        return inside + (gaps.due_before(self.last_time_ns) if self.last_time_ns is not None else 0)
 
     def vectors(self, topic: str, sample: Any) -> list[np.ndarray]:
         cached = self._cache.get(topic)
@@ -166,6 +171,7 @@ class _Episode:
             return                          # leading frames before every stream has a sample
         if self.first_time_ns is None:
             self.first_time_ns = frame.time_ns
+        self.last_time_ns = frame.time_ns
         state = None
         for topic, src in self.plan.sources.items():
             for key, vec in zip(src.features, self.vectors(topic, frame.samples[topic]), strict=True):
@@ -336,7 +342,7 @@ def _choose_fps(profile: RobotProfile, bag: Bag, pl: Plan, fps: int | None, stat
 
 def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | None = None,
                    task: str | None = None, include_failed: bool = False, robot: str | None = None,
-                   codec: str = DEFAULT_CODEC, max_delay_s: float = 2.0,
+                   codec: str = DEFAULT_CODEC, max_delay_s: float = 10.0,
                    progress: Callable[[int], None] | None = None, hook: Hook | None = None,
                    planned: Callable[[int], None] | None = None) -> ExportReport:
     """Export the episodes of ``paths`` (bags, or folders of bags) into the dataset at ``out``
@@ -482,7 +488,8 @@ def _run_episode(bag: Bag, pl: Plan, ep: Episode, writer: _Writer, rep: EpisodeR
     why = [failed] if failed else []
     if lost:
         worst = max(frames.gaps, key=frames.lost)
-        why.append(f'{lost} messages lost in the episode (holes in sample stamps; most on {worst})')
+        why.append(f'{lost} messages lost in the episode (holes in sample stamps, or a stream that '
+                   f'stopped before its end; most on {worst})')
     if unplaced:
         why.append('the recorder lost ' + ', '.join(f'{n} on {t}' for t, n in unplaced.items())
                    + ' at times it could not place')

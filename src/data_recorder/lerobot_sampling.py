@@ -6,10 +6,13 @@ Never a later sample (no look-ahead), never an interpolation (nothing invented).
 
 Samples come in the bag's log-time order (when the recorder received them), which is not the stamp
 order across streams: a camera frame stamped at ``t`` may be logged 50 ms after a joint sample
-stamped at ``t + 40 ms``. So a frame is *decided* only when, for every stream, either a sample
-stamped after ``t`` has been seen (a stream's own samples come in stamp order, so nothing at or
-before ``t`` is still to come from it) or the log has moved ``max_delay_ns`` past ``t`` (a stream
-that went silent). Memory holds only the samples ahead of the pending frame: the recorder's lag.
+stamped at ``t + 40 ms``, and a recorder that fell behind logs seconds after the stamps. So a frame
+is *decided* only when, for every stream, a sample stamped after ``t`` has been seen (a stream's own
+samples come in stamp order, so nothing at or before ``t`` is still to come from it), or the stream
+has gone quiet (nothing from it for ``quiet_ns`` of log time, and the log is ``quiet_ns`` past
+``t``), or it never came and the log is ``max_delay_ns`` past ``t``. A stream that lags but keeps
+arriving is waited for however far behind it is: memory holds the samples ahead of the pending
+frame, i.e. the recorder's lag, not the bag.
 Pure: no ROS, no I/O; payloads are opaque (raw CDR bytes in the exporter).
 """
 
@@ -75,12 +78,13 @@ class FrameSampler:
     """
 
     def __init__(self, streams: Iterable[Hashable], start_ns: int, end_ns: int, fps: int,
-                 max_delay_ns: int = 2 * NS) -> None:
+                 max_delay_ns: int = 10 * NS, quiet_ns: int = 2 * NS) -> None:
         if fps <= 0:
             raise ValueError(f'fps must be a positive integer, got {fps}')
         self.start_ns, self.end_ns, self.fps = start_ns, end_ns, fps
-        self.max_delay_ns = max_delay_ns
+        self.max_delay_ns, self.quiet_ns = max_delay_ns, quiet_ns
         self._holds = {s: _Hold() for s in streams}
+        self._arrived: dict[Hashable, int] = {}          # stream -> log time of its last sample
         self._k = 0
         self._seq = 0
 
@@ -98,6 +102,7 @@ class FrameSampler:
 
     def push(self, stream: Hashable, stamp_ns: int, payload: Any, log_ns: int) -> list[Frame]:
         self._seq += 1
+        self._arrived[stream] = log_ns
         hold = self._holds[stream]
         if not self.done:
             hold.push(Sample(stamp_ns, self._seq, payload), self.time_of(self._k))
@@ -106,18 +111,26 @@ class FrameSampler:
     def finish(self) -> list[Frame]:
         return self._decide(None)
 
+    def _resolved(self, stream: Hashable, hold: _Hold, t: int, log_ns: int | None) -> bool:
+        """Nothing stamped at or before ``t`` is still to come from ``stream``."""
+        if log_ns is None or hold.ahead:
+            return True
+        arrived = self._arrived.get(stream)
+        if arrived is None:
+            return log_ns >= t + self.max_delay_ns
+        return log_ns >= t + self.quiet_ns and log_ns - arrived >= self.quiet_ns
+
     def _decide(self, log_ns: int | None) -> list[Frame]:
         out: list[Frame] = []
-        holds = self._holds.values()
+        holds = self._holds
         while not self.done:
             t = self.time_of(self._k)
-            silent_ok = log_ns is None or log_ns >= t + self.max_delay_ns
-            if not silent_ok and not all(h.ahead for h in holds):
+            if not all(self._resolved(s, h, t, log_ns) for s, h in holds.items()):
                 break
-            out.append(Frame(self._k, t, {s: h.latest for s, h in self._holds.items()}))
+            out.append(Frame(self._k, t, {s: h.latest for s, h in holds.items()}))
             self._k += 1
             if not self.done:
                 t_next = self.time_of(self._k)
-                for h in holds:
+                for h in holds.values():
                     h.advance(t_next)
         return out
