@@ -68,7 +68,6 @@ class ExportReport:
     seconds: float = 0.0
     frames_encoded: int = 0
     encode_seconds: float = 0.0
-    messages: int = 0
 
 
 def task_text(fields: dict[str, str], fallback: str) -> str:
