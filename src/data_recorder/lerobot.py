@@ -99,6 +99,24 @@ def _image_shape(bag: Bag, topic: str) -> tuple[int, int]:
     return image_shape(raw.data)
 
 
+def _bag_profile(bag: Bag) -> RobotProfile:
+    """The profile the bag was recorded with: the one its hardware record names (the recorder's
+    ``field_deploy.rohs`` custom data) if its joints are the bag's, else the shipped profile whose
+    joints are exactly those of ``joint_states``."""
+    from data_recorder.lerobot_mapping import resolve_topic
+    js = resolve_topic('joint_states', {n: t.type for n, t in bag.topics.items()})
+    if js is None:
+        raise ExportError(f'{bag.path}: no joint_states topic')
+    joints = list(_first(bag, js).name)
+    try:
+        named = json.loads(bag.custom_data.get('field_deploy.rohs') or '{}').get('robot')
+        if named and set(load_profile(named).joint_names) == set(joints):
+            return load_profile(named)
+    except (ValueError, AttributeError, OSError):
+        pass                              # no usable record: the joints decide
+    return infer_profile(joints)
+
+
 def _unplaced_losses(bag: Bag, topics: Sequence[str]) -> dict[str, int]:
     """Losses the recorder counted on ``topics`` that stamps cannot place in time (middleware,
     queue); every episode of such a bag is marked."""
@@ -149,15 +167,7 @@ def export_lerobot(paths: Sequence[str | Path], out: str | Path, *, fps: int | N
     bags = [Bag(b) for p in paths for b in find_bags(Path(p))]
     if not bags:
         raise ExportError('no bag given')
-    if robot:
-        profile = load_profile(robot)
-    else:
-        from data_recorder.lerobot_mapping import resolve_topic
-        topics0 = {n: t.type for n, t in bags[0].topics.items()}
-        js = resolve_topic('joint_states', topics0)
-        if js is None:
-            raise ExportError(f'{bags[0].path}: no joint_states topic')
-        profile = infer_profile(list(_first(bags[0], js).name))
+    profile = load_profile(robot) if robot else _bag_profile(bags[0])
     plans = []
     for bag in bags:
         pl = plan(profile, {n: t.type for n, t in bag.topics.items()},
