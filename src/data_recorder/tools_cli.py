@@ -164,8 +164,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_lerobot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from data_recorder.lerobot import export_lerobot
@@ -192,8 +190,6 @@ def _export_lerobot(args: argparse.Namespace) -> int:
 
 
 def _export_parquet(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from data_recorder.export import export, find_bags
