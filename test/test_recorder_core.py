@@ -30,6 +30,7 @@ from data_recorder import msgdefs
 from data_recorder.accounting import TopicStats
 from data_recorder.recorder import Recorder, RecorderConfig, _Command
 from data_recorder.recover import is_complete, recover, take_over_output
+from data_recorder.sequence import SequenceTracker
 from data_recorder.snapshot import SnapshotBuffer
 from data_recorder.writer import BagWriter, header_stamp_ns
 from field_deploy.testing import wait_until
@@ -251,8 +252,127 @@ def test_close_counts_the_unreceived_tail_of_live_streams_only(tmp_path: Path) -
     last = header_stamp_ns(joint_state(199, period))
     rec.close(stop_ns=last + 50 * period, live_topics=['/alive'])
     counts = json.loads(md.load(tmp_path / 'bag')['custom_data']['data_recorder.accounting'])
-    assert (counts['/alive']['written'], counts['/alive']['lost_gaps']) == (200, 50)
+    assert (counts['/alive']['written'], counts['/alive']['lost_tail']) == (200, 50)
+    assert (counts['/alive']['lost'], counts['/alive']['lost_gaps']) == (50, 0)
     assert (counts['/gone']['written'], counts['/gone']['lost']) == (200, 0)
+
+
+# -- DDS sequence numbers ----------------------------------------------------------------------
+
+def _feed(tracker: SequenceTracker, numbers: list[int]) -> SequenceTracker:
+    for n in numbers:
+        tracker.observe(n)
+    return tracker
+
+
+def test_sequence_gaps_of_one_writer_are_its_losses_whatever_the_timing() -> None:
+    kept = [n for n in range(1, 1001) if n % 10 != 3]          # 100 holes
+    t = _feed(SequenceTracker(), kept)
+    assert (t.lost, t.unsequenced, len(t.runs)) == (100, 0, 1)
+    assert t.per_writer() == [{'first': 1, 'last': 1000, 'received': 900, 'lost': 100}]
+    late = _feed(SequenceTracker(), list(range(500, 601)))     # joined late: nothing before counted
+    assert late.lost == 0 and late.per_writer()[0]['received'] == 101
+
+
+def test_sequence_two_interleaved_writers_counted_apart() -> None:
+    rng = random.Random(3)
+    a = [n for n in range(1, 3001) if rng.random() > 0.02]     # writer A: its own numbers
+    b = [n for n in range(7, 1207) if rng.random() > 0.05]     # writer B, joined later
+    merged, ia, ib = [], 0, 0
+    while ia < len(a) or ib < len(b):                           # arrival order: interleaved
+        if ib >= len(b) or (ia < len(a) and rng.random() < 0.7):
+            merged.append(a[ia])
+            ia += 1
+        else:
+            merged.append(b[ib])
+            ib += 1
+    t = SequenceTracker()
+    t.writers = 2
+    _feed(t, merged)
+    expected = (a[-1] - a[0] + 1 - len(a)) + (b[-1] - b[0] + 1 - len(b))
+    assert t.lost == expected and len(t.runs) == 2
+    assert sum(w['received'] for w in t.per_writer()) == len(merged)
+
+
+def test_sequence_restarted_writer_is_a_new_run_not_a_loss() -> None:
+    t = SequenceTracker()
+    t.set_writers(1)
+    _feed(t, [1, 2, 3, 5, 6])                                   # 1 lost, then the process restarts
+    _feed(t, [1, 2, 4, 5])                                      # new gid, numbered from 1: 1 lost
+    assert t.lost == 2 and t.new_writers == 2
+    assert t.per_writer() == [{'first': 1, 'last': 6, 'received': 5, 'lost': 1},
+                              {'first': 1, 'last': 5, 'received': 4, 'lost': 1}]
+    # the graph lists the old writer a moment longer: it is retired once idle over a poll
+    t2 = SequenceTracker()
+    t2.set_writers(1)
+    _feed(t2, list(range(1, 101)))
+    t2.set_writers(2)                                           # old and new listed together
+    _feed(t2, [1, 2, 3])
+    t2.set_writers(2)
+    _feed(t2, [4, 5])
+    t2.set_writers(1)                                           # the old one left the graph
+    assert len(t2.runs) == 1 and t2.runs[0].first == 1 and t2.runs[0].last == 5
+    _feed(t2, [6, 7, 150])
+    assert t2.lost == 142                                       # 8..149 of the new writer
+
+
+def test_sequence_a_lagging_graph_does_not_end_a_live_writer() -> None:
+    t = SequenceTracker()
+    t.writers = 2
+    _feed(t, [1, 500, 2, 501, 3, 502])                          # two live writers
+    t.set_writers(1)                                            # the graph lags behind DDS
+    _feed(t, [4, 503])
+    t.set_writers(1)
+    assert len(t.runs) == 2 and t.lost == 0
+
+
+def test_without_sequence_numbers_the_stamps_decide() -> None:
+    stats = TopicStats()
+    for n in (0, 0, 0):
+        stats.seq.observe(n)                                    # rmw without sequence numbers
+    for s in [i * 1_000_000 for i in range(1, 200) if not 100 <= i < 105]:
+        stats.observe_stamp(s)
+    assert not stats.sequenced and stats.lost == stats.lost_gaps == 5
+    exact = TopicStats()
+    _feed(exact.seq, [1, 2, 3])
+    for s in [i * 1_000_000 for i in range(1, 200) if not 100 <= i < 105]:
+        exact.observe_stamp(s)
+    assert exact.sequenced and exact.lost_gaps == 5 and exact.lost == 0   # second opinion only
+
+
+def test_not_written_is_never_reported_as_nothing_lost(tmp_path: Path) -> None:
+    rec = Recorder(RecorderConfig(str(tmp_path / 'bag'), min_free_space=0))
+    rec.add_topic('/js', 'sensor_msgs/msg/JointState', [md.qos_dict()])
+    stats = rec.stats('/js')
+    for i in range(10):
+        rec.on_message_seq(stats, '/js', joint_state(i, 1_000_000), i + 1)
+    rec.pause()
+    for i in range(10, 14):
+        rec.on_message_seq(stats, '/js', joint_state(i, 1_000_000), i + 1)
+    rec.close()
+    totals = rec.accounting.totals()
+    assert (totals['received'], totals['written'], totals['not_written'],
+            totals['skipped_paused'], totals['lost']) == (14, 10, 4, 4, 0)
+    line = md.load(tmp_path / 'bag')['custom_data']['data_recorder.loss_summary']
+    assert line == '14 messages received, 10 written, 4 NOT written (paused 4), 0 lost'
+
+
+def test_snapshot_mode_counts_what_never_reached_a_snapshot(tmp_path: Path) -> None:
+    rec = Recorder(RecorderConfig(str(tmp_path / 'bag'), min_free_space=0, snapshot_mode=True,
+                                  snapshot_duration=0.0, snapshot_max_bytes=3000))
+    rec.add_topic('/js', 'sensor_msgs/msg/JointState', [md.qos_dict()])
+    stats = rec.stats('/js')
+    size = len(joint_state(0, 1))
+    for i in range(80):                        # more than the ring holds: the oldest go
+        rec.on_message(stats, '/js', joint_state(i, 1_000_000))
+    wait_until(lambda: rec.queue_length == 0, 10)
+    rec.snapshot()
+    for i in range(80, 85):                    # buffered, never snapshotted
+        rec.on_message(stats, '/js', joint_state(i, 1_000_000))
+    rec.close()
+    kept = 3000 // size
+    assert (stats.received, stats.written, stats.skipped_snapshot) == (85, kept, 85 - kept)
+    assert stats.not_written == 85 - kept and stats.lost == 0
 
 
 def test_snapshot_buffer_keeps_the_last_seconds_and_bytes() -> None:
@@ -361,7 +481,12 @@ def test_disk_guard_stops_cleanly_on_a_small_filesystem(tmp_path: Path) -> None:
         assert shutil.disk_usage(mount).free > 256 * 1024
         assert is_complete(mount / 'bag' / 'bag_0.mcap')
         assert rosbags_counts(mount / 'bag') == {'/camera/front/image_raw': stats.written}
-        assert 'disk guard' in md.load(mount / 'bag')['custom_data']['data_recorder.stop_reason']
+        custom = md.load(mount / 'bag')['custom_data']
+        assert 'disk guard' in custom['data_recorder.stop_reason']
+        # metadata.yaml has the final counts, arrivals after the stop included, under their name
+        totals = json.loads(custom['data_recorder.totals'])
+        assert totals['skipped_stopped'] == stats.skipped_stopped == totals['not_written'] > 0
+        assert 'NOT written (recording stopped' in custom['data_recorder.loss_summary']
     finally:
         subprocess.run(['umount', '-l', str(mount)], check=False)
 

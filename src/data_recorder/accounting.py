@@ -1,23 +1,31 @@
-"""Per-topic message accounting: what arrived, what was written, and what was lost where.
+"""Per-topic message accounting: what arrived, what was written, what was lost, and why not.
 
-Three independent loss sources, kept apart so an operator can tell them apart:
+Lost (never reached the recorder, or dropped by it against its will), one source counted once:
 
-* ``lost_middleware``: the rmw *message lost* event (the DDS reader knows it missed samples);
-* ``lost_gaps``: holes in a periodic stream's header stamps (see :meth:`TopicStats.period`):
-  a jump of k periods counts k - 1 lost messages;
-* ``lost_queue``: our own bounded queue overflowed (the writer thread could not keep up).
+* ``lost_sequence``: holes in the DDS publication sequence numbers, per writer
+  (:mod:`data_recorder.sequence`): exact for every stream, periodic or not;
+* ``lost_tail``: samples of a periodic stream stamped before the stop that never arrived (a
+  hole at the end has no later number to reveal it: :meth:`TopicStats.due_before`);
+* ``lost_queue``: received, but our bounded hand-off queue was full (the writer thread lagged).
 
-``lost`` = max(middleware, gaps) + queue, because the first two usually see the same loss.
-A periodic stream whose publisher is still there when the bag closes, but whose newest samples
-never reached the recorder, has a hole at its end: :meth:`TopicStats.due_before` counts it and the
-recorder adds it to ``lost_gaps`` (a tail loss would otherwise be invisible).
-Messages received while paused or after the disk guard stopped the bag are counted apart
-(``skipped_paused``, ``skipped_stopped``): not written on purpose, not lost.
+``lost = lost_sequence + lost_tail + lost_queue``. Second opinions, reported and never added:
+``lost_gaps`` (holes in a periodic stream's header stamps, :meth:`TopicStats.period`) and
+``lost_middleware`` (the rmw message-lost event, opt-in). Only when the rmw gives no sequence
+numbers does ``lost`` fall back to ``max(lost_middleware, lost_gaps)`` in place of the sequence.
+
+Received but not written, each under its own name (``not_written`` is their sum): ``lost_queue``
+(above), ``skipped_paused`` (paused), ``skipped_stopped`` (after the disk guard or a write error
+stopped the bag), ``skipped_snapshot`` (snapshot mode: left the ring buffer without a snapshot,
+or still in it at the close). So "0 lost" never hides messages that were not written.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_recorder.sequence import SequenceTracker
 
 _WINDOW = 16
 _TOLERANCE = 0.005  # of a period: see TopicStats.period
@@ -33,17 +41,38 @@ class TopicStats:
     written: int = 0
     lost_middleware: int = 0
     lost_gaps: int = 0
+    lost_tail: int = 0
     lost_queue: int = 0
     skipped_paused: int = 0
     skipped_stopped: int = 0
+    skipped_snapshot: int = 0
+    seq: SequenceTracker = field(default_factory=SequenceTracker, repr=False)
     _last_stamp: int = field(default=0, repr=False)
     _intervals: list[int] = field(default_factory=list, repr=False)
     _period: int = field(default=0, repr=False)      # cached: recomputed every _WINDOW samples
     _samples: int = field(default=0, repr=False)
 
     @property
+    def sequenced(self) -> bool:
+        """Samples came with DDS sequence numbers, all of them (the loss count is exact). Fed
+        without them (an rmw that has none, a tool calling :meth:`Recorder.on_message`), the
+        stamps and the middleware event count instead."""
+        return self.seq.unsequenced == 0 and self.seq.new_writers > 0
+
+    @property
+    def lost_sequence(self) -> int:
+        return self.seq.lost
+
+    @property
     def lost(self) -> int:
-        return max(self.lost_middleware, self.lost_gaps) + self.lost_queue
+        transport = (self.seq.lost if self.sequenced
+                     else max(self.lost_middleware, self.lost_gaps))
+        return transport + self.lost_tail + self.lost_queue
+
+    @property
+    def not_written(self) -> int:
+        """Received and not written, whatever the cause (each one is counted under its name)."""
+        return self.lost_queue + self.skipped_paused + self.skipped_stopped + self.skipped_snapshot
 
     def observe_stamp(self, stamp: int) -> None:
         """Feed the header stamps of consecutive messages (writer thread, in arrival order)."""
@@ -116,9 +145,11 @@ class TopicStats:
                 return 0
         return period
 
-    def as_dict(self) -> dict[str, int | str]:
-        out = {k: v for k, v in asdict(self).items() if not k.startswith('_')}
-        out['lost'] = self.lost
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in COUNTERS}
+        out['type'] = self.type
+        out['sequenced'] = self.sequenced
+        out['writers'] = self.seq.per_writer()
         return out
 
 
@@ -135,16 +166,47 @@ class Accounting:
         return stats
 
     def totals(self) -> dict[str, int]:
-        keys = ('received', 'written', 'lost', 'lost_middleware', 'lost_gaps', 'lost_queue',
-                'skipped_paused', 'skipped_stopped')
-        return {k: sum(getattr(s, k) for s in self.topics.values()) for k in keys}
+        return {k: sum(getattr(s, k) for s in self.topics.values()) for k in COUNTERS}
 
-    def as_dict(self) -> dict[str, dict[str, int | str]]:
-        """``{topic: {type, received, written, lost, lost_middleware, lost_gaps, lost_queue, …}}``."""
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{topic: {type, received, written, lost, lost_sequence, …, not_written, writers}}``."""
         return {name: s.as_dict() for name, s in sorted(self.topics.items())}
 
     def custom_data(self) -> dict[str, str]:
         """Entries for metadata.yaml ``custom_data`` (string values, as rosbag2 requires)."""
-        import json
         return {'data_recorder.accounting': json.dumps(self.as_dict(), sort_keys=True),
-                'data_recorder.totals': json.dumps(self.totals(), sort_keys=True)}
+                'data_recorder.totals': json.dumps(self.totals(), sort_keys=True),
+                'data_recorder.loss_summary': summary_line(self.totals())}
+
+
+#: The per-topic counters (ints) reported everywhere: metadata.yaml, /diagnostics, the close line.
+COUNTERS = ('received', 'written', 'lost', 'lost_sequence', 'lost_tail', 'lost_queue',
+            'lost_gaps', 'lost_middleware', 'not_written', 'skipped_paused', 'skipped_stopped',
+            'skipped_snapshot')
+#: Why a received message was not written: counter -> the words an operator reads.
+NOT_WRITTEN_CAUSES = {'lost_queue': 'queue overflow', 'skipped_paused': 'paused',
+                      'skipped_stopped': 'recording stopped (disk guard / write error)',
+                      'skipped_snapshot': 'snapshot mode, not in a snapshot'}
+#: Where a lost message went: counter -> words.
+LOST_CAUSES = {'lost_sequence': 'DDS sequence gaps', 'lost_tail': 'stream tail not received',
+               'lost_queue': 'queue overflow'}
+
+
+def topic_line(counts: dict[str, Any]) -> str:
+    """One topic's counters as a ``/diagnostics`` value: ``received=… written=… lost=… (…)``."""
+    return ' '.join(f'{k}={counts[k]}' for k in COUNTERS) + f' writers={len(counts["writers"])}'
+
+
+def _causes(totals: dict[str, int], names: dict[str, str]) -> str:
+    parts = [f'{words} {totals[key]}' for key, words in names.items() if totals.get(key)]
+    return f' ({", ".join(parts)})' if parts else ''
+
+
+def summary_line(totals: dict[str, int]) -> str:
+    """The one line an operator reads: every message received is written, not written (and why),
+    or counted lost (and where) - never "0 lost" when messages were not written."""
+    line = f'{totals["received"]} messages received, {totals["written"]} written'
+    if totals['not_written']:
+        line += (f', {totals["not_written"]} NOT written'
+                 + _causes(totals, NOT_WRITTEN_CAUSES))
+    return line + f', {totals["lost"]} lost' + _causes(totals, LOST_CAUSES)

@@ -25,20 +25,19 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from lifecycle_msgs.msg import TransitionEvent
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import Executor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
-from data_recorder import metadata as md
+from data_recorder.accounting import summary_line, topic_line
+from data_recorder.capture import Capture
 from data_recorder.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
 from data_recorder.recorder import Recorder, RecorderConfig
 from data_recorder.recover import take_over_output
-from data_recorder.selection import Selection, adapt_qos, load_qos_overrides, unique
-from field_deploy.ros import init, message_class, run_nodes
+from data_recorder.selection import Selection, load_qos_overrides, unique
+from field_deploy.ros import init, run_nodes
 
 NODE_NAME = 'data_recorder'
 
@@ -75,24 +74,8 @@ PARAMETERS: dict[str, Any] = {
     'hardware_profile': '',   # robot profile: its RoHS table (installed parts) goes into the bag
 }
 
-_RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
-_DURABILITY = {DurabilityPolicy.TRANSIENT_LOCAL: 'transient_local',
-               DurabilityPolicy.VOLATILE: 'volatile'}
-
-
 def default_output() -> str:
     return datetime.now().strftime('rosbag2_%Y_%m_%d-%H_%M_%S')
-
-
-def _qos(settings: dict[str, Any]) -> QoSProfile:
-    return QoSProfile(
-        history=(HistoryPolicy.KEEP_ALL if settings['history'] == 'keep_all'
-                 else HistoryPolicy.KEEP_LAST),
-        depth=settings['depth'],
-        reliability=(ReliabilityPolicy.RELIABLE if settings['reliability'] == 'reliable'
-                     else ReliabilityPolicy.BEST_EFFORT),
-        durability=(DurabilityPolicy.TRANSIENT_LOCAL if settings['durability'] == 'transient_local'
-                    else DurabilityPolicy.VOLATILE))
 
 
 class DataRecorderNode(LifecycleNode):
@@ -112,10 +95,7 @@ class DataRecorderNode(LifecycleNode):
         self._behind: dict[str, int] = {}     # ... and the streams still behind at its end
         self.last_error = ''
         self._selection: Selection | None = None
-        self._overrides: dict[str, dict[str, Any]] = {}
-        self._recorded_subs: dict[str, Any] = {}
-        self._types: dict[str, str] = {}
-        self._settings: dict[str, dict[str, Any]] = {}
+        self.capture: Capture | None = None    # the recorded topics' subscriptions
         self._warned: set[str] = set()
         self._discovery_timer = None
         self._episodes = EpisodeTracker()
@@ -133,8 +113,9 @@ class DataRecorderNode(LifecycleNode):
 
     # -- public ---------------------------------------------------------------------------------
 
-    def accounting(self) -> dict[str, dict[str, int | str]]:
-        """Per-topic ``{received, written, lost, lost_middleware, lost_gaps, lost_queue, …}``."""
+    def accounting(self) -> dict[str, dict[str, Any]]:
+        """Per-topic ``{received, written, lost, lost_sequence, …, not_written, writers}``
+        (:data:`data_recorder.accounting.COUNTERS`)."""
         recorder = self.recorder or self._final
         return recorder.accounting.as_dict() if recorder else {}
 
@@ -152,12 +133,13 @@ class DataRecorderNode(LifecycleNode):
         most 0.5 s). Streams still behind at the timeout: :meth:`close_bag` counts their tail lost.
         """
         recorder = self.recorder
-        if recorder is None or not recorder.streaming or not self._recorded_subs:
+        capture = self.capture
+        if recorder is None or capture is None or not recorder.streaming or not capture.subs:
             return
         self._stop_ns = stop_ns = time.time_ns()
         started = time.monotonic()
         deadline = started + float(self._param('drain_timeout'))
-        stats = {topic: recorder.stats(topic) for topic in self._recorded_subs}
+        stats = {topic: recorder.stats(topic) for topic in capture.subs}
         seen = {topic: s.received for topic, s in stats.items()}
         last = dict.fromkeys(stats, (started, 0))      # topic -> (time, step) of its last message
         first = received = sum(seen.values())
@@ -193,7 +175,8 @@ class DataRecorderNode(LifecycleNode):
         once the writer thread has written what it had, counted lost.
         """
         recorder, self.recorder = self.recorder, None
-        self._unsubscribe()
+        if self.capture is not None:
+            self.capture.close()
         if recorder is not None:
             if self._episodes.episodes:
                 self._episodes.close(self.get_clock().now().nanoseconds)
@@ -202,8 +185,9 @@ class DataRecorderNode(LifecycleNode):
             path = recorder.close(stop_ns=self._stop_ns, live_topics=list(self._behind))
             self._stop_ns, self._behind = 0, {}
             totals = recorder.accounting.totals()
-            self.get_logger().info(f'bag closed: {path} ({totals["written"]} messages written, '
-                                   f'{totals["lost"]} lost)')
+            log = self.get_logger().warning if totals['lost'] or totals['not_written'] else \
+                self.get_logger().info
+            log(f'bag closed: {path}: {summary_line(totals)}')
             self._final = recorder
             self._publish_diagnostics()
 
@@ -218,8 +202,11 @@ class DataRecorderNode(LifecycleNode):
                 exclude_regex=self._param('exclude_regex'),
                 include_hidden=self._param('include_hidden_topics'))
             path = self._param('qos_profile_overrides_path')
-            self._overrides = load_qos_overrides(path) if path else {}
+            overrides = load_qos_overrides(path) if path else {}
             self.recorder = Recorder(config, log=self._log)
+            self.capture = Capture(self, self.recorder, depth=self._param('qos_depth'),
+                                   overrides=overrides,
+                                   message_lost_events=self._param('message_lost_events'))
             self._episodes = EpisodeTracker()
             if self._param('hardware_profile'):   # the hardware this bag is recorded on
                 from health_monitor.rohs import write_into_bag
@@ -309,8 +296,9 @@ class DataRecorderNode(LifecycleNode):
 
     def _discover(self) -> None:
         """Subscribe to every selected topic that now has a publisher (late topics included)."""
-        recorder, selection = self.recorder, self._selection
-        if recorder is None or selection is None or recorder.state != 'recording':
+        recorder, selection, capture = self.recorder, self._selection, self.capture
+        if (recorder is None or selection is None or capture is None
+                or recorder.state != 'recording'):
             return
         for topic, types in self.get_topic_names_and_types():
             if self._param('episodes') and topic not in self._episode_subs and skill_of_topic(topic):
@@ -318,19 +306,20 @@ class DataRecorderNode(LifecycleNode):
                     TransitionEvent, topic, self._episode_transition(skill_of_topic(topic)), 100)
             if not selection.matches(topic):
                 continue
-            if topic in self._recorded_subs:
-                if types != [self._types[topic]]:
+            if topic in capture.subs:
+                recorded = capture.types[topic]
+                if types != [recorded]:
                     self._warn_once(f'change:{topic}:{types}', (
                         f'topic {topic}: type changed to {types} while recording it as '
-                        f'{self._types[topic]}: only {self._types[topic]} is recorded'))
-                self._requalify(topic)
+                        f'{recorded}: only {recorded} is recorded'))
+                capture.poll(topic)
                 continue
             if len(types) != 1:
                 self._warn_once(f'types:{topic}:{types}', (
                     f'topic {topic}: several types on the graph {types}: skipped (nothing of it '
                     'is recorded until one type remains)'))
                 continue
-            self._subscribe(topic, types[0])
+            capture.subscribe(topic, types[0], self._warn_once)
 
     # -- episodes -------------------------------------------------------------------------------
 
@@ -366,100 +355,6 @@ class DataRecorderNode(LifecycleNode):
         self.get_logger().info(f'episode {episode.index} {kind}: {episode.skill}'
                                + (f' -> {episode.outcome} {episode.reason}' if kind != 'start' else ''))
 
-    def _publisher_infos(self, topic: str) -> list[Any]:
-        """The topic's publishers, our own left out when there are others (this node's
-        ``/diagnostics`` must not decide the QoS the robot's ``/diagnostics`` is recorded with)."""
-        publishers = self.get_publishers_info_by_topic(topic)
-        others = [p for p in publishers if (p.node_name, p.node_namespace)
-                  != (self.get_name(), self.get_namespace())]
-        return others or publishers
-
-    @staticmethod
-    def _offered(publishers: list[Any]) -> list[tuple[str, str]]:
-        return [(_RELIABILITY.get(p.qos_profile.reliability, 'best_effort'),
-                 _DURABILITY.get(p.qos_profile.durability, 'volatile')) for p in publishers]
-
-    def _requalify(self, topic: str) -> None:
-        """Re-subscribe with a weaker QoS when a publisher that the current subscription cannot
-        match (best effort, volatile) joined later; a reliable reader never receives from a
-        best-effort writer, so without this its messages would be silently missing."""
-        current = self._settings[topic]
-        # A publisher that is going away (its process shutting down) is listed for a moment with
-        # an UNKNOWN QoS: no reason to weaken what we record with.
-        known = [p for p in self._publisher_infos(topic)
-                 if p.qos_profile.reliability in _RELIABILITY
-                 and p.qos_profile.durability in _DURABILITY]
-        if not known:
-            return
-        settings = adapt_qos(self._offered(known), self._param('qos_depth'),
-                             self._overrides.get(topic))
-        weaker = ((current['reliability'] == 'reliable' and settings['reliability'] != 'reliable')
-                  or (current['durability'] == 'transient_local'
-                      and settings['durability'] != 'transient_local'))
-        if weaker:
-            self.get_logger().warning(
-                f'topic {topic}: a publisher offers {settings["reliability"]} '
-                f'{settings["durability"]}: re-subscribing with that QoS')
-            self.destroy_subscription(self._recorded_subs.pop(topic))
-            self._create_subscription(topic, self._types[topic], settings)
-
-    def _subscribe(self, topic: str, type_name: str) -> None:
-        assert self.recorder is not None
-        publishers = self._publisher_infos(topic)
-        if not publishers:
-            return                          # only subscribers so far: offered QoS unknown
-        try:
-            message_class(type_name)
-        except LookupError as exc:
-            self._warn_once(f'type:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
-            return
-        offered = self._offered(publishers)
-        settings = adapt_qos(offered, self._param('qos_depth'), self._overrides.get(topic))
-        profiles = [md.qos_dict(r, d, p.qos_profile.depth)
-                    for (r, d), p in zip(offered, publishers, strict=True)]
-        try:
-            self.recorder.add_topic(topic, type_name, profiles)
-        except RuntimeError:
-            return                          # closing
-        except (LookupError, ValueError) as exc:
-            self._warn_once(f'add:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
-            return
-        self._create_subscription(topic, type_name, settings)
-
-    def _create_subscription(self, topic: str, type_name: str, settings: dict[str, Any]) -> None:
-        assert self.recorder is not None
-        msg_type = message_class(type_name)
-        recorder = self.recorder
-        stats = recorder.stats(topic)
-        on_message = recorder.on_message
-
-        def callback(data: bytes, _stats=stats, _topic=topic) -> None:
-            on_message(_stats, _topic, data)
-
-        def lost(info: Any, _stats=stats) -> None:
-            recorder.on_message_lost(_stats, info.total_count_change)
-
-        # The rmw message-lost event is opt-in: with rmw_fastrtps of Jazzy, taking it while the
-        # DDS thread reports a lost sample deadlocks the process (AB-BA lock order between the
-        # rmw event and the DataReader, ros2/rmw_implementation#278) - measured here: the
-        # recorder hung after ~10 s of the reference load. Stamp gaps and queue overflows are
-        # counted in any case.
-        events = (SubscriptionEventCallbacks(message_lost=lost)
-                  if self._param('message_lost_events')
-                  else SubscriptionEventCallbacks())
-        self._recorded_subs[topic] = self.create_subscription(
-            msg_type, topic, callback, _qos(settings), raw=True, event_callbacks=events)
-        self._types[topic] = type_name
-        self._settings[topic] = settings
-        self.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
-                               f'{settings["durability"]} depth {settings["depth"]}')
-
-    def _unsubscribe(self) -> None:
-        for sub in self._recorded_subs.values():
-            self.destroy_subscription(sub)
-        self._recorded_subs.clear()
-        self._types.clear()
-
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=NODE_NAME, hardware_id=self.get_fully_qualified_name())
         recorder = self.recorder or self._final
@@ -469,18 +364,16 @@ class DataRecorderNode(LifecycleNode):
         else:
             info = recorder.status()
             if info['state'] == 'stopped':
-                status.level, status.message = DiagnosticStatus.ERROR, info['stop_reason']
+                status.level = DiagnosticStatus.ERROR
+                status.message = f'{info["stop_reason"]}: {summary_line(info)}'
             elif info['lost']:
                 status.level = DiagnosticStatus.WARN
-                status.message = f'{info["state"]}: {info["lost"]} messages lost'
+                status.message = f'{info["state"]}: {summary_line(info)}'
             else:
                 status.level, status.message = DiagnosticStatus.OK, info['state']
             status.values = [KeyValue(key=k, value=str(v)) for k, v in info.items()]
             for topic, counts in recorder.accounting.as_dict().items():
-                status.values.append(KeyValue(key=topic, value=(
-                    f'received={counts["received"]} written={counts["written"]} '
-                    f'lost={counts["lost"]} (middleware={counts["lost_middleware"]} '
-                    f'gaps={counts["lost_gaps"]} queue={counts["lost_queue"]})')))
+                status.values.append(KeyValue(key=topic, value=topic_line(counts)))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(array)

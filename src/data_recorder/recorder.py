@@ -141,6 +141,15 @@ class Recorder:
             self._in_bytes += len(data)
             self._queue.append((topic, data, time.time_ns()))
 
+    def on_message_seq(self, stats: TopicStats, topic: str, data: bytes, seq: int) -> None:
+        """:meth:`on_message` with the sample's DDS publication sequence number."""
+        tracker = stats.seq
+        if seq == tracker.last + 1:
+            tracker.last = seq
+        else:
+            tracker.other(seq)
+        self.on_message(stats, topic, data)
+
     def on_message_lost(self, stats: TopicStats, total_count_change: int) -> None:
         stats.lost_middleware += total_count_change
 
@@ -206,10 +215,26 @@ class Recorder:
                 for topic in live_topics:
                     stats = self.accounting.topics.get(topic)
                     if stats is not None:
-                        stats.lost_gaps += stats.due_before(stop_ns)
+                        stats.lost_tail += stats.due_before(stop_ns)
+            if self.snapshot_buffer is not None:      # buffered, never snapshotted: not written
+                for topic, _data, _t in self.snapshot_buffer.drain():
+                    self.accounting.topics[topic].skipped_snapshot += 1
+            if self.writer.closed:
+                self._final_metadata()
             self._close_writer()
             self.state = 'closed'
         return self.path
+
+    def _final_metadata(self) -> None:
+        """The bag was closed early (disk guard, write error): its metadata.yaml has the counts
+        of that moment. Rewrite it with the final ones - what arrived after is counted too."""
+        for key, value in self.accounting.custom_data().items():
+            self.writer.set_custom_data(key, value)
+        try:
+            self.writer.rewrite_metadata()
+        except OSError as exc:
+            self.log('error', f'{self.path}: could not update metadata.yaml with the final '
+                              f'accounting ({exc}); the counts of the stop are in it')
 
     @property
     def streaming(self) -> bool:
@@ -290,7 +315,8 @@ class Recorder:
         if stamp:
             stats.observe_stamp(stamp)
         if self.snapshot_buffer is not None:
-            self.snapshot_buffer.add(topic, data, t)
+            for old in self.snapshot_buffer.add(topic, data, t):
+                self.accounting.topics[old].skipped_snapshot += 1
             return
         try:
             self.writer.write(topic, data, t, stamp or t)

@@ -27,16 +27,21 @@ class SnapshotBuffer:
         self.bytes = 0
         self.evicted = 0
 
-    def add(self, topic: str, data: bytes, log_time: int) -> None:
+    def add(self, topic: str, data: bytes, log_time: int) -> list[str]:
+        """Buffer one message; returns the topics of the oldest ones it pushed out (never
+        written: the recorder counts them ``skipped_snapshot``)."""
         self._items.append((topic, data, log_time))
         self.bytes += len(data)
         items = self._items
+        evicted: list[str] = []
         while items and (
                 (self.max_bytes and self.bytes > self.max_bytes) or
                 (self.max_duration_ns and log_time - items[0][2] >= self.max_duration_ns)):
-            _, old, _ = items.popleft()
+            old_topic, old, _ = items.popleft()
             self.bytes -= len(old)
             self.evicted += 1
+            evicted.append(old_topic)
+        return evicted
 
     def __len__(self) -> int:
         return len(self._items)

@@ -222,6 +222,13 @@ class BagWriter:
             md.write(self.path, self.metadata())
         return self.path
 
+    def rewrite_metadata(self) -> Path:
+        """Write metadata.yaml again after :meth:`close` (the custom data changed since: a
+        recorder stopped by its disk guard keeps counting what it does not write)."""
+        if not self.closed:
+            raise RuntimeError(f'{self.path}: rewrite_metadata before close')
+        return md.write(self.path, self.metadata())
+
     def __enter__(self) -> BagWriter:
         return self
 

@@ -1,0 +1,177 @@
+"""The recorded topics' subscriptions of the ``data_recorder`` node: QoS matching, re-subscription
+when a weaker publisher joins, and the wiring of each sample's DDS sequence number into the
+accounting (:mod:`data_recorder.sequence`).
+
+Taking the message info costs ~2 µs per message more than taking the bytes alone (measured with
+``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a
+``WithMessageInfo`` subscription's ``(bytes, info)`` to the callback as *one* tuple (rclpy 7.1,
+``events_executor.cpp``), the other executors as two arguments. A callback that declares two
+parameters is refused by the EventsExecutor (it calls it with one), so the callback takes one
+and an optional second, and the subscription is marked ``WithMessageInfo`` after its creation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
+
+from data_recorder import metadata as md
+from data_recorder.accounting import TopicStats
+from data_recorder.recorder import Recorder
+from data_recorder.selection import adapt_qos
+from field_deploy.ros import message_class
+
+_RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
+_DURABILITY = {DurabilityPolicy.TRANSIENT_LOCAL: 'transient_local',
+               DurabilityPolicy.VOLATILE: 'volatile'}
+
+
+def qos(settings: dict[str, Any]) -> QoSProfile:
+    return QoSProfile(
+        history=(HistoryPolicy.KEEP_ALL if settings['history'] == 'keep_all'
+                 else HistoryPolicy.KEEP_LAST),
+        depth=settings['depth'],
+        reliability=(ReliabilityPolicy.RELIABLE if settings['reliability'] == 'reliable'
+                     else ReliabilityPolicy.BEST_EFFORT),
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if settings['durability'] == 'transient_local'
+                    else DurabilityPolicy.VOLATILE))
+
+
+def sequenced_callback(recorder: Recorder, stats: TopicStats, topic: str) -> Callable[..., None]:
+    """The subscription callback: sequence accounting inlined (the hot path), then the hand-off."""
+    on_message = recorder.on_message
+    tracker = stats.seq
+    other = tracker.other
+
+    def callback(sample: Any, info: dict[str, Any] | None = None) -> None:
+        if info is None:                 # EventsExecutor: one (bytes, info) tuple
+            sample, info = sample
+        seq = info['publication_sequence_number']
+        if seq == tracker.last + 1:
+            tracker.last = seq
+        else:
+            other(seq)
+        on_message(stats, topic, sample)
+    return callback
+
+
+class Capture:
+    """Subscriptions of one recording, owned by the node (``node.create_subscription``)."""
+
+    def __init__(self, node: LifecycleNode, recorder: Recorder, *, depth: int,
+                 overrides: dict[str, dict[str, Any]], message_lost_events: bool) -> None:
+        self.node = node
+        self.recorder = recorder
+        self.depth = depth
+        self.overrides = overrides
+        self.message_lost_events = message_lost_events
+        self.subs: dict[str, Subscription] = {}
+        self.types: dict[str, str] = {}
+        self.settings: dict[str, dict[str, Any]] = {}
+
+    # -- graph ----------------------------------------------------------------------------------
+
+    def publisher_infos(self, topic: str) -> list[Any]:
+        """The topic's publishers, our own left out when there are others (this node's
+        ``/diagnostics`` must not decide the QoS the robot's ``/diagnostics`` is recorded with)."""
+        node = self.node
+        publishers = node.get_publishers_info_by_topic(topic)
+        others = [p for p in publishers if (p.node_name, p.node_namespace)
+                  != (node.get_name(), node.get_namespace())]
+        return others or publishers
+
+    @staticmethod
+    def offered(publishers: list[Any]) -> list[tuple[str, str]]:
+        return [(_RELIABILITY.get(p.qos_profile.reliability, 'best_effort'),
+                 _DURABILITY.get(p.qos_profile.durability, 'volatile')) for p in publishers]
+
+    def poll(self, topic: str) -> None:
+        """Discovery tick for a recorded topic: the graph's writer count bounds the sequence
+        runs (:meth:`SequenceTracker.set_writers`), and a weaker publisher re-subscribes."""
+        self.recorder.stats(topic).seq.set_writers(self.node.count_publishers(topic))
+        self.requalify(topic)
+
+    def requalify(self, topic: str) -> None:
+        """Re-subscribe with a weaker QoS when a publisher that the current subscription cannot
+        match (best effort, volatile) joined later; a reliable reader never receives from a
+        best-effort writer, so without this its messages would be silently missing."""
+        current = self.settings[topic]
+        # A publisher that is going away (its process shutting down) is listed for a moment with
+        # an UNKNOWN QoS: no reason to weaken what we record with.
+        known = [p for p in self.publisher_infos(topic)
+                 if p.qos_profile.reliability in _RELIABILITY
+                 and p.qos_profile.durability in _DURABILITY]
+        if not known:
+            return
+        settings = adapt_qos(self.offered(known), self.depth, self.overrides.get(topic))
+        weaker = ((current['reliability'] == 'reliable' and settings['reliability'] != 'reliable')
+                  or (current['durability'] == 'transient_local'
+                      and settings['durability'] != 'transient_local'))
+        if weaker:
+            self.node.get_logger().warning(
+                f'topic {topic}: a publisher offers {settings["reliability"]} '
+                f'{settings["durability"]}: re-subscribing with that QoS')
+            self.node.destroy_subscription(self.subs.pop(topic))
+            self.create(topic, self.types[topic], settings)
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    def subscribe(self, topic: str, type_name: str, warn_once: Callable[[str, str], None]) -> None:
+        publishers = self.publisher_infos(topic)
+        if not publishers:
+            return                          # only subscribers so far: offered QoS unknown
+        try:
+            message_class(type_name)
+        except LookupError as exc:
+            warn_once(f'type:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
+            return
+        offered = self.offered(publishers)
+        settings = adapt_qos(offered, self.depth, self.overrides.get(topic))
+        profiles = [md.qos_dict(r, d, p.qos_profile.depth)
+                    for (r, d), p in zip(offered, publishers, strict=True)]
+        try:
+            self.recorder.add_topic(topic, type_name, profiles)
+        except RuntimeError:
+            return                          # closing
+        except (LookupError, ValueError) as exc:
+            warn_once(f'add:{topic}:{type_name}', f'topic {topic}: {exc}: skipped')
+            return
+        self.create(topic, type_name, settings)
+
+    def create(self, topic: str, type_name: str, settings: dict[str, Any]) -> None:
+        recorder = self.recorder
+        stats = recorder.stats(topic)
+
+        def lost(info: Any) -> None:
+            recorder.on_message_lost(stats, info.total_count_change)
+
+        # The rmw message-lost event is opt-in: with rmw_fastrtps of Jazzy, taking it while the
+        # DDS thread reports a lost sample deadlocks the process (AB-BA lock order between the
+        # rmw event and the DataReader, ros2/rmw_implementation#278) - measured here: the
+        # recorder hung after ~10 s of the reference load. Sequence gaps are counted in any case.
+        events = (SubscriptionEventCallbacks(message_lost=lost) if self.message_lost_events
+                  else SubscriptionEventCallbacks())
+        sub = self.node.create_subscription(
+            message_class(type_name), topic, sequenced_callback(recorder, stats, topic),
+            qos(settings), raw=True, event_callbacks=events)
+        if not hasattr(sub, '_callback_type'):
+            raise RuntimeError('this rclpy has no Subscription._callback_type: the recorder '
+                               'cannot take the message info (DDS sequence numbers)')
+        sub._callback_type = Subscription.CallbackType.WithMessageInfo
+        stats.seq.set_writers(self.node.count_publishers(topic))
+        self.subs[topic] = sub
+        self.types[topic] = type_name
+        self.settings[topic] = settings
+        self.node.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
+                                    f'{settings["durability"]} depth {settings["depth"]}')
+
+    def close(self) -> None:
+        for sub in self.subs.values():
+            self.node.destroy_subscription(sub)
+        self.subs.clear()
+        self.types.clear()

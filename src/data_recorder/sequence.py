@@ -1,0 +1,183 @@
+"""Loss from DDS publication sequence numbers, per writer (pure core, no rclpy).
+
+Every sample a DDS DataWriter sends carries its sequence number: 1, 2, 3, … per writer, one per
+``publish`` (rmw message info ``publication_sequence_number``). A sample the reader never got
+leaves a hole in that sequence, whatever the stream's timing: periodic or not, stamped or not,
+reliable (the writer's history dropped it before it was repaired: a DDS GAP) or best effort. So
+``seq - previous - 1`` samples of that writer are lost, exactly.
+
+What rmw does **not** give is the writer: the message info has no publisher gid. Writers are
+told apart by what can be observed:
+
+* each writer's numbers only grow (DDS delivers a writer's samples in order: a reliable reader
+  holds out-of-order ones back, a best-effort reader drops late ones);
+* so the samples of N writers on one topic, interleaved, form N increasing runs. A sample joins
+  the run whose last number is the *largest one below it* (the run it leaves the smallest hole
+  in); a sample below or equal to every run's last number can continue none: it is a new writer —
+  a second publisher, or one that restarted (a new DDS writer, numbered from 1 again);
+* a second writer whose numbers are *above* the first one's looks, at its first sample, like a
+  hole in the first writer's run. The next sample of the first writer reveals it (it is below
+  the run's last number, above the number before that jump): while the graph lists more
+  publishers than there are runs, that jump is taken back - the run splits in two at it;
+* the graph's publisher count for the topic bounds the runs kept: a new run beyond it replaces
+  the least recently used one (the writer that went away: a restart), and a run that received
+  nothing between two graph polls is retired when there are more runs than publishers.
+
+Limits (documented in docs/data_recorder.md):
+
+* samples a writer sent before it matched the recorder are not counted (they were never meant
+  for this reader: a publisher's first messages before discovery, or a new writer's start); nor
+  the samples after the last one received (a stream's tail: the recorder counts that from the
+  stamps at stop, :meth:`data_recorder.accounting.TopicStats.due_before`);
+* two writers whose numbers are close can be confused for a moment (a sample joins the other
+  writer's run). The total stays right while each run's numbers stay increasing; a per-writer
+  split is then approximate, and a writer that restarts while the graph still lists the old one
+  can hide up to the numbers both runs share;
+* an rmw that does not fill the sequence number (0 or "unsupported") leaves the count to the
+  stamps and the middleware event (``unsequenced`` says how many such samples came).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: RMW_MESSAGE_INFO_SEQUENCE_NUMBER_UNSUPPORTED (UINT64_MAX) and anything beyond a real counter.
+UNSUPPORTED = 2**64 - 1
+#: Finished runs kept for the per-writer report (their losses always stay in the totals).
+MAX_RETIRED = 32
+
+
+@dataclass
+class WriterRun:
+    """The samples of one (inferred) writer: numbers ``first..last``, ``lost`` of them missing."""
+
+    first: int
+    last: int
+    lost: int = 0
+    used: int = 0       # order in which runs were last left (least recently used: smallest)
+    polled: int = -1    # ``last`` at the previous graph poll (unchanged: the run is idle)
+    jump_from: int = 0  # the run's latest hole: from this number ...
+    jump_to: int = 0    # ... to this one, with ``lost_before`` lost before it
+    lost_before: int = 0
+
+    @property
+    def received(self) -> int:
+        return self.last - self.first + 1 - self.lost
+
+    def as_dict(self) -> dict[str, int]:
+        return {'first': self.first, 'last': self.last, 'received': self.received,
+                'lost': self.lost}
+
+
+class SequenceTracker:
+    """Per-topic writer runs. One thread feeds it (the executor); others may read the totals.
+
+    Hot path: :meth:`observe` with the next number of the current run is one compare and one
+    store; the caller may inline it (``if seq == t.last + 1: t.last = seq else: t.other(seq)``).
+    """
+
+    __slots__ = ('_current', '_switches', 'last', 'lost', 'new_writers', 'retired', 'runs',
+                 'unsequenced', 'writers')
+
+    def __init__(self) -> None:
+        self.last = -2                          # last number of the current run (fast path)
+        self.lost = 0                           # holes in every run, retired ones included
+        self.unsequenced = 0                    # samples without a usable number
+        self.writers = 0                        # publishers the graph lists (0: not known yet)
+        self.runs: list[WriterRun] = []
+        self.retired: list[WriterRun] = []
+        self.new_writers = 0                    # runs ever started
+        self._current: WriterRun | None = None
+        self._switches = 0
+
+    def observe(self, seq: int) -> None:
+        if seq == self.last + 1:
+            self.last = seq
+        else:
+            self.other(seq)
+
+    def other(self, seq: int) -> None:
+        """A number that does not continue the current run: another writer, a hole, a restart."""
+        if seq <= 0 or seq >= UNSUPPORTED:
+            self.unsequenced += 1
+            return
+        current = self._current
+        if current is not None:
+            current.last = self.last
+        best: WriterRun | None = None
+        for run in self.runs:
+            if run.last < seq and (best is None or run.last > best.last):
+                best = run
+        if best is None:                       # continues no run: a new writer
+            best = self._split(seq) if len(self.runs) < self.writers else None
+            if best is None:
+                if len(self.runs) >= max(1, self.writers):
+                    self._retire(min(self.runs, key=lambda r: (r is current, r.used)))
+                best = WriterRun(first=seq, last=seq - 1)
+                self.runs.append(best)
+            self.new_writers += 1
+        gap = seq - best.last - 1
+        if gap:
+            best.jump_from, best.jump_to, best.lost_before = best.last, seq, best.lost
+            best.lost += gap
+            self.lost += gap
+        best.last = seq
+        if current is not None and current is not best:
+            current.used = self._switches
+            self._switches += 1
+        self._current = best
+        self.last = seq
+
+    def _split(self, seq: int) -> WriterRun | None:
+        """``seq`` fits inside a run's latest hole: that hole was another writer's first sample.
+        Split the run there; returns the part before the hole (which ``seq`` continues)."""
+        found: WriterRun | None = None
+        for run in self.runs:
+            if run.jump_from < seq <= run.jump_to and (found is None
+                                                       or run.jump_from > found.jump_from):
+                found = run
+        if found is None:
+            return None
+        gap = found.jump_to - found.jump_from - 1
+        before = WriterRun(first=found.first, last=found.jump_from, lost=found.lost_before,
+                           used=found.used)
+        found.first, found.lost = found.jump_to, found.lost - found.lost_before - gap
+        found.jump_from = found.jump_to = found.lost_before = 0
+        self.lost -= gap
+        self.runs.append(before)
+        return before
+
+    def set_writers(self, count: int) -> None:
+        """The graph's publisher count for the topic (polled): bounds the runs kept.
+
+        Only a run idle since the previous poll is retired: a graph that lags behind DDS (a writer
+        matched but not listed yet) must not end a run that is still receiving.
+        """
+        self.sync()
+        self.writers = count
+        if count >= 1 and len(self.runs) > count:
+            idle = sorted((r for r in self.runs if r.last == r.polled and r is not self._current),
+                          key=lambda r: r.used)
+            for run in idle[:len(self.runs) - count]:
+                self._retire(run)
+        for run in self.runs:
+            run.polled = run.last
+
+    def sync(self) -> None:
+        """Store the fast path's number into the current run (before reading the runs)."""
+        if self._current is not None:
+            self._current.last = self.last
+
+    def per_writer(self) -> list[dict[str, int]]:
+        """Each run seen (retired ones first, then the live ones), oldest first."""
+        self.sync()
+        return [r.as_dict() for r in (*self.retired, *self.runs)]
+
+    def _retire(self, run: WriterRun) -> None:
+        self.runs.remove(run)
+        self.retired.append(run)
+        if len(self.retired) > MAX_RETIRED:
+            del self.retired[0]
+        if run is self._current:
+            self._current = None
+            self.last = -2
