@@ -93,6 +93,7 @@ def run_record(args: argparse.Namespace) -> int:
     from field_deploy.cli import CliError
 
     values = parameters(args)
+    from data_recorder.accounting import COUNTERS, summary_line
     from data_recorder.node import DataRecorderNode, parameter_overrides
     from field_deploy.ros import init, run_nodes
 
@@ -105,12 +106,11 @@ def run_record(args: argparse.Namespace) -> int:
         rclpy.try_shutdown()
         raise CliError(error)
     run_nodes([node], drain=node.drain, on_shutdown=node.close_bag)
-    totals = {k: 0 for k in ('received', 'written', 'lost')}
+    totals = dict.fromkeys(COUNTERS, 0)
     for counts in node.accounting().values():
         for key in totals:
             totals[key] += int(counts[key])
-    print(f'{values["output"]}: {totals["written"]} messages written, {totals["lost"]} lost, '
-          f'{totals["received"]} received')
+    print(f'{values["output"]}: {summary_line(totals)}')
     return 0
 
 

@@ -35,10 +35,13 @@ def bag_summary(bag_dir: Path) -> dict[str, Any]:
 
     info = summary(Bag(bag_dir))
     accounting = info['loss'].get('data_recorder.accounting', {}) or {}
-    topics = {t['topic']: {'count': t['count'], 'lost': int(accounting.get(t['topic'], {}).get('lost', 0))}
+    topics = {t['topic']: {'count': t['count'],
+                           'lost': int(accounting.get(t['topic'], {}).get('lost', 0)),
+                           'not_written': int(accounting.get(t['topic'], {}).get('not_written', 0))}
               for t in info['topics']}
     return {'topics': topics, 'episodes': info['episodes'], 'files': info['files'],
-            'duration_s': info['duration_s']}
+            'duration_s': info['duration_s'],
+            'loss_summary': info['loss'].get('data_recorder.loss_summary', '')}
 
 
 def run_mission(operator: Operator, mission: Mission) -> list[StepResult]:
@@ -120,12 +123,15 @@ def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, star
     for r in results:
         print(f'  {r.skill:36s} {r.outcome:10s} {r.seconds:5.1f} s  {r.reason}')
     print(f'recording: {bag_dir}  ({summary["duration_s"]:.1f} s, {len(summary["files"])} file(s))')
-    print(f'  {"topic":40s} {"recorded":>9s} {"lost":>6s}')
-    total_lost = 0
+    print(f'  {"topic":40s} {"recorded":>9s} {"lost":>6s} {"not written":>11s}')
+    total_lost = total_unwritten = 0
     for name, row in sorted(summary['topics'].items()):
         total_lost += row['lost']
-        print(f'  {name:40s} {row["count"]:9d} {row["lost"]:6d}')
-    print(f'  messages lost: {total_lost}')
+        total_unwritten += row['not_written']
+        print(f'  {name:40s} {row["count"]:9d} {row["lost"]:6d} {row["not_written"]:11d}')
+    print(f'  messages lost: {total_lost}; received but not written: {total_unwritten}')
+    if summary['loss_summary']:
+        print(f'  recorder: {summary["loss_summary"]}')
     print(f'episodes: {len(summary["episodes"])} (one per skill run; `bag export` writes one folder each)')
     events = operator.leaf_events()
     kinds = Counter(level for _, _, level, _ in events)
@@ -139,7 +145,7 @@ def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, star
     print(f'  field_deploy bag export {bag_dir} -o {bag_dir.parent / "dataset"}')
     print(f'  field_deploy bag plot {bag_dir} -o {bag_dir.parent / "joints.png"}')
     print(f'demo finished in {time.monotonic() - started:.1f} s')
-    ok = all(r.outcome in ('done', 'succeeded', 'success') for r in results) and total_lost == 0
+    ok = all(r.outcome in ('done', 'succeeded', 'success') for r in results) and total_lost == 0 == total_unwritten
     return 0 if ok else 1
 
 
