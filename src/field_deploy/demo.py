@@ -145,7 +145,8 @@ def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, star
     print(f'  field_deploy bag export {bag_dir} -o {bag_dir.parent / "dataset"}')
     print(f'  field_deploy bag plot {bag_dir} -o {bag_dir.parent / "joints.png"}')
     print(f'demo finished in {time.monotonic() - started:.1f} s')
-    ok = all(r.outcome in ('done', 'succeeded', 'success') for r in results) and total_lost == 0 == total_unwritten
+    ok = (all(r.outcome in ('done', 'succeeded', 'success') for r in results)
+          and total_lost == 0 == total_unwritten)
     return 0 if ok else 1
 
 
