@@ -54,6 +54,10 @@ class PlayOptions:
     #: Node only: before playing, wait up to this long for every publisher to match a subscriber
     #: (cross-process discovery takes 0.1–3 s; messages sent before it are lost to that reader).
     wait_for_subscribers_s: float = 0.0
+    #: Node only: before playing, wait (at most this long, logged) until each played topic's
+    #: publisher has matched every subscriber the graph already shows, so a subscriber that was
+    #: running before the player starts gets the first messages (0: do not wait).
+    match_timeout_s: float = 5.0
 
     def validate(self) -> PlayOptions:
         if not self.rate > 0:
@@ -62,6 +66,8 @@ class PlayOptions:
             raise ValueError(f'start offset must be >= 0 s (got {self.start_offset_s})')
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError(f'duration must be > 0 s (got {self.duration_s})')
+        if self.match_timeout_s < 0:
+            raise ValueError(f'match timeout must be >= 0 s (got {self.match_timeout_s})')
         if self.clock_hz < 0:
             raise ValueError(f'clock rate must be >= 0 Hz (got {self.clock_hz})')
         if self.exclude:
