@@ -96,8 +96,29 @@ def _sample(type_name: str):
                                        values=[KeyValue(key=key, value='42.0') for key in
                                                ('temperature', 'current', 'voltage', 'error_code')])
                       for k in range(29)]
-    msg.header.frame_id = 'base_link'
+    msg.header.frame_id = '0' * NUMBER_WIDTH     # the message's number, patched in per publish
     return msg
+
+
+#: Every message is numbered: ``header.frame_id`` is its count, NUMBER_WIDTH decimal digits, at
+#: CDR offset 16 (4 encapsulation + 8 stamp + 4 string length) - every stream here starts with a
+#: Header. The bag is read back with foxglove's ``mcap`` (not this project's reader) and the
+#: numbers found are compared with the numbers published.
+NUMBER_WIDTH = 10
+NUMBER_AT = 16
+
+
+def numbers_in_bag(bag: Path) -> dict[str, set[int]]:
+    """``{topic: {number, …}}`` of the messages in the MCAP files of ``bag`` (read with mcap)."""
+    from mcap.reader import make_reader
+
+    found: dict[str, set[int]] = {}
+    for path in sorted(Path(bag).glob('*.mcap')):
+        with path.open('rb') as stream:
+            for _schema, channel, message in make_reader(stream).iter_messages():
+                found.setdefault(channel.topic, set()).add(
+                    int(message.data[NUMBER_AT:NUMBER_AT + NUMBER_WIDTH]))
+    return found
 
 
 # -- generator process --------------------------------------------------------------------------
@@ -137,6 +158,7 @@ def generate(args: argparse.Namespace) -> int:
                 count = s[4]
                 stamp = wall0 + int(count * s[3] * 1e9)
                 pack(s[2], 4, stamp // 1_000_000_000, stamp % 1_000_000_000)
+                s[2][NUMBER_AT:NUMBER_AT + NUMBER_WIDTH] = b'%010d' % count
                 s[1].publish(bytes(s[2]))
                 s[4] = count + 1
                 due[k] = start + (count + 1) * s[3]
@@ -178,11 +200,14 @@ def subject(args: argparse.Namespace) -> int:
         spinner.spin_until(stop)
         accounting = node.accounting()
         node.close_bag()
-        counts = {t: int(accounting.get(t, {}).get('written', 0)) for t in counts}
+        # the independent count: numbers found in the bag, read with mcap
+        found = numbers_in_bag(out / 'bag')
+        counts = {t: len(found.get(t, ())) for t in counts}
         result['reported_lost'] = {t: int(accounting.get(t, {}).get('lost', 0)) for t in counts}
         result['received'] = {t: int(accounting.get(t, {}).get('received', 0)) for t in counts}
         result['loss_sources'] = {k: sum(int(a.get(k, 0)) for a in accounting.values())
-                                  for k in ('lost_gaps', 'lost_queue', 'lost_middleware')}
+                                  for k in ('lost_sequence', 'lost_queue', 'lost_tail',
+                                            'not_written', 'lost_gaps')}
     else:
         node = rclpy.create_node(f'bench_{args.subject}')
         if args.subject == 'noop':
@@ -258,8 +283,11 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     time.sleep(2.0)
     gens, gen_lines, starts, ends = [], [], [], []
     for i in range(args.generators):
+        env = dict(os.environ)
+        if args.publisher_profile == 'default':   # Fast DDS as shipped: no project profile
+            env['FASTRTPS_DEFAULT_PROFILES_FILE'] = ''
         g = subprocess.Popen([sys.executable, str(HERE), '--role', 'generate', '--index', str(i),
-                              *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                              *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         lines: list[str] = []
         s, e = threading.Event(), threading.Event()
         threading.Thread(target=_lines, args=(g, lines, {'START': s, 'END': e}), daemon=True).start()
@@ -326,7 +354,8 @@ def report(run: dict, duration: float, verbose: bool) -> None:
             f"CPU {100 * run['cpu']:5.1f} % of a core (generators {100 * run['gen_cpu']:5.1f} %)  "
             f"peak RSS {run['peak_rss_mb']:6.1f} MB  (load average {run['load_average']:.1f})")
     if 'reported_lost' in run:
-        line += (f"  recorder-reported loss {sum(run['reported_lost'].values())} "
+        line += (f"\n    missing from the bag (numbers published - numbers read back by mcap): "
+                 f"{lost}; the recorder reports lost {sum(run['reported_lost'].values())} "
                  f"{run.get('loss_sources', '')}")
     print(line, flush=True)
     if verbose or lost:
@@ -345,6 +374,9 @@ def main() -> int:
     parser.add_argument('--best-effort', action='store_true', help='publishers best effort')
     parser.add_argument('--depth', type=int, default=1000, help='publisher history depth')
     parser.add_argument('--generators', type=int, default=2, help='generator processes')
+    parser.add_argument('--publisher-profile', choices=('project', 'default'), default='project',
+                        help="generators on config/fastdds.xml (project) or on Fast DDS's "
+                             'defaults, as a third-party driver has them')
     parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
     parser.add_argument('--workdir', default=None, help='where bags are written (default: /tmp)')
     parser.add_argument('--json', default='', help='also write all results to this file')
@@ -363,7 +395,8 @@ def main() -> int:
     isolate_ros_env()
     print(f'machine: {os.cpu_count()} cores, {sys.platform}; duration {args.duration:g} s; '
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
-          f'{args.depth}; {args.generators} generator processes', flush=True)
+          f'{args.depth}; {args.generators} generator processes; publishers on the '
+          f'{args.publisher_profile} Fast DDS profile', flush=True)
     results = []
     for multiplier in args.multipliers:
         for name in args.subjects:
