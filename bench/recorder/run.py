@@ -166,7 +166,8 @@ def generate(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - start
     print('END ' + json.dumps({'published': {s[0]: s[4] for s in streams}, 'elapsed': elapsed}),
           flush=True)
-    time.sleep(3.0)          # keep the writers alive while reliable resends drain
+    time.sleep(15.0)         # keep the writers alive while reliable resends and the recorder's
+    #                          drain at stop (drain_timeout 10 s) take the backlog; ended early
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
@@ -198,8 +199,9 @@ def subject(args: argparse.Namespace) -> int:
             'min_free_space': 0}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
-        accounting = node.accounting()
+        node.drain(spinner.executor)       # as at a real stop: the backlog, then the tail count
         node.close_bag()
+        accounting = node.accounting()
         # the independent count: numbers found in the bag, read with mcap
         found = numbers_in_bag(out / 'bag')
         counts = {t: len(found.get(t, ())) for t in counts}
@@ -311,18 +313,19 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     wall = time.monotonic() - t0
     cpu = sum(ps.cpu_times()[:2]) - c0
     gcpu = sum(sum(p.cpu_times()[:2]) for p in gps) - g0
-    for g in gens:
-        try:
-            g.wait(120)
-        except subprocess.TimeoutExpired:
-            g.kill()
     time.sleep(1.0)
-    subj.send_signal(signal.SIGINT)
-    got_result.wait(120)
+    subj.send_signal(signal.SIGINT)      # the writers still live: the recorder drains its backlog
+    got_result.wait(180)
     try:
         subj.wait(60)
     except subprocess.TimeoutExpired:
         subj.kill()          # reported below as 'gave no result' with its log kept
+    for g in gens:
+        g.terminate()
+        try:
+            g.wait(30)
+        except subprocess.TimeoutExpired:
+            g.kill()
     published: dict[str, int] = {}
     achieved = 0.0
     for lines in gen_lines:
