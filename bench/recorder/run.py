@@ -144,33 +144,55 @@ def generate(args: argparse.Namespace) -> int:
         time.sleep(0.05)
     time.sleep(0.5)
     pack = struct.Struct('<iI').pack_into
+    stop = threading.Event()        # SIGTERM: the orchestrator ends the run after the subject
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     start = time.monotonic()
     wall0 = time.time_ns()
     print('START', flush=True)
-    end = start + args.duration
     due = [start] * len(streams)
-    while True:
+    # Like a robot's drivers, the generators publish until after the subject stopped: a recorder
+    # stops while its sources still run, and what it owes is what was stamped before its stop.
+    while not stop.is_set():
         now = time.monotonic()
-        if now >= end:
-            break
         for k, s in enumerate(streams):
             while due[k] <= now:
                 count = s[4]
-                stamp = wall0 + int(count * s[3] * 1e9)
-                pack(s[2], 4, stamp // 1_000_000_000, stamp % 1_000_000_000)
+                pack(s[2], 4, *divmod(stamp_of(wall0, s[3], count), 1_000_000_000))
                 s[2][NUMBER_AT:NUMBER_AT + NUMBER_WIDTH] = b'%010d' % count
                 s[1].publish(bytes(s[2]))
                 s[4] = count + 1
                 due[k] = start + (count + 1) * s[3]
         time.sleep(max(0.0, min(due) - time.monotonic()))
     elapsed = time.monotonic() - start
-    print('END ' + json.dumps({'published': {s[0]: s[4] for s in streams}, 'elapsed': elapsed}),
+    print('END ' + json.dumps({'published': {s[0]: s[4] for s in streams}, 'elapsed': elapsed,
+                               'wall0': wall0, 'period_s': {s[0]: s[3] for s in streams}}),
           flush=True)
-    time.sleep(15.0)         # keep the writers alive while reliable resends and the recorder's
-    #                          drain at stop (drain_timeout 10 s) take the backlog; ended early
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
+
+
+def stamp_of(wall0: int, period_s: float, n: int) -> int:
+    """Header stamp of message ``n`` of a stream (its sample clock)."""
+    return wall0 + int(n * period_s * 1e9)
+
+
+def owed_before(wall0: int, period_s: float, published: int, stop_ns: int) -> int:
+    """How many of the ``published`` messages were stamped at or before ``stop_ns``."""
+    n = max(0, min(published, int((stop_ns - wall0) / (period_s * 1e9)) + 2))
+    while n > 0 and stamp_of(wall0, period_s, n - 1) > stop_ns:
+        n -= 1
+    return n
+
+
+def _ranges(numbers: set[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for n in sorted(numbers):
+        if out and out[-1][1] == n - 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return out
 
 
 # -- subject process ----------------------------------------------------------------------------
@@ -199,12 +221,13 @@ def subject(args: argparse.Namespace) -> int:
             'min_free_space': 0}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
-        node.drain(spinner.executor)       # as at a real stop: the backlog, then the tail count
+        result['stop_ns'] = node.drain(spinner.executor)   # as at a real stop: the backlog
         node.close_bag()
         accounting = node.accounting()
         # the independent count: numbers found in the bag, read with mcap
         found = numbers_in_bag(out / 'bag')
         counts = {t: len(found.get(t, ())) for t in counts}
+        result['found'] = {t: _ranges(numbers) for t, numbers in found.items()}
         result['reported_lost'] = {t: int(accounting.get(t, {}).get('lost', 0)) for t in counts}
         result['received'] = {t: int(accounting.get(t, {}).get('received', 0)) for t in counts}
         result['loss_sources'] = {k: sum(int(a.get(k, 0)) for a in accounting.values())
@@ -244,6 +267,7 @@ def subject(args: argparse.Namespace) -> int:
                 node.create_subscription(message_class(type_name), topic, make(topic), qos)
         spinner = Spinner([node])
         spinner.spin_until(stop)
+        result['stop_ns'] = time.time_ns()
         if args.subject == 'naive':
             writer.finish()
             stream.close()
@@ -305,16 +329,13 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     c0 = sum(ps.cpu_times()[:2])
     g0 = sum(sum(p.cpu_times()[:2]) for p in gps)
     peak = 0
-    while not all(e.is_set() for e in ends):
+    while time.monotonic() - t0 < args.duration:
         peak = max(peak, ps.memory_info().rss)
         time.sleep(0.25)
-        if time.monotonic() - t0 > args.duration + 60:
-            break
     wall = time.monotonic() - t0
     cpu = sum(ps.cpu_times()[:2]) - c0
     gcpu = sum(sum(p.cpu_times()[:2]) for p in gps) - g0
-    time.sleep(1.0)
-    subj.send_signal(signal.SIGINT)      # the writers still live: the recorder drains its backlog
+    subj.send_signal(signal.SIGINT)      # the sources still publish: the recorder drains
     got_result.wait(180)
     try:
         subj.wait(60)
@@ -322,22 +343,31 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
         subj.kill()          # reported below as 'gave no result' with its log kept
     for g in gens:
         g.terminate()
+    for g, e in zip(gens, ends, strict=True):
+        e.wait(30)
         try:
             g.wait(30)
         except subprocess.TimeoutExpired:
             g.kill()
+    found = [json.loads(line[7:]) for line in subj_lines if line.startswith('RESULT ')]
+    if not found:
+        raise RuntimeError(f'{subject_name} gave no result; its log: {work / "subject.log"}')
+    result = found[0]
+    # what the subject owed: the messages stamped at or before its stop
     published: dict[str, int] = {}
     achieved = 0.0
     for lines in gen_lines:
         for line in lines:
             if line.startswith('END '):
                 info = json.loads(line[4:])
-                published.update(info['published'])
+                for topic, n in info['published'].items():
+                    published[topic] = owed_before(info['wall0'], info['period_s'][topic], n,
+                                                   result['stop_ns'])
                 achieved += sum(info['published'].values()) / info['elapsed']
-    found = [json.loads(line[7:]) for line in subj_lines if line.startswith('RESULT ')]
-    if not found:
-        raise RuntimeError(f'{subject_name} gave no result; its log: {work / "subject.log"}')
-    result = found[0]
+    if 'found' in result:     # numbers read back from the bag, those owed only
+        result['counts'] = {t: sum(max(0, min(b, published.get(t, 0) - 1) - a + 1)
+                                   for a, b in ranges)
+                            for t, ranges in result.pop('found').items()}
     shutil.rmtree(work, ignore_errors=True)
     return {'subject': subject_name, 'multiplier': multiplier, 'published': published,
             'load_average': os.getloadavg()[0],
@@ -350,7 +380,7 @@ def report(run: dict, duration: float, verbose: bool) -> None:
     total_pub = sum(published.values())
     total = sum(counts.get(t, 0) for t in published)
     lost = total_pub - total
-    line = (f"{run['subject']:9s} x{run['multiplier']:<4g} published {total_pub:8d} "
+    line = (f"{run['subject']:9s} x{run['multiplier']:<4g} published before its stop {total_pub:8d} "
             f"({run['achieved_rate']:7.0f} msg/s achieved)  got {total:8d}  lost {lost:6d} "
             f"({100 * lost / max(1, total_pub):.3f} %)  "
             f"{run['bytes'] / 2**20 / duration:6.1f} MB/s written  "

@@ -119,7 +119,7 @@ class DataRecorderNode(LifecycleNode):
         recorder = self.recorder or self._final
         return recorder.accounting.as_dict() if recorder else {}
 
-    def drain(self, executor: Executor) -> None:
+    def drain(self, executor: Executor) -> int:
         """Take what DDS has already received before the bag closes (the process is stopping).
 
         On a loaded host the recorder runs seconds behind its publishers (measured: 7.7 s with a
@@ -131,11 +131,12 @@ class DataRecorderNode(LifecycleNode):
         for 0.3 s and 100 executor steps has nothing waiting (a silent sensor is not a backlog);
         other streams come along in arrival order, taken until nothing arrives for 0.1 s (at
         most 0.5 s). Streams still behind at the timeout: :meth:`close_bag` counts their tail lost.
+        Returns the stop time (ns, wall clock) the tail is counted against.
         """
         recorder = self.recorder
         capture = self.capture
         if recorder is None or capture is None or not recorder.streaming or not capture.subs:
-            return
+            return time.time_ns()
         self._stop_ns = stop_ns = time.time_ns()
         started = time.monotonic()
         deadline = started + float(self._param('drain_timeout'))
@@ -167,6 +168,7 @@ class DataRecorderNode(LifecycleNode):
                 + ' - counted lost')
         else:
             self.get_logger().info(f'stopping: {took}')
+        return stop_ns
 
     def close_bag(self) -> None:
         """Stop subscribing and close the bag cleanly (shutdown path of the process).
