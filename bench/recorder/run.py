@@ -185,6 +185,16 @@ def owed_before(wall0: int, period_s: float, published: int, stop_ns: int) -> in
     return n
 
 
+def _holes(ranges: list[list[int]], owed: int, most: int = 4) -> list[list[int]]:
+    """The first ``most`` runs of numbers in ``[0, owed)`` that ``ranges`` lack."""
+    holes, expect = [], 0
+    for a, b in [*ranges, [owed, owed]]:
+        if a > expect:
+            holes.append([expect, min(a, owed) - 1])
+        expect = max(expect, b + 1)
+    return holes[:most]
+
+
 def _ranges(numbers: set[int]) -> list[list[int]]:
     out: list[list[int]] = []
     for n in sorted(numbers):
@@ -364,10 +374,15 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
                     published[topic] = owed_before(info['wall0'], info['period_s'][topic], n,
                                                    result['stop_ns'])
                 achieved += sum(info['published'].values()) / info['elapsed']
-    if 'found' in result:     # numbers read back from the bag, those owed only
-        result['counts'] = {t: sum(max(0, min(b, published.get(t, 0) - 1) - a + 1)
-                                   for a, b in ranges)
-                            for t, ranges in result.pop('found').items()}
+    if 'found' in result:
+        # numbers read back from the bag. The recorder answers for every number up to the later
+        # of the stop and the last one it recorded (it records on while it drains: a hole there
+        # is a loss too)
+        found = result.pop('found')
+        for topic, ranges in found.items():
+            published[topic] = max(published.get(topic, 0), ranges[-1][1] + 1 if ranges else 0)
+        result['counts'] = {t: sum(b - a + 1 for a, b in ranges) for t, ranges in found.items()}
+        result['missing_ranges'] = {t: _holes(found.get(t, []), n) for t, n in published.items()}
     shutil.rmtree(work, ignore_errors=True)
     return {'subject': subject_name, 'multiplier': multiplier, 'published': published,
             'load_average': os.getloadavg()[0],
@@ -395,6 +410,8 @@ def report(run: dict, duration: float, verbose: bool) -> None:
         for topic, n in published.items():
             got = counts.get(topic, 0)
             extra = (f" reported {run['reported_lost'][topic]}" if 'reported_lost' in run else '')
+            if run.get('missing_ranges', {}).get(topic):
+                extra += f"  missing {run['missing_ranges'][topic]}"
             print(f'    {topic:28s} published {n:7d} got {got:7d} lost {n - got:6d}{extra}')
 
 
