@@ -31,7 +31,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from data_recorder import metadata as md
-from data_recorder.node import DataRecorderNode, parameter_overrides
+from data_recorder.node import REPAIR_WAIT_S, DataRecorderNode, parameter_overrides
 from data_recorder.recover import recover
 from data_recorder.writer import header_stamp_ns
 from field_deploy.numbered import numbers_in_bag
@@ -325,6 +325,10 @@ def test_stop_counts_the_tail_of_a_stream_still_behind(ros, tmp_path: Path) -> N
         pub_node.destroy_publisher(gone)
         _spin_until(executor, lambda: not recorder.count_publishers('/gone'),
                     '/gone publisher still on the graph', deadline)
+        # silent longer than a held-back reliable stream can be (REPAIR_WAIT_S): not waited for
+        silent_since = time.monotonic()
+        _spin_until(executor, lambda: time.monotonic() - silent_since > REPAIR_WAIT_S + 1.0,
+                    'spinning', deadline + 10)
         recorder.drain(executor)
         recorder.close_bag()
     finally:
