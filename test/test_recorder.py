@@ -342,6 +342,9 @@ def test_stop_counts_the_tail_of_a_stream_still_behind(ros, tmp_path: Path) -> N
     assert 800 <= counts['/behind']['lost_tail'] <= 1100, counts['/behind']
     assert counts['/behind']['lost'] == counts['/behind']['lost_tail'], counts['/behind']
     assert counts['/silent']['written'] == 300 and counts['/silent']['lost'] == 0, counts
+    # ... but what it owed the stop on its clock is reported apart, never hidden
+    assert counts['/silent']['silent_tail'] > 0, counts['/silent']
+    assert counts['/gone']['silent_tail'] == 0, counts['/gone']
     assert counts['/gone']['written'] == 300 and counts['/gone']['lost'] == 0, counts
 
 

@@ -242,7 +242,7 @@ def subject(args: argparse.Namespace) -> int:
         result['received'] = {t: int(accounting.get(t, {}).get('received', 0)) for t in counts}
         result['loss_sources'] = {k: sum(int(a.get(k, 0)) for a in accounting.values())
                                   for k in ('lost_sequence', 'lost_queue', 'lost_tail',
-                                            'not_written', 'lost_gaps')}
+                                            'silent_tail', 'not_written', 'lost_gaps')}
     else:
         node = rclpy.create_node(f'bench_{args.subject}')
         if args.subject == 'noop':

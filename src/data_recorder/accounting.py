@@ -13,6 +13,10 @@ Lost (never reached the recorder, or dropped by it against its will), one source
 ``lost_middleware`` (the rmw message-lost event, opt-in). Only when the rmw gives no sequence
 numbers does ``lost`` fall back to ``max(lost_middleware, lost_gaps)`` in place of the sequence.
 
+``silent_tail``: samples a periodic stream with a live publisher owed before the stop, from a
+stream that had delivered nothing for longer than a repair takes - a sensor that stopped owes
+nothing, a stream starved past repair lost them: reported apart, not in ``lost``.
+
 Received but not written, each under its own name (``not_written`` is their sum): ``lost_queue``
 (above), ``skipped_paused`` (paused), ``skipped_stopped`` (after the disk guard or a write error
 stopped the bag), ``skipped_snapshot`` (snapshot mode: left the ring buffer without a snapshot,
@@ -42,6 +46,7 @@ class TopicStats:
     lost_middleware: int = 0
     lost_gaps: int = 0
     lost_tail: int = 0
+    silent_tail: int = 0
     lost_queue: int = 0
     skipped_paused: int = 0
     skipped_stopped: int = 0
@@ -181,8 +186,8 @@ class Accounting:
 
 #: The per-topic counters (ints) reported everywhere: metadata.yaml, /diagnostics, the close line.
 COUNTERS = ('received', 'written', 'lost', 'lost_sequence', 'lost_tail', 'lost_queue',
-            'lost_gaps', 'lost_middleware', 'not_written', 'skipped_paused', 'skipped_stopped',
-            'skipped_snapshot')
+            'lost_gaps', 'lost_middleware', 'silent_tail', 'not_written', 'skipped_paused',
+            'skipped_stopped', 'skipped_snapshot')
 #: Why a received message was not written: counter -> the words an operator reads.
 NOT_WRITTEN_CAUSES = {'lost_queue': 'queue overflow', 'skipped_paused': 'paused',
                       'skipped_stopped': 'recording stopped (disk guard / write error)',
@@ -209,4 +214,8 @@ def summary_line(totals: dict[str, int]) -> str:
     if totals['not_written']:
         line += (f', {totals["not_written"]} NOT written'
                  + _causes(totals, NOT_WRITTEN_CAUSES))
-    return line + f', {totals["lost"]} lost' + _causes(totals, LOST_CAUSES)
+    line += f', {totals["lost"]} lost' + _causes(totals, LOST_CAUSES)
+    if totals.get('silent_tail'):
+        line += (f'; {totals["silent_tail"]} more were due before the stop from streams silent '
+                 'at it (a stopped sensor, or lost)')
+    return line

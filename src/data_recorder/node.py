@@ -97,6 +97,7 @@ class DataRecorderNode(LifecycleNode):
         self._final: Recorder | None = None   # the last closed recording (its accounting)
         self._stop_ns = 0                     # set by drain(): the stop time, for the tail count
         self._behind: dict[str, int] = {}     # ... and the streams still behind at its end
+        self._silent: dict[str, int] = {}     # ... and those silent with samples due
         self.last_error = ''
         self._selection: Selection | None = None
         self.capture: Capture | None = None    # the recorded topics' subscriptions
@@ -171,6 +172,14 @@ class DataRecorderNode(LifecycleNode):
             executor.spin_once(timeout_sec=0.02)
             steps += 1
         took = f'took {received - first} more messages in {time.monotonic() - started:.2f} s'
+        # due from a live publisher, but silent longer than a repair takes: a sensor that stopped,
+        # or a stream starved past repair - not known lost, never hidden (``silent_tail``)
+        self._silent = {topic: n for topic, s in stats.items() if topic not in self._behind
+                        and (n := s.due_before(stop_ns)) and self.count_publishers(topic) > 0}
+        if self._silent:
+            silent = ', '.join(f'{t} ({n})' for t, n in sorted(self._silent.items()))
+            self.get_logger().warning(f'stopping: silent for more than {REPAIR_WAIT_S:g} s with '
+                                      f'samples due before the stop: {silent}')
         if self._behind:
             self.get_logger().warning(
                 f'stopping: {took}; still behind after drain_timeout: '
@@ -194,8 +203,9 @@ class DataRecorderNode(LifecycleNode):
                 self._episodes.close(self.get_clock().now().nanoseconds)
                 for key, value in self._episodes.custom_data().items():
                     recorder.set_custom_data(key, value)
-            path = recorder.close(stop_ns=self._stop_ns, live_topics=list(self._behind))
-            self._stop_ns, self._behind = 0, {}
+            path = recorder.close(stop_ns=self._stop_ns, live_topics=list(self._behind),
+                                  silent_topics=list(self._silent))
+            self._stop_ns, self._behind, self._silent = 0, {}, {}
             totals = recorder.accounting.totals()
             log = self.get_logger().warning if totals['lost'] or totals['not_written'] else \
                 self.get_logger().info

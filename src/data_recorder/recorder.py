@@ -200,13 +200,16 @@ class Recorder:
         else:
             self.post(fn, what)
 
-    def close(self, *, stop_ns: int = 0, live_topics: Collection[str] = ()) -> Path:
+    def close(self, *, stop_ns: int = 0, live_topics: Collection[str] = (),
+              silent_topics: Collection[str] = ()) -> Path:
         """Write what is queued, close the bag (metadata.yaml with the accounting). Idempotent.
 
         ``stop_ns`` and ``live_topics`` (the stop time and the streams still flowing, from a
         publisher still there, that had not caught up with it): samples of those periodic streams
         stamped before the stop that were not received are counted lost (``lost_gaps``), the end
-        of a stream being a hole like any other.
+        of a stream being a hole like any other. ``silent_topics``: streams with a live publisher
+        that delivered nothing for longer than a repair takes - their due samples are reported
+        (``silent_tail``), not counted lost: a sensor that stopped owes nothing.
         """
         if self.state != 'closed':
             self._closing = True
@@ -216,6 +219,10 @@ class Recorder:
                     stats = self.accounting.topics.get(topic)
                     if stats is not None:
                         stats.lost_tail += stats.due_before(stop_ns)
+                for topic in silent_topics:
+                    stats = self.accounting.topics.get(topic)
+                    if stats is not None:
+                        stats.silent_tail += stats.due_before(stop_ns)
             if self.snapshot_buffer is not None:      # buffered, never snapshotted: not written
                 for topic, _data, _t in self.snapshot_buffer.drain():
                     self.accounting.topics[topic].skipped_snapshot += 1
