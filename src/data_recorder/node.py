@@ -156,8 +156,11 @@ class DataRecorderNode(LifecycleNode):
                         else (self._arrivals[topic][1], -100)) for topic, s in stats.items()}
         first = received = sum(seen.values())
         last_arrival, steps = started, 0
+        live, live_at = set(), -1.0                     # topics with a publisher (graph, 0.5 s)
         while True:
             now = time.monotonic()
+            if now - live_at >= 0.5:
+                live, live_at = {t for t in stats if self.count_publishers(t) > 0}, now
             for topic, s in stats.items():
                 if s.received != seen[topic]:
                     seen[topic], last[topic], last_arrival = s.received, (now, steps), now
@@ -165,7 +168,7 @@ class DataRecorderNode(LifecycleNode):
             self._behind = {
                 topic: n for topic, (at, step) in last.items()
                 if (now - at < REPAIR_WAIT_S or steps - step < 100)
-                and (n := stats[topic].due_before(stop_ns)) and self.count_publishers(topic) > 0}
+                and (n := stats[topic].due_before(stop_ns)) and topic in live}
             if now >= deadline or (not self._behind and (now - last_arrival >= 0.1
                                                          or now - started >= 0.5)):
                 break
