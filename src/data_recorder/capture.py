@@ -2,7 +2,7 @@
 when a weaker publisher joins, and the wiring of each sample's DDS sequence number into the
 accounting (:mod:`data_recorder.sequence`).
 
-Taking the message info costs ~2 µs per message more than taking the bytes alone (measured with
+Taking the message info costs at most ~2 µs per message more than taking the bytes alone (measured with
 ``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a
 ``WithMessageInfo`` subscription's ``(bytes, info)`` to the callback as *one* tuple (rclpy 7.1,
 ``events_executor.cpp``), the other executors as two arguments. A callback that declares two
