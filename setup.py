@@ -51,6 +51,7 @@ setup(
             'bag_player = data_recorder.player_node:main',
             'skill_runtime = skill_runtime.node:main',
             'health_monitor = health_monitor.node:main',
+            'live_view = fleet.liveview_node:main',
         ],
         'field_deploy.skill_packs': [
             'reference_quadruped = skill_runtime.packs:quadruped_pack_dir',

@@ -1,0 +1,144 @@
+"""``live_view``: the robot's topics, as they are, to the Foxglove app over WebSocket.
+
+The app connects to ``ws://<robot>:8765`` with no ROS on the viewer's machine. Messages go out as
+the CDR bytes DDS delivered, on channels with the ``ros2msg`` schema the recorder also writes into
+its MCAP (:func:`data_recorder.msgdefs.full_definition`), so the app decodes them exactly as it
+decodes our bags. The topics on the graph that the allow-list names are advertised (checked every
+second); a ROS subscription exists only while a client subscribes to that channel, so an unwatched
+view costs nothing. Subscriptions are best effort, depth 1: a slow view never holds a writer's
+history, and the Foxglove server drops what a slow client cannot take (``message_backlog_size``).
+
+Parameters: ``port`` (8765), ``address`` (127.0.0.1), ``allow`` (topic globs), ``token_file``
+(or ``$FIELD_DEPLOY_LIVE_TOKEN``; required beyond localhost), ``image_rate`` (Hz per image
+topic to the view, 0 = all), ``backlog`` (messages per client), ``localhost_without_token``
+(true: clients on this machine need no token).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from field_deploy.ros import init, message_class, run_nodes
+from fleet.liveview import LiveViewError, RateGate, TokenGate, check_config, topic_allowed
+
+IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+
+
+class LiveViewNode(Node):
+    def __init__(self) -> None:
+        super().__init__('live_view')
+        self.declare_parameter('port', 8765)
+        self.declare_parameter('address', '127.0.0.1')
+        self.declare_parameter('allow', Parameter.Type.STRING_ARRAY)
+        self.declare_parameter('token_file', '')
+        self.declare_parameter('image_rate', 5.0)
+        self.declare_parameter('backlog', 64)
+        self.declare_parameter('localhost_without_token', True)
+        import foxglove
+
+        self._foxglove = foxglove
+        try:
+            self.allow = [a for a in (self.get_parameter('allow').value or []) if a]
+        except Exception:   # an unset string array reads as uninitialised
+            self.allow = []
+        address = str(self.get_parameter('address').value)
+        token = self._token()
+        check_config(address, token)
+        self.context_fg = foxglove.Context()
+        self.channels: dict[str, Any] = {}      # topic -> foxglove Channel
+        self.types: dict[str, str] = {}
+        self.subs: dict[str, Any] = {}          # topic -> ROS subscription while watched
+        self.watchers: dict[str, set[int]] = {}
+        self.rate = RateGate(float(self.get_parameter('image_rate').value))
+        self._lock = threading.Lock()
+        self.server = foxglove.start_server(
+            name='field_deploy live view', host='127.0.0.1', port=0, capabilities=[],
+            server_listener=self, supported_encodings=['cdr'], context=self.context_fg,
+            message_backlog_size=int(self.get_parameter('backlog').value))
+        self.gate = TokenGate(address, int(self.get_parameter('port').value), self.server.port,
+                              token, self.get_logger().warning,
+                              trust_loopback=bool(self.get_parameter('localhost_without_token').value)
+                              ).start()
+        self.get_logger().info(f'live view on ws://{address}:{self.gate.port} (read-only; '
+                               f'{"token required beyond localhost" if token else "localhost only"}; '
+                               f'allow {self.allow or "nothing"})')
+        self.create_timer(1.0, self._advertise)
+        self._advertise()
+
+    def _token(self) -> str:
+        path = str(self.get_parameter('token_file').value)
+        if path:
+            try:
+                return Path(path).expanduser().read_text().strip()
+            except OSError as exc:
+                raise LiveViewError(f'token_file {path}: {exc.strerror}') from None
+        return os.environ.get('FIELD_DEPLOY_LIVE_TOKEN', '')
+
+    # ------------------------------------------------------------------ channels
+    def _advertise(self) -> None:
+        from data_recorder.msgdefs import full_definition
+
+        for topic, types in self.get_topic_names_and_types():
+            if topic in self.channels or len(types) != 1 or not topic_allowed(topic, self.allow):
+                continue
+            try:
+                schema = self._foxglove.Schema(name=types[0], encoding='ros2msg',
+                                               data=full_definition(types[0]).encode())
+            except LookupError:
+                continue      # a type whose definition is not installed: not served
+            self.types[topic] = types[0]
+            self.channels[topic] = self._foxglove.Channel(topic, schema=schema, message_encoding='cdr',
+                                                          context=self.context_fg)
+
+    # ------------------------------------------------------------------ foxglove ServerListener
+    def on_subscribe(self, client: Any, channel: Any) -> None:
+        with self._lock:
+            watchers = self.watchers.setdefault(channel.topic, set())
+            watchers.add(client.id)
+            if channel.topic not in self.subs and channel.topic in self.types:
+                self.subs[channel.topic] = self._subscribe(channel.topic)
+
+    def on_unsubscribe(self, client: Any, channel: Any) -> None:
+        with self._lock:
+            watchers = self.watchers.get(channel.topic, set())
+            watchers.discard(client.id)
+            sub = self.subs.pop(channel.topic, None) if not watchers else None
+        if sub is not None:
+            self.destroy_subscription(sub)
+
+    def _subscribe(self, topic: str) -> Any:
+        channel = self.channels[topic]
+        image = self.types[topic] in IMAGE_TYPES
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+        def forward(data: bytes) -> None:
+            if not image or self.rate.allow(topic):
+                channel.log(data)
+        return self.create_subscription(message_class(self.types[topic]), topic, forward, qos, raw=True)
+
+    def destroy_node(self) -> None:
+        self.gate.stop()
+        self.server.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    init(args)
+    try:
+        node = LiveViewNode()
+    except LiveViewError as exc:
+        import sys
+        print(f'live_view: error: {exc}', file=sys.stderr)
+        raise SystemExit(2) from None
+    run_nodes([node])
+
+
+if __name__ == '__main__':
+    main()
