@@ -52,6 +52,7 @@ setup(
             'skill_runtime = skill_runtime.node:main',
             'health_monitor = health_monitor.node:main',
             'live_view = fleet.liveview_node:main',
+            'bag_uploader = fleet.uploader_node:main',
         ],
         'field_deploy.skill_packs': [
             'reference_quadruped = skill_runtime.packs:quadruped_pack_dir',

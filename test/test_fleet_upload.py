@@ -238,3 +238,23 @@ def test_bad_part_size_and_url_are_refused(tmp_path) -> None:
     with pytest.raises(UploadError, match='s3://BUCKET/PREFIX'):
         S3Url.parse('s3:///nobucket')
     assert S3Url.parse('s3://b/p/q/').key('r', 'd') == 'p/q/r/d'
+
+
+def test_the_stack_uploader_uploads_closed_bags_and_rotates_only_those(server, tmp_path,
+                                                                       node_process) -> None:
+    root = tmp_path / 'bags'
+    closed = small_bag(root, 'run', 1_700_000_000_000_000_000)
+    open_bag = small_bag(root, 'run_2', 1_700_000_100_000_000_000)
+    mcap = next(open_bag.glob('*.mcap'))
+    with mcap.open('r+b') as handle:                     # still being recorded
+        handle.truncate(mcap.stat().st_size - 100)
+    state = tmp_path / 'ledger.sqlite'
+    up = node_process('bag_uploader', [
+        '--ros-args', '-p', f'upload_url:=s3://{BUCKET}/stack', '-p', f'endpoint_url:={server}',
+        '-p', 'robot_id:=r6', '-p', f'bag_dir:={root / "run"}', '-p', f'state:={state}',
+        '-p', 'keep_free_gb:=1000000.0', '-p', 'scan_period:=0.5'], env=CREDS)
+    assert wait_until(lambda: not closed.exists(), 60.0), up.log()
+    assert stored(server, 'stack/r6/2023-11-14/run/').keys() >= {'metadata.yaml', 'manifest.json'}
+    assert open_bag.is_dir() and not stored(server, 'stack/r6/2023-11-14/run_2/'), up.log()
+    assert 'not verified uploaded and stay' in up.log()
+    assert [Path(r[0]).name for r in UploadStore(state).rotations()] == ['run']
