@@ -68,6 +68,27 @@ def stack(tmp_path: Path, node_process, ros) -> tuple[NodeProcess, Operator, Pat
         node.destroy_node()
 
 
+def scrape_metrics(up: NodeProcess) -> dict[tuple[str, str], float]:
+    """(metric, main label) -> value from the stack's metrics endpoint (its port from the log)."""
+    import re
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = re.search(r'metrics on http://[\d.]+:(\d+)/metrics', up.log())
+    assert found, 'the health monitor serves no metrics:\n' + up.log()[-2000:]
+    text = urllib.request.urlopen(f'http://127.0.0.1:{found.group(1)}/metrics', timeout=10).read()
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            labels = sample.labels
+            key = labels.get('node') or labels.get('component') or labels.get('topic') or ''
+            if 'skill' in labels:
+                key = f'{labels["skill"]} {labels["outcome"]}'
+            out[(sample.name, key)] = sample.value
+    return out
+
+
 def kill_and_see_it_back(up: NodeProcess, operator: Operator, name: str) -> None:
     """kill -9 one node of the stack; the lifecycle manager must start it again and activate it."""
     victim = child_pid(up, name)
@@ -84,6 +105,11 @@ def test_bringup_mission_restarts_and_sigterm_leave_readable_bags(stack) -> None
 
     # A managed node killed like an OOM kill is brought back by the lifecycle manager.
     kill_and_see_it_back(up, operator, 'skill_runtime')
+    # ... and the fleet sees it: the health monitor's Prometheus endpoint, parsed by its own parser.
+    metrics = scrape_metrics(up)
+    assert metrics[('field_deploy_lifecycle_restarts_total', 'skill_runtime')] >= 1, metrics
+    assert metrics[('field_deploy_skill_runs_total', 'reference_quadruped/stand_up done')] >= 1, metrics
+    assert sum(1 for name, _ in metrics if name == 'field_deploy_motor_temperature_celsius') == 12
 
     # The recorder killed mid-recording: its cut bag is recovered in place and the restarted
     # recorder goes on in <bag>_2 (a bag is never overwritten).
@@ -103,7 +129,8 @@ def test_bringup_mission_restarts_and_sigterm_leave_readable_bags(stack) -> None
         'rosbag2_bagfile_information']
     assert info['message_count'] == sum(counts.values())
     log = up.log()
-    for name in ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor'):
+    for name in ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor', 'bag_uploader',
+                 'live_view'):
         assert f'[{name}' in log  # every node's output streamed with its name in front
 
 

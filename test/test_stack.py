@@ -46,12 +46,13 @@ def installed_data_files() -> set[str]:
 
 def test_default_stack_filters_by_flags() -> None:
     sim = load_stack(robot='humanoid_29dof', sim=True, record=True, bag_dir='/tmp/b')
-    assert [n.name for n in sim.nodes] == ['sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor']
+    assert [n.name for n in sim.nodes] == ['sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor',
+                                           'bag_uploader', 'live_view']
     assert [n.name for n in sim.managed] == ['sim_robot', 'data_recorder', 'skill_runtime']
     assert sim.node('sim_robot').parameters == {'profile': 'humanoid_29dof'}
     assert sim.node('data_recorder').parameters['output'] == '/tmp/b'
     hardware = load_stack(sim=False, record=False)
-    assert [n.name for n in hardware.nodes] == ['skill_runtime', 'health_monitor']
+    assert [n.name for n in hardware.nodes] == ['skill_runtime', 'health_monitor', 'live_view']
 
 
 def test_node_argv_is_a_ros_run_command_line() -> None:

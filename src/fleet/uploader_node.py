@@ -61,12 +61,14 @@ class BagUploaderNode(Node):
         self._busy = threading.Lock()
         self._diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(float(p['scan_period']), self._scan)
+        self.create_timer(2.0, self._publish)   # within the aggregator's 5 s before STALE
         self.get_logger().info(f'bag uploader: {self.target or "uploads off (no upload_url)"}, '
                                f'bags under {self.root}, keep_free {self.keep_free / 1e9:g} GB')
 
     def _scan(self) -> None:
+        if self.target is None and not self.keep_free:
+            return      # nothing to do: no store opened, nothing scanned
         if time.monotonic() < self.next_try or not self._busy.acquire(blocking=False):
-            self._publish()
             return
         threading.Thread(target=self._work, name='bag-upload', daemon=True).start()
 

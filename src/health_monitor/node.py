@@ -120,6 +120,8 @@ class HealthMonitor(Node):
         self.create_timer(1.0 / cfg.publish_hz, self._publish)
         self.create_timer(1.0 / cfg.host_hz, self._sample_host)
         self.create_timer(1.0, self.poller.refresh_writers)
+        self.metrics = self._serve_metrics(int(self.declare_parameter('metrics_port', 9464).value),
+                                           str(self.declare_parameter('metrics_address', '0.0.0.0').value))
 
         self.policies = PolicyEngine(cfg.policies)
         self.policy_log: list[str] = []
@@ -439,6 +441,21 @@ class HealthMonitor(Node):
         out.status = [_to_msg(s, s.name, s.hardware_id) for s in agg]
         self.agg_pub.publish(out)
 
+    def _serve_metrics(self, port: int, address: str) -> Any:
+        """The robot's Prometheus endpoint (fleet.metrics) on this node; None when off or the
+        port is taken (said once, the monitor runs on)."""
+        if port <= 0:
+            return None
+        from fleet.metrics_node import attach_metrics
+        from fleet.upload import default_robot_id
+        try:
+            server = attach_metrics(self, port, default_robot_id(), address)
+        except OSError as exc:
+            self.get_logger().warning(f'metrics not served on {address}:{port}: {exc.strerror}')
+            return None
+        self.get_logger().info(f'metrics on http://{address}:{server.port}/metrics')
+        return server
+
     def close(self) -> None:
         """Stop the worker, the processes we started, and flush the ledger."""
         self._stop.set()
@@ -450,6 +467,8 @@ class HealthMonitor(Node):
         self._client_exec.shutdown()
         self._client_node.destroy_node()
         self._topics_node.destroy_node()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _to_msg(s: Status, name: str, hardware_id: str) -> DiagnosticStatus:
