@@ -44,8 +44,10 @@ def test_statuses_become_conventional_metrics_and_skill_runs_are_counted() -> No
         StatusView('lifecycle/data_recorder', 0, 'active', '', {'restarts': '2'}),
         StatusView('host/cpu', 0, '', '', {'percent': '55.0'}),
         StatusView('host/disk', 0, '', '', {'path': '/', 'free (GB)': '12.5'}),
-        StatusView('data_recorder', 1, '', '', {'queue': '7', 'lost_gaps': '3',
-                                                '/imu': 'received=10 written=9 lost=1 (gaps=1 queue=0)'}),
+        StatusView('data_recorder', 1, '', '', {'queue': '7', 'lost_sequence': '3', 'lost_gaps': '5',
+                                                'received': '40', 'state': 'recording',
+                                                '/imu': 'received=10 written=7 lost=1 lost_sequence=1 '
+                                                        'lost_gaps=4 skipped_throttled=2 not_written=2'}),
     ])
     for outcome in ('', 'done', '', 'done', '', 'failed'):   # three runs: done, done, failed
         m.update([StatusView('skills/acme/wave', 0, '', 'acme', {'outcome': outcome})])
@@ -62,8 +64,13 @@ def test_statuses_become_conventional_metrics_and_skill_runs_are_counted() -> No
     assert value('field_deploy_host_cpu_percent') == 55.0
     assert value('field_deploy_disk_free_bytes', path='/') == 12.5e9
     assert value('field_deploy_recorder_queue_messages') == 7
-    assert value('field_deploy_recorder_lost_messages_total', cause='gaps', topic='') == 3
-    assert value('field_deploy_recorder_messages_total', state='written', topic='/imu') == 9
+    assert value('field_deploy_recorder_lost_messages_total', cause='sequence_gap', topic='') == 3
+    assert value('field_deploy_recorder_lost_messages_total', cause='sequence_gap', topic='/imu') == 1
+    assert value('field_deploy_recorder_messages_total', state='written', topic='/imu') == 7
+    assert value('field_deploy_recorder_messages_total', state='received', topic='') == 40
+    assert value('field_deploy_recorder_not_written_messages_total', cause='throttled', topic='/imu') == 2
+    assert not any(k[0].startswith('field_deploy_recorder_lost') and ('cause', 'gaps') in k[1]
+                   for k in s), 'the stamp rule is a second opinion, not exported as loss'
     runs = {k[1]: v for k, v in s.items() if k[0] == 'field_deploy_skill_runs_total'}
     assert runs == {(('outcome', 'done'), ('robot', 'r9'), ('skill', 'acme/wave')): 2,
                     (('outcome', 'failed'), ('robot', 'r9'), ('skill', 'acme/wave')): 1}

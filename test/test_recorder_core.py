@@ -615,3 +615,21 @@ def test_topic_selection_rules_and_qos_overrides(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ValueError, match=reason):
             load_qos_overrides(path)
+
+
+def test_throttle_keeps_at_most_one_message_per_period_and_counts_the_rest() -> None:
+    from data_recorder.accounting import TopicStats
+    from data_recorder.recorder import RecorderConfig
+
+    config = RecorderConfig(output='x', throttle=('^/camera/:2', 'imu$:100'))
+    assert config.throttle_period_ns('/camera/front/image_raw') == 500_000_000
+    assert config.throttle_period_ns('/imu') == 10_000_000
+    assert config.throttle_period_ns('/joint_states') == 0
+    stats = TopicStats(throttle_ns=500_000_000)
+    kept = [t for t in range(0, 3_000_000_000, 33_000_000) if stats.keep_throttled(t)]
+    assert kept == [0, 528_000_000, 1_056_000_000, 1_584_000_000, 2_112_000_000, 2_640_000_000]
+    assert stats.keep_throttled(10_000_000_000)      # a quiet stream piles up no burst budget
+    assert not stats.keep_throttled(10_100_000_000)
+    for bad in ('/imu', '/imu:0', '/imu:fast', '([:5'):
+        with pytest.raises(ValueError, match='throttle'):
+            RecorderConfig(output='x', throttle=(bad,)).validate()

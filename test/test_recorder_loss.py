@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,10 @@ from field_deploy.testing import wait_until
 TOPIC = '/numbered'
 
 
-def _start_recorder(bag: Path, depth: int, log: Path) -> subprocess.Popen:
+def _start_recorder(bag: Path, depth: int, log: Path, extra: Sequence[str] = ()) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, '-m', 'data_recorder.record_cli', 'record', '-o', str(bag), TOPIC,
-         '--qos-depth', str(depth)],
+         '--qos-depth', str(depth), *extra],
         stdout=log.open('wb'), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -44,11 +45,12 @@ def _start_writer(tmp: Path, writer: str, args: list[str]) -> tuple[subprocess.P
 
 
 def record_numbered(tmp: Path, writers: dict[str, list[str]], *, stall_s: float = 0.0,
-                    stall_after_s: float = 0.5, depth: int = 1000) -> dict:
+                    stall_after_s: float = 0.5, depth: int = 1000,
+                    recorder_args: Sequence[str] = ()) -> dict:
     """Record ``writers`` (id -> numbered-publisher flags); optionally SIGSTOP the recorder for
     ``stall_s`` once every writer published for ``stall_after_s``. Returns the figures."""
     bag, log = tmp / 'bag', tmp / 'record.log'
-    recorder = _start_recorder(bag, depth, log)
+    recorder = _start_recorder(bag, depth, log, recorder_args)
     procs = {}
     try:
         procs = {w: _start_writer(tmp, w, args) for w, args in writers.items()}
@@ -83,7 +85,7 @@ def record_numbered(tmp: Path, writers: dict[str, list[str]], *, stall_s: float 
     close = re.search(rf'{re.escape(str(bag))}: (\d+) messages received, (\d+) written.*?, '
                       r'(\d+) lost', output)
     assert close, output[-3000:]
-    return {'published': published, 'missing': missing, 'accounting': accounting,
+    return {'published': published, 'missing': missing, 'accounting': accounting, 'found': found,
             'close_lost': int(close.group(3)), 'summary': custom['data_recorder.loss_summary'],
             'output': output, 'reports': reports}
 
@@ -155,3 +157,15 @@ def test_two_writers_on_one_topic_counted_apart(tmp_path: Path) -> None:
     assert fig['missing'] > 50, fig['accounting']
     assert_loss_matches(fig)
     assert len(fig['accounting']['writers']) == 2
+
+
+def test_throttled_messages_are_counted_as_throttled_never_as_lost(tmp_path: Path) -> None:
+    fig = record_numbered(tmp_path, {'w0': ['--count', '600', '--rate', '200', '--depth', '1000']},
+                          recorder_args=['--throttle', f'{TOPIC}:20'])
+    acc = fig['accounting']
+    assert acc['lost'] == 0 and fig['close_lost'] == 0, fig['summary']
+    assert acc['skipped_throttled'] == acc['received'] - acc['written'] > acc['written'], acc
+    assert acc['not_written'] == acc['skipped_throttled']
+    assert len(fig['found'].get('w0', set())) == acc['written']       # what the bag holds
+    assert f'throttled {acc["skipped_throttled"]}' in fig['summary'], fig['summary']
+

@@ -20,7 +20,8 @@ nothing, a stream starved past repair lost them: reported apart, not in ``lost``
 Received but not written, each under its own name (``not_written`` is their sum): ``lost_queue``
 (above), ``skipped_paused`` (paused), ``skipped_stopped`` (after the disk guard or a write error
 stopped the bag), ``skipped_snapshot`` (snapshot mode: left the ring buffer without a snapshot,
-or still in it at the close). So "0 lost" never hides messages that were not written.
+or still in it at the close), ``skipped_throttled`` (``--throttle``: over the topic's rate cap, by
+choice — never counted lost). So "0 lost" never hides messages that were not written.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class TopicStats:
     skipped_paused: int = 0
     skipped_stopped: int = 0
     skipped_snapshot: int = 0
+    skipped_throttled: int = 0
+    throttle_ns: int = 0
+    """Throttled topic: at least this long between two kept messages (0: every message)."""
+    _kept_ns: int = field(default=-(1 << 62), repr=False)
     seq: SequenceTracker = field(default_factory=SequenceTracker, repr=False)
     _last_stamp: int = field(default=0, repr=False)
     _intervals: list[int] = field(default_factory=list, repr=False)
@@ -77,7 +82,16 @@ class TopicStats:
     @property
     def not_written(self) -> int:
         """Received and not written, whatever the cause (each one is counted under its name)."""
-        return self.lost_queue + self.skipped_paused + self.skipped_stopped + self.skipped_snapshot
+        return (self.lost_queue + self.skipped_paused + self.skipped_stopped + self.skipped_snapshot
+                + self.skipped_throttled)
+
+    def keep_throttled(self, now_ns: int) -> bool:
+        """Whether a message of a throttled topic received at ``now_ns`` is kept (at most one per
+        :attr:`throttle_ns`; the budget does not pile up while a stream is quiet)."""
+        if now_ns - self._kept_ns < self.throttle_ns:
+            return False
+        self._kept_ns = now_ns
+        return True
 
     def observe_stamp(self, stamp: int) -> None:
         """Feed the header stamps of consecutive messages (writer thread, in arrival order)."""
@@ -187,11 +201,12 @@ class Accounting:
 #: The per-topic counters (ints) reported everywhere: metadata.yaml, /diagnostics, the close line.
 COUNTERS = ('received', 'written', 'lost', 'lost_sequence', 'lost_tail', 'lost_queue',
             'lost_gaps', 'lost_middleware', 'silent_tail', 'not_written', 'skipped_paused',
-            'skipped_stopped', 'skipped_snapshot')
+            'skipped_stopped', 'skipped_snapshot', 'skipped_throttled')
 #: Why a received message was not written: counter -> the words an operator reads.
 NOT_WRITTEN_CAUSES = {'lost_queue': 'queue overflow', 'skipped_paused': 'paused',
                       'skipped_stopped': 'recording stopped (disk guard / write error)',
-                      'skipped_snapshot': 'snapshot mode, not in a snapshot'}
+                      'skipped_snapshot': 'snapshot mode, not in a snapshot',
+                      'skipped_throttled': 'throttled'}
 #: Where a lost message went: counter -> words.
 LOST_CAUSES = {'lost_sequence': 'DDS sequence gaps', 'lost_tail': 'stream tail not received',
                'lost_queue': 'queue overflow'}

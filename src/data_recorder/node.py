@@ -46,6 +46,7 @@ NODE_NAME = 'data_recorder'
 REPAIR_WAIT_S = 3.5
 
 #: parameter name → default (the CLI flags map onto the same names).
+STRING_ARRAYS = ('topics', 'throttle')
 PARAMETERS: dict[str, Any] = {
     'output': '',
     'if_output_exists': 'fail',
@@ -75,6 +76,7 @@ PARAMETERS: dict[str, Any] = {
     'split_per_episode': False,
     'autostart': True,
     'drain_timeout': 10.0,
+    'throttle': [],           # TOPIC_REGEX:HZ entries: at most HZ messages a second kept (throttled)
     'hardware_profile': '',   # robot profile: its RoHS table (installed parts) goes into the bag
 }
 
@@ -88,7 +90,7 @@ class DataRecorderNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         for name, default in PARAMETERS.items():
-            if name == 'topics':   # an empty list default would be typed as a byte array
+            if name in STRING_ARRAYS:   # an empty list default would be typed as a byte array
                 self.declare_parameter(name, Parameter.Type.STRING_ARRAY, ParameterDescriptor(
                     type=ParameterType.PARAMETER_STRING_ARRAY))
             else:
@@ -309,7 +311,7 @@ class DataRecorderNode(LifecycleNode):
             snapshot_max_bytes=self._param('snapshot_max_bytes'),
             min_free_space=self._param('min_free_space'), queue_size=self._param('queue_size'),
             queue_max_bytes=self._param('queue_max_bytes'),
-            fsync=self._param('fsync'))
+            fsync=self._param('fsync'), throttle=tuple(self._param('throttle') or ()))
 
     def _log(self, level: str, message: str) -> None:
         getattr(self.get_logger(), level)(message)
@@ -466,8 +468,8 @@ def parameter_overrides(values: dict[str, Any]) -> list[Parameter]:
     if unknown:
         raise ValueError(f'unknown data_recorder parameter(s): {", ".join(unknown)}')
     # (an empty list cannot be typed as a string array by rclpy: leave the default instead)
-    return [Parameter(k, Parameter.Type.STRING_ARRAY, list(v)) if k == 'topics'
-            else Parameter(k, value=v) for k, v in values.items() if not (k == 'topics' and not v)]
+    return [Parameter(k, Parameter.Type.STRING_ARRAY, list(v)) if k in STRING_ARRAYS
+            else Parameter(k, value=v) for k, v in values.items() if not (k in STRING_ARRAYS and not v)]
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument('--queue-size', type=int, default=100_000, metavar='MESSAGES')
     rec.add_argument('--queue-max-bytes', type=int, default=256 * 1024 * 1024, metavar='BYTES',
                      help='memory bound of the hand-off queue (overflow is counted as loss)')
+    rec.add_argument('--throttle', action='append', default=[], metavar='TOPIC_REGEX:HZ',
+                     help='keep at most HZ messages a second of the matching topics (repeatable); '
+                          'the others are counted as throttled, never as lost')
     rec.add_argument('--qos-depth', type=int, default=1000, metavar='N',
                      help='history depth of the recorder\'s subscriptions')
     rec.set_defaults(func=run_record)
@@ -75,13 +78,15 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         'chunk_size': args.chunk_size, 'flush_interval': float(args.flush_interval),
         'min_free_space': args.min_free_space, 'queue_size': args.queue_size,
         'queue_max_bytes': args.queue_max_bytes, 'qos_depth': args.qos_depth, 'autostart': True,
+        'throttle': list(args.throttle),
     }
     RecorderConfig(output=output, compression_format=args.compression_format,
                    chunk_size=args.chunk_size, flush_interval=args.flush_interval,
                    max_bag_size=args.max_bag_size, max_bag_duration=args.max_bag_duration,
                    snapshot_mode=args.snapshot_mode, snapshot_duration=args.snapshot_duration,
                    snapshot_max_bytes=args.snapshot_max_bytes, min_free_space=args.min_free_space,
-                   queue_size=args.queue_size, queue_max_bytes=args.queue_max_bytes).validate()
+                   queue_size=args.queue_size, queue_max_bytes=args.queue_max_bytes,
+                   throttle=tuple(args.throttle)).validate()
     Selection(topics=tuple(args.topics), all_topics=args.all, regex=args.regex,
               exclude_regex=args.exclude)
     if args.qos_profile_overrides_path:

@@ -12,6 +12,7 @@ count bound only reached 1.4 GB of queued camera images).
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -45,8 +46,33 @@ class RecorderConfig:
     queue_size: int = 100_000
     queue_max_bytes: int = 256 * 1024 * 1024
     fsync: bool = True
+    throttle: tuple[str, ...] = ()
+    """``TOPIC_REGEX:HZ`` entries: keep at most HZ messages a second of the matching topics (the
+    first entry that matches a topic applies); the rest are counted ``skipped_throttled``."""
+
+    def throttle_rules(self) -> list[tuple[re.Pattern[str], float]]:
+        """The parsed :attr:`throttle` entries; ValueError naming the bad one."""
+        rules = []
+        for entry in self.throttle:
+            pattern, sep, hz = entry.rpartition(':')
+            try:
+                rate = float(hz)
+                rules.append((re.compile(pattern), rate))
+            except (ValueError, re.error) as exc:
+                raise ValueError(f'throttle: {entry!r}: expected TOPIC_REGEX:HZ ({exc})') from None
+            if not sep or not pattern or not rate > 0:
+                raise ValueError(f'throttle: {entry!r}: expected TOPIC_REGEX:HZ with HZ > 0')
+        return rules
+
+    def throttle_period_ns(self, topic: str) -> int:
+        """Minimum nanoseconds between two kept messages of ``topic`` (0: not throttled)."""
+        for pattern, rate in self.throttle_rules():
+            if pattern.search(topic):
+                return round(1e9 / rate)
+        return 0
 
     def validate(self) -> None:
+        self.throttle_rules()
         if not self.output:
             raise ValueError('output: must name the bag directory to create')
         if self.compression_format not in ('', 'none', 'lz4', 'zstd'):
@@ -130,6 +156,10 @@ class Recorder:
         stats.received += 1
         if self.paused:
             stats.skipped_paused += 1
+        elif stats.throttle_ns and not stats.keep_throttled(time.monotonic_ns()):
+            stats.skipped_throttled += 1
+            if self._headers.get(topic):  # the stamp gap it leaves is not a loss
+                self._queue.append((topic, None, header_stamp_ns(data) or 0))
         elif (len(self._queue) >= self._cap or
               self._in_bytes - self._out_bytes + len(data) > self._max_bytes):
             stats.lost_queue += 1
@@ -159,6 +189,7 @@ class Recorder:
         """Declare a topic (before subscribing). Raises LookupError / ValueError with the reason."""
         stats = self.accounting.topic(name, type_name)
         stats.type = type_name
+        stats.throttle_ns = self.config.throttle_period_ns(name)
         self._call(lambda: self._add_topic(name, type_name, offered_qos_profiles))
 
     def pause(self) -> None:

@@ -26,7 +26,11 @@ COMPONENT_VALUES = {
     'voltage': ('field_deploy_motor_voltage_volts', 'motor supply voltage'),
 }
 _PAIR = re.compile(r'(\w+)=(\d+)')
-_LOST_CAUSE = re.compile(r'^lost_(\w+)$')
+#: The recorder's counters (data_recorder.accounting) -> the ``cause`` label.
+LOST_CAUSES = {'lost_sequence': 'sequence_gap', 'lost_tail': 'tail', 'lost_queue': 'queue_overflow'}
+NOT_WRITTEN_CAUSES = {'lost_queue': 'queue_overflow', 'skipped_paused': 'paused',
+                      'skipped_stopped': 'stopped', 'skipped_snapshot': 'snapshot',
+                      'skipped_throttled': 'throttled'}
 
 
 @dataclass
@@ -128,14 +132,20 @@ class DiagnosticsMetrics:
                     skill_runs, *recorder)
 
     def _recorder_families(self, latest: list[StatusView]) -> list[Metric]:
-        """The recorder's totals and per-topic counts (its ``/diagnostics`` status, name
-        ``data_recorder``: key-values received / written / lost_<cause> / queue, and per topic
-        ``received=N written=N lost=N (cause=N …)``)."""
+        """The recorder's counts (its ``/diagnostics`` status, name ``data_recorder``): totals as
+        key-values, and per topic a value ``received=N written=N lost=N lost_sequence=N …``
+        (:func:`data_recorder.accounting.topic_line`). Lost is by cause (DDS sequence gaps, a
+        stream's tail, queue overflow); received-but-not-written by its own cause (paused,
+        stopped, snapshot, throttled). The stamp rule and the rmw event are second opinions: not
+        exported as loss."""
         robot = self.robot
         messages = CounterMetricFamily('field_deploy_recorder_messages', 'messages by what became of '
                                        'them', labels=['robot', 'topic', 'state'])
         lost = CounterMetricFamily('field_deploy_recorder_lost_messages', 'messages lost, by cause',
                                    labels=['robot', 'topic', 'cause'])
+        skipped = CounterMetricFamily('field_deploy_recorder_not_written_messages', 'messages '
+                                      'received and not written, by cause', labels=['robot', 'topic',
+                                                                                    'cause'])
         queue = GaugeMetricFamily('field_deploy_recorder_queue_messages', 'messages waiting for the '
                                   'writer', labels=['robot'])
         for st in latest:
@@ -143,15 +153,22 @@ class DiagnosticsMetrics:
                 continue
             for key, text in st.values.items():
                 if key.startswith('/'):
-                    pairs = dict(_PAIR.findall(text))
-                    for state in ('received', 'written'):
-                        if state in pairs:
-                            messages.add_metric([robot, key, state], float(pairs[state]))
-                    for cause, n in pairs.items():
-                        if cause not in ('received', 'written', 'lost'):
-                            lost.add_metric([robot, key, cause], float(n))
+                    self._recorder_counts(key, dict(_PAIR.findall(text)), messages, lost, skipped)
                 elif key == 'queue' and _float(text) is not None:
                     queue.add_metric([robot], _float(text))
-                elif (m := _LOST_CAUSE.match(key)) and _float(text) is not None:
-                    lost.add_metric([robot, '', m.group(1)], _float(text))
-        return [messages, lost, queue]
+            totals = {k: v for k, v in st.values.items() if not k.startswith('/') and v.isdigit()}
+            self._recorder_counts('', totals, messages, lost, skipped)
+        return [messages, lost, skipped, queue]
+
+    def _recorder_counts(self, topic: str, counts: dict[str, str], messages: Metric, lost: Metric,
+                         skipped: Metric) -> None:
+        robot = self.robot
+        for state in ('received', 'written', 'not_written'):
+            if state in counts:
+                messages.add_metric([robot, topic, state], float(counts[state]))
+        for key, cause in LOST_CAUSES.items():
+            if key in counts:
+                lost.add_metric([robot, topic, cause], float(counts[key]))
+        for key, cause in NOT_WRITTEN_CAUSES.items():
+            if key in counts:
+                skipped.add_metric([robot, topic, cause], float(counts[key]))
