@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import rclpy
+from std_msgs.msg import String
+
 from field_deploy.rosenv import SHM_DIR, clean_stale_shm
 from field_deploy.testing import wait_until
 
@@ -32,6 +35,8 @@ def test_only_unlocked_segments_and_ports_are_removed(tmp_path: Path) -> None:
 
 def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> None:
     """Real Fast DDS: kill -9 a process with a node; its 32 MiB segment goes, ours stays."""
+    keeper = rclpy.create_node('shm_keeper')          # this process's own participant and segment
+    keeper.create_publisher(String, 'shm_test', 10)
     before = set(os.listdir(SHM_DIR))
     code = ('from field_deploy.ros import init; import rclpy, time; init([]); '
             'n = rclpy.create_node("shm_victim"); n.create_publisher('
@@ -47,15 +52,21 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
         proc.wait()
     time.sleep(0.2)
     assert theirs <= set(os.listdir(SHM_DIR))          # kill -9: nothing cleaned up by itself
-    ours = {n for n in before if n.endswith('_el')} & set(os.listdir(SHM_DIR))
+    ours = _mapped_shm()                                # this process's own live segments
+    assert ours, 'the ros fixture maps a Fast DDS segment into this process'
     assert clean_stale_shm() > 0
     left = set(os.listdir(SHM_DIR))
     assert not theirs & left, theirs & left
-    locked = set()
-    for name in ours & left:
-        try:
-            with (SHM_DIR / name).open('ab') as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            locked.add(name)
-    assert locked == ours & left                        # what is left is in use
+    assert ours <= left, f'live segments of this process were removed: {sorted(ours - left)}'
+    assert _mapped_shm() == ours                         # and still mapped, untouched
+    keeper.destroy_node()
+
+
+def _mapped_shm() -> set[str]:
+    """Fast DDS segments this process has mapped (``/proc/self/maps``): certainly alive."""
+    names = set()
+    for line in Path('/proc/self/maps').read_text().splitlines():
+        path = line.split(maxsplit=5)[-1] if len(line.split()) >= 6 else ''
+        if path.startswith(f'{SHM_DIR}/fastrtps_'):
+            names.add(path[len(str(SHM_DIR)) + 1:].removesuffix(' (deleted)'))
+    return names
