@@ -448,7 +448,17 @@ def test_dead_node_respawned_with_backoff_then_given_up() -> None:
     assert status.level == ERROR and 'gave up' in status.message
     assert mgr.nodes['sim_robot'].phase == 'active'
     mgr.reset()  # manual reset forgets the give-up and tries again
-    assert mgr.nodes['skill_runtime'].phase in ('down', 'failed', 'active')
+    assert rec.phase != 'failed' and rec.retries <= 1
+    for _ in range(10):
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert len(attempts) > 3, 'reset respawns the given-up node'
+    client.alive['skill_runtime'] = True   # it comes back this time
+    spawner.start = lambda name, argv: None
+    for _ in range(100):
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert rec.phase == 'active', rec.message
 
 
 def test_dead_node_brought_back() -> None:
