@@ -41,8 +41,12 @@ def read_bag(bag_dir: Path) -> dict[str, int]:
     from data_recorder.reader import Bag
 
     ours = {name: topic.count for name, topic in Bag(bag_dir).topics.items()}
+    # rosbags' msgcount comes from our own metadata.yaml: count what it reads and decodes instead.
     with AnyReader([bag_dir]) as reader:
-        theirs = {c.topic: c.msgcount for c in reader.connections}
+        theirs = {c.topic: 0 for c in reader.connections}
+        for connection, _stamp, raw in reader.messages():
+            reader.deserialize(raw, connection.msgtype)
+            theirs[connection.topic] += 1
     assert ours == theirs
     return ours
 
