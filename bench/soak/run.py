@@ -1,0 +1,321 @@
+"""Soak benchmark: the whole stack for hours, missions back to back, what grows.
+
+    .venv/bin/python bench/soak/run.py --hours 1 --robot quadruped_12dof [--out soak-out]
+    .venv/bin/python bench/soak/run.py --plot soak-out/samples.json       # figures again
+
+Brings the stack up exactly as ``field_deploy up`` (its own ROS domain), runs the robot kind's
+reference mission again and again through the operator interfaces, kills a managed node with -9
+every ``--kill-every`` seconds (the lifecycle manager must bring it back) and asks the recorder
+for a split every ``--split-every`` seconds. Every ``--interval`` seconds it samples, from
+outside the processes: each node's RSS, CPU share, threads and open file descriptors; the Fast
+DDS files in /dev/shm; the recorder's queue and lost count (its ``/diagnostics``); the bag
+folder's size and the disk's free space. At the end it prints each series' slope after the
+warm-up (MB per hour for memory) and draws them as PNG plots (``<out>/soak_*.png``).
+
+Why from outside: a process that measures its own memory measures it with the allocator it is
+leaking through; psutil reads the kernel's figure, the one that runs a robot out of memory.
+Prints figures; not a pass/fail test. A killed node restarts with a new pid: series are kept per
+node name, so a restart shows as a step, and its slope is taken over the samples after the last
+restart only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'src'))
+
+from field_deploy.testing import executable, isolate_ros_env  # noqa: E402
+
+NODES = ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor')
+KILLABLE = ('skill_runtime', 'data_recorder')
+
+
+@dataclass
+class Sample:
+    t: float
+    """Seconds since the stack was up."""
+    procs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Node name -> rss_mb, cpu_pct, threads, fds, pid."""
+    shm_mb: float = 0.0
+    shm_files: int = 0
+    bag_mb: float = 0.0
+    disk_free_gb: float = 0.0
+    recorder: dict[str, float] = field(default_factory=dict)
+
+
+def node_processes(root_pid: int) -> dict[str, object]:
+    """Node name -> psutil.Process among the descendants of the bring-up."""
+    import psutil
+
+    found = {}
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for proc in children:
+        try:
+            argv = proc.cmdline()
+        except psutil.Error:
+            continue
+        name = next((n for n in NODES if len(argv) > 1 and argv[1].endswith(f'/{n}')), None)
+        if name:
+            found[name] = proc
+    return found
+
+
+def shm_usage() -> tuple[float, int]:
+    total, count = 0, 0
+    for entry in os.scandir('/dev/shm'):
+        if entry.name.startswith(('fastrtps_', 'sem.fastrtps_')):
+            try:
+                total += entry.stat().st_blocks * 512
+                count += 1
+            except OSError:
+                continue
+    return total / 1e6, count
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6 if path.exists() else 0.0
+
+
+class Sampler:
+    """Samples the stack's processes every ``interval`` seconds from its own thread."""
+
+    def __init__(self, root_pid: int, bag_dir: Path, interval: float, recorder_status: dict) -> None:
+        self.root_pid = root_pid
+        self.bag_dir = bag_dir
+        self.interval = interval
+        self.recorder_status = recorder_status
+        self.samples: list[Sample] = []
+        self._cpu: dict[int, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(self.sample())
+
+    def sample(self) -> Sample:
+        import psutil
+
+        now = time.monotonic()
+        s = Sample(t=now - self._t0)
+        for name, proc in node_processes(self.root_pid).items():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    cpu_s = times.user + times.system
+                    last = self._cpu.get(proc.pid)
+                    self._cpu[proc.pid] = (now, cpu_s)
+                    cpu = 100 * (cpu_s - last[1]) / (now - last[0]) if last else float('nan')
+                    s.procs[name] = {'pid': proc.pid, 'rss_mb': proc.memory_info().rss / 1e6,
+                                     'cpu_pct': cpu, 'threads': proc.num_threads(),
+                                     'fds': proc.num_fds()}
+            except psutil.Error:
+                continue
+        s.shm_mb, s.shm_files = shm_usage()
+        s.bag_mb = folder_mb(self.bag_dir)
+        s.disk_free_gb = psutil.disk_usage(str(self.bag_dir.parent)).free / 1e9
+        s.recorder = dict(self.recorder_status)
+        return s
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per hour; nan with fewer than 3 points."""
+    import numpy as np
+
+    if len(points) < 3:
+        return float('nan')
+    t, v = np.array(points, dtype=np.float64).T
+    return float(np.polyfit(t, v, 1)[0] * 3600.0)
+
+
+def series(samples: list[dict], name: str, key: str, warmup: float) -> list[tuple[float, float]]:
+    """One node's (t, value) after the warm-up and after its last restart (new pid)."""
+    points = [(s['t'], s['procs'][name][key], s['procs'][name]['pid']) for s in samples
+              if name in s['procs'] and s['t'] >= warmup]
+    if not points:
+        return []
+    last_pid = points[-1][2]
+    return [(t, v) for t, v, pid in points if pid == last_pid]
+
+
+def report(samples: list[dict], warmup: float, out: Path) -> None:
+    print(f'\n{len(samples)} samples over {samples[-1]["t"] / 60:.1f} min; slopes after '
+          f'{warmup / 60:.0f} min of warm-up (and after each node\'s last restart)')
+    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"threads":>9} {"fds":>9} {"CPU %":>7}')
+    for name in NODES:
+        rss = series(samples, name, 'rss_mb', warmup)
+        if not rss:
+            continue
+        threads = [v for _, v in series(samples, name, 'threads', warmup)]
+        fds = [v for _, v in series(samples, name, 'fds', warmup)]
+        cpu = [v for _, v in series(samples, name, 'cpu_pct', warmup) if v == v]
+        print(f'{name:16} {rss[0][1]:6.0f}->{rss[-1][1]:<6.0f} {slope_per_hour(rss):9.1f} '
+              f'{min(threads):4.0f}-{max(threads):<4.0f} {min(fds):4.0f}-{max(fds):<4.0f} '
+              f'{sum(cpu) / max(len(cpu), 1):7.1f}')
+    late = [s for s in samples if s['t'] >= warmup] or samples
+    shm = [(s['t'], s['shm_mb']) for s in late]
+    print(f'/dev/shm Fast DDS: {late[0]["shm_mb"]:.0f} -> {late[-1]["shm_mb"]:.0f} MB '
+          f'({late[0]["shm_files"]} -> {late[-1]["shm_files"]} files), {slope_per_hour(shm):.1f} MB/hour')
+    print(f'bag folder: {late[-1]["bag_mb"]:.0f} MB; disk free {late[-1]["disk_free_gb"]:.1f} GB')
+    plot(samples, warmup, out)
+
+
+def plot(samples: list[dict], warmup: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    keys = (('rss_mb', 'RSS (MB)'), ('threads', 'threads'), ('fds', 'open files'), ('cpu_pct', 'CPU (%)'))
+    fig, axes = plt.subplots(len(keys) + 1, 1, figsize=(10, 13), sharex=True)
+    for ax, (key, label) in zip(axes, keys, strict=False):
+        for name in NODES:
+            points = [(s['t'] / 60, s['procs'][name][key]) for s in samples if name in s['procs']]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=name, linewidth=1)
+        ax.set_ylabel(label)
+        ax.axvline(warmup / 60, color='grey', linestyle=':', linewidth=1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc='upper left', fontsize=8)
+    axes[-1].plot([s['t'] / 60 for s in samples], [s['shm_mb'] for s in samples], label='/dev/shm MB')
+    axes[-1].set_ylabel('/dev/shm (MB)')
+    axes[-1].set_xlabel('minutes')
+    axes[-1].grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / 'soak.png'
+    fig.savefig(path, dpi=90)
+    print(f'plot: {path}')
+
+
+def run(args: argparse.Namespace) -> None:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+
+    from field_deploy.demo import MISSIONS
+    from field_deploy.operator import Operator, OperatorError, load_mission
+    from field_deploy.profile import load_profile
+    from field_deploy.ros import Spinner, init
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bag_dir = out / 'bag'
+    isolate_ros_env()
+    profile = load_profile(args.robot)
+    mission = load_mission(MISSIONS[profile.kind])
+    log = (out / 'stack.log').open('w')
+    up = subprocess.Popen([executable('field_deploy'), 'up', '--robot', args.robot, '--bag-dir',
+                           str(bag_dir)], stdout=log, stderr=subprocess.STDOUT,
+                          env={**os.environ, 'HOME': str(out)})
+    init([])
+    node = Node('soak_operator')
+    recorder_status: dict[str, float] = {}
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name == 'data_recorder':
+                for kv in st.values:
+                    if kv.key in ('queue', 'lost', 'received', 'written'):
+                        recorder_status[kv.key] = float(kv.value)
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    operator = Operator(node)
+    operator.prepare(mission.steps)
+    spinner = Spinner([node]).start()
+    sampler = None
+    outcomes: dict[str, int] = {}
+    kills: list[str] = []
+    try:
+        for name in ('sim_robot', 'data_recorder', 'skill_runtime'):
+            if not operator.wait_state(f'/{name}', 'active', timeout=90.0):
+                raise SystemExit(f'{name} did not become active (see {out / "stack.log"})')
+        sampler = Sampler(up.pid, bag_dir, args.interval, recorder_status).start()
+        t0 = time.monotonic()
+        next_kill, next_split = t0 + args.kill_every, t0 + args.split_every
+        end = t0 + args.hours * 3600
+        while time.monotonic() < end and up.poll() is None:
+            for step in mission.steps:
+                try:
+                    result = operator.run_skill(step)
+                    outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+                except OperatorError as exc:
+                    outcomes['error'] = outcomes.get('error', 0) + 1
+                    print(f'  operator: {exc}')
+            now = time.monotonic()
+            if args.kill_every > 0 and now >= next_kill:
+                victim = KILLABLE[len(kills) % len(KILLABLE)]
+                proc = node_processes(up.pid).get(victim)
+                if proc is not None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    kills.append(victim)
+                    print(f'  {(now - t0) / 60:5.1f} min: killed {victim} (-9)')
+                    operator.wait_state(f'/{victim}', 'active', timeout=120.0)
+                next_kill = now + args.kill_every
+            if args.split_every > 0 and now >= next_split:
+                operator.trigger('/data_recorder/split')
+                next_split = now + args.split_every
+            if sampler.samples and len(sampler.samples) % 10 == 0:
+                s = sampler.samples[-1]
+                print(f'  {s.t / 60:5.1f} min: ' + ', '.join(
+                    f'{n} {p["rss_mb"]:.0f} MB' for n, p in s.procs.items()), flush=True)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        spinner.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+        log.close()
+    samples = [s.__dict__ for s in (sampler.samples if sampler else [])]
+    (out / 'samples.json').write_text(json.dumps({'warmup': args.warmup, 'samples': samples}))
+    print(f'skill outcomes: {outcomes}; nodes killed: {len(kills)} ({", ".join(kills) or "none"})')
+    if samples:
+        report(samples, min(args.warmup, samples[-1]['t'] / 2), out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--hours', type=float, default=1.0)
+    ap.add_argument('--robot', default='quadruped_12dof')
+    ap.add_argument('--out', default='soak-out')
+    ap.add_argument('--interval', type=float, default=30.0, help='seconds between samples')
+    ap.add_argument('--warmup', type=float, default=600.0, help='seconds left out of the slopes')
+    ap.add_argument('--kill-every', type=float, default=900.0, help='seconds; 0: never')
+    ap.add_argument('--split-every', type=float, default=600.0, help='seconds; 0: never')
+    ap.add_argument('--plot', default=None, help='samples.json of an earlier run: report it again')
+    args = ap.parse_args()
+    if args.plot:
+        doc = json.loads(Path(args.plot).read_text())
+        report(doc['samples'], doc['warmup'], Path(args.plot).parent)
+        return
+    run(args)
+
+
+if __name__ == '__main__':
+    main()
