@@ -37,7 +37,6 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
     """Real Fast DDS: kill -9 a process with a node; its 32 MiB segment goes, ours stays."""
     keeper = rclpy.create_node('shm_keeper')          # this process's own participant and segment
     keeper.create_publisher(String, 'shm_test', 10)
-    before = set(os.listdir(SHM_DIR))
     code = ('from field_deploy.ros import init; import rclpy, time; init([]); '
             'n = rclpy.create_node("shm_victim"); n.create_publisher('
             '__import__("std_msgs.msg").msg.String, "shm_test", 10); print("up", flush=True); '
@@ -45,21 +44,49 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
     proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
-        assert wait_until(lambda: any(n.endswith('_el') for n in set(os.listdir(SHM_DIR)) - before), 10)
-        theirs = {n for n in set(os.listdir(SHM_DIR)) - before if n.startswith('fastrtps_')}
+        # What the victim owns: the files whose lock it holds (/proc/locks), and their segments.
+        # (Other processes on the machine create and remove their own files meanwhile.)
+        assert wait_until(lambda: _locked_by(proc.pid), 10)
+        theirs = {n for lock in _locked_by(proc.pid) for n in (lock, lock[:-len('_el')])}
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     time.sleep(0.2)
     assert theirs <= set(os.listdir(SHM_DIR))          # kill -9: nothing cleaned up by itself
-    ours = _mapped_shm()                                # this process's own live segments
-    assert ours, 'the ros fixture maps a Fast DDS segment into this process'
+    # This process's own live files: the locks it holds, and their segments.
+    ours = {n for lock in _locked_by(os.getpid()) for n in (lock, lock[:-len('_el')])}
+    assert ours, "the keeper node's participant holds its segment's lock"
     assert clean_stale_shm() > 0
     left = set(os.listdir(SHM_DIR))
     assert not theirs & left, theirs & left
     assert ours <= left, f'live segments of this process were removed: {sorted(ours - left)}'
-    assert _mapped_shm() == ours                         # and still mapped, untouched
     keeper.destroy_node()
+
+
+def _locked_by(pid: int) -> set[str]:
+    """Names of the ``/dev/shm`` lock files ``pid`` holds a flock on (from ``/proc/locks``)."""
+    inodes = {entry.inode(): entry.name for entry in os.scandir(SHM_DIR)}
+    names = set()
+    for line in Path('/proc/locks').read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == 'FLOCK' and fields[4] == str(pid):
+            name = inodes.get(int(fields[5].rsplit(':', 1)[-1]))
+            if name and name.endswith('_el'):
+                names.add(name)
+    return names
+
+
+def _locked_by(pid: int) -> set[str]:
+    """Names of the ``/dev/shm`` lock files ``pid`` holds a flock on (from ``/proc/locks``)."""
+    inodes = {entry.inode(): entry.name for entry in os.scandir(SHM_DIR)}
+    names = set()
+    for line in Path('/proc/locks').read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == 'FLOCK' and fields[4] == str(pid):
+            name = inodes.get(int(fields[5].rsplit(':', 1)[-1]))
+            if name and name.endswith('_el'):
+                names.add(name)
+    return names
 
 
 def _mapped_shm() -> set[str]:
