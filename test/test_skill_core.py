@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import yaml
 
 from field_deploy.cli import main as cli_main
 from field_deploy.profile import load_profile
+from field_deploy.testing import wait_until
 from skill_runtime.api import (
     Done,
     GaitGenerator,
@@ -25,6 +27,8 @@ from skill_runtime.api import (
 from skill_runtime.gate import MODE_ESTOP, MODE_RUN, SafetyGate, SkillRun
 from skill_runtime.loader import api_compatible, check_pack, discover, import_skills
 from skill_runtime.manifest import PackError, read_manifest, verify_digests, write_digests
+from skill_runtime.proxy import Supervisor, WorkerProcess, WorkerSpec, tick_workers
+from skill_runtime.worker import sandbox_policy
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'packs'
 QUAD = load_profile('quadruped_12dof')
@@ -211,48 +215,71 @@ def test_gate_estop_walks_to_safe_pose_and_latches() -> None:
 
 # --------------------------------------------------------------------------- runner
 
-def make_run(cls_name: str, params: dict | None = None, budget: float = 0.02,
-             timeout: float = 5.0) -> tuple[SkillRun, RobotState]:
-    classes = import_skills(read_manifest(FIXTURES / 'acme_test'))
+@pytest.fixture(scope='module')
+def supervisor() -> Iterator[Supervisor]:
+    sup = Supervisor(lambda key, level, text: None)
+    yield sup
+    sup.stop()
+
+
+def make_run(sup: Supervisor, tmp: Path, skill: str, params: dict | None = None,
+             budget: float = 0.02, timeout: float = 5.0) -> tuple[SkillRun, WorkerProcess, RobotState]:
+    """A fixture skill started in a real worker process, as the runtime does it."""
+    manifest = read_manifest(FIXTURES / 'acme_test')
+    spec = next(s for s in manifest.skills if s.name == skill)
     idx = np.array([0, 1, 2])
-    ctx = SkillContext(profile=QUAD, params=params or {}, logger=logging.getLogger('t'),
-                       clock=time.monotonic, joints=tuple(QUAD.joint_names[i] for i in idx), indices=idx)
-    run = SkillRun(key=f'acme_test/{cls_name}', skill=classes[cls_name](ctx), indices=idx, every=1,
-                   budget=budget, timeout=timeout)
+    worker = sup.spawn(WorkerSpec(key=f'acme_test/{skill}', dof=QUAD.dof, n_sites=0,
+                                  log_path=tmp / f'{skill}.log', cwd=tmp))
+    worker.wait_ready(20)
+    reply = worker.request('configure', 20, pack_dir=str(FIXTURES / 'acme_test'), pack='acme_test',
+                           skill=skill, entry=spec.entry, profile=str(QUAD.path),
+                           params={p.name: p.default for p in spec.params} | (params or {}),
+                           indices=idx.tolist(), rate_hz=500.0, sites=[],
+                           policy=sandbox_policy(scratch_dir=str(tmp), pack_dir=str(FIXTURES),
+                                                 memory_mb=1024, max_files=64))
+    assert reply['ok'] and reply['problem'] is None, reply
+    run = SkillRun(key=f'acme_test/{skill}', indices=idx, every=1, budget=budget, timeout=timeout,
+                   on_finish=lambda r: worker.stop_skill(1.0))
     state = RobotState(q=QUAD.array('default'), dq=np.zeros(12), tau=np.zeros(12))
-    run.start(state)
-    return run, state
+    worker.set_layout(len(idx), ())
+    worker.write_state(0.0, state.q, state.dq, state.tau, state.imu, {}, 0, new_request=False)
+    run.begin(state.q)
+    assert worker.request('start', 20)['ok']
+    return run, worker, state
 
 
-def tick_until(run: SkillRun, state: RobotState, seconds: float) -> None:
+def tick_until(run: SkillRun, worker: WorkerProcess, state: RobotState, seconds: float) -> None:
     end = time.monotonic() + seconds
     while not run.outcome and time.monotonic() < end:
-        run.tick(state)
+        tick_workers([(run, worker)], lambda: state, time.monotonic_ns() + 1_000_000)
         time.sleep(0.002)
 
 
-def test_runner_stops_nan_raise_sleep_and_timeout() -> None:
-    run, state = make_run('not_a_number')
-    tick_until(run, state, 2.0)
+def test_runner_stops_nan_raise_sleep_and_timeout(supervisor: Supervisor, tmp_path: Path) -> None:
+    """Each outcome reaches the runtime's SkillRun from a real worker process."""
+    run, worker, state = make_run(supervisor, tmp_path, 'not_a_number')
+    tick_until(run, worker, state, 5.0)
     assert run.outcome == 'failed' and 'NaN' in run.reason
-    run, state = make_run('raiser')
-    tick_until(run, state, 2.0)
+    run, worker, state = make_run(supervisor, tmp_path, 'raiser')
+    tick_until(run, worker, state, 5.0)
     assert run.outcome == 'failed' and 'RuntimeError: vendor bug in step' in run.reason
-    run, state = make_run('sleeper', {'sleep': 0.1})
-    tick_until(run, state, 2.0)
-    assert run.outcome == 'failed' and run.reason.startswith('watchdog')
-    run, state = make_run('slow', timeout=0.3)
-    tick_until(run, state, 2.0)
+    run, worker, state = make_run(supervisor, tmp_path, 'sleeper', {'sleep': 0.5}, budget=0.1)
+    tick_until(run, worker, state, 5.0)
+    assert run.outcome == 'failed' and run.reason == 'watchdog: no answer in 100 ms', run.reason
+    assert wait_until(lambda: worker.closed, 5) and 'SIGKILL' in worker.exit_status  # killed, reaped
+    run, worker, state = make_run(supervisor, tmp_path, 'slow', timeout=0.3, budget=0.25)
+    tick_until(run, worker, state, 5.0)
     assert run.outcome == 'failed' and run.reason.startswith('timeout')
 
 
-def test_runner_rate_divider_and_done() -> None:
-    run, state = make_run('reach', {'offset': 0.1, 'max_velocity': 3.0})
+def test_runner_rate_divider_and_done(supervisor: Supervisor, tmp_path: Path) -> None:
+    run, worker, state = make_run(supervisor, tmp_path, 'reach', {'offset': 0.1, 'max_velocity': 3.0},
+                                  budget=0.25)
     run.every = 5
     for _ in range(10):
-        run.tick(state)
+        tick_workers([(run, worker)], lambda: state, time.monotonic_ns() + 50_000_000)
     assert run.steps == 2
-    tick_until(run, state, 3.0)
+    tick_until(run, worker, state, 5.0)
     assert run.outcome == 'done' and run.progress == 1.0
 
 

@@ -102,7 +102,7 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         spinner = Spinner([runtime]).start()
         probe_spinner = Spinner([client_node]).start()
         client = SkillClient(client_node)
-        if not wait_until(lambda: runtime._have_state and not np.isnan(probe.q).any(), 30):
+        if not wait_until(lambda: (runtime.robot is not None and runtime.robot.have_state) and not np.isnan(probe.q).any(), 30):
             pytest.fail(f'sim_robot did not come up:\n{sim.log()[-3000:]}')
         yield runtime, client, probe, sim
     finally:
@@ -151,8 +151,8 @@ def test_skills_see_the_newest_imu_and_foot_wrenches(rig) -> None:
     state = runtime.state()
     assert set(state.wrenches) == {'FL_foot', 'FR_foot', 'RL_foot', 'RR_foot'}
     assert 9.0 < state.imu[9] < 10.6, state.imu             # linear acceleration z: gravity
-    first = runtime._raw['imu']
-    assert wait_until(lambda: (runtime.state(), runtime._raw['imu'] != first)[1], 5)  # fresh samples
+    first = runtime.robot.raw['imu']
+    assert wait_until(lambda: (runtime.state(), runtime.robot.raw['imu'] != first)[1], 5)  # fresh samples
 
 
 def test_parameters_are_typed_and_range_checked(rig) -> None:

@@ -6,22 +6,22 @@ command, clamps to the profile's position / velocity / effort limits and bounds 
 tick by the joint's velocity limit. In e-stop it ignores skills and walks every joint to the
 profile's safe pose at ``safe_velocity``; nothing else runs until :meth:`SafetyGate.reset`.
 
-:class:`SkillRun` wraps one skill instance: calls it at its own rate, checks its output (shape,
-NaN/inf), its step time (watchdog budget) and its total time (timeout), and turns any exception
-into a failure of that skill alone.
+:class:`SkillRun` is one running skill as the runtime sees it (the skill runs in its worker
+process): its rate, its answers checked again (status, NaN/inf), its step time (watchdog budget)
+and its total time (timeout); anything wrong ends that skill alone.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from field_deploy.profile import RobotProfile
-from skill_runtime.api import Done, Failed, RobotState, Skill, Targets
+from skill_runtime.api import Targets
+from skill_runtime.ipc import ST_DONE, ST_ERROR, ST_FAILED, StepReply, check_reply
 
 MODE_IDLE = 'idle'    # no measured state yet: nothing is published
 MODE_RUN = 'run'      # skills may run; unclaimed joints hold
@@ -150,7 +150,8 @@ class SafetyGate:
 
 
 def check_targets(t: object, n: int) -> str | None:
-    """Why a step result cannot be used (wrong type, shape, NaN/inf), or None."""
+    """Why a step result cannot be used (wrong type, shape, NaN/inf), or None. Runs in the worker
+    (vendor objects are only touched there); it converts the arrays in place to float64."""
     if not isinstance(t, Targets):
         return (f'step returned {type(t).__name__}, expected Targets, Done or Failed')
     for name in ('q', 'dq', 'tau'):
@@ -159,6 +160,14 @@ def check_targets(t: object, n: int) -> str | None:
             if name == 'q':
                 return 'Targets.q is None'
             continue
+        if isinstance(value, str | bytes):
+            return f'Targets.{name} is not numeric'
+        try:
+            size = len(value)
+        except TypeError:
+            size = None
+        if size is not None and size != n:  # before any conversion: a 10^8-element list is refused at once
+            return f'Targets.{name} has {size} entries, expected {n} for the claimed joints'
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
@@ -173,78 +182,80 @@ def check_targets(t: object, n: int) -> str | None:
 
 @dataclass
 class SkillRun:
-    """One active skill: its rate divider, watchdog budget, timeout and last output."""
+    """One active skill, seen from the runtime: rate divider, watchdog budget, timeout, last output.
+
+    The skill itself runs in its worker process; the control tick asks :meth:`due` whether to
+    send it a step request, and hands the answer to :meth:`accept`, which checks it again
+    (:func:`skill_runtime.ipc.check_reply`) and ends the run on done / failed / anything invalid.
+    """
 
     key: str
-    skill: Skill
     indices: np.ndarray
     every: int
     """Step the skill every ``every`` gate ticks (its rate divides the gate rate)."""
     budget: float
     timeout: float
     clock: Callable[[], float] = time.monotonic
+    on_finish: Callable[[SkillRun], None] | None = None
+    """Called once when the run ends (any thread): the runtime asks the worker for ``stop()``."""
     started: float = 0.0
     ticks: int = 0
     steps: int = 0
+    late: int = 0
+    """Ticks on which the worker's answer had not come within the wait: the joints held."""
     targets: Targets | None = None
     progress: float = 0.0
     outcome: str = ''
     """'' while running; then 'done', 'failed' or 'stopped'."""
     reason: str = ''
     max_step_time: float = 0.0
-    step_times: list[float] = field(default_factory=list)
 
-    def start(self, state: RobotState) -> None:
+    def begin(self, q: np.ndarray) -> None:
+        """Started: hold the claimed joints where they are until the first answer."""
         self.started = self.clock()
-        self.skill.start(state)
-        self.targets = Targets(q=state.q[self.indices].copy())
+        self.targets = Targets(q=np.asarray(q, dtype=np.float64)[self.indices].copy())
 
-    def finish(self, outcome: str, reason: str) -> None:
+    def finish(self, outcome: str, reason: str) -> bool:
+        """End the run (the first outcome wins); True if this call ended it."""
         if self.outcome:
-            return
+            return False
         self.outcome, self.reason = outcome, reason
-        try:
-            self.skill.stop()
-        except Exception as exc:  # the skill is finished anyway; note it
-            self.reason += f' (stop() raised {type(exc).__name__}: {exc})'
+        if self.on_finish is not None:
+            self.on_finish(self)
+        return True
 
-    def tick(self, state: RobotState) -> None:
-        """Advance one gate tick; sets :attr:`outcome` when the skill ends for any reason."""
+    def due(self) -> float | None:
+        """Advance one gate tick: the skill's time ``t`` when a step is due now, else None.
+        Ends the run when it is active longer than its timeout."""
         if self.outcome:
-            return
-        now = self.clock()
-        t = now - self.started
+            return None
+        t = self.clock() - self.started
         if t > self.timeout:
             self.finish('failed', f'timeout: still running after {self.timeout:g} s')
-            return
+            return None
         self.ticks += 1
         if (self.ticks - 1) % self.every:
+            return None
+        return t
+
+    def accept(self, reply: StepReply) -> None:
+        """A step's answer from the worker; sets :attr:`outcome` when it ends the skill."""
+        if self.outcome:
             return
-        t0 = time.perf_counter()
-        try:
-            result = self.skill.step(state, t)
-        except Exception as exc:
-            self.finish('failed', f'step raised {type(exc).__name__}: {exc}')
-            return
-        elapsed = time.perf_counter() - t0
         self.steps += 1
-        self.max_step_time = max(self.max_step_time, elapsed)
-        if elapsed > self.budget:
-            self.finish('failed', f'watchdog: step took {elapsed * 1e3:.1f} ms, budget '
-                                  f'{self.budget * 1e3:.1f} ms')
-            return
-        if isinstance(result, Done):
-            self.progress = 1.0
-            self.finish('done', result.reason or 'done')
-            return
-        if isinstance(result, Failed):
-            self.finish('failed', result.reason or 'failed')
-            return
-        problem = check_targets(result, len(self.indices))
+        self.max_step_time = max(self.max_step_time, reply.step_time)
+        problem = check_reply(reply, len(self.indices))
         if problem is not None:
             self.finish('failed', problem)
-            return
-        assert isinstance(result, Targets)
-        if result.progress is not None and math.isfinite(result.progress):
-            self.progress = min(max(float(result.progress), 0.0), 1.0)
-        self.targets = result
+        elif reply.step_time > self.budget:
+            self.finish('failed', f'watchdog: step took {reply.step_time * 1e3:.1f} ms, budget '
+                                  f'{self.budget * 1e3:.1f} ms')
+        elif reply.status == ST_DONE:
+            self.progress = 1.0
+            self.finish('done', reply.reason or 'done')
+        elif reply.status in (ST_FAILED, ST_ERROR):
+            self.finish('failed', reply.reason or 'failed')
+        else:
+            if reply.progress is not None:
+                self.progress = min(max(reply.progress, 0.0), 1.0)
+            self.targets = Targets(q=reply.q, dq=reply.dq, tau=reply.tau)

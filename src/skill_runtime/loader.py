@@ -21,7 +21,7 @@ import importlib
 import importlib.metadata
 import sys
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +129,39 @@ def check_pack(path: Path, profile: RobotProfile | None, allow: Sequence[str]) -
     return manifest
 
 
-def _module_prefix(manifest: Manifest) -> str:
-    return f'_skillpack_{manifest.name}'
+def _pack_package(name: str, pack_dir: Path, fresh: bool) -> str:
+    """Register the pack folder as package ``_skillpack_<name>`` (``fresh``: drop an earlier import)."""
+    prefix = f'_skillpack_{name}'
+    if fresh:
+        for mod in [m for m in sys.modules if m == prefix or m.startswith(prefix + '.')]:
+            del sys.modules[mod]
+    if prefix not in sys.modules:
+        package = types.ModuleType(prefix)
+        package.__path__ = [str(pack_dir)]
+        package.__package__ = prefix
+        sys.modules[prefix] = package
+    return prefix
+
+
+def import_skill(pack_dir: Path, pack: str, skill: str, entry: str) -> type[Skill]:
+    """Import one skill class ``module:Class`` of a checked pack; a :class:`PackError` names the file.
+
+    Only ever called where vendor code may run: a skill worker, the discovery child, the
+    ``field_deploy skills`` command — never the runtime process.
+    """
+    prefix = _pack_package(pack, pack_dir, fresh=False)
+    module_name, class_name = entry.split(':')
+    file = str(pack_dir / (module_name.replace('.', '/') + '.py'))
+    try:
+        module = importlib.import_module(f'{prefix}.{module_name}')
+    except Exception as exc:
+        raise PackError(pack, file, f'skills.{skill}.entry',
+                        f'importing {module_name} raised {type(exc).__name__}: {exc}') from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Skill)):
+        raise PackError(pack, file, f'skills.{skill}.entry',
+                        f'{class_name!r} is not a subclass of skill_runtime.api.Skill')
+    return cls
 
 
 def import_skills(manifest: Manifest) -> dict[str, type[Skill]]:
@@ -139,36 +170,27 @@ def import_skills(manifest: Manifest) -> dict[str, type[Skill]]:
     The pack folder becomes package ``_skillpack_<name>`` (so its modules can import each other
     relatively) and never shadows an installed module. Any exception is a refusal naming the file.
     """
-    prefix = _module_prefix(manifest)
-    pack_dir = manifest.path.parent
-    for mod in [m for m in sys.modules if m == prefix or m.startswith(prefix + '.')]:
-        del sys.modules[mod]
-    package = types.ModuleType(prefix)
-    package.__path__ = [str(pack_dir)]
-    package.__package__ = prefix
-    sys.modules[prefix] = package
-    classes: dict[str, type[Skill]] = {}
-    for spec in manifest.skills:
-        module_name, class_name = spec.entry.split(':')
-        file = str(pack_dir / (module_name.replace('.', '/') + '.py'))
-        try:
-            module = importlib.import_module(f'{prefix}.{module_name}')
-        except Exception as exc:
-            raise PackError(manifest.name, file, f'skills.{spec.name}.entry',
-                            f'importing {module_name} raised {type(exc).__name__}: {exc}') from None
-        cls = getattr(module, class_name, None)
-        if not (isinstance(cls, type) and issubclass(cls, Skill)):
-            raise PackError(manifest.name, file, f'skills.{spec.name}.entry',
-                            f'{class_name!r} is not a subclass of skill_runtime.api.Skill')
-        classes[spec.name] = cls
-    return classes
+    _pack_package(manifest.name, manifest.path.parent, fresh=True)
+    return {spec.name: import_skill(manifest.path.parent, manifest.name, spec.name, spec.entry)
+            for spec in manifest.skills}
+
+
+Locator = Callable[[], list[PackCandidate]]
+ImportProbe = Callable[[list[Manifest]], dict[str, PackError]]
 
 
 def discover(profile: RobotProfile | None, *, pack_path: Iterable[str | Path] = (),
              allow: Sequence[str] = DEFAULT_ALLOW, entry_points: bool = True,
-             do_import: bool = True) -> list[PackRecord]:
-    """Every candidate pack with its verdict. Two packs with the same name: the first wins."""
-    candidates = (entry_point_candidates() if entry_points else []) + folder_candidates(pack_path)
+             do_import: bool = True, locate: Locator = entry_point_candidates,
+             probe: ImportProbe | None = None) -> list[PackRecord]:
+    """Every candidate pack with its verdict. Two packs with the same name: the first wins.
+
+    ``locate`` resolves the entry points and ``probe`` test-imports the checked packs (it returns
+    the refusals by pack name): the runtime passes functions that do both in a short-lived child
+    process (:mod:`skill_runtime.discovery`), so it never imports vendor code itself. Without a
+    probe, ``do_import`` imports the skill classes here (the ``field_deploy skills`` command).
+    """
+    candidates = (locate() if entry_points else []) + folder_candidates(pack_path)
     records: list[PackRecord] = []
     seen: dict[str, PackRecord] = {}
     for cand in candidates:
@@ -181,7 +203,7 @@ def discover(profile: RobotProfile | None, *, pack_path: Iterable[str | Path] = 
                 raise PackError(rec.manifest.name, str(rec.manifest.path), 'name',
                                 f'a pack of this name was already found at {first.path} '
                                 f'({first.source})')
-            if do_import:
+            if do_import and probe is None:
                 rec.classes = import_skills(rec.manifest)
             seen[rec.manifest.name] = rec
         except PackError as exc:
@@ -189,4 +211,9 @@ def discover(profile: RobotProfile | None, *, pack_path: Iterable[str | Path] = 
         except Exception as exc:  # anything unexpected still refuses only this pack
             rec.error = PackError(rec.name, str(cand.path), '<pack>',
                                   f'{type(exc).__name__}: {exc}')
+    if do_import and probe is not None:
+        refused = probe([rec.manifest for rec in seen.values() if rec.manifest is not None])
+        for name, error in refused.items():
+            if name in seen:
+                seen[name].error = error
     return records

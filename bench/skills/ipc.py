@@ -1,0 +1,178 @@
+"""Per-tick round trip between the gate's control thread and a skill worker: which IPC, which nice.
+
+No ROS: the control side is a thread at the gate's priority (SCHED_FIFO 40 where permitted)
+ticking at 500 Hz; the other side a fresh interpreter. Two transports:
+
+* ``pipe``: the robot state (profile-sized float64 block) written into a pipe, the targets
+  read back from another (bytes copied through the kernel both ways);
+* ``shm``: the runtime's own path (:mod:`skill_runtime.proxy`): state and targets in a shared
+  memory block, one wake byte each way, a real worker running the acme ``hold`` test skill.
+
+Prints p50 / p99 / max of the round trip and how many answers missed the tick's wait.
+Usage: ``.venv/bin/python bench/skills/ipc.py [--seconds 8] [--nice 0 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from field_deploy.profile import load_profile
+from skill_runtime.api import RobotState
+from skill_runtime.gate import SkillRun
+from skill_runtime.loop import set_thread_realtime
+from skill_runtime.manifest import read_manifest
+from skill_runtime.proxy import Supervisor, WorkerSpec, tick_workers, worker_env
+from skill_runtime.worker import sandbox_policy
+
+QUAD = load_profile('quadruped_12dof')
+FIXTURE = Path(__file__).resolve().parents[2] / 'test' / 'fixtures' / 'packs' / 'acme_test'
+PERIOD_NS = 2_000_000
+WAIT_NS = 1_000_000   # the gate's default wait: half a 500 Hz period
+
+PIPE_CHILD = r'''
+import os, sys, numpy as np
+from skill_runtime.worker import prepare_process
+prepare_process(0, int(sys.argv[3]))
+r, w, n = int(sys.argv[1]), int(sys.argv[2]), 12
+size = (1 + 3 * 12 + 10 + 4 * 7) * 8
+while True:
+    buf = b''
+    while len(buf) < size:
+        chunk = os.read(r, size - len(buf))
+        if not chunk:
+            sys.exit(0)
+        buf += chunk
+    state = np.frombuffer(buf, dtype=np.float64)
+    out = np.concatenate([state[1:1 + n], np.zeros(2 * n + 2)])
+    os.write(w, out.tobytes())
+'''
+
+
+def ticker(seconds: float, one_tick) -> list[float]:
+    """Call ``one_tick()`` at 500 Hz from a SCHED_FIFO thread; its round trips in ms."""
+    out: list[float] = []
+
+    def run() -> None:
+        set_thread_realtime(40)
+        next_ns = time.monotonic_ns()
+        end = next_ns + int(seconds * 1e9)
+        while next_ns < end:
+            next_ns += PERIOD_NS
+            delay = next_ns - time.monotonic_ns()
+            if delay > 0:
+                time.sleep(delay / 1e9)
+            rt = one_tick()
+            if rt is not None:
+                out.append(rt)
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join()
+    return out
+
+
+def pipe_bench(seconds: float, nice: int) -> tuple[list[float], int]:
+    a_r, a_w = os.pipe()
+    b_r, b_w = os.pipe()
+    child = subprocess.Popen([sys.executable, '-c', PIPE_CHILD, str(a_r), str(b_w), str(nice)],
+                             pass_fds=(a_r, b_w), env=worker_env())
+    os.close(a_r)
+    os.close(b_w)
+    state = np.zeros(1 + 3 * 12 + 10 + 4 * 7)
+    reply_size = (3 * 12 + 2) * 8
+    late = [0]
+
+    def one() -> float | None:
+        t0 = time.monotonic_ns()
+        os.write(a_w, state.tobytes())
+        got = b''
+        import select
+        while len(got) < reply_size:
+            left = (t0 + WAIT_NS * 20 - time.monotonic_ns()) / 1e6
+            ready, _, _ = select.select([b_r], [], [], max(0.0, left / 1e3))
+            if not ready:
+                late[0] += 1
+                return None
+            got += os.read(b_r, reply_size - len(got))
+        np.frombuffer(got, dtype=np.float64).copy()
+        rt = time.monotonic_ns() - t0
+        if rt > WAIT_NS:
+            late[0] += 1
+        return rt / 1e6
+
+    time.sleep(0.5)  # interpreter start
+    out = ticker(seconds, one)
+    os.close(a_w)
+    child.wait(5)
+    os.close(b_r)
+    return out, late[0]
+
+
+def shm_bench(seconds: float, nice: int) -> tuple[list[float], int]:
+    sup = Supervisor(lambda key, level, text: None)
+    tmp = Path(tempfile.mkdtemp(prefix='ipc_bench_'))
+    spec = next(s for s in read_manifest(FIXTURE).skills if s.name == 'hold')
+    idx = np.arange(12)
+    worker = sup.spawn(WorkerSpec(key='acme_test/hold', dof=12, n_sites=0, log_path=tmp / 'w.log',
+                                  cwd=tmp, nice=nice))
+    worker.wait_ready(20)
+    worker.request('configure', 20, pack_dir=str(FIXTURE), pack='acme_test', skill='hold',
+                   entry=spec.entry, profile=str(QUAD.path), params={}, indices=idx.tolist(),
+                   rate_hz=500.0, sites=[], policy=sandbox_policy(scratch_dir=str(tmp),
+                                                                  pack_dir=str(FIXTURE),
+                                                                  memory_mb=1024, max_files=64))
+    state = RobotState(q=QUAD.array('default'), dq=np.zeros(12), tau=np.zeros(12))
+    worker.set_layout(12, ())
+    worker.write_state(0.0, state.q, state.dq, state.tau, state.imu, {}, 0, new_request=False)
+    run = SkillRun(key='acme_test/hold', indices=idx, every=1, budget=1.0, timeout=1e9)
+    run.begin(state.q)
+    worker.request('start', 20)
+
+    def one() -> float | None:
+        t0 = time.monotonic_ns()
+        steps = run.steps
+        tick_workers([(run, worker)], lambda: state, t0 + WAIT_NS)
+        if run.steps == steps:
+            return None   # late: counted in run.late
+        return (time.monotonic_ns() - t0) / 1e6
+
+    out = ticker(seconds, one)
+    late = run.late
+    sup.stop()
+    return out, late
+
+
+def pct(values: list[float]) -> str:
+    a = np.asarray(values)
+    if a.size == 0:
+        return 'no samples'
+    return (f'p50 {np.percentile(a, 50):6.3f}  p99 {np.percentile(a, 99):6.3f}  max {a.max():7.3f} ms'
+            f'  (n={a.size})')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--seconds', type=float, default=8.0)
+    ap.add_argument('--nice', type=int, nargs='+', default=[0, 5])
+    args = ap.parse_args()
+    print(f'IPC bench: {os.cpu_count()} cores, load average '
+          f'{", ".join(f"{x:.1f}" for x in os.getloadavg())}; 500 Hz from a thread at '
+          f'{set_thread_realtime(40)}; a tick waits {WAIT_NS / 1e6:g} ms')
+    for nice in args.nice:
+        for name, fn in (('pipe (state + targets copied)', pipe_bench), ('shm + wake byte (runtime)', shm_bench)):
+            rts, late = fn(args.seconds, nice)
+            print(f'  nice {nice:2d}  {name:30s} round trip {pct(rts)}  late {late}')
+    print(f'  load average after: {", ".join(f"{x:.1f}" for x in os.getloadavg())}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,144 @@
+"""Discovery without vendor code in the runtime: entry-point locators and the import check of
+every accepted pack run in a short-lived child process (``python -m skill_runtime.worker
+discover``). The runtime gets paths and refusals back as JSON lines; a locator or a pack import
+that hangs or crashes refuses only what it concerns. No rclpy here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from skill_runtime.loader import ENTRY_POINT_GROUP, PackCandidate
+from skill_runtime.manifest import Manifest, PackError
+from skill_runtime.proxy import worker_env
+
+MAX_ANSWER = 1 << 20
+START_TIMEOUT_S = 3.0   # a fresh interpreter with numpy, on a loaded host
+
+
+class ChildError(Exception):
+    pass
+
+
+class DiscoveryChild:
+    """One child, asked one JSON question at a time, each answer bounded in time and size."""
+
+    def __init__(self, timeout: float, stderr: Path | None = None) -> None:
+        self.timeout = timeout
+        self._first = True
+        err = stderr.open('ab') if stderr is not None else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'skill_runtime.worker', 'discover', '--parent', str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=worker_env(),
+                close_fds=True, start_new_session=True)
+        finally:
+            if stderr is not None:
+                err.close()
+
+    def ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        timeout = self.timeout + (START_TIMEOUT_S if self._first else 0.0)
+        self._first = False
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(question).encode() + b'\n')
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise ChildError(f'discovery child gone ({exc})') from None
+        fd = self.proc.stdout.fileno()
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        while b'\n' not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChildError(f'no answer within {timeout:g} s')
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    rc = self.proc.wait()
+                    raise ChildError(f'discovery child exited with code {rc}' if rc >= 0
+                                     else f'discovery child killed by signal {-rc}')
+                buf += data
+                if len(buf) > MAX_ANSWER:
+                    raise ChildError(f'answer over {MAX_ANSWER} bytes')
+        answer = json.loads(bytes(buf[:buf.index(b'\n')]))
+        if not isinstance(answer, dict):
+            raise ChildError('answer is not a JSON object')
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+class ChildDiscovery:
+    """``locate`` and ``probe`` for :func:`skill_runtime.loader.discover`, in child processes."""
+
+    def __init__(self, timeout: float, stderr: Path | None = None) -> None:
+        self.timeout = timeout
+        self.stderr = stderr
+        self._child: DiscoveryChild | None = None
+
+    def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        if self._child is None:
+            self._child = DiscoveryChild(self.timeout, self.stderr)
+        try:
+            return self._child.ask(question)
+        except (ChildError, ValueError):
+            self.close()  # a child that failed once is not asked again
+            raise
+
+    def locate(self) -> list[PackCandidate]:
+        try:
+            answer = self._ask({'entry_points': ENTRY_POINT_GROUP})
+            return [PackCandidate(path=Path(str(c['path'])), source=str(c['source']))
+                    for c in answer.get('candidates', [])]
+        except (ChildError, ValueError, KeyError, TypeError) as exc:
+            return [PackCandidate(path=Path(f'<entry points not resolved: {exc}>'),
+                                  source='entry_point:*')]
+
+    def probe(self, manifests: list[Manifest]) -> dict[str, PackError]:
+        """Import every skill class of the packs; the refusals by pack. A batch that fails is
+        retried one pack per child, so one hanging import refuses only its own pack."""
+        try:
+            return self._refusals(self._ask({'packs': [_pack(m) for m in manifests]}), manifests)
+        except (ChildError, ValueError) as exc:
+            if len(manifests) == 1:
+                m = manifests[0]
+                return {m.name: PackError(m.name, str(m.path.parent), '<import>',
+                                          f'import check failed: {exc}')}
+        out: dict[str, PackError] = {}
+        for m in manifests:
+            out.update(self.probe([m]))
+        return out
+
+    @staticmethod
+    def _refusals(answer: dict[str, Any], manifests: list[Manifest]) -> dict[str, PackError]:
+        names = {m.name for m in manifests}
+        out = {}
+        for name, err in dict(answer.get('refused', {})).items():
+            if name in names and isinstance(err, dict):
+                out[name] = PackError(name, str(err.get('file', '')), str(err.get('field', '')),
+                                      str(err.get('message', ''))[:2000])
+        return out
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.close()
+            self._child = None
+
+
+def _pack(m: Manifest) -> dict[str, Any]:
+    return {'name': m.name, 'dir': str(m.path.parent), 'skills': {s.name: s.entry for s in m.skills}}

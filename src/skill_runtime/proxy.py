@@ -1,0 +1,523 @@
+"""The runtime's side of the process boundary: skill worker processes and their supervisor.
+
+:class:`WorkerProcess` is one worker (:mod:`skill_runtime.worker`) seen from the runtime: control
+requests with a bounded wait (:meth:`WorkerProcess.request`), the control tick through the shared
+tick block (:meth:`~WorkerProcess.send_step` / :meth:`~WorkerProcess.take_reply`, never blocking),
+and a kill that cannot hit a recycled pid (pidfd).
+
+:class:`Supervisor` is one long-lived thread of the runtime that spawns every worker (the kernel
+ties ``PR_SET_PDEATHSIG`` to the thread that spawned the child, so the spawner must live as long
+as the runtime), reads the workers' control lines (replies and log lines: bounded, rate-limited,
+JSON only), reaps every worker that ends (``waitpid``, woken by its pidfd: no zombies), names why
+it ended ("worker exited with code 3", "worker killed by SIGSEGV"), and enforces the caps: the
+stdout / stderr log file size, the control-channel byte rate, the grace after a stop.
+No rclpy here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import mmap
+import os
+import queue
+import select
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skill_runtime import ipc
+from skill_runtime.api import RobotState
+from skill_runtime.gate import SkillRun
+
+WORKER_ENV_DROP = ('ROS_', 'RMW_', 'FASTRTPS_', 'FASTDDS_', 'CYCLONEDDS_', 'ZENOH_', 'RCL_',
+                   'RCUTILS_')
+"""Environment a worker does not get: it must not find, nor need, the ROS graph."""
+LOG_RATE, LOG_BURST = 20.0, 50          # worker log lines per second forwarded to the runtime log
+CHANNEL_BYTES_PER_S = 1 << 20           # more than this on the control channel: the worker is killed
+CHECK_INTERVAL_S = 0.05                 # how often the supervisor checks log sizes and graces
+
+
+class WorkerError(Exception):
+    """A request to a worker did not get an answer: it died, hung or was killed (``str`` says which)."""
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(WORKER_ENV_DROP)}
+    # One BLAS thread: a skill's small arrays do not need more, and each thread is CPU the
+    # gate's host shares. No .pyc writes into the (sealed) pack folder.
+    env.update(OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+               PYTHONDONTWRITEBYTECODE='1')
+    return env
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f'signal {-returncode}'
+        return f'worker killed by {name}'
+    return f'worker exited with code {returncode}'
+
+
+def _tail(path: Path, limit: int = 2048) -> str:
+    """The last non-empty line of a worker's output, for the reason of its death."""
+    try:
+        with path.open('rb') as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            lines = [ln.strip() for ln in f.read().decode('utf-8', 'replace').splitlines() if ln.strip()]
+    except OSError:
+        return ''
+    return lines[-1][:200] if lines else ''
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker is started with (the skill itself comes with the ``configure`` request)."""
+
+    key: str                # pack/skill, for log lines and reasons
+    dof: int
+    n_sites: int
+    log_path: Path          # the worker's stdout + stderr
+    cwd: Path               # its scratch folder
+    nice: int = 5
+    log_cap_bytes: int = 8 << 20
+
+
+class WorkerProcess:
+    """One running worker, as the runtime sees it. Thread-safe; never blocks the control thread."""
+
+    def __init__(self, spec: WorkerSpec, log: Callable[[str, str], None]) -> None:
+        """Spawn it (call from the :class:`Supervisor` thread only)."""
+        self.spec = spec
+        self.key = spec.key
+        self._log = log
+        self.size = ipc.TickBlock.size(spec.dof, spec.dof, spec.n_sites)
+        ctrl_r, self.ctrl_w = os.pipe()
+        self.events_r, events_w = os.pipe()
+        tick_r, self.tick_w = os.pipe()
+        self.done_r, done_w = os.pipe()
+        block_fd = ipc.new_block_file(self.size)
+        self.map = mmap.mmap(block_fd, self.size)
+        self.block: ipc.TickBlock | None = None
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = spec.log_path
+        child = (ctrl_r, events_w, tick_r, done_w, block_fd)
+        with spec.log_path.open('wb') as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'skill_runtime.worker', 'serve',
+                 '--fds', ','.join(map(str, child)), '--size', str(self.size),
+                 '--parent', str(os.getpid()), '--nice', str(spec.nice)],
+                pass_fds=child, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=worker_env(), cwd=spec.cwd, close_fds=True, start_new_session=True)
+        for fd in child:
+            os.close(fd)
+        for fd in (self.ctrl_w, self.tick_w, self.done_r, self.events_r):
+            os.set_blocking(fd, False)
+        self.pid = self.proc.pid
+        self.pidfd = os.pidfd_open(self.pid)
+        self.started = time.monotonic()
+        self.ready = threading.Event()
+        self.dead = ''
+        """Why it ended ('' while alive): the first named reason wins over the exit status."""
+        self.exit_status = ''
+        self.retired = False
+        self.closed = False
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, list[Any]] = {}
+        self._reader = ipc.LineReader()
+        self._window = (0.0, 0)
+        self._tokens, self._last_log = float(LOG_BURST), time.monotonic()
+        self._dropped = 0
+        self.kill_at = 0.0
+        self.seq = 0
+        self.outstanding = False
+        self.sent_ns = 0
+        self.late = 0
+
+    # ------------------------------------------------------------------ control requests
+    def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
+        """Send a control request and wait at most ``timeout`` s for its answer.
+
+        Raises :class:`WorkerError` when the worker is or goes dead, or does not answer in time
+        (the caller decides whether to kill it). The answer is a JSON object, never unpickled.
+        """
+        box: list[Any] = [threading.Event(), None]
+        with self._lock:
+            if self.dead or self.closed:
+                raise WorkerError(self.dead or 'worker closed')
+            rid = next(self._ids)
+            self._pending[rid] = box
+            try:
+                os.write(self.ctrl_w, ipc.encode_line({'op': op, 'id': rid, **fields}))
+            except BlockingIOError:
+                del self._pending[rid]
+                raise WorkerError('worker does not read its requests') from None
+            except OSError as exc:
+                del self._pending[rid]
+                raise WorkerError(self.dead or f'worker channel: {exc}') from None
+        deadline = time.monotonic() + timeout
+        while not box[0].wait(min(0.02, max(0.0, deadline - time.monotonic()))):
+            if self.dead:
+                raise WorkerError(self.dead)
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    self._pending.pop(rid, None)
+                raise WorkerError(f'{op} did not return within {timeout:g} s')
+        return box[1]
+
+    def send(self, op: str, **fields: Any) -> bool:
+        """A request whose answer nobody waits for (stop); False if it could not be sent."""
+        with self._lock:
+            if self.dead or self.closed:
+                return False
+            try:
+                os.write(self.ctrl_w, ipc.encode_line({'op': op, 'id': 0, **fields}))
+            except OSError:
+                return False
+            return True
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(min(0.02, max(0.0, deadline - time.monotonic()))):
+            if self.dead:
+                raise WorkerError(f'{self.dead} while starting')
+            if time.monotonic() >= deadline:
+                raise WorkerError(f'worker did not start within {timeout:g} s')
+
+    def set_layout(self, n: int, sites: tuple[str, ...]) -> None:
+        self.block = ipc.TickBlock(self.map, self.spec.dof, n, len(sites))
+        self.sites = sites
+
+    # ------------------------------------------------------------------ control tick (control thread)
+    def write_state(self, t: float, q: np.ndarray, dq: np.ndarray, tau: np.ndarray, imu: np.ndarray,
+                    wrenches: dict[str, np.ndarray], stamp_ns: int, *, new_request: bool) -> bool:
+        """Put the state in the block; ``new_request``: and wake the worker to step on it.
+        False (and nothing sent) while the previous request is unanswered or the worker is gone."""
+        with self._lock:
+            if self.dead or self.closed or self.block is None or (new_request and self.outstanding):
+                return False
+            seq = self.seq + 1 if new_request else self.seq
+            self.block.write_state(seq, t, q, dq, tau, imu, wrenches, self.sites, stamp_ns)
+            if not new_request:
+                return True
+            self.seq = seq
+            self.outstanding = True
+            self.sent_ns = time.monotonic_ns()
+            try:
+                os.write(self.tick_w, b'.')
+            except BlockingIOError:
+                pass  # a byte is already waiting: the worker wakes anyway
+            except OSError:
+                return False
+            return True
+
+    def take_reply(self) -> ipc.StepReply | None:
+        """The answer to the outstanding request if it has come (a wake byte was read), else None."""
+        with self._lock:
+            if not self.outstanding or self.closed or self.block is None:
+                return None
+            try:
+                woke = os.read(self.done_r, 64)
+            except BlockingIOError:
+                return None
+            except OSError:
+                return None
+            if not woke:
+                return None
+            reply = self.block.read_reply(self.seq)
+            if reply is not None:
+                self.outstanding = False
+            return reply
+
+    def waited_s(self, now_ns: int) -> float:
+        """How long the outstanding request has waited (0 when none)."""
+        return (now_ns - self.sent_ns) / 1e9 if self.outstanding else 0.0
+
+    def forget_outstanding(self) -> None:
+        """A new run starts: an answer still owed to the previous one must not count for it."""
+        with self._lock:
+            self.outstanding = False
+            with contextlib.suppress(OSError):
+                os.read(self.done_r, 64)
+
+    # ------------------------------------------------------------------ ending
+    def kill(self, reason: str) -> None:
+        """SIGKILL now (any thread; through the pidfd, so never a recycled pid)."""
+        with self._lock:
+            if not self.dead:
+                self.dead = reason
+            if self.closed:
+                return
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def stop_skill(self, grace: float) -> None:
+        """Ask for the skill's ``stop()``; killed if the answer does not come within ``grace``."""
+        if self.send('stop'):
+            self.kill_at = time.monotonic() + grace
+
+    def retire(self, grace: float) -> None:
+        """No more requests: close the channel (the worker exits), SIGKILL after ``grace``."""
+        with self._lock:
+            self.retired = True
+            if not self.closed:
+                with contextlib.suppress(OSError):
+                    os.close(self.ctrl_w)
+                self.ctrl_w = -1
+        self.kill_at = time.monotonic() + grace
+
+    # ------------------------------------------------------------------ supervisor side
+    def _on_line(self, msg: dict[str, Any]) -> None:
+        if 'log' in msg:
+            now = time.monotonic()
+            self._tokens = min(LOG_BURST, self._tokens + (now - self._last_log) * LOG_RATE)
+            self._last_log = now
+            dropped = msg.get('dropped')
+            self._dropped += dropped if isinstance(dropped, int) and dropped > 0 else 0
+            if self._tokens < 1.0:
+                self._dropped += 1
+                return
+            self._tokens -= 1.0
+            note = f' ({self._dropped} lines dropped)' if self._dropped else ''
+            self._dropped = 0
+            level = msg['log'] if msg['log'] in ('debug', 'info', 'warning', 'error') else 'info'
+            self._log(level, f'{str(msg.get("msg"))[:ipc.LOG_LINE_CHARS]}{note}')
+        elif msg.get('ready'):
+            self.ready.set()
+        elif 're' in msg:
+            rid = msg['re']
+            with self._lock:
+                box = self._pending.pop(rid, None) if isinstance(rid, int) else None
+            if rid == 0:
+                self.kill_at = 0.0 if not self.retired else self.kill_at
+                if not msg.get('ok'):
+                    self._log('warning', str(msg.get('error'))[:ipc.MAX_REASON])
+            elif box is not None:
+                box[1] = msg
+                box[0].set()
+
+    def _on_readable(self) -> bool:
+        """Read control lines; False at end of stream."""
+        try:
+            data = os.read(self.events_r, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        now = time.monotonic()
+        start, count = self._window
+        if now - start > 1.0:
+            start, count = now, 0
+        self._window = (start, count + len(data))
+        if count + len(data) > CHANNEL_BYTES_PER_S:
+            self.kill(f'worker flooded its control channel (over {CHANNEL_BYTES_PER_S >> 10} KiB/s)')
+            return True
+        for msg in self._reader.feed(data):
+            self._on_line(msg)
+        return True
+
+    def _reap(self) -> bool:
+        """After the pidfd said it ended: waitpid, name the end, close every descriptor."""
+        rc = self.proc.poll()
+        if rc is None:
+            return False
+        with contextlib.suppress(OSError):
+            while self._on_readable():   # what it wrote before dying (a last reply, a log line)
+                pass
+        self.exit_status = describe_exit(rc)
+        last = _tail(self.log_path)
+        with self._lock:
+            if not self.dead:
+                self.dead = self.exit_status + (f' (last output: {last})' if last and rc != 0 else '')
+            self.closed = True
+            for fd in (self.ctrl_w, self.tick_w, self.done_r, self.events_r, self.pidfd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            pending, self._pending = self._pending, {}
+        for box in pending.values():
+            box[0].set()
+        return True
+
+    def _check(self, now: float) -> None:
+        if self.kill_at and now > self.kill_at and not self.closed:
+            self.kill('worker did not stop within its grace' if not self.retired else 'retired')
+            self.kill_at = 0.0
+        try:
+            size = os.stat(self.log_path).st_size
+        except OSError:
+            return
+        if size > self.spec.log_cap_bytes and not self.dead:
+            self.kill(f'worker wrote more than {self.spec.log_cap_bytes >> 20} MiB to stdout/stderr')
+
+
+class Supervisor:
+    """The runtime's one thread for spawning, reading, reaping and policing its workers."""
+
+    def __init__(self, log: Callable[[str, str, str], None]) -> None:
+        self._log = log
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.workers: set[WorkerProcess] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='skill-workers', daemon=True)
+        self._thread.start()
+
+    def spawn(self, spec: WorkerSpec, timeout: float = 5.0) -> WorkerProcess:
+        """Start a worker from the supervisor thread (its death signal follows that thread)."""
+        box: list[Any] = [threading.Event(), None]
+        self._calls.put((spec, box))
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b'.')
+        if not box[0].wait(timeout):
+            raise WorkerError(f'worker not spawned within {timeout:g} s')
+        if isinstance(box[1], BaseException):
+            raise WorkerError(f'cannot start a worker: {box[1]}')
+        return box[1]
+
+    def _spawn_now(self, spec: WorkerSpec, box: list[Any]) -> None:
+        try:
+            worker = WorkerProcess(spec, lambda level, text: self._log(spec.key, level, text))
+            self.workers.add(worker)
+            self._sel.register(worker.events_r, selectors.EVENT_READ, ('events', worker))
+            self._sel.register(worker.pidfd, selectors.EVENT_READ, ('exit', worker))
+            box[1] = worker
+        except Exception as exc:
+            box[1] = exc
+        box[0].set()
+
+    def _run(self) -> None:
+        # Spawned workers inherit this thread's policy: normal scheduling, whatever the runtime runs at.
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        last_check = 0.0
+        while not self._stop.is_set():
+            try:
+                self._once()
+                now = time.monotonic()
+                if now - last_check > CHECK_INTERVAL_S:
+                    last_check = now
+                    for worker in list(self.workers):
+                        worker._check(now)
+            except Exception as exc:  # the supervisor must outlive any one worker's mess
+                self._log('supervisor', 'error', f'{type(exc).__name__}: {exc}')
+
+    def _once(self) -> None:
+        for key, _mask in self._sel.select(CHECK_INTERVAL_S):
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+                while True:
+                    try:
+                        spec, box = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._spawn_now(spec, box)
+                continue
+            kind, worker = key.data
+            if kind == 'events' and not worker._on_readable():
+                self._sel.unregister(worker.events_r)
+                if worker.proc.poll() is None and not worker.retired:
+                    worker.kill('worker closed its control channel')
+            elif kind == 'exit':
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(worker.events_r)
+                self._sel.unregister(worker.pidfd)
+                if not worker._reap():   # pidfd readable before waitpid can see it: rare, retry
+                    worker.proc.wait(1.0)
+                    worker._reap()
+                self.workers.discard(worker)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Kill every worker, reap them, end the thread."""
+        for worker in list(self.workers):
+            worker.kill('runtime shutting down')
+        deadline = time.monotonic() + timeout
+        while self.workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b'.')
+        self._thread.join(timeout)
+
+
+def wait_replies(workers: list[WorkerProcess], deadline_ns: int) -> None:
+    """Control thread: wait until every worker with an outstanding request has signalled its
+    answer, or ``deadline_ns`` (monotonic) passes — never longer."""
+    waiting = [w for w in workers if w.outstanding and not w.closed]
+    if not waiting:
+        return
+    poller = select.poll()
+    fds = {}
+    for w in waiting:
+        with contextlib.suppress(ValueError, OSError):
+            poller.register(w.done_r, select.POLLIN)
+            fds[w.done_r] = w
+    while fds:
+        left_ms = (deadline_ns - time.monotonic_ns()) / 1e6
+        if left_ms <= 0:
+            return
+        for fd, _ev in poller.poll(left_ms):
+            if fd in fds:
+                poller.unregister(fd)
+                del fds[fd]
+
+
+def tick_workers(active: list[tuple[SkillRun, WorkerProcess]], state: Callable[[], RobotState],
+                 deadline_ns: int) -> set[str]:
+    """One control tick across the boundary (control thread); the keys of the runs held this tick.
+
+    Sends the due step requests (the robot state into each block, one wake byte), waits for the
+    answers until ``deadline_ns`` at most, hands each answer to its run. An answer that has not
+    come holds that skill's joints this tick (counted in ``run.late``) and may still count at a
+    later tick; no answer for longer than the step budget fails the skill and kills its worker
+    (it is stuck in vendor code). A dead worker fails its run with the reason of its death.
+    """
+    current: RobotState | None = None
+    for run, worker in active:
+        if worker.dead:
+            run.finish('failed', worker.dead)
+            continue
+        t = run.due()
+        if t is None:
+            continue
+        if current is None:
+            current = state()
+        worker.write_state(t, current.q, current.dq, current.tau, current.imu, current.wrenches,
+                           current.stamp_ns, new_request=True)
+    wait_replies([w for _, w in active], deadline_ns)
+    now = time.monotonic_ns()
+    held = set()
+    for run, worker in active:
+        if run.outcome:
+            continue
+        reply = worker.take_reply()
+        if reply is not None:
+            run.accept(reply)
+        elif worker.outstanding:
+            if worker.waited_s(now) > run.budget:
+                reason = f'watchdog: no answer in {run.budget * 1e3:.0f} ms'
+                worker.kill(reason)
+                run.finish('failed', reason)
+            else:
+                run.late += 1
+                held.add(run.key)
+    return held
