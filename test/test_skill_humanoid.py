@@ -86,7 +86,8 @@ def test_runtime_waits_for_lifecycle_manager_then_loads_humanoid_pack(rig) -> No
     assert client.transition('/skill_runtime', 'activate')
     assert set(runtime.skill_nodes) == {f'reference_humanoid/{s}'
                                         for s in ('stand_up', 'crouch', 'wave', 'hold_pose')}
-    assert wait_until(lambda: (runtime.robot is not None and runtime.robot.have_state) and not np.isnan(seen['q']).any(), 30)
+    assert wait_until(lambda: runtime.robot is not None and runtime.robot.have_state
+                      and not np.isnan(seen['q']).any(), 30)
 
 
 def test_stand_up_then_crouch_reach_their_poses(rig) -> None:

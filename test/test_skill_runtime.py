@@ -102,7 +102,8 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         spinner = Spinner([runtime]).start()
         probe_spinner = Spinner([client_node]).start()
         client = SkillClient(client_node)
-        if not wait_until(lambda: (runtime.robot is not None and runtime.robot.have_state) and not np.isnan(probe.q).any(), 30):
+        if not wait_until(lambda: runtime.robot is not None and runtime.robot.have_state
+                          and not np.isnan(probe.q).any(), 30):
             pytest.fail(f'sim_robot did not come up:\n{sim.log()[-3000:]}')
         yield runtime, client, probe, sim
     finally:

@@ -5,8 +5,10 @@ ticking at 500 Hz; the other side a fresh interpreter. Two transports:
 
 * ``pipe``: the robot state (profile-sized float64 block) written into a pipe, the targets
   read back from another (bytes copied through the kernel both ways);
-* ``shm``: the runtime's own path (:mod:`skill_runtime.proxy`): state and targets in a shared
-  memory block, one wake byte each way, a real worker running the acme ``hold`` test skill.
+* ``shm``: state and targets in the shared tick block (:class:`skill_runtime.ipc.TickBlock`),
+  one wake byte each way;
+* the runtime's own path end to end (:func:`skill_runtime.proxy.tick_workers`): a real worker
+  running the acme ``hold`` test skill.
 
 Prints p50 / p99 / max of the round trip and how many answers missed the tick's wait.
 Usage: ``.venv/bin/python bench/skills/ipc.py [--seconds 8] [--nice 0 5]``.
@@ -38,6 +40,8 @@ FIXTURE = Path(__file__).resolve().parents[2] / 'test' / 'fixtures' / 'packs' / 
 PERIOD_NS = 2_000_000
 WAIT_NS = 1_000_000   # the gate's default wait: half a 500 Hz period
 
+# Both transport children do the same trivial work (copy q out as the targets), so the
+# difference is the transport; the third row is the runtime's real worker running a skill.
 PIPE_CHILD = r'''
 import os, sys, numpy as np
 from skill_runtime.worker import prepare_process
@@ -54,6 +58,18 @@ while True:
     state = np.frombuffer(buf, dtype=np.float64)
     out = np.concatenate([state[1:1 + n], np.zeros(2 * n + 2)])
     os.write(w, out.tobytes())
+'''
+
+SHM_CHILD = r'''
+import mmap, os, sys
+from skill_runtime import ipc
+from skill_runtime.worker import prepare_process
+prepare_process(0, int(sys.argv[4]))
+r, w, fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+block = ipc.TickBlock(mmap.mmap(fd, ipc.TickBlock.size(12, 12, 4)), 12, 12, 4)
+while os.read(r, 64):
+    block.write_reply(block.request(), ipc.ST_TARGETS, q=block.read_state()[1])
+    os.write(w, b'.')
 '''
 
 
@@ -87,12 +103,15 @@ def pipe_bench(seconds: float, nice: int) -> tuple[list[float], int]:
                              pass_fds=(a_r, b_w), env=worker_env())
     os.close(a_r)
     os.close(b_w)
-    state = np.zeros(1 + 3 * 12 + 10 + 4 * 7)
+    q, imu = QUAD.array('default'), np.zeros(10)
+    wrenches = {site: np.zeros(6) for site in ('a', 'b', 'c', 'd')}
     reply_size = (3 * 12 + 2) * 8
     late = [0]
 
     def one() -> float | None:
         t0 = time.monotonic_ns()
+        # The same assembly as the shm path (state from its parts), then through the kernel.
+        state = np.concatenate([np.array([0.0]), q, q, q, imu, *wrenches.values(), np.ones(4)])
         os.write(a_w, state.tobytes())
         got = b''
         import select
@@ -103,13 +122,61 @@ def pipe_bench(seconds: float, nice: int) -> tuple[list[float], int]:
                 late[0] += 1
                 return None
             got += os.read(b_r, reply_size - len(got))
-        np.frombuffer(got, dtype=np.float64).copy()
+        reply = np.frombuffer(got, dtype=np.float64).copy()
+        _targets = (reply[0:12], reply[12:24], reply[24:36], float(reply[36]))
         rt = time.monotonic_ns() - t0
         if rt > WAIT_NS:
             late[0] += 1
         return rt / 1e6
 
     time.sleep(0.5)  # interpreter start
+    out = ticker(seconds, one)
+    os.close(a_w)
+    child.wait(5)
+    os.close(b_r)
+    return out, late[0]
+
+
+def shm_transport_bench(seconds: float, nice: int) -> tuple[list[float], int]:
+    import mmap
+    import select
+
+    from skill_runtime import ipc
+    a_r, a_w = os.pipe()
+    b_r, b_w = os.pipe()
+    fd = ipc.new_block_file(ipc.TickBlock.size(12, 12, 4))
+    block = ipc.TickBlock(mmap.mmap(fd, ipc.TickBlock.size(12, 12, 4)), 12, 12, 4)
+    child = subprocess.Popen([sys.executable, '-c', SHM_CHILD, str(a_r), str(b_w), str(fd), str(nice)],
+                             pass_fds=(a_r, b_w, fd), env=worker_env())
+    for x in (a_r, b_w, fd):
+        os.close(x)
+    q = QUAD.array('default')
+    seq = [0]
+    late = [0]
+    sites = ('a', 'b', 'c', 'd')
+    imu = np.zeros(10)
+    wrenches = {site: np.zeros(6) for site in sites}
+
+    def one() -> float | None:
+        t0 = time.monotonic_ns()
+        seq[0] += 1
+        block.write_state(seq[0], 0.0, q, q, q, imu, wrenches, sites, 0)
+        os.write(a_w, b'.')
+        while True:
+            left = (t0 + WAIT_NS * 20 - time.monotonic_ns()) / 1e9
+            ready, _, _ = select.select([b_r], [], [], max(0.0, left))
+            if not ready:
+                late[0] += 1
+                return None
+            os.read(b_r, 64)
+            if block.read_reply(seq[0]) is not None:
+                break
+        rt = time.monotonic_ns() - t0
+        if rt > WAIT_NS:
+            late[0] += 1
+        return rt / 1e6
+
+    time.sleep(0.5)
     out = ticker(seconds, one)
     os.close(a_w)
     child.wait(5)
@@ -168,9 +235,12 @@ def main() -> None:
           f'{", ".join(f"{x:.1f}" for x in os.getloadavg())}; 500 Hz from a thread at '
           f'{set_thread_realtime(40)}; a tick waits {WAIT_NS / 1e6:g} ms')
     for nice in args.nice:
-        for name, fn in (('pipe (state + targets copied)', pipe_bench), ('shm + wake byte (runtime)', shm_bench)):
+        for name, fn in (('pipe (state + targets copied)', pipe_bench),
+                         ('shm block + wake byte', shm_transport_bench),
+                         ('runtime worker, hold skill*', shm_bench)):
             rts, late = fn(args.seconds, nice)
             print(f'  nice {nice:2d}  {name:30s} round trip {pct(rts)}  late {late}')
+    print('  * shm + wake byte with a real skill step; round trips of answers within the wait only')
     print(f'  load average after: {", ".join(f"{x:.1f}" for x in os.getloadavg())}')
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import mmap
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ F_TAU = 2        #        Targets.tau given
 F_PROGRESS = 4   #        Targets.progress given
 
 # int64 header slots
-_REQ, _REP, _STATUS, _FLAGS, _REASON_LEN, _STAMP, _NHDR = 0, 1, 2, 3, 4, 5, 8
+_REQ, _REP, _STATUS, _FLAGS, _REASON_LEN, _STAMP, _BEGAN_SEQ, _BEGAN_NS, _NHDR = 0, 1, 2, 3, 4, 5, 6, 7, 8
 IMU_SIZE = 10
 WRENCH_SIZE = 6
 
@@ -70,7 +71,8 @@ class TickBlock:
     """Fixed layout of the shared tick memory for a robot of ``dof`` joints, a skill claiming
     ``n`` of them and ``n_sites`` wrench sites. Both sides build it from the same three numbers.
 
-    Layout: int64 header[8] (request seq, reply seq, status, flags, reason length, stamp ns),
+    Layout: int64 header[8] (request seq, reply seq, status, flags, reason length, stamp ns,
+    the request the worker began stepping and when: CLOCK_MONOTONIC ns, shared by both processes),
     float64 state (t, q[dof], dq[dof], tau[dof], imu[10], wrench[n_sites*6], wrench_valid[n_sites]),
     float64 reply (q[n], dq[n], tau[n], progress, step_time), then the reason bytes.
     """
@@ -85,16 +87,9 @@ class TickBlock:
         reply = np.frombuffer(buf, dtype=np.float64, count=3 * n + 2, offset=off)
         off += (3 * n + 2) * 8
         self.reason = np.frombuffer(buf, dtype=np.uint8, count=MAX_REASON, offset=off)
-        self.t = state[0:1]
-        self.q, self.dq, self.tau = state[1:1 + dof], state[1 + dof:1 + 2 * dof], state[1 + 2 * dof:1 + 3 * dof]
-        s = 1 + 3 * dof
-        self.imu = state[s:s + IMU_SIZE]
-        s += IMU_SIZE
-        self.wrench = state[s:s + n_sites * WRENCH_SIZE].reshape(n_sites, WRENCH_SIZE)
-        self.wrench_valid = state[s + n_sites * WRENCH_SIZE:s + n_sites * (WRENCH_SIZE + 1)]
-        self.r_q, self.r_dq, self.r_tau = reply[0:n], reply[n:2 * n], reply[2 * n:3 * n]
-        self.r_progress = reply[3 * n:3 * n + 1]
-        self.r_step_time = reply[3 * n + 1:3 * n + 2]
+        self.state = state
+        self.reply = reply
+        self._zero_wrench = np.zeros(WRENCH_SIZE)
 
     @staticmethod
     def size(dof: int, n: int, n_sites: int) -> int:
@@ -106,18 +101,14 @@ class TickBlock:
                     imu: np.ndarray, wrenches: dict[str, np.ndarray], sites: tuple[str, ...],
                     stamp_ns: int) -> None:
         """The state of request ``seq``; the sequence number is written last."""
-        self.t[0] = t
-        self.q[:] = q
-        self.dq[:] = dq
-        self.tau[:] = tau
-        self.imu[:] = imu
+        parts = [np.array([t]), q, dq, tau, imu]
+        valid = np.zeros(len(sites))
         for i, site in enumerate(sites):
             w = wrenches.get(site)
-            if w is None:
-                self.wrench_valid[i] = 0.0
-            else:
-                self.wrench[i] = w
-                self.wrench_valid[i] = 1.0
+            parts.append(self._zero_wrench if w is None else w)
+            valid[i] = w is not None
+        parts.append(valid)
+        np.concatenate(parts, out=self.state)   # one copy into the block (each numpy call costs µs)
         self.hdr[_STAMP] = stamp_ns
         self.hdr[_REQ] = seq
 
@@ -129,41 +120,58 @@ class TickBlock:
         """
         if int(self.hdr[_REP]) != seq:
             return None
-        status, flags = int(self.hdr[_STATUS]), int(self.hdr[_FLAGS])
-        length = min(max(int(self.hdr[_REASON_LEN]), 0), MAX_REASON)
-        progress = float(self.r_progress[0]) if flags & F_PROGRESS else None
-        return StepReply(status=status, q=self.r_q.copy(),
-                         dq=self.r_dq.copy() if flags & F_DQ else None,
-                         tau=self.r_tau.copy() if flags & F_TAU else None,
-                         progress=progress, reason=self.reason[:length].tobytes().decode('utf-8', 'replace'),
-                         step_time=float(self.r_step_time[0]))
+        hdr = self.hdr.tolist()
+        status, flags = hdr[_STATUS], hdr[_FLAGS]
+        length = min(max(hdr[_REASON_LEN], 0), MAX_REASON)
+        reply = self.reply.copy()
+        n = self.n
+        return StepReply(status=status, q=reply[0:n],
+                         dq=reply[n:2 * n] if flags & F_DQ else None,
+                         tau=reply[2 * n:3 * n] if flags & F_TAU else None,
+                         progress=float(reply[3 * n]) if flags & F_PROGRESS else None,
+                         reason=self.reason[:length].tobytes().decode('utf-8', 'replace') if length else '',
+                         step_time=float(reply[3 * n + 1]))
+
+    def began(self, seq: int) -> int | None:
+        """When the worker began stepping request ``seq`` (monotonic ns), None if it has not."""
+        if int(self.hdr[_BEGAN_SEQ]) != seq:
+            return None
+        return int(self.hdr[_BEGAN_NS])
 
     # ------------------------------------------------------------------ worker side
     def request(self) -> int:
         return int(self.hdr[_REQ])
 
+    def begin(self, seq: int) -> None:
+        """The worker starts stepping ``seq``: from now on a late answer is the step's overrun."""
+        self.hdr[_BEGAN_NS] = time.monotonic_ns()
+        self.hdr[_BEGAN_SEQ] = seq
+
     def write_reply(self, seq: int, status: int, *, q: np.ndarray | None = None,
                     dq: np.ndarray | None = None, tau: np.ndarray | None = None,
                     progress: float | None = None, reason: str = '', step_time: float = 0.0) -> None:
-        flags = 0
-        if q is not None:
-            self.r_q[:] = q
-        if dq is not None:
-            self.r_dq[:] = dq
-            flags |= F_DQ
-        if tau is not None:
-            self.r_tau[:] = tau
-            flags |= F_TAU
-        if progress is not None:
-            self.r_progress[0] = progress
-            flags |= F_PROGRESS
+        flags = (F_DQ if dq is not None else 0) | (F_TAU if tau is not None else 0) \
+            | (F_PROGRESS if progress is not None else 0)
+        zeros = np.zeros(self.n)
+        np.concatenate([zeros if q is None else q, zeros if dq is None else dq,
+                        zeros if tau is None else tau, [progress or 0.0, step_time]], out=self.reply)
         raw = reason.encode('utf-8', 'replace')[:MAX_REASON]
-        self.reason[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        if raw:
+            self.reason[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
         self.hdr[_REASON_LEN] = len(raw)
-        self.r_step_time[0] = step_time
         self.hdr[_STATUS] = status
         self.hdr[_FLAGS] = flags
-        self.hdr[_REP] = seq
+        self.hdr[_REP] = seq   # last: the answer is complete when the runtime sees its number
+
+    def read_state(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                  np.ndarray, int]:
+        """Worker side: one copy of the state (t, q, dq, tau, imu, wrench rows, valid, stamp)."""
+        st = self.state.copy()
+        dof, s = self.dof, 1 + 3 * self.dof
+        w0 = s + IMU_SIZE
+        return (float(st[0]), st[1:1 + dof], st[1 + dof:1 + 2 * dof], st[1 + 2 * dof:s], st[s:w0],
+                st[w0:w0 + self.n_sites * WRENCH_SIZE].reshape(self.n_sites, WRENCH_SIZE),
+                st[w0 + self.n_sites * WRENCH_SIZE:], int(self.hdr[_STAMP]))
 
 
 def check_reply(reply: StepReply, n: int) -> str | None:

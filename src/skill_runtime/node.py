@@ -82,12 +82,13 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('safe_velocity', 0.5)      # rad/s towards the safe pose on e-stop
         self.declare_parameter('step_budget_ms', 20.0)    # default watchdog budget per step
         self.declare_parameter('status_rate', 10.0)       # Hz
-        self.declare_parameter('vendor_call_timeout', 2.0)  # s for a skill's import+__init__+configure / start
+        self.declare_parameter('vendor_call_timeout', 2.0)  # s: import+__init__+configure / start
         self.declare_parameter('sensors', True)            # subscribe imu + wrenches for RobotState
         self.declare_parameter('rt_priority', 40)          # SCHED_FIFO of the control thread; 0 off
         self.declare_parameter('executor_rt_priority', DEFAULT_EXECUTOR_RT_PRIORITY)  # see main()
         self.declare_parameter('worker_start_timeout', 2.5)  # s for a fresh worker interpreter
         self.declare_parameter('worker_wait', 0.5)         # fraction of a period a tick waits for workers
+        self.declare_parameter('answer_timeout_ms', 100.0)  # a step not even begun by then: overrun
         self.declare_parameter('worker_nice', 5)            # workers run SCHED_OTHER at this nice
         self.declare_parameter('worker_memory_mb', 1024)    # sandbox: address space of a worker
         self.declare_parameter('worker_max_files', 64)      # sandbox: open files of a worker
@@ -111,6 +112,7 @@ class SkillRuntimeNode(LifecycleNode):
         self.commands_sent = 0
         self._spawned = 0
         self._wait = 0.5
+        self._answer_timeout = 0.1
         self._work_dir: Path | None = None
         self._own_work_dir = False
         self.supervisor = Supervisor(self._worker_log)
@@ -189,7 +191,8 @@ class SkillRuntimeNode(LifecycleNode):
         self._spawned += 1
         old = base / f'worker-{self._spawned - 2}.log'  # keep the last two logs of a skill
         old.unlink(missing_ok=True)
-        spec = WorkerSpec(key=node.key, dof=self.profile.dof, n_sites=len(self.robot.sites if self.robot else ()),
+        sites = self.robot.sites if self.robot is not None else ()
+        spec = WorkerSpec(key=node.key, dof=self.profile.dof, n_sites=len(sites),
                           log_path=base / f'worker-{self._spawned}.log', cwd=base / 'scratch',
                           nice=int(self._param('worker_nice')),
                           log_cap_bytes=int(self._param('worker_log_mb')) << 20)
@@ -295,6 +298,7 @@ class SkillRuntimeNode(LifecycleNode):
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._active = True
         self._wait = min(max(float(self._param('worker_wait')), 0.0), 0.9)
+        self._answer_timeout = float(self._param('answer_timeout_ms')) / 1e3
         self.loop = ControlLoop(self.rate_hz, self._tick, on_error=self._on_loop_error,
                                 history=int(self.rate_hz * STATS_WINDOW_S),
                                 rt_priority=int(self.get_parameter('rt_priority').value)).start()
@@ -459,7 +463,8 @@ class SkillRuntimeNode(LifecycleNode):
         held: set[str] = set()
         if active and gate.mode != MODE_ESTOP:
             assert self.loop is not None
-            held = tick_workers(active, self.state, began + int(self.loop.period_ns * self._wait))
+            held = tick_workers(active, self.state, began + int(self.loop.period_ns * self._wait),
+                                self._answer_timeout)
         with self._lock:
             targets = {r.key: (r.indices, r.targets) for r in self.runs.values()
                        if not r.outcome and r.targets is not None and r.key not in held}

@@ -241,9 +241,23 @@ class WorkerProcess:
                 self.outstanding = False
             return reply
 
-    def waited_s(self, now_ns: int) -> float:
-        """How long the outstanding request has waited (0 when none)."""
-        return (now_ns - self.sent_ns) / 1e9 if self.outstanding else 0.0
+    def overdue(self, now_ns: int, budget: float, answer_timeout: float) -> str | None:
+        """Why the outstanding request counts as an overrun now, or None.
+
+        The worker marks in the block when it begins a step: from then on the step's own time
+        counts against ``budget`` (the skill is in its code). Before that the worker is waiting to
+        be scheduled (a loaded host): that is only an overrun after ``answer_timeout``. A worker
+        that lies about when it began gains nothing beyond ``max(budget, answer_timeout)``.
+        """
+        if not self.outstanding or self.block is None:
+            return None
+        began = self.block.began(self.seq)
+        if began is not None and self.sent_ns <= began <= now_ns and (now_ns - began) / 1e9 > budget:
+            return f'watchdog: step running for more than {budget * 1e3:.0f} ms'
+        limit = max(budget, answer_timeout)
+        if (now_ns - self.sent_ns) / 1e9 > limit:
+            return f'watchdog: no answer in {limit * 1e3:.0f} ms' + ('' if began else ' (step never began)')
+        return None
 
     def forget_outstanding(self) -> None:
         """A new run starts: an answer still owed to the previous one must not count for it."""
@@ -482,14 +496,15 @@ def wait_replies(workers: list[WorkerProcess], deadline_ns: int) -> None:
 
 
 def tick_workers(active: list[tuple[SkillRun, WorkerProcess]], state: Callable[[], RobotState],
-                 deadline_ns: int) -> set[str]:
+                 deadline_ns: int, answer_timeout: float = 0.1) -> set[str]:
     """One control tick across the boundary (control thread); the keys of the runs held this tick.
 
     Sends the due step requests (the robot state into each block, one wake byte), waits for the
     answers until ``deadline_ns`` at most, hands each answer to its run. An answer that has not
     come holds that skill's joints this tick (counted in ``run.late``) and may still count at a
-    later tick; no answer for longer than the step budget fails the skill and kills its worker
-    (it is stuck in vendor code). A dead worker fails its run with the reason of its death.
+    later tick; a step running longer than its budget (or no answer at all within
+    ``answer_timeout``, see :meth:`WorkerProcess.overdue`) fails the skill and kills its worker (it
+    is stuck in vendor code). A dead worker fails its run with the reason of its death.
     """
     current: RobotState | None = None
     for run, worker in active:
@@ -513,8 +528,8 @@ def tick_workers(active: list[tuple[SkillRun, WorkerProcess]], state: Callable[[
         if reply is not None:
             run.accept(reply)
         elif worker.outstanding:
-            if worker.waited_s(now) > run.budget:
-                reason = f'watchdog: no answer in {run.budget * 1e3:.0f} ms'
+            reason = worker.overdue(now, run.budget, answer_timeout)
+            if reason is not None:
                 worker.kill(reason)
                 run.finish('failed', reason)
             else:

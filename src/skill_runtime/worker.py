@@ -207,7 +207,7 @@ class Server:
         if self.skill is None or self.block is None:
             return {'ok': False, 'error': 'start before configure'}
         try:
-            self.skill.start(self._state())
+            self.skill.start(self._state()[0])
         except Exception as exc:
             return {'ok': False, 'error': f'start raised {_what(exc)}'}
         return {'ok': True}
@@ -222,12 +222,11 @@ class Server:
         return {'ok': True}
 
     # ------------------------------------------------------------------ ticks
-    def _state(self) -> RobotState:
-        b = self.block
-        assert b is not None
-        wrenches = {site: b.wrench[i].copy() for i, site in enumerate(self.sites) if b.wrench_valid[i]}
-        return RobotState(q=b.q.copy(), dq=b.dq.copy(), tau=b.tau.copy(), imu=b.imu.copy(),
-                          wrenches=wrenches, stamp_ns=int(b.hdr[5]))
+    def _state(self) -> tuple[RobotState, float]:
+        assert self.block is not None
+        t, q, dq, tau, imu, wrench, valid, stamp = self.block.read_state()
+        wrenches = {site: wrench[i] for i, site in enumerate(self.sites) if valid[i]}
+        return RobotState(q=q, dq=dq, tau=tau, imu=imu, wrenches=wrenches, stamp_ns=stamp), t
 
     def step(self) -> None:
         b = self.block
@@ -237,7 +236,8 @@ class Server:
         if seq == self.last_seq:
             return
         self.last_seq = seq
-        state, t = self._state(), float(b.t[0])
+        b.begin(seq)
+        state, t = self._state()
         t0 = time.perf_counter()
         try:
             result = self.skill.step(state, t)
@@ -309,9 +309,11 @@ def discover_child(inp: Any, out: Any) -> int:
                         for skill, entry in pack['skills'].items():
                             import_skill(Path(pack['dir']), pack['name'], skill, entry)
                     except PackError as exc:
-                        refused[pack['name']] = {'file': exc.file, 'field': exc.field, 'message': exc.problem}
+                        refused[pack['name']] = {'file': exc.file, 'field': exc.field,
+                                                 'message': exc.problem}
                     except Exception as exc:
-                        refused[pack['name']] = {'file': pack['dir'], 'field': '<pack>', 'message': _what(exc)}
+                        refused[pack['name']] = {'file': pack['dir'], 'field': '<pack>',
+                                                 'message': _what(exc)}
                 reply = {'refused': refused}
             out.write(ipc.encode_line(reply))
             out.flush()
