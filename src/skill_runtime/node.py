@@ -27,14 +27,11 @@ Each command on ``joint_commands`` carries the gate mode in ``header.frame_id`` 
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,11 +52,11 @@ from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
 from skill_runtime.loop import ControlLoop, set_thread_realtime
 from skill_runtime.manifest import SkillSpec
-from skill_runtime.proxy import Supervisor, WorkerError, WorkerProcess, WorkerSpec, tick_workers
+from skill_runtime.pool import PoolSettings, WorkerPool
+from skill_runtime.proxy import WorkerError, WorkerProcess, tick_workers
 from skill_runtime.robot_input import RobotInput
 from skill_runtime.skill_node import SkillNode
 from skill_runtime.status import status_array
-from skill_runtime.worker import sandbox_policy
 
 SWITCH_INTERVAL_S = 0.0002
 STATS_WINDOW_S = 5.0  # jitter figures in ~/status cover the last 5 s
@@ -110,12 +107,9 @@ class SkillRuntimeNode(LifecycleNode):
         self._cmd_msg = JointState()
         self._active = False
         self.commands_sent = 0
-        self._spawned = 0
         self._wait = 0.5
         self._answer_timeout = 0.1
-        self._work_dir: Path | None = None
-        self._own_work_dir = False
-        self.supervisor = Supervisor(self._worker_log)
+        self.pool = WorkerPool(self._worker_log)
 
         self._status_pub = self.create_publisher(DiagnosticArray, '~/status', 10)
         self.create_service(Trigger, '~/stop', self._srv_stop)
@@ -176,47 +170,16 @@ class SkillRuntimeNode(LifecycleNode):
         getattr(logger, level if level in ('debug', 'info', 'warning', 'error') else 'info')(
             f'[worker] {text}')
 
-    def _skill_dir(self, node: SkillNode) -> Path:
-        if self._work_dir is None:
-            configured = str(self._param('worker_dir') or '')
-            self._own_work_dir = not configured
-            self._work_dir = Path(configured or tempfile.mkdtemp(prefix='skill_runtime-'))
-        return self._work_dir / node.manifest.name / node.spec.name
-
     def spawn_worker(self, node: SkillNode) -> WorkerProcess:
-        """A fresh worker for ``node``'s skill, started and ready for its configure request."""
-        assert self.profile is not None
-        base = self._skill_dir(node)
-        (base / 'scratch').mkdir(parents=True, exist_ok=True)
-        self._spawned += 1
-        old = base / f'worker-{self._spawned - 2}.log'  # keep the last two logs of a skill
-        old.unlink(missing_ok=True)
-        sites = self.robot.sites if self.robot is not None else ()
-        spec = WorkerSpec(key=node.key, dof=self.profile.dof, n_sites=len(sites),
-                          log_path=base / f'worker-{self._spawned}.log', cwd=base / 'scratch',
-                          nice=int(self._param('worker_nice')),
-                          log_cap_bytes=int(self._param('worker_log_mb')) << 20)
-        worker = self.supervisor.spawn(spec)
-        try:
-            worker.wait_ready(float(self._param('worker_start_timeout')))
-        except WorkerError:
-            worker.kill('did not start')
-            raise
-        return worker
+        assert self.profile is not None and self.robot is not None
+        return self.pool.spawn(node.key, node.manifest, node.spec, self.profile.dof, self.robot.sites)
 
     def configure_request(self, node: SkillNode, params: dict[str, Any]) -> dict[str, Any]:
-        """The fields of a worker's ``configure`` request (JSON)."""
         assert self.profile is not None and self.robot is not None
-        base = self._skill_dir(node)
-        return {'pack_dir': str(node.manifest.path.parent), 'pack': node.manifest.name,
-                'skill': node.spec.name, 'entry': node.spec.entry,
-                'profile': str(self.profile.path.resolve()), 'params': params,
-                'indices': self.claim_indices(node.spec).tolist(),
-                'rate_hz': node.spec.control_rate or self.rate_hz, 'sites': list(self.robot.sites),
-                'policy': sandbox_policy(scratch_dir=str(base / 'scratch'),
-                                         pack_dir=str(node.manifest.path.parent),
-                                         memory_mb=int(self._param('worker_memory_mb')),
-                                         max_files=int(self._param('worker_max_files')))}
+        return self.pool.configure_request(node.manifest, node.spec, profile=self.profile.path,
+                                           params=params, indices=self.claim_indices(node.spec),
+                                           rate_hz=node.spec.control_rate or self.rate_hz,
+                                           sites=self.robot.sites)
 
     # ----------------------------------------------------------------- lifecycle of the runtime
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -239,6 +202,10 @@ class SkillRuntimeNode(LifecycleNode):
         self.rate_hz = rate
         self.gate = SafetyGate(prof, rate, safe_velocity=float(self.get_parameter('safe_velocity').value))
         allow = self._str_list('allow') or list(DEFAULT_ALLOW)
+        self.pool.settings = PoolSettings(
+            start_timeout=float(self._param('worker_start_timeout')), nice=int(self._param('worker_nice')),
+            memory_mb=int(self._param('worker_memory_mb')), max_files=int(self._param('worker_max_files')),
+            log_mb=int(self._param('worker_log_mb')), work_dir=str(self._param('worker_dir') or ''))
         t0 = time.monotonic()
         child = ChildDiscovery(self.vendor_call_timeout())
         try:
@@ -272,6 +239,7 @@ class SkillRuntimeNode(LifecycleNode):
         self._cmd_msg.name = prof.joint_names
         self.robot = RobotInput(self, self._sensor_node, prof, sensors=bool(self._param('sensors')),
                                 on_first_state=self._seed)
+        self.pool.prepare(prof.dof, self.robot.sites)
         self.publish_status()
         return TransitionCallbackReturn.SUCCESS
 
@@ -352,9 +320,7 @@ class SkillRuntimeNode(LifecycleNode):
         for node in list(self.skill_nodes.values()):
             node.destroy_node()
         self.skill_nodes.clear()
-        self.supervisor.stop()
-        if self._own_work_dir and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
+        self.pool.close()
         self._sensor_node.destroy_node()
         super().destroy_node()
 
@@ -537,7 +503,7 @@ class SkillRuntimeNode(LifecycleNode):
         with self._lock:
             if self.gate is not None:
                 self._publish(self.gate.compute({}))
-        self.supervisor.stop()
+        self.pool.close()
 
 
 def main(args: list[str] | None = None) -> None:

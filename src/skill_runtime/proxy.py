@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ WORKER_ENV_DROP = ('ROS_', 'RMW_', 'FASTRTPS_', 'FASTDDS_', 'CYCLONEDDS_', 'ZENO
 """Environment a worker does not get: it must not find, nor need, the ROS graph."""
 LOG_RATE, LOG_BURST = 20.0, 50          # worker log lines per second forwarded to the runtime log
 CHANNEL_BYTES_PER_S = 1 << 20           # more than this on the control channel: the worker is killed
+RTT_HISTORY = 2500                      # 5 s of answers at 500 Hz
 CHECK_INTERVAL_S = 0.05                 # how often the supervisor checks log sizes and graces
 
 
@@ -85,7 +87,7 @@ def _tail(path: Path, limit: int = 2048) -> str:
 class WorkerSpec:
     """What a worker is started with (the skill itself comes with the ``configure`` request)."""
 
-    key: str                # pack/skill, for log lines and reasons
+    key: str                # pack/skill, for log lines and reasons (a spare's is set when it is taken)
     dof: int
     n_sites: int
     log_path: Path          # the worker's stdout + stderr
@@ -144,7 +146,8 @@ class WorkerProcess:
         self.seq = 0
         self.outstanding = False
         self.sent_ns = 0
-        self.late = 0
+        self.rtts_ns: deque[int] = deque(maxlen=RTT_HISTORY)
+        """Round trips (request sent → answer taken) of the last answers, for the status."""
 
     # ------------------------------------------------------------------ control requests
     def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
@@ -194,7 +197,9 @@ class WorkerProcess:
             if self.dead:
                 raise WorkerError(f'{self.dead} while starting')
             if time.monotonic() >= deadline:
-                raise WorkerError(f'worker did not start within {timeout:g} s')
+                age = time.monotonic() - self.started
+                raise WorkerError(f'worker did not start within {timeout:g} s (pid {self.pid}, '
+                                  f'started {age:.1f} s ago)')
 
     def set_layout(self, n: int, sites: tuple[str, ...]) -> None:
         self.block = ipc.TickBlock(self.map, self.spec.dof, n, len(sites))
@@ -239,6 +244,7 @@ class WorkerProcess:
             reply = self.block.read_reply(self.seq)
             if reply is not None:
                 self.outstanding = False
+                self.rtts_ns.append(time.monotonic_ns() - self.sent_ns)
             return reply
 
     def overdue(self, now_ns: int, budget: float, answer_timeout: float) -> str | None:
@@ -409,7 +415,8 @@ class Supervisor:
 
     def _spawn_now(self, spec: WorkerSpec, box: list[Any]) -> None:
         try:
-            worker = WorkerProcess(spec, lambda level, text: self._log(spec.key, level, text))
+            worker = WorkerProcess(spec, lambda level, text: None)
+            worker._log = lambda level, text, w=worker: self._log(w.key, level, text)
             self.workers.add(worker)
             self._sel.register(worker.events_r, selectors.EVENT_READ, ('events', worker))
             self._sel.register(worker.pidfd, selectors.EVENT_READ, ('exit', worker))

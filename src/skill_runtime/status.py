@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from field_deploy.ros import set_stamp
@@ -12,6 +13,7 @@ from skill_runtime.gate import MODE_ESTOP
 
 if TYPE_CHECKING:
     from skill_runtime.node import SkillRuntimeNode
+    from skill_runtime.proxy import WorkerProcess
 
 _LEVEL = {'': DiagnosticStatus.OK, 'done': DiagnosticStatus.OK, 'stopped': DiagnosticStatus.WARN,
           'refused': DiagnosticStatus.WARN, 'failed': DiagnosticStatus.ERROR}
@@ -19,6 +21,15 @@ _LEVEL = {'': DiagnosticStatus.OK, 'done': DiagnosticStatus.OK, 'stopped': Diagn
 
 def _values(pairs: tuple[tuple[str, object], ...]) -> list[KeyValue]:
     return [KeyValue(key=k, value=str(v)) for k, v in pairs]
+
+
+def _round_trips(worker: WorkerProcess | None) -> tuple[tuple[str, str], ...]:
+    """p50 / p99 / max of the worker's last step round trips (request sent → answer taken)."""
+    rtts = np.array(worker.rtts_ns, dtype=np.float64) / 1e6 if worker is not None else np.zeros(0)
+    if rtts.size == 0:
+        return (('rtt_p50_ms', ''), ('rtt_p99_ms', ''), ('rtt_max_ms', ''))
+    p50, p99 = np.percentile(rtts, [50, 99])
+    return (('rtt_p50_ms', f'{p50:.3f}'), ('rtt_p99_ms', f'{p99:.3f}'), ('rtt_max_ms', f'{rtts.max():.3f}'))
 
 
 def status_array(rt: SkillRuntimeNode) -> DiagnosticArray:
@@ -41,7 +52,8 @@ def status_array(rt: SkillRuntimeNode) -> DiagnosticArray:
             ('params', json.dumps(node.params())), ('outcome', outcome), ('reason', reason),
             ('worker_pid', worker.pid if worker is not None and not worker.dead else ''),
             ('late_ticks', run.late if run is not None else 0),
-            ('max_step_ms', f'{run.max_step_time * 1e3:.3f}' if run is not None else '')))
+            ('max_step_ms', f'{run.max_step_time * 1e3:.3f}' if run is not None else ''),
+            *_round_trips(worker)))
         arr.status.append(st)
     gate = rt.gate
     st = DiagnosticStatus(name='skill_runtime/safety_gate', hardware_id='skill_runtime')
@@ -60,7 +72,7 @@ def status_array(rt: SkillRuntimeNode) -> DiagnosticArray:
             ('jitter_max_ms', f'{jit.get("max_ms", 0.0):.3f}'),
             ('overruns', jit.get('overruns', 0)),
             ('scheduling', rt.loop.realtime if rt.loop is not None else ''),
-            ('workers', len(rt.supervisor.workers))))
+            ('workers', len(rt.pool.supervisor.workers))))
     arr.status.append(st)
     refused = [r for r in rt.packs if not r.accepted]
     st = DiagnosticStatus(name='skill_runtime/packs', hardware_id='skill_runtime',

@@ -176,6 +176,7 @@ class Server:
 
     def op_configure(self, msg: dict[str, Any]) -> dict[str, Any]:
         if not self.sandboxed:
+            os.chdir(msg['policy']['scratch_dir'])   # relative paths of the pack land there
             note = apply_sandbox(msg['policy'])
             self.sandboxed = True
             self.channel.log('debug', f'sandbox: {note}')
