@@ -228,7 +228,7 @@ def make_run(sup: Supervisor, tmp: Path, skill: str, params: dict | None = None,
     manifest = read_manifest(FIXTURES / 'acme_test')
     spec = next(s for s in manifest.skills if s.name == skill)
     idx = np.array([0, 1, 2])
-    worker = sup.spawn(WorkerSpec(key=f'acme_test/{skill}', dof=QUAD.dof, n_sites=0,
+    worker = sup.spawn(WorkerSpec(key=f'acme_test/{skill}',
                                   log_path=tmp / f'{skill}.log', cwd=tmp))
     worker.wait_ready(20)
     reply = worker.request('configure', 20, pack_dir=str(FIXTURES / 'acme_test'), pack='acme_test',
@@ -241,7 +241,7 @@ def make_run(sup: Supervisor, tmp: Path, skill: str, params: dict | None = None,
     run = SkillRun(key=f'acme_test/{skill}', indices=idx, every=1, budget=budget, timeout=timeout,
                    on_finish=lambda r: worker.stop_skill(1.0))
     state = RobotState(q=QUAD.array('default'), dq=np.zeros(12), tau=np.zeros(12))
-    worker.set_layout(len(idx), ())
+    worker.set_layout(QUAD.dof, len(idx), ())
     worker.write_state(0.0, state.q, state.dq, state.tau, state.imu, {}, 0, new_request=False)
     run.begin(state.q)
     assert worker.request('start', 20)['ok']

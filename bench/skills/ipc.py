@@ -189,7 +189,7 @@ def shm_bench(seconds: float, nice: int) -> tuple[list[float], int]:
     tmp = Path(tempfile.mkdtemp(prefix='ipc_bench_'))
     spec = next(s for s in read_manifest(FIXTURE).skills if s.name == 'hold')
     idx = np.arange(12)
-    worker = sup.spawn(WorkerSpec(key='acme_test/hold', dof=12, n_sites=0, log_path=tmp / 'w.log',
+    worker = sup.spawn(WorkerSpec(key='acme_test/hold', log_path=tmp / 'w.log',
                                   cwd=tmp, nice=nice))
     worker.wait_ready(20)
     worker.request('configure', 20, pack_dir=str(FIXTURE), pack='acme_test', skill='hold',
@@ -198,7 +198,7 @@ def shm_bench(seconds: float, nice: int) -> tuple[list[float], int]:
                                                                   pack_dir=str(FIXTURE),
                                                                   memory_mb=1024, max_files=64))
     state = RobotState(q=QUAD.array('default'), dq=np.zeros(12), tau=np.zeros(12))
-    worker.set_layout(12, ())
+    worker.set_layout(12, 12, ())
     worker.write_state(0.0, state.q, state.dq, state.tau, state.imu, {}, 0, new_request=False)
     run = SkillRun(key='acme_test/hold', indices=idx, every=1, budget=1.0, timeout=1e9)
     run.begin(state.q)

@@ -91,6 +91,12 @@ class ChildDiscovery:
         self.stderr = stderr
         self._child: DiscoveryChild | None = None
 
+    def warm(self) -> ChildDiscovery:
+        """Start the child now (its start-up overlaps whatever comes before discovery)."""
+        if self._child is None:
+            self._child = DiscoveryChild(self.timeout, self.stderr)
+        return self
+
     def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
         if self._child is None:
             self._child = DiscoveryChild(self.timeout, self.stderr)

@@ -51,6 +51,8 @@ F_PROGRESS = 4   #        Targets.progress given
 # int64 header slots
 _REQ, _REP, _STATUS, _FLAGS, _REASON_LEN, _STAMP, _BEGAN_SEQ, _BEGAN_NS, _NHDR = 0, 1, 2, 3, 4, 5, 6, 7, 8
 IMU_SIZE = 10
+MAX_DOF, MAX_SITES = 64, 16
+"""A worker's block is sized for these (it is started before it knows its robot: a spare)."""
 WRENCH_SIZE = 6
 
 
@@ -78,6 +80,9 @@ class TickBlock:
     """
 
     def __init__(self, buf: mmap.mmap | memoryview | bytearray, dof: int, n: int, n_sites: int) -> None:
+        if len(buf) < self.size(dof, n, n_sites):
+            raise ValueError(f'tick block of {len(buf)} bytes is too small for {dof} joints, '
+                             f'{n} claimed, {n_sites} wrench sites')
         self.dof, self.n, self.n_sites = dof, n, n_sites
         self.hdr = np.frombuffer(buf, dtype=np.int64, count=_NHDR, offset=0)
         off = _NHDR * 8

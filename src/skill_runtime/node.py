@@ -85,7 +85,7 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('executor_rt_priority', DEFAULT_EXECUTOR_RT_PRIORITY)  # see main()
         self.declare_parameter('worker_start_timeout', 2.5)  # s for a fresh worker interpreter
         self.declare_parameter('worker_wait', 0.5)         # fraction of a period a tick waits for workers
-        self.declare_parameter('answer_timeout_ms', 100.0)  # a step not even begun by then: overrun
+        self.declare_parameter('answer_timeout_ms', 250.0)  # a step not even begun by then: overrun
         self.declare_parameter('worker_nice', 5)            # workers run SCHED_OTHER at this nice
         self.declare_parameter('worker_memory_mb', 1024)    # sandbox: address space of a worker
         self.declare_parameter('worker_max_files', 64)      # sandbox: open files of a worker
@@ -108,8 +108,17 @@ class SkillRuntimeNode(LifecycleNode):
         self._active = False
         self.commands_sent = 0
         self._wait = 0.5
-        self._answer_timeout = 0.1
+        self._answer_timeout = 0.25
         self.pool = WorkerPool(self._worker_log)
+        self.pool.settings = PoolSettings(
+            start_timeout=float(self._param('worker_start_timeout')), nice=int(self._param('worker_nice')),
+            memory_mb=int(self._param('worker_memory_mb')), max_files=int(self._param('worker_max_files')),
+            log_mb=int(self._param('worker_log_mb')), work_dir=str(self._param('worker_dir') or ''))
+        # Interpreters for what comes next start now, while the node waits to be configured: a
+        # spare skill worker and the discovery child (each a python + numpy start-up, seconds on
+        # a loaded host, which configure would otherwise wait for).
+        self.pool.prepare()
+        self._discovery = ChildDiscovery(self.vendor_call_timeout()).warm()
 
         self._status_pub = self.create_publisher(DiagnosticArray, '~/status', 10)
         self.create_service(Trigger, '~/stop', self._srv_stop)
@@ -172,7 +181,7 @@ class SkillRuntimeNode(LifecycleNode):
 
     def spawn_worker(self, node: SkillNode) -> WorkerProcess:
         assert self.profile is not None and self.robot is not None
-        return self.pool.spawn(node.key, node.manifest, node.spec, self.profile.dof, self.robot.sites)
+        return self.pool.spawn(node.key, node.manifest, node.spec)
 
     def configure_request(self, node: SkillNode, params: dict[str, Any]) -> dict[str, Any]:
         assert self.profile is not None and self.robot is not None
@@ -202,12 +211,9 @@ class SkillRuntimeNode(LifecycleNode):
         self.rate_hz = rate
         self.gate = SafetyGate(prof, rate, safe_velocity=float(self.get_parameter('safe_velocity').value))
         allow = self._str_list('allow') or list(DEFAULT_ALLOW)
-        self.pool.settings = PoolSettings(
-            start_timeout=float(self._param('worker_start_timeout')), nice=int(self._param('worker_nice')),
-            memory_mb=int(self._param('worker_memory_mb')), max_files=int(self._param('worker_max_files')),
-            log_mb=int(self._param('worker_log_mb')), work_dir=str(self._param('worker_dir') or ''))
         t0 = time.monotonic()
-        child = ChildDiscovery(self.vendor_call_timeout())
+        child, self._discovery = self._discovery, None
+        child = child or ChildDiscovery(self.vendor_call_timeout())
         try:
             self.packs = discover(prof, pack_path=self._str_list('pack_path'), allow=allow,
                                   entry_points=bool(self.get_parameter('entry_points').value),
@@ -239,7 +245,6 @@ class SkillRuntimeNode(LifecycleNode):
         self._cmd_msg.name = prof.joint_names
         self.robot = RobotInput(self, self._sensor_node, prof, sensors=bool(self._param('sensors')),
                                 on_first_state=self._seed)
-        self.pool.prepare(prof.dof, self.robot.sites)
         self.publish_status()
         return TransitionCallbackReturn.SUCCESS
 
@@ -321,6 +326,8 @@ class SkillRuntimeNode(LifecycleNode):
             node.destroy_node()
         self.skill_nodes.clear()
         self.pool.close()
+        if self._discovery is not None:
+            self._discovery.close()
         self._sensor_node.destroy_node()
         super().destroy_node()
 
@@ -341,7 +348,7 @@ class SkillRuntimeNode(LifecycleNode):
         run = SkillRun(key=node.key, indices=indices, every=round(self.rate_hz / rate), budget=budget,
                        timeout=node.spec.timeout, clock=self.clock_s, on_finish=self._on_run_finish)
         state = self.state()
-        worker.set_layout(len(indices), self.robot.sites)
+        worker.set_layout(self.robot.profile.dof, len(indices), self.robot.sites)
         worker.forget_outstanding()
         worker.write_state(0.0, state.q, state.dq, state.tau, state.imu, state.wrenches,
                            state.stamp_ns, new_request=False)

@@ -43,7 +43,7 @@ class WorkerPool:
         self._own_work_dir = False
         self._spawned = 0
         self._spare: WorkerProcess | None = None
-        self._shape: tuple[int, tuple[str, ...]] | None = None
+        self._keep_spare = False
 
     def skill_dir_root(self) -> Path:
         if self._work_dir is None:
@@ -54,31 +54,30 @@ class WorkerPool:
     def skill_dir(self, manifest: Manifest, spec: SkillSpec) -> Path:
         return self.skill_dir_root() / manifest.name / spec.name
 
-    def _start(self, dof: int, sites: tuple[str, ...]) -> WorkerProcess:
+    def _start(self) -> WorkerProcess:
         base = self.skill_dir_root() / 'workers'
         base.mkdir(parents=True, exist_ok=True)
         self._spawned += 1
         (base / f'worker-{self._spawned - 8}.log').unlink(missing_ok=True)  # keep the last few
         return self.supervisor.spawn(WorkerSpec(
-            key='(spare)', dof=dof, n_sites=len(sites), log_path=base / f'worker-{self._spawned}.log',
+            key='(spare)', log_path=base / f'worker-{self._spawned}.log',
             cwd=base, nice=self.settings.nice, log_cap_bytes=self.settings.log_mb << 20))
 
-    def prepare(self, dof: int, sites: tuple[str, ...]) -> None:
+    def prepare(self) -> None:
         """Start a spare worker now: a skill's configure then finds an interpreter with numpy
-        already imported (measured: a cold worker takes 0.2 s on an idle host, seconds on a
-        loaded one) instead of waiting for one."""
-        self._shape = (dof, sites)
+        already imported (measured: a cold worker takes 0.2 s on an idle host, 1.5-3 s at load
+        20 on 2 cores) instead of waiting for one."""
+        self._keep_spare = True
         if self._spare is None or self._spare.dead:
-            self._spare = self._start(dof, sites)
+            self._spare = self._start()
 
-    def spawn(self, key: str, manifest: Manifest, spec: SkillSpec, dof: int,
-              sites: tuple[str, ...]) -> WorkerProcess:
+    def spawn(self, key: str, manifest: Manifest, spec: SkillSpec) -> WorkerProcess:
         """A fresh worker for a skill (the spare if one is up), ready for its configure request;
         a new spare is started behind it."""
         (self.skill_dir(manifest, spec) / 'scratch').mkdir(parents=True, exist_ok=True)
         worker, self._spare = self._spare, None
-        if worker is None or worker.dead or worker.closed or worker.spec.dof != dof:
-            worker = self._start(dof, sites)
+        if worker is None or worker.dead or worker.closed:
+            worker = self._start()
         worker.key = key
         try:
             worker.wait_ready(self.settings.start_timeout)
@@ -86,8 +85,8 @@ class WorkerPool:
             worker.kill(str(exc))
             raise
         finally:
-            if self._shape is not None:
-                self._spare = self._start(*self._shape)
+            if self._keep_spare:
+                self._spare = self._start()
         return worker
 
     def configure_request(self, manifest: Manifest, spec: SkillSpec, *, profile: Path,
@@ -105,7 +104,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Kill and reap every worker; remove the temporary work folder."""
-        self._shape = self._spare = None
+        self._keep_spare, self._spare = False, None
         self.supervisor.stop()
         if self._own_work_dir and self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)

@@ -88,8 +88,6 @@ class WorkerSpec:
     """What a worker is started with (the skill itself comes with the ``configure`` request)."""
 
     key: str                # pack/skill, for log lines and reasons (a spare's is set when it is taken)
-    dof: int
-    n_sites: int
     log_path: Path          # the worker's stdout + stderr
     cwd: Path               # its scratch folder
     nice: int = 5
@@ -104,7 +102,7 @@ class WorkerProcess:
         self.spec = spec
         self.key = spec.key
         self._log = log
-        self.size = ipc.TickBlock.size(spec.dof, spec.dof, spec.n_sites)
+        self.size = ipc.TickBlock.size(ipc.MAX_DOF, ipc.MAX_DOF, ipc.MAX_SITES)
         ctrl_r, self.ctrl_w = os.pipe()
         self.events_r, events_w = os.pipe()
         tick_r, self.tick_w = os.pipe()
@@ -135,6 +133,7 @@ class WorkerProcess:
         self.exit_status = ''
         self.retired = False
         self.closed = False
+        self.channel_closed = False
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, list[Any]] = {}
@@ -201,8 +200,9 @@ class WorkerProcess:
                 raise WorkerError(f'worker did not start within {timeout:g} s (pid {self.pid}, '
                                   f'started {age:.1f} s ago)')
 
-    def set_layout(self, n: int, sites: tuple[str, ...]) -> None:
-        self.block = ipc.TickBlock(self.map, self.spec.dof, n, len(sites))
+    def set_layout(self, dof: int, n: int, sites: tuple[str, ...]) -> None:
+        """The block's layout for this skill (the worker builds the same from its configure)."""
+        self.block = ipc.TickBlock(self.map, dof, n, len(sites))
         self.sites = sites
 
     # ------------------------------------------------------------------ control tick (control thread)
@@ -264,6 +264,20 @@ class WorkerProcess:
         if (now_ns - self.sent_ns) / 1e9 > limit:
             return f'watchdog: no answer in {limit * 1e3:.0f} ms' + ('' if began else ' (step never began)')
         return None
+
+    def exit_reason(self) -> str:
+        """The exit of a worker that ended but may not be reaped yet ('' while it runs): looked at
+        without reaping (``waitid`` with ``WNOWAIT``), so the supervisor still reaps it."""
+        with self._lock:   # serialised with the reap (which sets exit_status under this lock)
+            if self.closed or self.exit_status:
+                return self.exit_status
+            try:
+                res = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (OSError, AttributeError):
+                return self.exit_status
+        if res is None or res.si_pid == 0:
+            return ''
+        return describe_exit(res.si_status if res.si_code == os.CLD_EXITED else -res.si_status)
 
     def forget_outstanding(self) -> None:
         """A new run starts: an answer still owed to the previous one must not count for it."""
@@ -352,13 +366,14 @@ class WorkerProcess:
 
     def _reap(self) -> bool:
         """After the pidfd said it ended: waitpid, name the end, close every descriptor."""
-        rc = self.proc.poll()
-        if rc is None:
-            return False
+        with self._lock:
+            rc = self.proc.poll()
+            if rc is None:
+                return False
+            self.exit_status = describe_exit(rc)
         with contextlib.suppress(OSError):
             while self._on_readable():   # what it wrote before dying (a last reply, a log line)
                 pass
-        self.exit_status = describe_exit(rc)
         last = _tail(self.log_path)
         with self._lock:
             if not self.dead:
@@ -375,7 +390,8 @@ class WorkerProcess:
 
     def _check(self, now: float) -> None:
         if self.kill_at and now > self.kill_at and not self.closed:
-            self.kill('worker did not stop within its grace' if not self.retired else 'retired')
+            self.kill('worker closed its control channel' if self.channel_closed else
+                      'retired' if self.retired else 'worker did not stop within its grace')
             self.kill_at = 0.0
         try:
             size = os.stat(self.log_path).st_size
@@ -456,8 +472,11 @@ class Supervisor:
             kind, worker = key.data
             if kind == 'events' and not worker._on_readable():
                 self._sel.unregister(worker.events_r)
-                if worker.proc.poll() is None and not worker.retired:
-                    worker.kill('worker closed its control channel')
+                if not worker.exit_reason() and not worker.retired:
+                    # An exiting process closes its pipes just before its pidfd says so: wait a
+                    # moment for the exit (then reaped and named) before calling it a fault.
+                    worker.channel_closed = True
+                    worker.kill_at = time.monotonic() + 0.5
             elif kind == 'exit':
                 with contextlib.suppress(KeyError, ValueError):
                     self._sel.unregister(worker.events_r)
@@ -537,6 +556,7 @@ def tick_workers(active: list[tuple[SkillRun, WorkerProcess]], state: Callable[[
         elif worker.outstanding:
             reason = worker.overdue(now, run.budget, answer_timeout)
             if reason is not None:
+                reason = worker.exit_reason() or reason   # it died on the way: say how
                 worker.kill(reason)
                 run.finish('failed', reason)
             else:

@@ -150,6 +150,15 @@ def _what(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {exc}'[:ipc.MAX_REASON - 40]
 
 
+def exit_now(exc: SystemExit) -> None:
+    """Vendor code called ``sys.exit``: the worker ends at once with that code (no interpreter
+    teardown that could outlast the step budget and hide the exit behind a watchdog reason)."""
+    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if not isinstance(exc.code, int | None):
+        print(exc.code, file=sys.stderr, flush=True)
+    os._exit(code)
+
+
 class Server:
     """One skill instance served over the control channel and the tick block."""
 
@@ -172,6 +181,8 @@ class Server:
                 {'ok': False, 'error': f'unknown request {op!r}'}
         except Exception as exc:
             reply = {'ok': False, 'error': f'{op} raised {_what(exc)}'}
+        except SystemExit as exc:
+            exit_now(exc)
         self.channel.send({'re': rid, **reply})
 
     def op_configure(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +253,8 @@ class Server:
         t0 = time.perf_counter()
         try:
             result = self.skill.step(state, t)
+        except SystemExit as exc:
+            exit_now(exc)
         except Exception as exc:
             b.write_reply(seq, ipc.ST_ERROR, reason=f'step raised {_what(exc)}',
                           step_time=time.perf_counter() - t0)
