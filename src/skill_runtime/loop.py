@@ -30,6 +30,12 @@ def set_thread_realtime(priority: int) -> str:
         return f'not realtime ({exc})'
 
 
+def can_realtime() -> bool:
+    """Whether this process may set SCHED_FIFO (root / CAP_SYS_NICE, or an rtprio limit)."""
+    import resource
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] > 0
+
+
 class ControlLoop:
     """Call ``tick()`` every ``1/rate_hz`` seconds until :meth:`stop`; keeps the last periods."""
 

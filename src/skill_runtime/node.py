@@ -50,7 +50,7 @@ from skill_runtime.api import RobotState
 from skill_runtime.discovery import ChildDiscovery
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
-from skill_runtime.loop import ControlLoop, set_thread_realtime
+from skill_runtime.loop import ControlLoop, can_realtime, set_thread_realtime
 from skill_runtime.manifest import SkillSpec
 from skill_runtime.pool import PoolSettings, WorkerPool
 from skill_runtime.proxy import WorkerError, WorkerProcess, tick_workers
@@ -86,7 +86,8 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('worker_start_timeout', 2.5)  # s for a fresh worker interpreter
         self.declare_parameter('worker_wait', 0.5)         # fraction of a period a tick waits for workers
         self.declare_parameter('answer_timeout_ms', 250.0)  # a step not even begun by then: overrun
-        self.declare_parameter('worker_nice', 5)            # workers run SCHED_OTHER at this nice
+        self.declare_parameter('worker_nice', -1)           # workers' nice (SCHED_OTHER); -1: auto
+        self.declare_parameter('worker_rt_priority', 20)    # SCHED_FIFO of a running skill's worker
         self.declare_parameter('worker_memory_mb', 1024)    # sandbox: address space of a worker
         self.declare_parameter('worker_max_files', 64)      # sandbox: open files of a worker
         self.declare_parameter('worker_log_mb', 8)          # stdout+stderr of a worker beyond: killed
@@ -109,9 +110,10 @@ class SkillRuntimeNode(LifecycleNode):
         self.commands_sent = 0
         self._wait = 0.5
         self._answer_timeout = 0.25
+        self._worker_sched = ''
         self.pool = WorkerPool(self._worker_log)
         self.pool.settings = PoolSettings(
-            start_timeout=float(self._param('worker_start_timeout')), nice=int(self._param('worker_nice')),
+            start_timeout=float(self._param('worker_start_timeout')), nice=self._worker_nice(),
             memory_mb=int(self._param('worker_memory_mb')), max_files=int(self._param('worker_max_files')),
             log_mb=int(self._param('worker_log_mb')), work_dir=str(self._param('worker_dir') or ''))
         # Interpreters for what comes next start now, while the node waits to be configured: a
@@ -171,6 +173,16 @@ class SkillRuntimeNode(LifecycleNode):
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
+
+    def _worker_nice(self) -> int:
+        """``worker_nice``, or by default: 0 where the control thread gets SCHED_FIFO (workers,
+        SCHED_OTHER, are below it by class; a higher nice starved them for 250 ms and more on a
+        loaded host), 5 where it does not (the gate's SCHED_OTHER thread then gets the larger
+        share against a busy worker)."""
+        nice = int(self._param('worker_nice'))
+        if nice >= 0:
+            return nice
+        return 0 if int(self._param('rt_priority')) > 0 and can_realtime() else 5
 
     # ----------------------------------------------------------------- workers
     def _worker_log(self, key: str, level: str, text: str) -> None:
@@ -364,8 +376,13 @@ class SkillRuntimeNode(LifecycleNode):
             with self._lock:
                 self.gate.release(node.key)
             return problem
+        sched = worker.set_realtime(int(self._param('worker_rt_priority')), budget)
+        if sched != self._worker_sched:
+            self._worker_sched = sched
+            node.get_logger().info(f'skill workers run at {sched} while their skill is active')
         with self._lock:
             if self.gate.mode == MODE_ESTOP or node.key not in self.gate.owners():
+                worker.set_normal()
                 return 'e-stop while starting'
             self.runs[node.key] = run
             self._run_workers[node.key] = worker
@@ -376,6 +393,7 @@ class SkillRuntimeNode(LifecycleNode):
         """A run ended (any thread, never blocking): its worker calls the skill's ``stop()``."""
         worker = self._run_workers.get(run.key)
         if worker is not None and not worker.dead:
+            worker.set_normal()
             worker.stop_skill(STOP_GRACE_S)
 
     def end_skill(self, node: SkillNode, outcome: str, reason: str) -> SkillRun | None:

@@ -28,7 +28,7 @@ class PoolSettings:
     """The runtime's ``worker_*`` parameters."""
 
     start_timeout: float = 2.5
-    nice: int = 5
+    nice: int = 0
     memory_mb: int = 1024
     max_files: int = 64
     log_mb: int = 8

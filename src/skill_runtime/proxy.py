@@ -21,6 +21,7 @@ import itertools
 import mmap
 import os
 import queue
+import resource
 import select
 import selectors
 import signal
@@ -90,7 +91,7 @@ class WorkerSpec:
     key: str                # pack/skill, for log lines and reasons (a spare's is set when it is taken)
     log_path: Path          # the worker's stdout + stderr
     cwd: Path               # its scratch folder
-    nice: int = 5
+    nice: int = 0
     log_cap_bytes: int = 8 << 20
 
 
@@ -278,6 +279,26 @@ class WorkerProcess:
         if res is None or res.si_pid == 0:
             return ''
         return describe_exit(res.si_status if res.si_code == os.CLD_EXITED else -res.si_status)
+
+    def set_realtime(self, priority: int, budget: float) -> str:
+        """While its skill runs: SCHED_FIFO ``priority`` for the worker's main thread (the one that
+        steps), with RLIMIT_RTTIME so that it cannot keep a core longer than ``budget`` + 50 ms
+        without blocking (SIGXCPU, then SIGKILL 50 ms later: a spinning vendor thread ends the
+        worker). ``priority`` 0, or no permission: SCHED_OTHER stays; returns what was set."""
+        if priority <= 0:
+            return 'SCHED_OTHER'
+        soft = int((budget + 0.05) * 1e6)
+        try:
+            resource.prlimit(self.pid, resource.RLIMIT_RTTIME, (soft, soft + 50_000))
+            os.sched_setscheduler(self.pid, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as exc:
+            return f'SCHED_OTHER (SCHED_FIFO {priority} refused: {exc.strerror})'
+        return f'SCHED_FIFO {priority}'
+
+    def set_normal(self) -> None:
+        """Back to SCHED_OTHER (the skill ended: its stop() and the next configure run there)."""
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
 
     def forget_outstanding(self) -> None:
         """A new run starts: an answer still owed to the previous one must not count for it."""

@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--fds', default='', help='ctrl,events,tick,done,block file descriptors')
     ap.add_argument('--size', type=int, default=0, help='size of the tick block')
     ap.add_argument('--parent', type=int, default=0)
-    ap.add_argument('--nice', type=int, default=5)
+    ap.add_argument('--nice', type=int, default=0)
     args = ap.parse_args(argv)
     prepare_process(args.parent, args.nice)
     if args.mode == 'discover':
