@@ -126,7 +126,7 @@ def jitter(bench: Bench, client: SkillClient, rate: float, seconds: float, rt_pr
         time.sleep(1.0)
         with bench.lock:
             bench.cmds.clear()
-        cpu0, t0 = cpu_seconds(rt.pid), time.monotonic()
+        (cpu0, _), t0 = cpu_seconds(rt.pid), time.monotonic()
         time.sleep(seconds)
         (cpu1, children), t1 = cpu_seconds(rt.pid), time.monotonic()
         with bench.lock:

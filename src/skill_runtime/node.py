@@ -83,7 +83,7 @@ class SkillRuntimeNode(LifecycleNode):
         self.declare_parameter('sensors', True)            # subscribe imu + wrenches for RobotState
         self.declare_parameter('rt_priority', 40)          # SCHED_FIFO of the control thread; 0 off
         self.declare_parameter('executor_rt_priority', DEFAULT_EXECUTOR_RT_PRIORITY)  # see main()
-        self.declare_parameter('worker_start_timeout', 2.5)  # s for a fresh worker interpreter
+        self.declare_parameter('worker_start_timeout', 4.0)  # s for a fresh worker interpreter
         self.declare_parameter('worker_wait', 0.5)         # fraction of a period a tick waits for workers
         self.declare_parameter('answer_timeout_ms', 250.0)  # a step not even begun by then: overrun
         self.declare_parameter('worker_nice', -1)           # workers' nice (SCHED_OTHER); -1: auto

@@ -27,7 +27,7 @@ from skill_runtime.worker import sandbox_policy
 class PoolSettings:
     """The runtime's ``worker_*`` parameters."""
 
-    start_timeout: float = 2.5
+    start_timeout: float = 4.0
     nice: int = 0
     memory_mb: int = 1024
     max_files: int = 64
