@@ -27,7 +27,8 @@ from skill_runtime.api import (
 from skill_runtime.gate import MODE_ESTOP, MODE_RUN, SafetyGate, SkillRun
 from skill_runtime.loader import api_compatible, check_pack, discover, import_skills
 from skill_runtime.manifest import PackError, read_manifest, verify_digests, write_digests
-from skill_runtime.proxy import Supervisor, WorkerProcess, WorkerSpec, tick_workers
+from skill_runtime.proxy import WorkerProcess, WorkerSpec, tick_workers
+from skill_runtime.supervisor import Supervisor
 from skill_runtime.worker import sandbox_policy
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'packs'

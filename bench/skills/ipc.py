@@ -32,7 +32,8 @@ from skill_runtime.api import RobotState
 from skill_runtime.gate import SkillRun
 from skill_runtime.loop import set_thread_realtime
 from skill_runtime.manifest import read_manifest
-from skill_runtime.proxy import Supervisor, WorkerSpec, tick_workers, worker_env
+from skill_runtime.proxy import WorkerSpec, tick_workers, worker_env
+from skill_runtime.supervisor import Supervisor
 from skill_runtime.worker import sandbox_policy
 
 QUAD = load_profile('quadruped_12dof')

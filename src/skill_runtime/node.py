@@ -50,11 +50,12 @@ from skill_runtime.api import RobotState
 from skill_runtime.discovery import ChildDiscovery
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
-from skill_runtime.loop import ControlLoop, can_realtime, set_thread_realtime
+from skill_runtime.loop import ControlLoop, set_thread_realtime
 from skill_runtime.manifest import SkillSpec
-from skill_runtime.pool import PoolSettings, WorkerPool
+from skill_runtime.pool import PoolSettings, WorkerPool, auto_nice
 from skill_runtime.proxy import WorkerError, WorkerProcess, tick_workers
 from skill_runtime.robot_input import RobotInput
+from skill_runtime.safety import SafetyServices
 from skill_runtime.skill_node import SkillNode
 from skill_runtime.status import status_array
 
@@ -64,7 +65,7 @@ DEFAULT_EXECUTOR_RT_PRIORITY = 30
 STOP_GRACE_S = 1.0    # a worker asked to stop its skill is killed if it does not answer by then
 
 
-class SkillRuntimeNode(LifecycleNode):
+class SkillRuntimeNode(SafetyServices, LifecycleNode):
     """The ``skill_runtime`` node: pack loading, skill nodes, safety gate, control loop."""
 
     def __init__(self, *, namespace: str = '', parameter_overrides: Sequence[Parameter] = ()) -> None:
@@ -113,7 +114,8 @@ class SkillRuntimeNode(LifecycleNode):
         self._worker_sched = ''
         self.pool = WorkerPool(self._worker_log)
         self.pool.settings = PoolSettings(
-            start_timeout=float(self._param('worker_start_timeout')), nice=self._worker_nice(),
+            start_timeout=float(self._param('worker_start_timeout')),
+            nice=auto_nice(int(self._param('worker_nice')), int(self._param('rt_priority'))),
             memory_mb=int(self._param('worker_memory_mb')), max_files=int(self._param('worker_max_files')),
             log_mb=int(self._param('worker_log_mb')), work_dir=str(self._param('worker_dir') or ''))
         # Interpreters for what comes next start now, while the node waits to be configured: a
@@ -174,33 +176,11 @@ class SkillRuntimeNode(LifecycleNode):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
-    def _worker_nice(self) -> int:
-        """``worker_nice``, or by default: 0 where the control thread gets SCHED_FIFO (workers,
-        SCHED_OTHER, are below it by class; a higher nice starved them for 250 ms and more on a
-        loaded host), 5 where it does not (the gate's SCHED_OTHER thread then gets the larger
-        share against a busy worker)."""
-        nice = int(self._param('worker_nice'))
-        if nice >= 0:
-            return nice
-        return 0 if int(self._param('rt_priority')) > 0 and can_realtime() else 5
-
-    # ----------------------------------------------------------------- workers
     def _worker_log(self, key: str, level: str, text: str) -> None:
         node = self.skill_nodes.get(key)
         logger = node.get_logger() if node is not None else self.get_logger()
         getattr(logger, level if level in ('debug', 'info', 'warning', 'error') else 'info')(
             f'[worker] {text}')
-
-    def spawn_worker(self, node: SkillNode) -> WorkerProcess:
-        assert self.profile is not None and self.robot is not None
-        return self.pool.spawn(node.key, node.manifest, node.spec)
-
-    def configure_request(self, node: SkillNode, params: dict[str, Any]) -> dict[str, Any]:
-        assert self.profile is not None and self.robot is not None
-        return self.pool.configure_request(node.manifest, node.spec, profile=self.profile.path,
-                                           params=params, indices=self.claim_indices(node.spec),
-                                           rate_hz=node.spec.control_rate or self.rate_hz,
-                                           sites=self.robot.sites)
 
     # ----------------------------------------------------------------- lifecycle of the runtime
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -472,51 +452,6 @@ class SkillRuntimeNode(LifecycleNode):
         msg.effort = cmd.tau.tolist()
         self._cmd_pub.publish(msg)
         self.commands_sent += 1
-
-    # ----------------------------------------------------------------- stop / e-stop / reset
-    def _srv_stop(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        n = len(self.runs)
-        self.stop_all('stop requested')
-        self.get_logger().info(f'stop: {n} skill(s) stopped, holding pose')
-        resp.success, resp.message = True, f'stopped {n} skill(s); holding pose'
-        return resp
-
-    def estop(self, reason: str) -> None:
-        """Latch e-stop and publish the first safe command now (any thread).
-
-        Only the gate is touched here, under its lock: it drops every claim and ignores skills from
-        this instant. The skills' lifecycle transitions (and their vendor ``stop()``) follow in the
-        main executor's housekeeping, within 10 ms unless that executor is busy.
-        """
-        with self._lock:
-            if self.gate is not None:
-                self.gate.estop(reason)
-                self._publish(self.gate.compute({}))
-        self._estop_pending = reason
-
-    def _srv_estop(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        self.estop('estop service')
-        resp.success = self.gate is not None
-        resp.message = 'e-stop latched: moving to the safe pose' if resp.success else \
-            'skill_runtime not configured: no gate to stop'
-        return resp
-
-    def _on_estop_topic(self, msg: Bool) -> None:
-        if msg.data:
-            self.estop('estop topic')
-
-    def _srv_reset(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        if self.gate is None:
-            resp.success, resp.message = False, 'skill_runtime not configured'
-            return resp
-        was = self.gate.mode == MODE_ESTOP
-        with self._lock:
-            self.gate.reset()
-        self.get_logger().info('reset: e-stop released' if was else 'reset: nothing latched')
-        resp.success = True
-        resp.message = 'e-stop released' if was else 'no e-stop was latched'
-        self.publish_status()
-        return resp
 
     # ----------------------------------------------------------------- status
     def publish_status(self) -> None:

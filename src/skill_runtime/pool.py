@@ -4,7 +4,7 @@ One :class:`WorkerPool` per runtime: its :class:`~skill_runtime.proxy.Supervisor
 folder (``worker_dir``, else a temporary one removed at shutdown) with per skill a ``scratch``
 folder (the worker's working directory, the one place the sandbox lets it write) and its last
 the workers' ``workers/worker-<n>.log`` files (stdout + stderr, capped; the last few kept).
-One spare worker waits, started, for the next configure. No rclpy here.
+Two spare workers wait, started, for the next configures. No rclpy here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from skill_runtime.loop import can_realtime
 from skill_runtime.manifest import Manifest, SkillSpec
-from skill_runtime.proxy import Supervisor, WorkerError, WorkerProcess, WorkerSpec
+from skill_runtime.proxy import WorkerError, WorkerProcess, WorkerSpec
+from skill_runtime.supervisor import Supervisor
 from skill_runtime.worker import sandbox_policy
+
+
+def auto_nice(worker_nice: int, rt_priority: int) -> int:
+    """``worker_nice``, or by default (-1): 0 where the control thread gets SCHED_FIFO (workers are
+    below it by class; a higher nice starved them for 250 ms and more on a loaded host), 5 where
+    it does not (the gate's SCHED_OTHER thread then gets the larger share against a busy worker)."""
+    if worker_nice >= 0:
+        return worker_nice
+    return 0 if rt_priority > 0 and can_realtime() else 5
 
 
 @dataclass
@@ -33,6 +44,7 @@ class PoolSettings:
     max_files: int = 64
     log_mb: int = 8
     work_dir: str = ''
+    spares: int = 2
 
 
 class WorkerPool:
@@ -42,8 +54,8 @@ class WorkerPool:
         self._work_dir: Path | None = None
         self._own_work_dir = False
         self._spawned = 0
-        self._spare: WorkerProcess | None = None
-        self._keep_spare = False
+        self._spares: list[WorkerProcess] = []
+        self._keep_spares = False
 
     def skill_dir_root(self) -> Path:
         if self._work_dir is None:
@@ -64,19 +76,22 @@ class WorkerPool:
             cwd=base, nice=self.settings.nice, log_cap_bytes=self.settings.log_mb << 20))
 
     def prepare(self) -> None:
-        """Start a spare worker now: a skill's configure then finds an interpreter with numpy
-        already imported (measured: a cold worker takes 0.2 s on an idle host, 1.5-3 s at load
-        20 on 2 cores) instead of waiting for one."""
-        self._keep_spare = True
-        if self._spare is None or self._spare.dead:
-            self._spare = self._start()
+        """Start the spare workers now: a skill's configure then finds an interpreter with numpy
+        already imported (measured: a cold worker takes 0.2 s on an idle host, 1.5-4 s at load
+        20-30 on 2 cores) instead of waiting for one. Two, so that configures in a row do too."""
+        self._keep_spares = True
+        self._spares = [w for w in self._spares if not w.dead and not w.closed]
+        while len(self._spares) < self.settings.spares:
+            self._spares.append(self._start())
 
     def spawn(self, key: str, manifest: Manifest, spec: SkillSpec) -> WorkerProcess:
-        """A fresh worker for a skill (the spare if one is up), ready for its configure request;
-        a new spare is started behind it."""
+        """A fresh worker for a skill (the oldest ready spare, else the oldest spare), ready for
+        its configure request; a new spare is started behind it."""
         (self.skill_dir(manifest, spec) / 'scratch').mkdir(parents=True, exist_ok=True)
-        worker, self._spare = self._spare, None
-        if worker is None or worker.dead or worker.closed:
+        live = [w for w in self._spares if not w.dead and not w.closed]
+        worker = next((w for w in live if w.ready.is_set()), live[0] if live else None)
+        self._spares = [w for w in live if w is not worker]
+        if worker is None:
             worker = self._start()
         worker.key = key
         try:
@@ -85,8 +100,8 @@ class WorkerPool:
             worker.kill(str(exc))
             raise
         finally:
-            if self._keep_spare:
-                self._spare = self._start()
+            if self._keep_spares:
+                self.prepare()
         return worker
 
     def configure_request(self, manifest: Manifest, spec: SkillSpec, *, profile: Path,
@@ -104,7 +119,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Kill and reap every worker; remove the temporary work folder."""
-        self._keep_spare, self._spare = False, None
+        self._keep_spares, self._spares = False, []
         self.supervisor.stop()
         if self._own_work_dir and self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)

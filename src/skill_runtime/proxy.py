@@ -1,16 +1,11 @@
-"""The runtime's side of the process boundary: skill worker processes and their supervisor.
+"""The runtime's side of the process boundary: one skill worker process, as the runtime sees it.
 
-:class:`WorkerProcess` is one worker (:mod:`skill_runtime.worker`) seen from the runtime: control
-requests with a bounded wait (:meth:`WorkerProcess.request`), the control tick through the shared
-tick block (:meth:`~WorkerProcess.send_step` / :meth:`~WorkerProcess.take_reply`, never blocking),
-and a kill that cannot hit a recycled pid (pidfd).
-
-:class:`Supervisor` is one long-lived thread of the runtime that spawns every worker (the kernel
-ties ``PR_SET_PDEATHSIG`` to the thread that spawned the child, so the spawner must live as long
-as the runtime), reads the workers' control lines (replies and log lines: bounded, rate-limited,
-JSON only), reaps every worker that ends (``waitpid``, woken by its pidfd: no zombies), names why
-it ended ("worker exited with code 3", "worker killed by SIGSEGV"), and enforces the caps: the
-stdout / stderr log file size, the control-channel byte rate, the grace after a stop.
+:class:`WorkerProcess`: control requests with a bounded wait (:meth:`WorkerProcess.request`), the
+control tick through the shared tick block (:meth:`~WorkerProcess.write_state` /
+:meth:`~WorkerProcess.take_reply`, never blocking; :func:`tick_workers` for a whole tick), the
+reading side of its control lines (bounded, rate-limited, JSON only), its reaping and the name of
+its end ("worker exited with code 3", "worker killed by SIGSEGV"), and a kill that cannot hit a
+recycled pid (pidfd). Spawned, read and reaped by :class:`skill_runtime.supervisor.Supervisor`.
 No rclpy here.
 """
 
@@ -20,10 +15,8 @@ import contextlib
 import itertools
 import mmap
 import os
-import queue
 import resource
 import select
-import selectors
 import signal
 import subprocess
 import sys
@@ -73,14 +66,19 @@ def describe_exit(returncode: int) -> str:
     return f'worker exited with code {returncode}'
 
 
-def _tail(path: Path, limit: int = 2048) -> str:
-    """The last non-empty line of a worker's output, for the reason of its death."""
+def _tail(path: Path, limit: int = 4096) -> str:
+    """What a worker's output says about its death: faulthandler's innermost frame after a native
+    crash, else the last non-empty line."""
     try:
         with path.open('rb') as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
             lines = [ln.strip() for ln in f.read().decode('utf-8', 'replace').splitlines() if ln.strip()]
     except OSError:
         return ''
+    fatal = [i for i, ln in enumerate(lines) if ln.startswith('Fatal Python error')]
+    if fatal:
+        frame = next((ln for ln in lines[fatal[-1]:] if ln.startswith('File "')), '')
+        return f'{lines[fatal[-1]]}; {frame}'[:300]
     return lines[-1][:200] if lines else ''
 
 
@@ -420,104 +418,6 @@ class WorkerProcess:
             return
         if size > self.spec.log_cap_bytes and not self.dead:
             self.kill(f'worker wrote more than {self.spec.log_cap_bytes >> 20} MiB to stdout/stderr')
-
-
-class Supervisor:
-    """The runtime's one thread for spawning, reading, reaping and policing its workers."""
-
-    def __init__(self, log: Callable[[str, str, str], None]) -> None:
-        self._log = log
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self.workers: set[WorkerProcess] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name='skill-workers', daemon=True)
-        self._thread.start()
-
-    def spawn(self, spec: WorkerSpec, timeout: float = 5.0) -> WorkerProcess:
-        """Start a worker from the supervisor thread (its death signal follows that thread)."""
-        box: list[Any] = [threading.Event(), None]
-        self._calls.put((spec, box))
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b'.')
-        if not box[0].wait(timeout):
-            raise WorkerError(f'worker not spawned within {timeout:g} s')
-        if isinstance(box[1], BaseException):
-            raise WorkerError(f'cannot start a worker: {box[1]}')
-        return box[1]
-
-    def _spawn_now(self, spec: WorkerSpec, box: list[Any]) -> None:
-        try:
-            worker = WorkerProcess(spec, lambda level, text: None)
-            worker._log = lambda level, text, w=worker: self._log(w.key, level, text)
-            self.workers.add(worker)
-            self._sel.register(worker.events_r, selectors.EVENT_READ, ('events', worker))
-            self._sel.register(worker.pidfd, selectors.EVENT_READ, ('exit', worker))
-            box[1] = worker
-        except Exception as exc:
-            box[1] = exc
-        box[0].set()
-
-    def _run(self) -> None:
-        # Spawned workers inherit this thread's policy: normal scheduling, whatever the runtime runs at.
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        last_check = 0.0
-        while not self._stop.is_set():
-            try:
-                self._once()
-                now = time.monotonic()
-                if now - last_check > CHECK_INTERVAL_S:
-                    last_check = now
-                    for worker in list(self.workers):
-                        worker._check(now)
-            except Exception as exc:  # the supervisor must outlive any one worker's mess
-                self._log('supervisor', 'error', f'{type(exc).__name__}: {exc}')
-
-    def _once(self) -> None:
-        for key, _mask in self._sel.select(CHECK_INTERVAL_S):
-            if key.data is None:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 64)
-                while True:
-                    try:
-                        spec, box = self._calls.get_nowait()
-                    except queue.Empty:
-                        break
-                    self._spawn_now(spec, box)
-                continue
-            kind, worker = key.data
-            if kind == 'events' and not worker._on_readable():
-                self._sel.unregister(worker.events_r)
-                if not worker.exit_reason() and not worker.retired:
-                    # An exiting process closes its pipes just before its pidfd says so: wait a
-                    # moment for the exit (then reaped and named) before calling it a fault.
-                    worker.channel_closed = True
-                    worker.kill_at = time.monotonic() + 0.5
-            elif kind == 'exit':
-                with contextlib.suppress(KeyError, ValueError):
-                    self._sel.unregister(worker.events_r)
-                self._sel.unregister(worker.pidfd)
-                if not worker._reap():   # pidfd readable before waitpid can see it: rare, retry
-                    worker.proc.wait(1.0)
-                    worker._reap()
-                self.workers.discard(worker)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Kill every worker, reap them, end the thread."""
-        for worker in list(self.workers):
-            worker.kill('runtime shutting down')
-        deadline = time.monotonic() + timeout
-        while self.workers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._stop.set()
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b'.')
-        self._thread.join(timeout)
 
 
 def wait_replies(workers: list[WorkerProcess], deadline_ns: int) -> None:

@@ -98,10 +98,15 @@ class SkillNode(LifecycleNode):
         params = self.params()
         self.built_with = None
         try:
+            rt = self.runtime
+            assert rt.profile is not None and rt.robot is not None
             if self.worker is None or self.worker.dead or self.worker.closed:
-                self.worker = self.runtime.spawn_worker(self)
-            reply = self.worker.request('configure', self.runtime.vendor_call_timeout(),
-                                        **self.runtime.configure_request(self, params))
+                self.worker = rt.pool.spawn(self.key, self.manifest, self.spec)
+            request = rt.pool.configure_request(
+                self.manifest, self.spec, profile=rt.profile.path, params=params,
+                indices=rt.claim_indices(self.spec), rate_hz=self.spec.control_rate or rt.rate_hz,
+                sites=rt.robot.sites)
+            reply = self.worker.request('configure', rt.vendor_call_timeout(), **request)
             problem = reply.get('problem') if reply.get('ok') else str(reply.get('error'))
         except WorkerError as exc:
             problem = str(exc)

@@ -1,0 +1,118 @@
+"""The runtime's one thread for its worker processes: spawns, reads, reaps and polices them.
+
+The kernel ties ``PR_SET_PDEATHSIG`` to the *thread* that spawned a child, so the spawner must live
+as long as the runtime: every worker is started from this thread. It also reads the workers'
+control lines (replies, log lines), reaps every worker that ends (woken by its pidfd, then
+``waitpid``: no zombies) and checks the caps (log file size, stop grace). No rclpy here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import selectors
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from skill_runtime.proxy import CHECK_INTERVAL_S, WorkerError, WorkerProcess, WorkerSpec
+
+
+class Supervisor:
+    """The runtime's one thread for spawning, reading, reaping and policing its workers."""
+
+    def __init__(self, log: Callable[[str, str, str], None]) -> None:
+        self._log = log
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.workers: set[WorkerProcess] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='skill-workers', daemon=True)
+        self._thread.start()
+
+    def spawn(self, spec: WorkerSpec, timeout: float = 5.0) -> WorkerProcess:
+        """Start a worker from the supervisor thread (its death signal follows that thread)."""
+        box: list[Any] = [threading.Event(), None]
+        self._calls.put((spec, box))
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b'.')
+        if not box[0].wait(timeout):
+            raise WorkerError(f'worker not spawned within {timeout:g} s')
+        if isinstance(box[1], BaseException):
+            raise WorkerError(f'cannot start a worker: {box[1]}')
+        return box[1]
+
+    def _spawn_now(self, spec: WorkerSpec, box: list[Any]) -> None:
+        try:
+            worker = WorkerProcess(spec, lambda level, text: None)
+            worker._log = lambda level, text, w=worker: self._log(w.key, level, text)
+            self.workers.add(worker)
+            self._sel.register(worker.events_r, selectors.EVENT_READ, ('events', worker))
+            self._sel.register(worker.pidfd, selectors.EVENT_READ, ('exit', worker))
+            box[1] = worker
+        except Exception as exc:
+            box[1] = exc
+        box[0].set()
+
+    def _run(self) -> None:
+        # Spawned workers inherit this thread's policy: normal scheduling, whatever the runtime runs at.
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        last_check = 0.0
+        while not self._stop.is_set():
+            try:
+                self._once()
+                now = time.monotonic()
+                if now - last_check > CHECK_INTERVAL_S:
+                    last_check = now
+                    for worker in list(self.workers):
+                        worker._check(now)
+            except Exception as exc:  # the supervisor must outlive any one worker's mess
+                self._log('supervisor', 'error', f'{type(exc).__name__}: {exc}')
+
+    def _once(self) -> None:
+        for key, _mask in self._sel.select(CHECK_INTERVAL_S):
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+                while True:
+                    try:
+                        spec, box = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._spawn_now(spec, box)
+                continue
+            kind, worker = key.data
+            if kind == 'events' and not worker._on_readable():
+                self._sel.unregister(worker.events_r)
+                if not worker.exit_reason() and not worker.retired:
+                    # An exiting process closes its pipes just before its pidfd says so: wait a
+                    # moment for the exit (then reaped and named) before calling it a fault.
+                    worker.channel_closed = True
+                    worker.kill_at = time.monotonic() + 0.5
+            elif kind == 'exit':
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(worker.events_r)
+                self._sel.unregister(worker.pidfd)
+                if not worker._reap():   # pidfd readable before waitpid can see it: rare, retry
+                    worker.proc.wait(1.0)
+                    worker._reap()
+                self.workers.discard(worker)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Kill every worker, reap them, end the thread."""
+        for worker in list(self.workers):
+            worker.kill('runtime shutting down')
+        deadline = time.monotonic() + timeout
+        while self.workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b'.')
+        self._thread.join(timeout)
