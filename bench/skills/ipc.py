@@ -99,6 +99,16 @@ def ticker(seconds: float, one_tick) -> list[float]:
     return out
 
 
+def tick_child(child: subprocess.Popen, a_w: int, b_r: int, one, seconds: float) -> list[float]:
+    """Tick a transport child for ``seconds``, then close its pipes and reap it."""
+    time.sleep(0.5)  # interpreter start
+    out = ticker(seconds, one)
+    os.close(a_w)
+    child.wait(5)
+    os.close(b_r)
+    return out
+
+
 def pipe_bench(seconds: float, nice: int) -> tuple[list[float], int]:
     a_r, a_w = os.pipe()
     b_r, b_w = os.pipe()
@@ -132,12 +142,7 @@ def pipe_bench(seconds: float, nice: int) -> tuple[list[float], int]:
             late[0] += 1
         return rt / 1e6
 
-    time.sleep(0.5)  # interpreter start
-    out = ticker(seconds, one)
-    os.close(a_w)
-    child.wait(5)
-    os.close(b_r)
-    return out, late[0]
+    return tick_child(child, a_w, b_r, one, seconds), late[0]
 
 
 def shm_transport_bench(seconds: float, nice: int) -> tuple[list[float], int]:
@@ -179,12 +184,7 @@ def shm_transport_bench(seconds: float, nice: int) -> tuple[list[float], int]:
             late[0] += 1
         return rt / 1e6
 
-    time.sleep(0.5)
-    out = ticker(seconds, one)
-    os.close(a_w)
-    child.wait(5)
-    os.close(b_r)
-    return out, late[0]
+    return tick_child(child, a_w, b_r, one, seconds), late[0]
 
 
 def shm_bench(seconds: float, nice: int) -> tuple[list[float], int]:
