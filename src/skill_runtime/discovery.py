@@ -12,6 +12,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +87,27 @@ class DiscoveryChild:
 class ChildDiscovery:
     """``locate`` and ``probe`` for :func:`skill_runtime.loader.discover`, in child processes."""
 
-    def __init__(self, timeout: float, stderr: Path | None = None) -> None:
+    def __init__(self, timeout: float, stderr: Path | None = None,
+                 spawn: Callable[[Callable[[], DiscoveryChild]], DiscoveryChild] | None = None) -> None:
+        """``spawn``: how to start the child (the runtime passes its supervisor's ``call``, so
+        that the child starts at normal priority from a long-lived thread)."""
         self.timeout = timeout
         self.stderr = stderr
+        self._spawn = spawn or (lambda make: make())
         self._child: DiscoveryChild | None = None
 
     def warm(self) -> ChildDiscovery:
         """Start the child now (its start-up overlaps whatever comes before discovery)."""
         if self._child is None:
-            self._child = DiscoveryChild(self.timeout, self.stderr)
+            try:
+                self._child = self._spawn(lambda: DiscoveryChild(self.timeout, self.stderr))
+            except Exception as exc:
+                raise ChildError(f'cannot start the discovery child: {exc}') from None
         return self
 
     def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
-        if self._child is None:
-            self._child = DiscoveryChild(self.timeout, self.stderr)
+        self.warm()
+        assert self._child is not None
         try:
             return self._child.ask(question)
         except (ChildError, ValueError):

@@ -27,6 +27,7 @@ Each command on ``joint_commands`` carries the gate mode in ``header.frame_id`` 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ from std_srvs.srv import Trigger
 from field_deploy.profile import RobotProfile, load_profile
 from field_deploy.ros import Spinner, init, qos_profile, run_nodes, set_stamp
 from skill_runtime.api import RobotState
-from skill_runtime.discovery import ChildDiscovery
+from skill_runtime.discovery import ChildDiscovery, ChildError
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
 from skill_runtime.loop import ControlLoop, set_thread_realtime
@@ -122,7 +123,9 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
         # spare skill worker and the discovery child (each a python + numpy start-up, seconds on
         # a loaded host, which configure would otherwise wait for).
         self.pool.prepare()
-        self._discovery = ChildDiscovery(self.vendor_call_timeout()).warm()
+        self._discovery: ChildDiscovery | None = self._new_discovery()
+        with contextlib.suppress(ChildError):   # tried again, and reported, at configure
+            self._discovery.warm()
 
         self._status_pub = self.create_publisher(DiagnosticArray, '~/status', 10)
         self.create_service(Trigger, '~/stop', self._srv_stop)
@@ -176,6 +179,9 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
+    def _new_discovery(self) -> ChildDiscovery:
+        return ChildDiscovery(self.vendor_call_timeout(), spawn=self.pool.supervisor.call)
+
     def _worker_log(self, key: str, level: str, text: str) -> None:
         node = self.skill_nodes.get(key)
         logger = node.get_logger() if node is not None else self.get_logger()
@@ -205,7 +211,7 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
         allow = self._str_list('allow') or list(DEFAULT_ALLOW)
         t0 = time.monotonic()
         child, self._discovery = self._discovery, None
-        child = child or ChildDiscovery(self.vendor_call_timeout())
+        child = child or self._new_discovery()
         try:
             self.packs = discover(prof, pack_path=self._str_list('pack_path'), allow=allow,
                                   entry_points=bool(self.get_parameter('entry_points').value),

@@ -286,17 +286,21 @@ class WorkerProcess:
         if priority <= 0:
             return 'SCHED_OTHER'
         soft = int((budget + 0.05) * 1e6)
-        try:
-            resource.prlimit(self.pid, resource.RLIMIT_RTTIME, (soft, soft + 50_000))
-            os.sched_setscheduler(self.pid, os.SCHED_FIFO, os.sched_param(priority))
-        except OSError as exc:
-            return f'SCHED_OTHER (SCHED_FIFO {priority} refused: {exc.strerror})'
+        with self._lock:   # never once reaped: the pid could belong to another process by then
+            if self.exit_status or self.closed:
+                return 'SCHED_OTHER (worker ended)'
+            try:
+                resource.prlimit(self.pid, resource.RLIMIT_RTTIME, (soft, soft + 50_000))
+                os.sched_setscheduler(self.pid, os.SCHED_FIFO, os.sched_param(priority))
+            except OSError as exc:
+                return f'SCHED_OTHER (SCHED_FIFO {priority} refused: {exc.strerror})'
         return f'SCHED_FIFO {priority}'
 
     def set_normal(self) -> None:
         """Back to SCHED_OTHER (the skill ended: its stop() and the next configure run there)."""
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
+        with self._lock, contextlib.suppress(OSError):
+            if not (self.exit_status or self.closed):
+                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
 
     def forget_outstanding(self) -> None:
         """A new run starts: an answer still owed to the previous one must not count for it."""

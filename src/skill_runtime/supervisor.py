@@ -36,29 +36,30 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name='skill-workers', daemon=True)
         self._thread.start()
 
-    def spawn(self, spec: WorkerSpec, timeout: float = 5.0) -> WorkerProcess:
-        """Start a worker from the supervisor thread (its death signal follows that thread)."""
+    def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run ``fn`` in the supervisor thread (children it starts get this thread's normal
+        scheduling, and their death signal follows this long-lived thread); its result."""
         box: list[Any] = [threading.Event(), None]
-        self._calls.put((spec, box))
+        self._calls.put((fn, box))
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b'.')
         if not box[0].wait(timeout):
-            raise WorkerError(f'worker not spawned within {timeout:g} s')
+            raise WorkerError(f'child not started within {timeout:g} s')
         if isinstance(box[1], BaseException):
-            raise WorkerError(f'cannot start a worker: {box[1]}')
+            raise WorkerError(f'cannot start a child process: {box[1]}')
         return box[1]
 
-    def _spawn_now(self, spec: WorkerSpec, box: list[Any]) -> None:
-        try:
-            worker = WorkerProcess(spec, lambda level, text: None)
-            worker._log = lambda level, text, w=worker: self._log(w.key, level, text)
-            self.workers.add(worker)
-            self._sel.register(worker.events_r, selectors.EVENT_READ, ('events', worker))
-            self._sel.register(worker.pidfd, selectors.EVENT_READ, ('exit', worker))
-            box[1] = worker
-        except Exception as exc:
-            box[1] = exc
-        box[0].set()
+    def spawn(self, spec: WorkerSpec, timeout: float = 5.0) -> WorkerProcess:
+        """Start a worker from the supervisor thread, which then reads, reaps and polices it."""
+        return self.call(lambda: self._spawn_now(spec), timeout)
+
+    def _spawn_now(self, spec: WorkerSpec) -> WorkerProcess:
+        worker = WorkerProcess(spec, lambda level, text: None)
+        worker._log = lambda level, text, w=worker: self._log(w.key, level, text)
+        self.workers.add(worker)
+        self._sel.register(worker.events_r, selectors.EVENT_READ, ('events', worker))
+        self._sel.register(worker.pidfd, selectors.EVENT_READ, ('exit', worker))
+        return worker
 
     def _run(self) -> None:
         # Spawned workers inherit this thread's policy: normal scheduling, whatever the runtime runs at.
@@ -83,10 +84,14 @@ class Supervisor:
                     os.read(self._wake_r, 64)
                 while True:
                     try:
-                        spec, box = self._calls.get_nowait()
+                        fn, box = self._calls.get_nowait()
                     except queue.Empty:
                         break
-                    self._spawn_now(spec, box)
+                    try:
+                        box[1] = fn()
+                    except Exception as exc:
+                        box[1] = exc
+                    box[0].set()
                 continue
             kind, worker = key.data
             if kind == 'events' and not worker._on_readable():
