@@ -246,6 +246,7 @@ def make_run(sup: Supervisor, tmp: Path, skill: str, params: dict | None = None,
     worker.write_state(0.0, state.q, state.dq, state.tau, state.imu, {}, 0, new_request=False)
     run.begin(state.q)
     assert worker.request('start', 20)['ok']
+    worker.set_realtime(20, budget)   # as the runtime does while the skill runs
     return run, worker, state
 
 

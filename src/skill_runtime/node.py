@@ -54,7 +54,7 @@ from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
 from skill_runtime.loop import ControlLoop, set_thread_realtime
 from skill_runtime.manifest import SkillSpec
 from skill_runtime.pool import PoolSettings, WorkerPool, auto_nice
-from skill_runtime.proxy import WorkerError, WorkerProcess, tick_workers
+from skill_runtime.proxy import ANSWER_TIMEOUT_S, WorkerError, WorkerProcess, tick_workers
 from skill_runtime.robot_input import RobotInput
 from skill_runtime.safety import SafetyServices
 from skill_runtime.skill_node import SkillNode
@@ -87,7 +87,7 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
         self.declare_parameter('executor_rt_priority', DEFAULT_EXECUTOR_RT_PRIORITY)  # see main()
         self.declare_parameter('worker_start_timeout', 4.0)  # s for a fresh worker interpreter
         self.declare_parameter('worker_wait', 0.5)         # fraction of a period a tick waits for workers
-        self.declare_parameter('answer_timeout_ms', 250.0)  # a step not even begun by then: overrun
+        self.declare_parameter('answer_timeout_ms', ANSWER_TIMEOUT_S * 1e3)  # step not begun: overrun
         self.declare_parameter('worker_nice', -1)           # workers' nice (SCHED_OTHER); -1: auto
         self.declare_parameter('worker_rt_priority', 20)    # SCHED_FIFO of a running skill's worker
         self.declare_parameter('worker_memory_mb', 1024)    # sandbox: address space of a worker
@@ -111,7 +111,7 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
         self._active = False
         self.commands_sent = 0
         self._wait = 0.5
-        self._answer_timeout = 0.25
+        self._answer_timeout = ANSWER_TIMEOUT_S
         self._worker_sched = ''
         self.pool = WorkerPool(self._worker_log)
         self.pool.settings = PoolSettings(

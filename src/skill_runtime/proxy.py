@@ -40,6 +40,7 @@ WORKER_ENV_DROP = ('ROS_', 'RMW_', 'FASTRTPS_', 'FASTDDS_', 'CYCLONEDDS_', 'ZENO
 LOG_RATE, LOG_BURST = 20.0, 50          # worker log lines per second forwarded to the runtime log
 CHANNEL_BYTES_PER_S = 1 << 20           # more than this on the control channel: the worker is killed
 RTT_HISTORY = 2500                      # 5 s of answers at 500 Hz
+ANSWER_TIMEOUT_S = 0.25                 # a step not even begun by then is an overrun
 CHECK_INTERVAL_S = 0.05                 # how often the supervisor checks log sizes and graces
 
 
@@ -447,7 +448,7 @@ def wait_replies(workers: list[WorkerProcess], deadline_ns: int) -> None:
 
 
 def tick_workers(active: list[tuple[SkillRun, WorkerProcess]], state: Callable[[], RobotState],
-                 deadline_ns: int, answer_timeout: float = 0.1) -> set[str]:
+                 deadline_ns: int, answer_timeout: float = ANSWER_TIMEOUT_S) -> set[str]:
     """One control tick across the boundary (control thread); the keys of the runs held this tick.
 
     Sends the due step requests (the robot state into each block, one wake byte), waits for the
