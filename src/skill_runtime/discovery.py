@@ -21,7 +21,7 @@ from skill_runtime.manifest import Manifest, PackError
 from skill_runtime.proxy import worker_env
 
 MAX_ANSWER = 1 << 20
-START_TIMEOUT_S = 3.0   # a fresh interpreter with numpy, on a loaded host
+START_TIMEOUT_S = 20.0  # our own interpreter + numpy (not vendor code): 0.2 s idle, 5 s+ at load 40
 
 
 class ChildError(Exception):
@@ -34,6 +34,7 @@ class DiscoveryChild:
     def __init__(self, timeout: float, stderr: Path | None = None) -> None:
         self.timeout = timeout
         self._first = True
+        self._buf = bytearray()
         err = stderr.open('ab') if stderr is not None else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
@@ -44,33 +45,44 @@ class DiscoveryChild:
             if stderr is not None:
                 err.close()
 
-    def ask(self, question: dict[str, Any]) -> dict[str, Any]:
-        timeout = self.timeout + (START_TIMEOUT_S if self._first else 0.0)
-        self._first = False
+    def ask(self, question: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """The answer to ``question`` within ``timeout`` (default: the vendor call timeout),
+        counted once the child is up (its own start-up: :data:`START_TIMEOUT_S`)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        if self._first:
+            self._first = False
+            if not self._read_line(START_TIMEOUT_S, 'start').get('ready'):
+                raise ChildError('discovery child did not say it is ready')
         try:
             self.proc.stdin.write(json.dumps(question).encode() + b'\n')
             self.proc.stdin.flush()
         except OSError as exc:
             raise ChildError(f'discovery child gone ({exc})') from None
+        return self._read_line(self.timeout if timeout is None else timeout, 'answer')
+
+    def _read_line(self, timeout: float, what: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        buf = bytearray()
+        buf = self._buf
         deadline = time.monotonic() + timeout
         while b'\n' not in buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ChildError(f'no answer within {timeout:g} s')
+                raise ChildError(f'no {what} within {timeout:g} s')
             ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    rc = self.proc.wait()
-                    raise ChildError(f'discovery child exited with code {rc}' if rc >= 0
-                                     else f'discovery child killed by signal {-rc}')
-                buf += data
-                if len(buf) > MAX_ANSWER:
-                    raise ChildError(f'answer over {MAX_ANSWER} bytes')
-        answer = json.loads(bytes(buf[:buf.index(b'\n')]))
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                rc = self.proc.wait()
+                raise ChildError(f'discovery child exited with code {rc}' if rc >= 0
+                                 else f'discovery child killed by signal {-rc}')
+            buf += data
+            if len(buf) > MAX_ANSWER:
+                raise ChildError(f'answer over {MAX_ANSWER} bytes')
+        line = bytes(buf[:buf.index(b'\n')])
+        del buf[:len(line) + 1]
+        answer = json.loads(line)
         if not isinstance(answer, dict):
             raise ChildError('answer is not a JSON object')
         return answer
@@ -105,11 +117,11 @@ class ChildDiscovery:
                 raise ChildError(f'cannot start the discovery child: {exc}') from None
         return self
 
-    def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
+    def _ask(self, question: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         self.warm()
         assert self._child is not None
         try:
-            return self._child.ask(question)
+            return self._child.ask(question, timeout)
         except (ChildError, ValueError):
             self.close()  # a child that failed once is not asked again
             raise
@@ -127,7 +139,8 @@ class ChildDiscovery:
         """Import every skill class of the packs; the refusals by pack. A batch that fails is
         retried one pack per child, so one hanging import refuses only its own pack."""
         try:
-            return self._refusals(self._ask({'packs': [_pack(m) for m in manifests]}), manifests)
+            question = {'packs': [_pack(m) for m in manifests]}
+            return self._refusals(self._ask(question, self.timeout * max(1, len(manifests))), manifests)
         except (ChildError, ValueError) as exc:
             if len(manifests) == 1:
                 m = manifests[0]

@@ -310,6 +310,8 @@ def discover_child(inp: Any, out: Any) -> int:
     ``{"packs": [{"name", "dir", "skills": {skill: entry}}]}`` → ``{"refused": {pack: PackError fields}}``.
     """
     reader = ipc.LineReader()
+    out.write(ipc.encode_line({'ready': True}))   # start-up done: from here on, vendor code
+    out.flush()
     for line in inp:
         for msg in reader.feed(line):
             if 'entry_points' in msg:
