@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import struct
 
 import pytest
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
 
-from field_deploy.testing import wait_until
+from field_deploy.testing import free_port, wait_until
 from fleet.liveview import LiveViewError, RateGate, check_config, check_upgrade, topic_allowed
 
 pytestmark = pytest.mark.timeout(120)
@@ -20,11 +19,6 @@ SUBPROTOCOL = 'foxglove.sdk.v1'   # the Foxglove WebSocket protocol as the SDK's
 TOKEN = 'view-token-42'
 UPGRADE = b'GET /?token=%s HTTP/1.1\r\nHost: robot\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_who_may_connect_and_what_is_served() -> None:

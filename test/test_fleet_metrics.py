@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rclpy.node import Node
 
-from field_deploy.testing import wait_until
+from field_deploy.testing import free_port, wait_until
 from fleet.metrics import DiagnosticsMetrics, StatusView
 from fleet.metrics_node import attach_metrics
 
@@ -105,11 +104,6 @@ def test_a_real_prometheus_server_scrapes_the_endpoint(ros, spin, node_process, 
     finally:
         server.close()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def scraped_by_prometheus(target_port: int, folder: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from data_recorder.synthetic import reference_streams, write_bag
-from field_deploy.testing import executable, wait_until
+from field_deploy.testing import executable, free_port, wait_until
 from fleet.rotation import bags_under, rotate
 from fleet.store import UploadStore
 from fleet.upload import S3Url, Uploader, UploadError, make_client
@@ -32,11 +32,6 @@ SECRET = 'never-print-this-secret-key'
 CREDS = {'AWS_ACCESS_KEY_ID': 'robot17key', 'AWS_SECRET_ACCESS_KEY': SECRET,
          'AWS_DEFAULT_REGION': 'us-east-1'}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:

@@ -26,13 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'src'))
 
-from field_deploy.testing import executable, isolate_ros_env, wait_until  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from field_deploy.testing import executable, free_port, isolate_ros_env, wait_until  # noqa: E402
 
 
 def bench_upload(bag: Path, work: Path) -> None:

@@ -31,8 +31,21 @@ def isolate_ros_env(domain_id: int | None = None) -> int:
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
     os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '1')
+    # The stack's TCP servers (metrics, live view) get ports of their own too: a robot's stack or
+    # another test run on this machine must not answer for the one under test.
+    for env in ('FIELD_DEPLOY_METRICS_PORT', 'FIELD_DEPLOY_LIVE_PORT'):
+        os.environ.setdefault(env, str(free_port()))
     use_project_fastdds_profile()
     return domain_id
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (loopback)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -8,10 +8,10 @@ second); a ROS subscription exists only while a client subscribes to that channe
 view costs nothing. Subscriptions are best effort, depth 1: a slow view never holds a writer's
 history, and the Foxglove server drops what a slow client cannot take (``message_backlog_size``).
 
-Parameters: ``port`` (8765), ``address`` (127.0.0.1), ``allow`` (topic globs), ``token_file``
-(or ``$FIELD_DEPLOY_LIVE_TOKEN``; required beyond localhost), ``image_rate`` (Hz per image
-topic to the view, 0 = all), ``backlog`` (messages per client), ``localhost_without_token``
-(true: clients on this machine need no token).
+Parameters: ``port`` (8765, or ``$FIELD_DEPLOY_LIVE_PORT``), ``address`` (127.0.0.1), ``allow``
+(topic globs), ``token_file`` (or ``$FIELD_DEPLOY_LIVE_TOKEN``; required beyond localhost),
+``image_rate`` (Hz per image topic to the view, 0 = all), ``backlog`` (messages per client),
+``localhost_without_token`` (true: clients on this machine need no token).
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from field_deploy.ros import init, message_class, run_nodes
 from fleet.liveview import LiveViewError, RateGate, TokenGate, check_config, topic_allowed
 
+PORT_ENV = 'FIELD_DEPLOY_LIVE_PORT'
+DEFAULT_PORT = 8765    # the Foxglove app's default connection
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 
 
 class LiveViewNode(Node):
     def __init__(self) -> None:
         super().__init__('live_view')
-        self.declare_parameter('port', 8765)
+        self.declare_parameter('port', int(os.environ.get(PORT_ENV, DEFAULT_PORT)))
         self.declare_parameter('address', '127.0.0.1')
         self.declare_parameter('allow', Parameter.Type.STRING_ARRAY)
         self.declare_parameter('token_file', '')

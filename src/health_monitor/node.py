@@ -11,6 +11,7 @@ deadlocking the main executor.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import sys
 import threading
@@ -47,6 +48,8 @@ from health_monitor.manager import LifecycleManager, PolicyEngine, PopenSpawner,
 from health_monitor.polling import TopicPoller
 from health_monitor.topics import DeliveryGaps, Punctuality, TopicMonitor
 
+METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
+DEFAULT_METRICS_PORT = 9464   # the Prometheus exporter port conventionally left to this kind of agent
 _DIAG_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -120,7 +123,8 @@ class HealthMonitor(Node):
         self.create_timer(1.0 / cfg.publish_hz, self._publish)
         self.create_timer(1.0 / cfg.host_hz, self._sample_host)
         self.create_timer(1.0, self.poller.refresh_writers)
-        self.metrics = self._serve_metrics(int(self.declare_parameter('metrics_port', 9464).value),
+        port = int(os.environ.get(METRICS_PORT_ENV, DEFAULT_METRICS_PORT))
+        self.metrics = self._serve_metrics(int(self.declare_parameter('metrics_port', port).value),
                                            str(self.declare_parameter('metrics_address', '0.0.0.0').value))
 
         self.policies = PolicyEngine(cfg.policies)
