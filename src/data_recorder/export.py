@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from data_recorder.marks import marks_between
 from data_recorder.reader import Bag, Episode
 
 FORMAT = 'field_deploy.dataset/1 (parquet + mp4, LeRobot-style)'
@@ -413,6 +414,7 @@ def export_episode(bag: Bag, topics: Sequence[str], out: Path, start_ns: int, en
     manifest = {
         'format': FORMAT, 'bag': str(bag.path), 'episode_index': index, 'episode': name,
         'start_time_ns': start_ns, 'end_time_ns': end_ns, 'rate_hz': rate_hz, 'rows': nrows,
+        'marks': marks_between(bag.marks, start_ns, end_ns),
         'resampling': 'zero-order hold (latest message at or before each tick; NaN before the first)',
         'table': 'data.parquet',
         'fields': {

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from data_recorder.marks import CUSTOM_DATA_KEY as MARKS_KEY
 from data_recorder.reader import Bag, describe_qos
 
 #: custom_data keys (or key fragments) the recorder uses for its loss accounting.
@@ -57,9 +58,11 @@ def summary(bag: Bag) -> dict[str, Any]:
         'message_count': bag.message_count, 'topics': topics,
         'episodes': [{'name': e.name, 'start_ns': e.start_ns, 'end_ns': e.end_ns,
                       'duration_s': (e.end_ns - e.start_ns) / 1e9} for e in bag.episodes],
+        'marks': [{'t_s': (m.stamp_ns - bag.start_ns) / 1e9, 'stamp_ns': m.stamp_ns, 'kind': m.kind,
+                   'text': m.text} for m in bag.marks],
         'loss': loss,
         'custom_data': {k: _decoded(v) for k, v in bag.custom_data.items()
-                        if k not in loss and 'episodes' not in k},
+                        if k not in loss and 'episodes' not in k and k != MARKS_KEY},
     }
 
 
@@ -87,6 +90,8 @@ def render(bag: Bag) -> str:
     for i, e in enumerate(s['episodes']):
         lines.append(f'  [{i}] {e["name"]}: +{(e["start_ns"] - bag.start_ns) / 1e9:.3f} s, '
                      f'{e["duration_s"]:.3f} s')
+    lines.append(f'Marks:             {len(s["marks"]) or "none"}')
+    lines += [f'  +{m["t_s"]:.3f} s [{m["kind"]}] {m["text"]}' for m in s['marks']]
     if s['loss']:
         lines.append('Loss accounting:')
         lines += ['  ' + ln for ln in yaml.safe_dump(s['loss'], sort_keys=True).splitlines()]

@@ -29,11 +29,13 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import Executor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from data_recorder.accounting import summary_line, topic_line
 from data_recorder.capture import Capture
 from data_recorder.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
+from data_recorder.marks import MARK_RECORD, MarkLog
 from data_recorder.recorder import Recorder, RecorderConfig
 from data_recorder.recover import take_over_output
 from data_recorder.selection import Selection, load_qos_overrides, unique
@@ -108,6 +110,8 @@ class DataRecorderNode(LifecycleNode):
         self._discovery_timer = None
         self._episodes = EpisodeTracker()
         self._episode_subs: dict[str, Any] = {}
+        self._marks = MarkLog()                # operator marks on ~/mark (data_recorder.marks)
+        self.create_subscription(String, '~/mark', self._on_mark, 10)
         self.create_subscription(DiagnosticArray, 'skill_runtime/status', self._on_skill_status, 100)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(float(self._param('diagnostics_period')),
@@ -391,6 +395,21 @@ class DataRecorderNode(LifecycleNode):
         self.get_logger().info(f'episode {episode.index} {kind}: {episode.skill}'
                                + (f' -> {episode.outcome} {episode.reason}' if kind != 'start' else ''))
 
+    def _on_mark(self, msg: String) -> None:
+        """An operator's mark: an MCAP ``mark`` record and custom data, like an episode."""
+        recorder = self.recorder
+        try:
+            if recorder is None:
+                raise ValueError('no bag is open')
+            mark = self._marks.add(msg.data, time.time_ns())
+        except ValueError as exc:
+            self.get_logger().warning(f'mark not written ({exc}): {msg.data[:200]}')
+            return
+        recorder.add_metadata(MARK_RECORD, mark.record(), wait=False)
+        for key, value in self._marks.custom_data().items():
+            recorder.set_custom_data(key, value, wait=False)
+        self.get_logger().info(f'mark {mark.index} [{mark.kind}]: {mark.text}')
+
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=NODE_NAME, hardware_id=self.get_fully_qualified_name())
         recorder = self.recorder or self._final
@@ -410,6 +429,7 @@ class DataRecorderNode(LifecycleNode):
             status.values = [KeyValue(key=k, value=str(v)) for k, v in info.items()]
             for topic, counts in recorder.accounting.as_dict().items():
                 status.values.append(KeyValue(key=topic, value=topic_line(counts)))
+        status.values += [KeyValue(key=k, value=v) for k, v in self._marks.diagnostics().items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(array)

@@ -24,6 +24,7 @@ from data_recorder.reader import Bag
 
 MAX_POINTS = 4000
 _COMPONENTS = {'x': 0, 'y': 1, 'z': 2, 'w': 3}
+MARK_COLOURS = {'anomaly': 'red', 'disturbance': 'darkorange', 'edge_case': 'purple', 'note': 'grey'}
 
 
 @dataclass
@@ -148,6 +149,14 @@ def plot(bag_path: str | Path, out: str | Path, signals: Sequence[str] = (), *,
         ax.set_ylabel(f'{s0.field} [{units.get(s0.field, "")}]')
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, loc='upper right', ncol=2)
+    for mark in bag.marks:          # operator marks: a labelled vertical line through every panel
+        t = (mark.stamp_ns - bag.start_ns) / 1e9
+        colour = MARK_COLOURS.get(mark.kind, 'grey')
+        for ax in axes[:, 0]:
+            ax.axvline(t, color=colour, linestyle=':', linewidth=1.2)
+        axes[0, 0].annotate(f'{mark.kind}: {mark.text}'[:48], (t, 1.0), rotation=90, va='top',
+                            ha='right', fontsize=7, color=colour,
+                            xycoords=('data', 'axes fraction'))
     axes[-1, 0].set_xlabel(f'time since bag start [s]  ({Path(bag.path).name})')
     fig.tight_layout()
     out = Path(out)

@@ -33,6 +33,8 @@ from mcap.reader import SeekingReader
 from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 
+from data_recorder.marks import parse_marks
+
 #: Exceptions a damaged MCAP file raises inside the ``mcap`` package (besides its own McapError).
 _DAMAGE = (McapError, struct.error, EOFError, ValueError, KeyError, IndexError, OSError)
 #: Reorder window (messages, bytes) for files read without an index: recorders write in arrival
@@ -189,6 +191,8 @@ class Bag:
         self.metadata_records = [r for i in self._infos for r in i.metadata]
         self.episodes = parse_episodes(self.metadata_records, self.custom_data,
                                        self.start_ns, self.end_ns)
+        self.marks = parse_marks(self.metadata_records, self.custom_data)
+        """Operator marks (:mod:`data_recorder.marks`), in time order."""
 
     @property
     def duration_ns(self) -> int:

@@ -4,6 +4,11 @@ A module listed in :data:`COMMAND_MODULES` provides ``register(subparsers)`` and
 ``func=`` on its parsers. A command fails by raising :class:`CliError` (or any exception
 it expects, listed in :data:`USER_ERRORS`): the user sees one line with the reason and a
 non-zero exit status, never a traceback.
+
+Exit codes a script can rely on: 0 done; 1 the command ran and what it drove failed (a skill
+failed, was stopped or refused; a bad file); 2 usage or validation (a bad argument, an unknown
+skill or parameter, a mission that does not validate); 3 the stack is not running or a service
+did not answer in time; 130 interrupted before anything ran.
 """
 
 from __future__ import annotations
@@ -25,11 +30,28 @@ COMMAND_MODULES: tuple[str, ...] = (
     'field_deploy.bringup',
     'field_deploy.demo',
     'skill_runtime.cli',
+    'field_deploy.console.commands',
 )
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_STACK = 1, 2, 3
 
 
 class CliError(Exception):
-    """A failure the user can act on; printed as one line."""
+    """A failure the user can act on; printed as one line; exits with :attr:`code`."""
+
+    code = EXIT_FAILED
+
+
+class UsageError(CliError):
+    """A bad argument, unknown name or a file that does not validate (exit 2)."""
+
+    code = EXIT_USAGE
+
+
+class StackUnavailable(CliError):
+    """The stack is not running, or a service did not answer in time (exit 3)."""
+
+    code = EXIT_NO_STACK
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (CliError, ProfileError, FileNotFoundError,
@@ -77,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f'field_deploy {args.command}: error: {exc}', file=sys.stderr)
-        return 1
+        return int(getattr(exc, 'code', EXIT_FAILED))
     except KeyboardInterrupt:
         return 130
 

@@ -173,36 +173,80 @@ class Operator:
         for step in steps:
             self.client.prepare(f'{self.ns}/skills/{step.skill}')
 
-    def run_skill(self, step: MissionStep, timeout: float = 60.0,
-                  on_progress: Any = None) -> StepResult:
-        """Configure and activate one skill, wait until it leaves ``active``; its outcome."""
+    def start_skill(self, step: MissionStep) -> StepResult | None:
+        """Configure (if needed), set the step's parameters and activate its skill.
+
+        None when the skill runs; a ``refused`` result with the runtime's reason otherwise.
+        """
         node = f'{self.ns}/skills/{step.skill}'
         started = time.monotonic()
         state = self.get_state(node, timeout=5.0)
+        with self._lock:  # the outcome read after this run must be this run's, not the last one's
+            self.skill_status.pop(f'skills/{step.skill}', None)
         if state == 'unconfigured':
             if step.params:
                 self.set_parameters(node, step.params)
             if not self.change_state(node, 'configure'):
-                return StepResult(step.skill, 'refused', 'configure refused', 0.0)
+                reason = self._final_status(step.skill, 1.0).get('reason') or 'configure refused'
+                return StepResult(step.skill, 'refused', reason, 0.0)
+        elif state == 'active':
+            return StepResult(step.skill, 'refused', 'already active', 0.0)
         elif step.params:
             self.set_parameters(node, step.params)
         if not self.change_state(node, 'activate'):
-            reason = self.status_of(step.skill).get('reason', 'activate refused')
+            reason = self._final_status(step.skill, 1.0).get('reason') or 'activate refused'
             return StepResult(step.skill, 'refused', reason, time.monotonic() - started)
+        return None
+
+    def wait_skill(self, skill: str, started: float, timeout: float = 60.0,
+                   on_progress: Any = None) -> StepResult:
+        """Wait until the skill leaves ``active``; its outcome (stopped through the runtime after
+        ``timeout`` s)."""
+        node = f'{self.ns}/skills/{skill}'
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(0.1)
             if on_progress is not None:
-                on_progress(step.skill, self.status_of(step.skill))
+                on_progress(skill, self.status_of(skill))
             try:
                 state = self.get_state(node, timeout=2.0)
             except OperatorError:  # a busy host: ask again rather than give the skill up
                 continue
             if state != 'active':
                 seconds = time.monotonic() - started
-                status = self._final_status(step.skill)
-                return StepResult(step.skill, status.get('outcome') or state, status.get('reason', ''),
+                status = self._final_status(skill)
+                return StepResult(skill, status.get('outcome') or state, status.get('reason', ''),
                                   seconds)
         self.trigger(f'{self.ns}/skill_runtime/stop')
-        return StepResult(step.skill, 'timeout', f'still active after {timeout:g} s',
+        return StepResult(skill, 'timeout', f'still active after {timeout:g} s',
                           time.monotonic() - started)
+
+    def stop_skill(self, skill: str, started: float, timeout: float = 10.0) -> StepResult:
+        """Stop every skill through ``/skill_runtime/stop`` (the gate holds the pose) and wait for
+        ``skill``'s outcome: what Ctrl-C does to a running mission."""
+        node = f'{self.ns}/skills/{skill}'
+        self.trigger(f'{self.ns}/skill_runtime/stop', timeout)
+        deadline = time.monotonic() + timeout
+        state = 'active'
+        while time.monotonic() < deadline:
+            try:
+                state = self.get_state(node, timeout=2.0)
+            except OperatorError:
+                continue
+            if state != 'active':
+                break
+            time.sleep(0.1)
+        if state == 'active':  # activated while the stop was on its way: stop once more
+            self.trigger(f'{self.ns}/skill_runtime/stop', timeout)
+        status = self._final_status(skill)
+        return StepResult(skill, status.get('outcome') or 'stopped',
+                          status.get('reason') or 'stop requested', time.monotonic() - started)
+
+    def run_skill(self, step: MissionStep, timeout: float = 60.0,
+                  on_progress: Any = None) -> StepResult:
+        """Configure and activate one skill, wait until it leaves ``active``; its outcome."""
+        started = time.monotonic()
+        refused = self.start_skill(step)
+        if refused is not None:
+            return refused
+        return self.wait_skill(step.skill, started, timeout, on_progress)

@@ -1,4 +1,8 @@
-"""``field_deploy skills``: list the packs this machine would load, check and digest a pack folder."""
+"""``field_deploy skills``: list the packs this machine would load, check and digest a pack folder.
+
+The sub-commands that drive skills on a running stack (run, stop, estop, reset, status) are the
+operator console's: :mod:`field_deploy.console.commands` adds them to this group.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from skill_runtime.manifest import PackError, compute_digests, read_manifest, wr
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    skills = subparsers.add_parser('skills', help='skill packs: list, check, digest')
+    skills = subparsers.add_parser('skills', help='skill packs (list, check, digest) and skills on the '
+                                                   'running stack (run, stop, estop, reset, status)')
     sub = skills.add_subparsers(dest='skills_command', required=True)
     lst = sub.add_parser('list', help='discovered packs (entry points + --pack-path) and the verdict')
     lst.add_argument('--profile', default='quadruped_12dof', help='robot profile to check against')

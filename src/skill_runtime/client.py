@@ -1,8 +1,9 @@
 """Blocking client of the skill runtime over its standard interfaces (for tests, bench, tools).
 
 Everything goes through what ``ros2 lifecycle`` / ``ros2 param`` / ``ros2 service`` would use:
-``<skill>/change_state`` and ``get_state`` (lifecycle_msgs), ``<skill>/set_parameters``
-(rcl_interfaces), ``/skill_runtime/stop|estop|reset`` (std_srvs/Trigger). The node given must be
+``<skill>/change_state`` and ``get_state`` (lifecycle_msgs), ``<skill>/set_parameters``,
+``list_parameters`` and ``describe_parameters`` (rcl_interfaces), ``/skill_runtime/stop|estop|reset``
+(std_srvs/Trigger). The node given must be
 spun by someone else (e.g. :class:`field_deploy.ros.Spinner`); calls wait on their futures.
 """
 
@@ -14,8 +15,8 @@ from typing import Any
 
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rcl_interfaces.msg import SetParametersResult
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.srv import DescribeParameters, ListParameters, SetParameters
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
@@ -97,6 +98,15 @@ class SkillClient:
         req = SetParameters.Request()
         req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
         return list(self.call(SetParameters, f'{skill}/set_parameters', req).results)
+
+    def describe(self, node: str, timeout: float = 10.0) -> dict[str, ParameterDescriptor]:
+        """Every parameter of ``node`` with its descriptor (type, range, read-only), as
+        ``ros2 param describe`` shows it: what a value must be before it is set."""
+        names = self.call(ListParameters, f'{node}/list_parameters', ListParameters.Request(),
+                          timeout).result.names
+        req = DescribeParameters.Request(names=list(names))
+        reply = self.call(DescribeParameters, f'{node}/describe_parameters', req, timeout)
+        return {d.name: d for d in reply.descriptors}
 
     def trigger(self, service: str, timeout: float = 10.0) -> Trigger.Response:
         """``stop``, ``estop`` or ``reset`` of the runtime (or any Trigger by absolute name)."""
