@@ -48,7 +48,7 @@ def from_descriptor(d: Any) -> ParamInfo:
 def near(name: str, names: Iterable[str], n: int = 3) -> list[str]:
     """Names close to ``name``; a bare skill name also matches ``<pack>/<name>``."""
     names = sorted(set(names))
-    close = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
+    close = difflib.get_close_matches(name, names, n=n, cutoff=0.8)
     tail = name.rsplit('/', 1)[-1]
     by_tail = {n.rsplit('/', 1)[-1]: n for n in names}
     for match in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.6):

@@ -11,6 +11,7 @@ pose), waits for its outcome and prints the summary (exit 1).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -75,9 +76,19 @@ def progress_printer(say: Say, every_s: float = 1.0) -> Callable[[str, dict[str,
     return progress
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_steps(session: Session, steps: Sequence[MissionStep], say: Say, *, repeat: int = 1,
               timeout: float = 60.0) -> Outcome:
-    """Run ``steps`` ``repeat`` times; Ctrl-C stops the running skill and ends the run."""
+    """Run ``steps`` ``repeat`` times; Ctrl-C stops the running skill and ends the run.
+
+    SIGINT and SIGTERM both do (a script or a supervisor stops a mission as a person does), even
+    where the shell started this process with SIGINT ignored (``cmd &`` in a script).
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     ops = session.ops
     ops.prepare(steps)
     results: list[tuple[int, StepResult]] = []

@@ -26,26 +26,31 @@ from field_deploy.console.view import render, to_json
 KINDS = ('anomaly', 'disturbance', 'edge_case', 'note')
 
 
-def _nothing_heard(snap: dict) -> bool:
-    return all(p['last_heard_s'] is None for p in snap['nodes'].values())
+def _console() -> Console:
+    """The terminal's width, or 120 columns into a pipe or file (rich's 80 cut the skill names)."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def print_once(session: Session, *, listen: float, as_json: bool = False) -> int:
+    """Listen ``listen`` s (two recorder statuses give its rates), longer until every source is
+    heard or the session's timeout has passed (discovery on a loaded host takes seconds)."""
     feed = StatusFeed(session.node, session.namespace)
-    time.sleep(max(0.0, listen))
-    snap = feed.snapshot()
-    if _nothing_heard(snap):
-        deadline = time.monotonic() + max(0.0, session.timeout - listen)
-        while _nothing_heard(snap) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            snap = feed.snapshot()
-    if _nothing_heard(snap):
+    started = time.monotonic()
+    while True:
+        time.sleep(0.1)
+        snap = feed.snapshot()
+        elapsed = time.monotonic() - started
+        heard = [p['last_heard_s'] is not None for p in snap['nodes'].values()]
+        if elapsed >= max(listen, session.timeout) or (all(heard) and elapsed >= listen):
+            break
+    if not any(heard):
         raise StackUnavailable(f'stack not running: no status from skill_runtime, data_recorder or '
-                               f'health_monitor within {max(listen, session.timeout):g} s')
+                               f'health_monitor within {elapsed:.1f} s (start it with '
+                               '`field_deploy up`)')
     if as_json:
         print(to_json(snap), flush=True)
     else:
-        Console().print(render(snap))
+        _console().print(render(snap))
     return 0
 
 
@@ -95,7 +100,7 @@ def watch(session: Session, *, interval: float, as_json: bool = False) -> int:
                 print(to_json(feed.snapshot()), flush=True)
         except (KeyboardInterrupt, BrokenPipeError):
             return 0
-    console = Console()
+    console = _console()
     keys = _Keys() if sys.stdin.isatty() else None
     sender: MarkSender | None = None
     footer = ('keys: m mark the recording, q quit' if keys else 'Ctrl-C quits') + \
