@@ -120,8 +120,9 @@ class MarkSender:
     def send(self, text: str, kind: str, timeout: float) -> dict[str, str]:
         """Publish the mark, stamped now; the recorder's status once it lists the mark.
 
-        StackUnavailable when no recorder listens or it does not confirm within ``timeout`` +
-        its diagnostics period (the mark may still arrive: the message says so).
+        StackUnavailable when no recorder listens within ``timeout``, or it does not confirm
+        within ``3 × timeout`` (at least 15 s: a recorder on a loaded host publishes its status
+        seconds late; the mark may still be written, the message says so).
         """
         stamp = time.time_ns()
         mark_id = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
@@ -133,12 +134,13 @@ class MarkSender:
                                        '(is the stack up and recording?)')
             time.sleep(0.05)
         self.publisher.publish(String(data=data))
-        deadline = time.monotonic() + timeout + 2.0
+        wait = max(3 * timeout, 15.0)
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self._lock:
                 status = dict(self._recorder)
             if mark_id in status.get('marks_recent', '').split(','):
                 return status
             time.sleep(0.05)
-        raise StackUnavailable(f'the recorder did not confirm the mark within {timeout + 2:g} s '
-                               f'(sent on {self.topic}; see its log)')
+        raise StackUnavailable(f'mark sent on {self.topic} but the recorder did not confirm it '
+                               f'within {wait:g} s (see its log)')
