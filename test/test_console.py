@@ -269,14 +269,18 @@ def test_status_marks_and_a_recorder_that_goes_and_comes_back(stack, tmp_path: P
         assert once.returncode == 0 and 'recorder' in once.stdout and 'gate' in once.stdout, once
 
         # marks: one while a skill runs (inside its episode), one between episodes
-        assert cli('skills', 'run', TROT, '--param', 'duration=6').returncode == 0
+        assert cli('skills', 'run', TROT, '--param', 'duration=60').returncode == 0
         assert wait_until(lambda: robot.skill(TROT).get('phase') == 'active', 30.0)
         r = cli('bag', 'mark', 'left foot slipped on the wet floor', '--kind', 'anomaly')
         assert r.returncode == 0 and 'written to' in r.stdout, r.stdout + r.stderr
+        assert robot.skill(TROT).get('phase') == 'active'          # so the mark is in its episode
+        assert cli('skills', 'stop').returncode == 0
         assert wait_until(lambda: robot.skill(TROT).get('phase') == 'inactive', 60.0)
         r = cli('bag', 'mark', 'a person walked through the cell', '--kind', 'disturbance')
         assert r.returncode == 0, r.stdout + r.stderr
-        assert wait_until(lambda: (lines[-1]['recorder'] or {}).get('marks') == 2, 30.0)
+        screen = _mark_through_the_watch_screen('robot hesitated at the door', 'ed')
+        assert "mark [edge_case] 'robot hesitated at the door' written" in screen, screen[-3000:]
+        assert wait_until(lambda: (lines[-1]['recorder'] or {}).get('marks') == 3, 30.0)
 
         # the recorder stops: shown as gone, its values not shown as if current
         procs['data_recorder'].stop(signal.SIGINT, timeout=60.0)
@@ -296,9 +300,51 @@ def test_status_marks_and_a_recorder_that_goes_and_comes_back(stack, tmp_path: P
     _check_marks_in_the_bag(stack['bag'], tmp_path)
 
 
+def _mark_through_the_watch_screen(text: str, kind: str) -> str:
+    """``status --watch`` on a terminal (a pty): ``m``, the text, the kind, then ``q``; the screen."""
+    import pty
+    import re
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:                                          # the child: the console on a terminal
+        os.execv(executable('field_deploy'), ['field_deploy', 'status', '--watch', '--interval', '0.5'])
+    out = b''
+
+    def read_until(pattern: bytes, timeout: float) -> bool:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, re.sub(rb'\x1b\[[0-9;?]*[A-Za-z]', b'', out)):
+                return True
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:
+                    return False
+        return False
+
+    try:
+        assert read_until(rb'keys: m mark', 120.0), out[-2000:]
+        os.write(fd, b'm')
+        assert read_until(rb'mark text', 30.0), out[-2000:]
+        os.write(fd, text.encode() + b'\r')
+        assert read_until(rb'kind anomaly', 30.0), out[-2000:]
+        os.write(fd, kind.encode() + b'\r')
+        read_until(rb'mark \[\w+\] .* written|mark NOT written', 60.0)
+        os.write(fd, b'q')
+        read_until(rb'\Z.', 5.0)                          # let it draw its last screen and exit
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return re.sub(r'\x1b\[[0-9;?]*[A-Za-z]', '', out.decode(errors='replace'))
+
+
 def _check_marks_in_the_bag(bag: Path, tmp_path: Path) -> None:
     texts = {'left foot slipped on the wet floor': 'anomaly',
-             'a person walked through the cell': 'disturbance'}
+             'a person walked through the cell': 'disturbance',
+             'robot hesitated at the door': 'edge_case'}
     # metadata.yaml custom data as rosbag2 keeps it (plain YAML; rosbags 0.11 does not expose it)
     import yaml
 
@@ -328,13 +374,16 @@ def _check_marks_in_the_bag(bag: Path, tmp_path: Path) -> None:
     assert {r['text']: r['kind'] for r in records} == texts
 
     info = cli('bag', 'info', str(bag))
-    assert 'Marks:             2' in info.stdout and '[anomaly] left foot slipped' in info.stdout, \
+    assert 'Marks:             3' in info.stdout and '[anomaly] left foot slipped' in info.stdout, \
         info.stdout
     png = tmp_path / 'plot.png'
-    assert cli('bag', 'plot', str(bag), '-o', str(png)).returncode == 0 and png.stat().st_size > 0
+    # (the 5 Hz battery: the tools read what they plot / export, and the host is shared)
+    r = cli('bag', 'plot', str(bag), '-o', str(png), '--signals', '/battery.voltage', timeout=600)
+    assert r.returncode == 0 and png.stat().st_size > 0, r.stderr
 
     out = tmp_path / 'dataset'
-    r = cli('bag', 'export', str(bag), '-o', str(out), '--images', 'none', '--topics', '/joint_states')
+    r = cli('bag', 'export', str(bag), '-o', str(out), '--images', 'none', '--topics', '/battery',
+            timeout=600)
     assert r.returncode == 0, r.stderr
     exported = [m for f in out.glob('*/manifest.json') for m in json.loads(f.read_text())['marks']]
     assert [m['text'] for m in exported] == ['left foot slipped on the wet floor']  # in its episode
