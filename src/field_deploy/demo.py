@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from field_deploy.bringup import BringupError, Supervisor
-from field_deploy.operator import Mission, Operator, OperatorError, StepResult, load_mission
+from field_deploy.operator import (
+    Mission,
+    Operator,
+    OperatorError,
+    StepResult,
+    load_mission,
+    progress_printer,
+)
 from field_deploy.profile import load_profile
 from field_deploy.stack import load_stack
 
@@ -46,17 +53,7 @@ def bag_summary(bag_dir: Path) -> dict[str, Any]:
 
 def run_mission(operator: Operator, mission: Mission) -> list[StepResult]:
     results = []
-    last = [0.0]
-
-    def progress(skill: str, status: dict[str, str]) -> None:
-        if time.monotonic() - last[0] >= 1.0 and status.get('phase') == 'active':
-            last[0] = time.monotonic()
-            try:
-                percent = f'{100 * float(status.get("progress", 0)):3.0f} %'
-            except ValueError:
-                percent = status.get('progress', '')
-            _print(f'  {skill}: {percent}')
-
+    progress = progress_printer(_print)
     for step in mission.steps:
         _print(f'skill {step.skill} {step.params or ""}')
         result = operator.run_skill(step, timeout=60.0, on_progress=progress)

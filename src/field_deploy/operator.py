@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,22 @@ def load_mission(name_or_path: str | Path) -> Mission:
         steps.append(MissionStep(raw['skill'], dict(params)))
     return Mission(name=str(doc.get('name', path.stem)), robot_kind=str(doc.get('robot_kind', '')),
                    steps=tuple(steps))
+
+
+def progress_printer(say: Callable[[str], None], every_s: float = 1.0
+                     ) -> Callable[[str, dict[str, str]], None]:
+    """A progress line per skill at most every ``every_s`` while it is active (as the demo)."""
+    last = [0.0]
+
+    def progress(skill: str, status: dict[str, str]) -> None:
+        if time.monotonic() - last[0] >= every_s and status.get('phase') == 'active':
+            last[0] = time.monotonic()
+            try:
+                percent = f'{100 * float(status.get("progress", 0)):3.0f} %'
+            except ValueError:
+                percent = status.get('progress', '')
+            say(f'  {skill}: {percent}')
+    return progress
 
 
 @dataclass

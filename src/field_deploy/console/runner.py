@@ -20,7 +20,7 @@ from pathlib import Path
 from field_deploy.cli import UsageError
 from field_deploy.console.params import check, unknown
 from field_deploy.console.session import Session
-from field_deploy.operator import Mission, MissionStep, StepResult
+from field_deploy.operator import Mission, MissionStep, StepResult, progress_printer
 
 Say = Callable[[str], None]
 
@@ -59,21 +59,6 @@ def validate(session: Session, mission: Mission, source: str | Path) -> tuple[Mi
         raise UsageError('\n'.join(problems) if len(problems) == 1
                          else f'{len(problems)} problems:\n' + '\n'.join(problems))
     return tuple(steps)
-
-
-def progress_printer(say: Say, every_s: float = 1.0) -> Callable[[str, dict[str, str]], None]:
-    """A progress line per skill at most every ``every_s`` while it is active (as the demo)."""
-    last = [0.0]
-
-    def progress(skill: str, status: dict[str, str]) -> None:
-        if time.monotonic() - last[0] >= every_s and status.get('phase') == 'active':
-            last[0] = time.monotonic()
-            try:
-                percent = f'{100 * float(status.get("progress", 0)):3.0f} %'
-            except ValueError:
-                percent = status.get('progress', '')
-            say(f'  {skill}: {percent}')
-    return progress
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
