@@ -84,6 +84,7 @@ def _ask_mark(console: Console, sender: MarkSender, timeout: float) -> str:
         return 'mark cancelled'
     kind = console.input(f'kind {"/".join(KINDS)} [note]: ').strip() or 'note'
     kind = next((k for k in KINDS if k.startswith(kind)), kind)
+    console.print('sending the mark, waiting for the recorder to confirm it ...')
     try:
         status = sender.send(text, kind, timeout)
     except (ValueError, StackUnavailable) as exc:
