@@ -133,3 +133,6 @@ def test_summary_counts_and_skipped_steps() -> None:
     text = summary(outcome, 'mission m')
     assert not outcome.ok
     assert 'result: stopped by Ctrl-C after 3.2 s (1 done, 1 stopped, 1 skipped)' in text
+    lost = Outcome([(1, StepResult('p/a', 'unknown', 'no answer', 5.0))], [(1, 'p/b')], False, 5.0,
+                   error='service /skills/p/a/get_state not available after 5 s')
+    assert 'result: the stack stopped answering (service /skills/p/a/get_state' in summary(lost, 'm')

@@ -13,9 +13,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from field_deploy.cli import EXIT_FAILED, UsageError
 from field_deploy.console import DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from field_deploy.console.runner import Outcome
 
 
 def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -104,7 +108,7 @@ def _say(prefix: str):
 
 # ---------------------------------------------------------------------------- mission / skills
 def mission_run(args: argparse.Namespace) -> int:
-    from field_deploy.console.runner import run_steps, summary, validate
+    from field_deploy.console.runner import run_steps, validate
     from field_deploy.operator import OperatorError, load_mission
 
     if args.repeat < 1:
@@ -120,13 +124,23 @@ def mission_run(args: argparse.Namespace) -> int:
         say(f'{mission.name}: {len(steps)} step(s) validated against the running skills'
             + (f', {args.repeat} runs' if args.repeat > 1 else ''))
         outcome = run_steps(session, steps, say, repeat=args.repeat, timeout=args.step_timeout)
-    print(summary(outcome, f'mission {mission.name}'), flush=True)
+    return _report(outcome, f'mission {mission.name}')
+
+
+def _report(outcome: Outcome, title: str) -> int:
+    """The summary; then the exit code (3 when the stack stopped answering mid-run)."""
+    from field_deploy.cli import StackUnavailable
+    from field_deploy.console.runner import summary
+
+    print(summary(outcome, title), flush=True)
+    if outcome.error:
+        raise StackUnavailable(outcome.error)
     return 0 if outcome.ok else EXIT_FAILED
 
 
 def skills_run(args: argparse.Namespace) -> int:
     from field_deploy.console.params import check, parse_assignments
-    from field_deploy.console.runner import run_steps, summary
+    from field_deploy.console.runner import run_steps
     from field_deploy.operator import MissionStep
 
     try:
@@ -141,9 +155,8 @@ def skills_run(args: argparse.Namespace) -> int:
             raise UsageError(f'{skill}: ' + '; '.join(problems))
         step = MissionStep(skill, typed)
         if args.wait:
-            outcome = run_steps(session, [step], say, timeout=args.step_timeout)
-            print(summary(outcome, f'skill {skill}'), flush=True)
-            return 0 if outcome.ok else EXIT_FAILED
+            return _report(run_steps(session, [step], say, timeout=args.step_timeout),
+                           f'skill {skill}')
         session.ops.prepare([step])
         refused = session.call(session.ops.start_skill, step)
     if refused is not None:

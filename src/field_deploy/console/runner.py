@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from field_deploy.cli import UsageError
+from field_deploy.cli import StackUnavailable, UsageError
 from field_deploy.console.params import check, unknown
 from field_deploy.console.session import Session
 from field_deploy.operator import Mission, MissionStep, StepResult, progress_printer
@@ -33,6 +33,8 @@ class Outcome:
     skipped: list[tuple[int, str]]
     interrupted: bool
     seconds: float
+    error: str = ''
+    """The stack stopped answering mid-run (the command then exits 3, after the summary)."""
 
     @property
     def ok(self) -> bool:
@@ -106,6 +108,13 @@ def run_steps(session: Session, steps: Sequence[MissionStep], say: Say, *, repea
         else:
             session.trigger('stop')
         return Outcome(results, _rest(steps, repeat, *position), True, time.monotonic() - started)
+    except StackUnavailable as exc:   # what ran before is still worth a summary
+        if current is not None:
+            results.append((current[0], StepResult(current[1].skill, 'unknown', 'no answer',
+                                                   time.monotonic() - current[2])))
+            position = (current[0], position[1] + 1)
+        return Outcome(results, _rest(steps, repeat, *position), False,
+                       time.monotonic() - started, error=str(exc))
     return Outcome(results, [], False, time.monotonic() - started)
 
 
@@ -128,7 +137,7 @@ def summary(outcome: Outcome, title: str) -> str:
     if outcome.skipped:
         counts['skipped'] = len(outcome.skipped)
     how = ('stopped by Ctrl-C' if outcome.interrupted else 'all done' if outcome.ok
-           else 'ended early')
+           else f'the stack stopped answering ({outcome.error})' if outcome.error else 'ended early')
     lines.append(f'result: {how} after {outcome.seconds:.1f} s ('
                  + ', '.join(f'{n} {k}' for k, n in counts.items()) + ')')
     return '\n'.join(lines)
