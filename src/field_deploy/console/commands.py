@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from field_deploy.cli import EXIT_FAILED, UsageError
 from field_deploy.console import DEFAULT_TIMEOUT
 
@@ -117,6 +119,8 @@ def mission_run(args: argparse.Namespace) -> int:
         mission = load_mission(args.mission)
     except (OperatorError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f'{args.mission}: not valid YAML ({exc})'.replace('\n', ' ')) from None
     source = Path(args.mission) if Path(args.mission).exists() else args.mission
     say = _say('mission')
     with _session(args) as session:
