@@ -386,8 +386,8 @@ def _check_marks_in_the_bag(bag: Path, tmp_path: Path) -> None:
     assert r.returncode == 0 and png.stat().st_size > 0, r.stderr
 
     out = tmp_path / 'dataset'
-    r = cli('bag', 'export', str(bag), '-o', str(out), '--images', 'none', '--topics', '/battery',
-            timeout=600)
+    r = cli('bag', 'export', str(bag), '-o', str(out), '--format', 'parquet', '--images', 'none',
+            '--topics', '/battery', timeout=600)
     assert r.returncode == 0, r.stderr
     exported = [m for f in out.glob('*/manifest.json') for m in json.loads(f.read_text())['marks']]
     assert [m['text'] for m in exported] == ['left foot slipped on the wet floor']  # in its episode

@@ -136,3 +136,26 @@ def test_summary_counts_and_skipped_steps() -> None:
     lost = Outcome([(1, StepResult('p/a', 'unknown', 'no answer', 5.0))], [(1, 'p/b')], False, 5.0,
                    error='service /skills/p/a/get_state not available after 5 s')
     assert 'result: the stack stopped answering (service /skills/p/a/get_state' in summary(lost, 'm')
+
+
+def test_marks_reach_the_lerobot_episode_metadata(tmp_path) -> None:
+    """A bag's marks (as the recorder leaves them in metadata.yaml) land in the meta/episodes row
+    of the episode they fall in, as JSON in ``field_deploy/operator_marks``."""
+    import pandas as pd
+    import yaml
+
+    from data_recorder.lerobot import export_lerobot
+    from test_export_lerobot import EPISODES, MS, T0, write_bag
+
+    bag = write_bag(tmp_path / 'bag', episodes=EPISODES)
+    log = MarkLog()
+    log.add(encode('slipped', 'anomaly', T0 + 500 * MS), T0 + 500 * MS)     # inside episode 0
+    log.add(encode('cart in the way', 'disturbance', T0 + 1250 * MS), T0 + 1250 * MS)  # between
+    meta = yaml.safe_load((bag / 'metadata.yaml').read_text())
+    meta['rosbag2_bagfile_information']['custom_data'].update(log.custom_data())
+    (bag / 'metadata.yaml').write_text(yaml.safe_dump(meta))
+    export_lerobot([bag], tmp_path / 'ds')
+    eps = pd.read_parquet(tmp_path / 'ds/meta/episodes/chunk-000/file-000.parquet')
+    marks = [json.loads(v) for v in eps['field_deploy/operator_marks']]
+    assert [[(m['kind'], m['text']) for m in ms] for ms in marks] == [[('anomaly', 'slipped')], []]
+    assert marks[0][0]['t'] == pytest.approx(0.3)

@@ -32,6 +32,7 @@ from data_recorder.lerobot_mapping import Plan, feature_differences, infer_profi
 from data_recorder.lerobot_sampling import NS, FrameSampler
 from data_recorder.lerobot_video import DEFAULT_CODEC, image_shape
 from data_recorder.lerobot_writer import DatasetWriter, EpisodeFrames
+from data_recorder.marks import marks_between
 from data_recorder.reader import Bag, Episode
 from data_recorder.writer import header_stamp_ns
 from field_deploy.profile import RobotProfile, load_profile
@@ -314,6 +315,7 @@ def _run_episode(bag: Bag, pl: Plan, ep: Episode, writer: DatasetWriter, rep: Ep
     marks = {'bag': str(bag.path), 'episode': ep.name, 'skill': fields.get('skill', ''),
              'params': fields.get('params', ''), 'outcome': fields.get('outcome', ''),
              'status': status, 'reason': rep.reason, 'lost': int(rep.lost),
-             'start_time_ns': int(frames.first_time_ns or ep.start_ns), 'end_time_ns': int(ep.end_ns)}
+             'start_time_ns': int(frames.first_time_ns or ep.start_ns), 'end_time_ns': int(ep.end_ns),
+             'operator_marks': json.dumps(marks_between(bag.marks, ep.start_ns, ep.end_ns))}
     rep.episode_index = writer.write(frames, text, marks)
     rep.frames, rep.exported = frames.frames, True
