@@ -26,8 +26,13 @@ from typing import Any
 LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 SOURCES = ('skill_runtime', 'data_recorder', 'health_monitor')
 _LIFECYCLE = re.compile(r'^/?(?:[\w/]*: )?lifecycle/(?P<node>[\w/]+)$')
-_RECORDER_TOTALS = ('received', 'written', 'lost', 'lost_middleware', 'lost_gaps', 'lost_queue',
-                    'skipped_paused', 'skipped_stopped')
+_RECORDER_TOTALS = ('received', 'written', 'lost', 'not_written')
+
+
+def _counter(key: str) -> bool:
+    """A recorder total: the main counts, and every loss or skip cause it reports (whatever causes
+    its accounting has: the console lists them, it does not keep its own list)."""
+    return key in _RECORDER_TOTALS or key.startswith(('lost_', 'skipped_'))
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,7 @@ class Board:
                 'bag': v.get('path', ''), 'files': _int(v.get('files')),
                 'rate_msgs_s': rate, 'mb_s': mb_s,
                 'lag_queue': _int(v.get('queue')),
-                'totals': {k: _int(v.get(k)) for k in _RECORDER_TOTALS},
+                'totals': {k: _int(v.get(k)) for k in _RECORDER_TOTALS} | {
+                    k: _int(x) for k, x in v.items() if _counter(k)},
                 'marks': _int(v.get('marks')), 'disk_free_bytes': disk_free,
                 'stop_reason': v.get('stop_reason', '')}

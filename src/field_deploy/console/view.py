@@ -95,9 +95,11 @@ def render(snap: dict[str, Any], footer: str = '') -> Group:
         mb = '—' if rec['mb_s'] is None else f'{rec["mb_s"]:.2f} MB/s'
         table.add_row('rate', f'{rate}, {mb}; writer queue (lag) {rec["lag_queue"]} msg')
         table.add_row('messages', f'{t["received"]} received, {t["written"]} written')
-        table.add_row('lost', Text(f'{t["lost"]} (middleware {t["lost_middleware"]}, gaps '
-                                   f'{t["lost_gaps"]}, queue {t["lost_queue"]}); skipped paused '
-                                   f'{t["skipped_paused"]}, stopped {t["skipped_stopped"]}',
+        causes = ', '.join(f'{k.removeprefix("lost_")} {n}' for k, n in t.items()
+                           if k.startswith('lost_') and n) or 'by cause: none'
+        skipped = ', '.join(f'{k.removeprefix("skipped_")} {n}' for k, n in t.items()
+                            if k.startswith('skipped_') and n) or 'none'
+        table.add_row('lost', Text(f'{t["lost"]} ({causes}); skipped on purpose: {skipped}',
                                    style='yellow' if t['lost'] else ''))
         table.add_row('disk left', _size(rec['disk_free_bytes']))
         parts.append(table)
