@@ -47,6 +47,7 @@ from std_srvs.srv import Trigger
 
 from field_deploy.profile import RobotProfile, load_profile
 from field_deploy.ros import Spinner, init, qos_profile, run_nodes, set_stamp
+from skill_runtime import writer_watch
 from skill_runtime.api import RobotState
 from skill_runtime.discovery import ChildDiscovery, ChildError
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
@@ -107,6 +108,7 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
         self._sensor_node = Node(f'_{self.get_name()}_sensors', namespace=self.get_namespace(),
                                  context=self.context)
         self._cmd_pub = None
+        self._writer_watch: writer_watch.ForeignWriterWatch | None = None
         self._cmd_msg = JointState()
         self._active = False
         self.commands_sent = 0
@@ -238,7 +240,9 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
                                    f'({rec.manifest.vendor}, {rec.candidate.source}): '
                                    f'{", ".join(s.name for s in rec.manifest.skills)}')
         cmd_spec = prof.topic('joint_commands')
+        before = {w.gid for w in writer_watch.publishers(self, cmd_spec.name)}
         self._cmd_pub = self.create_publisher(JointState, cmd_spec.name, qos_profile(cmd_spec.qos))
+        self._writer_watch = writer_watch.ForeignWriterWatch(self, cmd_spec.name, exclude=before)
         self._cmd_msg = JointState()
         self._cmd_msg.name = prof.joint_names
         self.robot = RobotInput(self, self._sensor_node, prof, sensors=bool(self._param('sensors')),
@@ -297,6 +301,9 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
         if self.robot is not None:
             self.robot.destroy()
             self.robot = None
+        if self._writer_watch is not None:
+            self._writer_watch.close()
+            self._writer_watch = None
         if self._cmd_pub is not None:
             self.destroy_publisher(self._cmd_pub)
             self._cmd_pub = None
