@@ -79,9 +79,10 @@ class ForeignWriterWatch:
         while not self._stop.wait(self._poll_s):
             try:
                 self.check()
-            except Exception as exc:   # context shut down under us: the runtime is exiting
-                if not self._stop.is_set():
-                    self.node.get_logger().warning(f'writer watch: {exc}')
+            except Exception as exc:
+                if self._stop.is_set() or not self.node.context.ok():
+                    return   # the runtime is exiting: its context went down under us
+                self.node.get_logger().warning(f'writer watch: {exc}')
 
     def close(self) -> None:
         self._stop.set()
