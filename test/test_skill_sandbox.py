@@ -368,3 +368,18 @@ def test_policy_round_trips_and_reports_unknown_keys() -> None:
     assert {r.err for r in rules} <= {1, 13, 38}
     clone = [r for r in rules if r.syscall == 'clone']
     assert clone[0].when == (0, 'MASKED_EQ', seccomp_rules.CLONE_THREAD, 0)
+
+
+def test_the_workers_policy_spelling_is_understood(scratch: Path) -> None:
+    """skill_runtime.worker.sandbox_policy's keys (scratch_dir, address_space_bytes, ...)."""
+    out, proc = run_sandboxed('''
+        import resource
+        out['as'] = resource.getrlimit(resource.RLIMIT_AS)[0]
+        out['nofile'] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        out['cwd'] = os.getcwd()
+        out['socket'] = raw(41, 2, 2, 0)
+    ''', {'scratch_dir': str(scratch), 'pack_dir': str(PACK), 'address_space_bytes': 1 << 30,
+          'max_open_files': 128, 'network': False, 'core_dumps': False})
+    assert proc.returncode == 0, proc.stderr
+    assert (out['as'], out['nofile'], out['cwd'], out['socket']) == (1 << 30, 128, str(scratch), 'EACCES')
+    assert not any('not known' in line for line in out['log'])

@@ -105,11 +105,12 @@ class LandlockResult:
     writable: tuple[str, ...]
     skipped: tuple[str, ...]
     """Writable paths that do not exist (nothing to grant)."""
+    network: bool = False
 
     def describe(self) -> str:
         parts = [f'landlock ABI {self.abi}: filesystem read-only except '
                  + (', '.join(self.writable) or 'nothing')]
-        if self.abi >= 4:
+        if self.abi >= 4 and not self.network:
             parts.append('TCP bind/connect denied')
         if self.abi >= 6:
             parts.append('signals and abstract UNIX sockets scoped to the worker')
@@ -118,9 +119,11 @@ class LandlockResult:
         return '; '.join(parts)
 
 
-def restrict(writable: Iterable[str], readable: Iterable[str] = ('/',)) -> LandlockResult:
+def restrict(writable: Iterable[str], readable: Iterable[str] = ('/',), *, network: bool = False
+             ) -> LandlockResult:
     """Restrict this process, irrevocably: read + execute beneath ``readable``, every right
-    beneath ``writable``. Needs ``no_new_privs`` set first (or CAP_SYS_ADMIN).
+    beneath ``writable``; TCP bind/connect denied unless ``network``. Needs ``no_new_privs``
+    set first (or CAP_SYS_ADMIN).
 
     Raises OSError when the kernel refuses (the caller logs it and goes on without Landlock).
     """
@@ -131,7 +134,7 @@ def restrict(writable: Iterable[str], readable: Iterable[str] = ('/',)) -> Landl
     attr = _RulesetAttr(handled_access_fs=handled)
     size = 8
     if abi >= 4:
-        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
+        attr.handled_access_net = 0 if network else NET_BIND_TCP | NET_CONNECT_TCP
         size = 16
     if abi >= 6:
         attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
@@ -159,4 +162,4 @@ def restrict(writable: Iterable[str], readable: Iterable[str] = ('/',)) -> Landl
         _syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
-    return LandlockResult(abi, tuple(granted), tuple(skipped))
+    return LandlockResult(abi, tuple(granted), tuple(skipped), network)

@@ -47,6 +47,16 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SYS_CAPSET = 126  # x86_64; other architectures fall back to "capabilities kept" with a log line
 
 
+_ALIASES = {'scratch_dir': 'scratch', 'address_space_bytes': 'address_space', 'max_open_files': 'open_files'}
+
+
+class SandboxReport(list):
+    """The lines :func:`apply_sandbox` returns; ``str()`` gives them as one log line."""
+
+    def __str__(self) -> str:
+        return ' | '.join(self)
+
+
 @dataclass(frozen=True)
 class SandboxPolicy:
     """What a worker may use. JSON-shaped (:meth:`to_dict` / :meth:`from_dict`) so the runtime can
@@ -66,6 +76,10 @@ class SandboxPolicy:
     processes: int = 4096
     file_size: int = 64 * MIB
     nice: int = 10
+    core: int = 0
+    """RLIMIT_CORE in bytes; -1 leaves it as it is."""
+    network: bool = False
+    """True lets the pack open sockets (the seccomp socket rule is left out). Never for vendors."""
     seccomp: bool = True
     landlock: bool = True
     drop_capabilities: bool = True
@@ -81,6 +95,16 @@ class SandboxPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SandboxPolicy:
+        """Also reads the worker's spelling (``skill_runtime.worker.sandbox_policy``):
+        ``scratch_dir``, ``address_space_bytes``, ``max_open_files``, ``network`` (False: no
+        sockets), ``core_dumps`` (False: core limit 0); ``pack_dir`` is read-only like the rest."""
+        data = dict(data)
+        for alias, name in _ALIASES.items():
+            if alias in data:
+                data.setdefault(name, data.pop(alias))
+        data.pop('pack_dir', None)
+        if data.pop('core_dumps', False):
+            data.setdefault('core', -1)
         known = {f.name for f in fields(cls)} - {'extra'}
         kwargs = {k: v for k, v in data.items() if k in known}
         if 'writable' in kwargs:
@@ -88,14 +112,14 @@ class SandboxPolicy:
         return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
 
 
-def apply_sandbox(policy: SandboxPolicy | Mapping[str, Any] | None = None) -> list[str]:
+def apply_sandbox(policy: SandboxPolicy | Mapping[str, Any] | None = None) -> SandboxReport:
     """Sandbox this process, irrevocably. Returns one line per layer: what was applied, or why
     not. Call it in the worker only — never in the runtime (it would forbid DDS sockets there)."""
     if policy is None:
         policy = SandboxPolicy()
     elif not isinstance(policy, SandboxPolicy):
         policy = SandboxPolicy.from_dict(policy)
-    log: list[str] = []
+    log = SandboxReport()
     if policy.extra:
         log.append(f'policy keys not known to this worker, ignored: {", ".join(sorted(policy.extra))}')
     writable = list(policy.writable)
@@ -114,7 +138,7 @@ def apply_sandbox(policy: SandboxPolicy | Mapping[str, Any] | None = None) -> li
     landlocked = False
     if policy.landlock:
         try:
-            log.append(landlock.restrict(writable).describe())
+            log.append(landlock.restrict(writable, network=policy.network).describe())
             landlocked = True
         except OSError as exc:
             log.append(f'landlock not applied: {exc.strerror or exc}')
@@ -122,9 +146,10 @@ def apply_sandbox(policy: SandboxPolicy | Mapping[str, Any] | None = None) -> li
         log.append('landlock off by policy')
     if policy.seccomp:
         try:
-            loaded, skipped = seccomp_rules.install()
+            loaded, skipped = seccomp_rules.install(network=policy.network)
             note = f' ({skipped} syscalls unknown here, skipped)' if skipped else ''
-            log.append(f'seccomp: {loaded} deny rules (sockets, processes, signals to others, '
+            what = 'processes' if policy.network else 'sockets, processes'
+            log.append(f'seccomp: {loaded} deny rules ({what}, signals to others, '
                        f'priorities, limits, mounts, tracing){note}')
         except ImportError:
             log.append('seccomp not applied: pyseccomp / libseccomp not installed')
@@ -133,7 +158,8 @@ def apply_sandbox(policy: SandboxPolicy | Mapping[str, Any] | None = None) -> li
     else:
         log.append('seccomp off by policy')
     if policy.audit_hook:
-        sys.addaudithook(_AuditHook(os.getpid(), tuple(writable) if landlocked else None))
+        sys.addaudithook(_AuditHook(os.getpid(), tuple(writable) if landlocked else None,
+                                    sockets=policy.network))
         log.append('audit hook: forbidden Python calls fail with the rule named')
     return log
 
@@ -154,7 +180,7 @@ def _limits(p: SandboxPolicy) -> str:
               ('open files', resource.RLIMIT_NOFILE, p.open_files, str(p.open_files)),
               ('processes', resource.RLIMIT_NPROC, p.processes,
                str(p.processes) + (' (does not bind root)' if os.geteuid() == 0 else '')),
-              ('core', resource.RLIMIT_CORE, 0, '0'),
+              *([('core', resource.RLIMIT_CORE, p.core, str(p.core))] if p.core >= 0 else []),
               ('file size', resource.RLIMIT_FSIZE, p.file_size, f'{p.file_size / MIB:.0f} MiB'),
               ('realtime priority', resource.RLIMIT_RTPRIO, 0, '0')]
     done, failed = [], []
@@ -235,15 +261,16 @@ class _AuditHook:
     removed, so a pack cannot take this one out (it could only reach the kernel's bare errno
     through ctypes, which still fails)."""
 
-    def __init__(self, pid: int, writable: tuple[str, ...] | None) -> None:
+    def __init__(self, pid: int, writable: tuple[str, ...] | None, sockets: bool = False) -> None:
         self.pid = pid
+        self.sockets = sockets
         self.writable = None if writable is None else tuple(os.path.realpath(p) for p in writable)
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
         if event in ('os.fork', 'os.forkpty', 'os.posix_spawn', 'os.spawn', 'os.system',
                      'subprocess.Popen', 'os.exec', 'pty.spawn'):
             raise PermissionError(errno.EPERM, f'sandbox: a pack may not create processes ({event})')
-        if event == 'socket.__new__':
+        if event == 'socket.__new__' and not self.sockets:
             family = args[1] if len(args) > 1 else None
             if family == 1:
                 return   # AF_UNIX: socketpair() (asyncio's self-pipe) works; socket() gets EACCES
@@ -262,6 +289,3 @@ class _AuditHook:
             raise PermissionError(errno.EPERM, 'sandbox: a pack may not signal a process group')
 
 
-def describe(log: list[str]) -> str:
-    """One line for the worker's log: the layers applied, '; '-joined."""
-    return 'sandbox: ' + ' | '.join(log)

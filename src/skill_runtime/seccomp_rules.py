@@ -30,8 +30,9 @@ class Rule:
     """(argument index, operator name in pyseccomp: 'NE', 'MASKED_EQ', ..., value, mask/second)."""
 
 
-def rules(own_pid: int | None = None) -> list[Rule]:
-    """The worker's denials. ``own_pid``: the only process a signal may go to (the worker)."""
+def rules(own_pid: int | None = None, network: bool = False) -> list[Rule]:
+    """The worker's denials. ``own_pid``: the only process a signal may go to (the worker);
+    ``network``: leave sockets allowed (a trusted, first-party worker only)."""
     pid = os.getpid() if own_pid is None else own_pid
     out: list[Rule] = []
 
@@ -42,7 +43,8 @@ def rules(own_pid: int | None = None) -> list[Rule]:
     # shared memory only), so no DDS participant, no TCP/UDP, no netlink, no raw packets, no UNIX
     # socket to a daemon. socketpair (an in-process pair) stays allowed. io_uring could create
     # sockets and open files without these syscalls: denied too.
-    deny('socket', errno.EACCES, 'a pack may not open sockets (network, DDS, netlink, UNIX)')
+    if not network:
+        deny('socket', errno.EACCES, 'a pack may not open sockets (network, DDS, netlink, UNIX)')
     deny('io_uring_setup io_uring_enter io_uring_register', errno.EPERM, 'io_uring is not available to packs')
     # Processes: threads yes, new processes no (we run as root, where RLIMIT_NPROC does not bind).
     deny('fork vfork', errno.EPERM, 'a pack may not create processes')
@@ -80,7 +82,7 @@ def rules(own_pid: int | None = None) -> list[Rule]:
     return out
 
 
-def install(own_pid: int | None = None) -> tuple[int, int]:
+def install(own_pid: int | None = None, network: bool = False) -> tuple[int, int]:
     """Load the filter into this process (all its threads, irrevocably).
 
     Returns (rules loaded, syscalls this kernel/libseccomp does not know, skipped). Raises
@@ -95,7 +97,7 @@ def install(own_pid: int | None = None) -> tuple[int, int]:
     if tsync is not None:
         flt.set_attr(tsync, 1)
     loaded = skipped = 0
-    for rule in rules(own_pid):
+    for rule in rules(own_pid, network):
         args = []
         if rule.when is not None:
             index, op, value, second = rule.when
