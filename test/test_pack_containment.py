@@ -1,0 +1,210 @@
+"""The fault matrix: a hostile or buggy vendor's pack (``test/fixtures/packs/mallory_faults``,
+written against the public ``Skill`` API only) beside the simulated quadruped, the runtime a real
+process, everything checked from outside it:
+
+* the runtime process is alive;
+* the gate kept ≥ 90 % of its rate through the fault (publication sequence numbers of the gate's
+  writer over its own stamps: what it published, not what this process managed to receive);
+* every command on ``joint_commands`` within the profile's position / velocity / effort limits;
+* exactly one writer on ``joint_commands`` (the graph), and no foreign-writer alarm;
+* the skill ended with the outcome and a reason that names what happened;
+* no process left behind: no zombie, no fork-bomb child.
+
+One runtime for the whole matrix (the cases are independent: each skill runs on its own worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+
+from field_deploy.profile import load_profile
+from field_deploy.ros import Spinner, qos_profile, stamp_to_ns
+from field_deploy.testing import NodeProcess, wait_until
+from skill_runtime.client import SkillClient
+from skill_runtime.writers import ERROR, STATUS_NAME
+
+pytestmark = pytest.mark.timeout(300)
+PROFILE = load_profile('quadruped_12dof')
+PACKS = Path(__file__).parent / 'fixtures' / 'packs'
+PACK = 'mallory_faults'
+LOWER, UPPER = PROFILE.array('lower'), PROFILE.array('upper')
+VEL, EFF = PROFILE.array('velocity'), PROFILE.array('effort')
+RATE_HZ = 500.0
+ENDED = ('done', 'failed', 'stopped', 'refused')
+
+# skill -> (outcome, pattern the reason must match: it names what happened)
+CASES = {
+    'exit_in_step': ('failed', r'exit(ed)?( with)? (code |status )?3\b'),
+    'os_exit_in_step': ('failed', r'exit(ed)?( with)? (code |status )?7\b'),
+    'native_crash': ('failed', r'SIGSEGV'),
+    'spinning_threads': ('done', r'spun long enough'),
+    'chatty_thread': ('done', r'chattered long enough'),
+    'stdout_flood': ('done', r'flooded long enough'),
+    'monkey_patcher': ('done', r'patched long enough'),
+    'own_node': ('failed', r'RCLError|participant|[Pp]ermission|sandbox'),
+    'memory_bomb': ('failed', r'MemoryError'),
+    'fork_bomb': ('failed', r'sandbox: a pack may not create processes'),
+    'kill_runtime': ('failed', r'sandbox: a pack may signal only its own process'),
+    'deaf_to_signals': ('failed', r'no answer|overran|overrun|budget'),
+    'never_returns': ('failed', r'no answer|overran|overrun|budget'),
+    'huge_return': ('failed', r'shape|size|length|\b1?2\b'),
+    'malformed_return': ('failed', r'dict|not a (valid )?(step )?result|Targets'),
+    'evil_targets': ('failed', r'read me and weep|no length|progress|not a number|invalid'),
+}
+
+
+class Watch:
+    """What this process sees of the runtime: commands (with the writer's sequence numbers),
+    skill statuses and the foreign-writer alarm, each with its receive time."""
+
+    def __init__(self, node: Node) -> None:
+        self.lock = threading.Lock()
+        # (receive monotonic, gate stamp ns, publication seq, frame, q, dq, tau)
+        self.commands: list[tuple[float, int, int, str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.skills: list[tuple[float, str, dict[str, str]]] = []
+        self.alarms: list[tuple[float, str]] = []
+        node.create_subscription(JointState, 'joint_commands', self._on_cmd,
+                                 qos_profile(PROFILE.topic('joint_commands').qos))
+        node.create_subscription(DiagnosticArray, '/skill_runtime/status', self._on_status, 50)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
+
+    def _on_cmd(self, msg: JointState, info: dict) -> None:
+        row = (time.monotonic(), stamp_to_ns(msg.header.stamp), int(info['publication_sequence_number']),
+               msg.header.frame_id, np.array(msg.position), np.array(msg.velocity), np.array(msg.effort))
+        with self.lock:
+            self.commands.append(row)
+
+    def _on_status(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for st in msg.status:
+                if st.name.startswith('skills/'):
+                    self.skills.append((now, st.name, {kv.key: kv.value for kv in st.values}))
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for st in msg.status:
+                level = st.level[0] if isinstance(st.level, bytes) else int(st.level)
+                if st.name == STATUS_NAME and level == ERROR:
+                    self.alarms.append((now, st.message))
+
+    def ended(self, skill: str, after: float) -> tuple[float, dict[str, str]] | None:
+        """The first status of ``skill`` after ``after`` that says it ended."""
+        with self.lock:
+            for t, name, values in self.skills:
+                if t > after and name == f'skills/{PACK}/{skill}' and values.get('outcome') in ENDED \
+                        and values.get('phase') != 'active':
+                    return t, values
+        return None
+
+    def window(self, t0: float, t1: float) -> list[tuple]:
+        with self.lock:
+            return [c for c in self.commands if t0 <= c[0] <= t1]
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, state letter) of every process below ``pid``."""
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = Path(f'/proc/{parent}/task').iterdir()
+            children = [int(c) for t in tasks for c in (t / 'children').read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                state = Path(f'/proc/{child}/stat').read_text().rsplit(')', 1)[1].split()[0]
+            except OSError:
+                continue
+            out.append((child, state))
+            todo.append(child)
+    return out
+
+
+@pytest.fixture(scope='module')
+def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    log_dir = tmp_path_factory.mktemp('containment')
+    sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'], log_dir=log_dir)
+    runtime = NodeProcess('skill_runtime', [
+        '--ros-args', '-p', 'profile:=quadruped_12dof', '-p', f"pack_path:=['{PACKS}']",
+        '-p', "allow:=['mallory/*']", '-p', 'entry_points:=false'], log_dir=log_dir)
+    node = Node('containment_probe')
+    watch = Watch(node)
+    # The EventsExecutor cannot hand a callback its message info (SystemError in spin_once).
+    spinner = Spinner([node], executor=SingleThreadedExecutor()).start()
+    client = SkillClient(node)
+    try:
+        if not wait_until(lambda: len(watch.window(0, 1e18)) > 200, 60):
+            pytest.fail(f'runtime not publishing:\n{runtime.log()[-3000:]}\n{sim.log()[-2000:]}')
+        yield runtime, client, watch, node, sim
+    finally:
+        spinner.stop()
+        node.destroy_node()
+        runtime.stop()
+        sim.stop()
+        print(f'----- skill_runtime log (tail) -----\n{runtime.log()[-6000:]}')
+
+
+def gate_rate(rows: list[tuple]) -> float:
+    """Messages per second the gate published over the window, from its sequence numbers and
+    stamps (independent of what this process dropped)."""
+    if len(rows) < 2:
+        return 0.0
+    first, last = min(rows, key=lambda r: r[2]), max(rows, key=lambda r: r[2])
+    span_s = (last[1] - first[1]) * 1e-9
+    return (last[2] - first[2]) / span_s if span_s > 0 else 0.0
+
+
+@pytest.mark.parametrize('skill', list(CASES))
+def test_pack_fault_is_contained(rig, skill: str) -> None:
+    runtime, client, watch, node, _sim = rig
+    outcome, pattern = CASES[skill]
+    path = f'/skills/{PACK}/{skill}'
+    t0 = time.monotonic()
+    with contextlib.suppress(TimeoutError):   # the status below says what became of it
+        client.run(path)
+    assert wait_until(lambda: watch.ended(skill, t0) is not None, 30), \
+        f'{skill} did not end:\n{runtime.log()[-3000:]}'
+    t_end, status = watch.ended(skill, t0)
+    time.sleep(0.5)   # the gate goes on after the fault: keep it in the window
+    rows = watch.window(t0, time.monotonic())
+
+    assert runtime.alive(), f'the runtime died:\n{runtime.log()[-3000:]}'
+    assert status['outcome'] == outcome, f'{skill}: {status}'
+    assert re.search(pattern, status['reason']), \
+        f'{skill}: reason {status["reason"]!r} does not say what happened'
+
+    assert len(rows) > 100, 'joint_commands went quiet'
+    rate = gate_rate(rows)
+    print(f'{skill}: {status["outcome"]} ({status["reason"]}); gate {rate:.0f} Hz over '
+          f'{t_end - t0 + 0.5:.1f} s, {len(rows)} commands received')
+    assert rate >= 0.9 * RATE_HZ, f'gate at {rate:.0f} Hz during {skill}'
+    q = np.array([r[4] for r in rows])
+    dq = np.array([r[5] for r in rows])
+    tau = np.array([r[6] for r in rows])
+    assert np.isfinite(q).all() and np.isfinite(dq).all() and np.isfinite(tau).all()
+    assert (q >= LOWER - 1e-9).all() and (q <= UPPER + 1e-9).all(), f'{skill}: a position past the limits'
+    assert (np.abs(dq) <= VEL + 1e-9).all() and (np.abs(tau) <= EFF + 1e-9).all()
+    assert {r[3] for r in rows} <= {'run', 'estop'}
+
+    writers = node.get_publishers_info_by_topic('/joint_commands')
+    assert [(w.node_name, w.node_namespace) for w in writers] == [('skill_runtime', '/')]
+    assert not watch.alarms, f'foreign writer seen: {watch.alarms}'
+
+    assert wait_until(lambda: all(state != 'Z' for _pid, state in descendants(runtime.pid)), 5), \
+        f'zombie below the runtime: {descendants(runtime.pid)}'
+    assert len(descendants(runtime.pid)) <= 4, f'processes below the runtime: {descendants(runtime.pid)}'
