@@ -76,12 +76,13 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [('allowed_access', ctypes.c_uint64), ('parent_fd', ctypes.c_int32)]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+LIBC = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
 
 
-def _syscall(number: int, *args: object) -> int:
-    res = _libc.syscall(ctypes.c_long(number), *args)
+def raw_syscall(number: int, *args: object) -> int:
+    """``syscall(number, *args)`` through libc; OSError with the errno when it fails."""
+    res = LIBC.syscall(ctypes.c_long(number), *args)
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -91,7 +92,7 @@ def _syscall(number: int, *args: object) -> int:
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 when the kernel has no Landlock or it is disabled."""
     try:
-        return _syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
+        return raw_syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
                         ctypes.c_uint32(CREATE_RULESET_VERSION))
     except OSError as exc:
         if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
@@ -139,7 +140,7 @@ def restrict(writable: Iterable[str], readable: Iterable[str] = ('/',), *, netwo
     if abi >= 6:
         attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
         size = 24
-    ruleset = _syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    ruleset = raw_syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     granted, skipped = [], []
     try:
         for path, rights in [(p, READ_ONLY) for p in readable] + [(p, handled) for p in writable]:
@@ -153,13 +154,13 @@ def restrict(writable: Iterable[str], readable: Iterable[str] = ('/',), *, netwo
                     # A rule on a file may only carry file rights.
                     rights &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
                 rule = _PathBeneathAttr(allowed_access=rights, parent_fd=fd)
-                _syscall(SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
+                raw_syscall(SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
                          ctypes.byref(rule), ctypes.c_uint32(0))
             finally:
                 os.close(fd)
             if rights != READ_ONLY:
                 granted.append(path)
-        _syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+        raw_syscall(SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
     return LandlockResult(abi, tuple(granted), tuple(skipped), network)

@@ -23,7 +23,6 @@ reason in the returned log lines, where the machine lacks it (no libseccomp, an 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import resource
@@ -40,7 +39,6 @@ MIB = 1 << 20
 
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -211,12 +209,8 @@ def _scheduling(nice: int) -> str:
     return line + (f'; {", ".join(problems)}' if problems else '')
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def _no_new_privs() -> str:
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if landlock.LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         return f'no_new_privs not set: {os.strerror(ctypes.get_errno())}'
     return 'no_new_privs'
 
@@ -239,17 +233,22 @@ def _drop_capabilities() -> str:
     except (OSError, ValueError):
         last = 40
     for cap in range(last + 1):
-        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)   # EPERM without CAP_SETPCAP: nothing to drop
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        landlock.LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)   # EPERM without CAP_SETPCAP: nothing to drop
+    landlock.LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     if os.uname().machine != 'x86_64':
         return f'capabilities: bounding set dropped; capset not wired for {os.uname().machine}'
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    if _libc.syscall(ctypes.c_long(SYS_CAPSET), ctypes.byref(header), data) != 0:
-        return f'capabilities not dropped: {os.strerror(ctypes.get_errno())}'
+    try:
+        landlock.raw_syscall(SYS_CAPSET, ctypes.byref(header), data)
+    except OSError as exc:
+        return f'capabilities not dropped: {exc.strerror}'
     return 'capabilities: all dropped'
 
 
+_SPAWN = frozenset({'os.fork', 'os.forkpty', 'os.posix_spawn', 'os.spawn', 'os.system',
+                    'subprocess.Popen', 'os.exec', 'pty.spawn'})
+_WATCHED = _SPAWN | {'socket.__new__', 'os.kill', 'os.killpg', 'open'}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _SOCKET_FAMILIES = {1: 'AF_UNIX', 2: 'AF_INET', 10: 'AF_INET6', 16: 'AF_NETLINK', 17: 'AF_PACKET'}
 
@@ -267,8 +266,9 @@ class _AuditHook:
         self.writable = None if writable is None else tuple(os.path.realpath(p) for p in writable)
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        if event in ('os.fork', 'os.forkpty', 'os.posix_spawn', 'os.spawn', 'os.system',
-                     'subprocess.Popen', 'os.exec', 'pty.spawn'):
+        if event not in _WATCHED:
+            return   # the hook runs for every audit event (ctypes calls, imports, ...): be quick
+        if event in _SPAWN:
             raise PermissionError(errno.EPERM, f'sandbox: a pack may not create processes ({event})')
         if event == 'socket.__new__' and not self.sockets:
             family = args[1] if len(args) > 1 else None
