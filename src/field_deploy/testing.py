@@ -135,3 +135,38 @@ class RawCollector:
     def count(self, topic: str) -> int:
         with self._lock:
             return len(self.messages[topic])
+
+
+_ROGUE_WRITER = '''
+import sys, time, rclpy
+from sensor_msgs.msg import JointState
+rclpy.init()
+node = rclpy.create_node(sys.argv[1], namespace=sys.argv[2])
+pub = node.create_publisher(JointState, sys.argv[3], 10)
+print('ready', flush=True)
+msg = JointState()
+msg.header.frame_id = 'rogue'
+try:
+    while True:
+        pub.publish(msg)
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    pass
+node.destroy_node()
+rclpy.try_shutdown()
+'''
+
+
+def start_rogue_writer(node: str = 'rogue_writer', namespace: str = '/vendor',
+                       topic: str = '/joint_commands') -> tuple[subprocess.Popen, float]:
+    """A separate process that publishes (empty) JointStates on ``topic`` at 100 Hz: the foreign
+    writer the skill runtime must report. Returns it and the monotonic time its publisher
+    existed; stop it with SIGINT (it leaves the graph at once)."""
+    proc = subprocess.Popen([sys.executable, '-c', _ROGUE_WRITER, node, namespace, topic],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != 'ready':
+        proc.kill()
+        raise RuntimeError(f'rogue writer did not start: {line!r}')
+    return proc, time.monotonic()
