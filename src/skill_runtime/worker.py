@@ -265,13 +265,16 @@ class Server:
             elif isinstance(result, Failed):
                 b.write_reply(seq, ipc.ST_FAILED, reason=str(result.reason or 'failed'), step_time=elapsed)
             else:
-                problem = check_targets(result, b.n)
+                try:   # touching vendor objects runs vendor code (__len__, __array__, __float__)
+                    problem = check_targets(result, b.n)
+                except Exception as exc:
+                    problem = f'step result unreadable: {_what(exc)}'
                 if problem is not None:
                     b.write_reply(seq, ipc.ST_ERROR, reason=problem, step_time=elapsed)
                 else:
                     assert isinstance(result, Targets)
                     progress = None
-                    with contextlib.suppress(TypeError, ValueError):
+                    with contextlib.suppress(Exception):
                         if result.progress is not None and math.isfinite(float(result.progress)):
                             progress = float(result.progress)
                     b.write_reply(seq, ipc.ST_TARGETS, q=result.q, dq=result.dq, tau=result.tau,
