@@ -44,24 +44,27 @@ VEL, EFF = PROFILE.array('velocity'), PROFILE.array('effort')
 RATE_HZ = 500.0
 ENDED = ('done', 'failed', 'stopped', 'refused')
 
-# skill -> (outcome, pattern the reason must match: it names what happened)
+# skill -> (outcomes, pattern the reason must match: it names what happened). A pack that is only
+# greedy (busy or chatty threads) may finish or be failed by the step watchdog when its own threads
+# starve its step: both are the runtime doing its job, and both are named.
+WATCHDOG = r'watchdog: step running for more than \d+ ms|no answer'
 CASES = {
-    'exit_in_step': ('failed', r'exit(ed)?( with)? (code |status )?3\b'),
-    'os_exit_in_step': ('failed', r'exit(ed)?( with)? (code |status )?7\b'),
-    'native_crash': ('failed', r'SIGSEGV'),
-    'spinning_threads': ('done', r'spun long enough'),
-    'chatty_thread': ('done', r'chattered long enough'),
-    'stdout_flood': ('done', r'flooded long enough'),
-    'monkey_patcher': ('done', r'patched long enough'),
-    'own_node': ('failed', r'RCLError|participant|[Pp]ermission|sandbox'),
-    'memory_bomb': ('failed', r'MemoryError'),
-    'fork_bomb': ('failed', r'sandbox: a pack may not create processes'),
-    'kill_runtime': ('failed', r'sandbox: a pack may signal only its own process'),
-    'deaf_to_signals': ('failed', r'no answer|overran|overrun|budget'),
-    'never_returns': ('failed', r'no answer|overran|overrun|budget'),
-    'huge_return': ('failed', r'shape|size|length|\b1?2\b'),
-    'malformed_return': ('failed', r'dict|not a (valid )?(step )?result|Targets'),
-    'evil_targets': ('failed', r'read me and weep|no length|progress|not a number|invalid'),
+    'exit_in_step': (('failed',), r'worker exited with code 3\b'),
+    'os_exit_in_step': (('failed',), r'worker exited with code 7\b'),
+    'native_crash': (('failed',), r'SIGSEGV'),
+    'spinning_threads': (('done', 'failed'), r'spun long enough|' + WATCHDOG),
+    'chatty_thread': (('done', 'failed'), r'chattered long enough|' + WATCHDOG + r'|stdout'),
+    'stdout_flood': (('failed',), r'worker wrote more than \d+ MiB to stdout/stderr'),
+    'monkey_patcher': (('done',), r'patched long enough'),
+    'own_node': (('refused', 'failed'), r'RCLError: error creating node.*participant'),
+    'memory_bomb': (('failed',), r'MemoryError'),
+    'fork_bomb': (('failed',), r'sandbox: a pack may not create processes \(os.fork\)'),
+    'kill_runtime': (('failed',), r'sandbox: a pack may signal only its own process'),
+    'deaf_to_signals': (('failed',), WATCHDOG),
+    'never_returns': (('failed',), WATCHDOG),
+    'huge_return': (('failed',), r'Targets.q has 5000000 entries, expected 3'),
+    'malformed_return': (('failed',), r'step returned dict, expected Targets, Done or Failed'),
+    'evil_targets': (('failed',), r'step result unreadable: RuntimeError: no length either'),
 }
 
 
@@ -141,7 +144,9 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'], log_dir=log_dir)
     runtime = NodeProcess('skill_runtime', [
         '--ros-args', '-p', 'profile:=quadruped_12dof', '-p', f"pack_path:=['{PACKS}']",
-        '-p', "allow:=['mallory/*']", '-p', 'entry_points:=false'], log_dir=log_dir)
+        '-p', "allow:=['mallory/*']", '-p', 'entry_points:=false',
+        # a loaded CI host stalls threads and starts interpreters slowly: containment, not speed
+        '-p', 'step_budget_ms:=100.0', '-p', 'worker_start_timeout:=15.0'], log_dir=log_dir)
     node = Node('containment_probe')
     watch = Watch(node)
     # The EventsExecutor cannot hand a callback its message info (SystemError in spin_once).
@@ -172,7 +177,7 @@ def gate_rate(rows: list[tuple]) -> float:
 @pytest.mark.parametrize('skill', list(CASES))
 def test_pack_fault_is_contained(rig, skill: str) -> None:
     runtime, client, watch, node, _sim = rig
-    outcome, pattern = CASES[skill]
+    outcomes, pattern = CASES[skill]
     path = f'/skills/{PACK}/{skill}'
     t0 = time.monotonic()
     with contextlib.suppress(TimeoutError):   # the status below says what became of it
@@ -184,7 +189,7 @@ def test_pack_fault_is_contained(rig, skill: str) -> None:
     rows = watch.window(t0, time.monotonic())
 
     assert runtime.alive(), f'the runtime died:\n{runtime.log()[-3000:]}'
-    assert status['outcome'] == outcome, f'{skill}: {status}'
+    assert status['outcome'] in outcomes, f'{skill}: {status}'
     assert re.search(pattern, status['reason']), \
         f'{skill}: reason {status["reason"]!r} does not say what happened'
 
