@@ -78,6 +78,7 @@ class Watch:
         self.commands: list[tuple[float, int, int, str, np.ndarray, np.ndarray, np.ndarray]] = []
         self.skills: list[tuple[float, str, dict[str, str]]] = []
         self.alarms: list[tuple[float, str]] = []
+        self.packs: dict[str, str] = {}
         node.create_subscription(JointState, 'joint_commands', self._on_cmd,
                                  qos_profile(PROFILE.topic('joint_commands').qos))
         node.create_subscription(DiagnosticArray, '/skill_runtime/status', self._on_status, 50)
@@ -95,6 +96,8 @@ class Watch:
             for st in msg.status:
                 if st.name.startswith('skills/'):
                     self.skills.append((now, st.name, {kv.key: kv.value for kv in st.values}))
+                elif st.name == 'skill_runtime/packs':
+                    self.packs = {kv.key: kv.value for kv in st.values}
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         now = time.monotonic()
@@ -172,6 +175,18 @@ def gate_rate(rows: list[tuple]) -> float:
     first, last = min(rows, key=lambda r: r[2]), max(rows, key=lambda r: r[2])
     span_s = (last[1] - first[1]) * 1e-9
     return (last[2] - first[2]) / span_s if span_s > 0 else 0.0
+
+
+def test_a_pack_attacking_at_import_is_refused_at_discovery(rig) -> None:
+    """``mallory_import``'s module body opens a socket and SIGKILLs its parent: discovery
+    test-imports packs in a sandboxed child, so the pack is refused with the rule, and the
+    runtime (which would have been that parent) runs on."""
+    runtime, _client, watch, _node, _sim = rig
+    assert wait_until(lambda: 'mallory_import' in watch.packs, 10), watch.packs
+    reason = watch.packs['mallory_import']
+    assert 'sandbox: a pack may not open sockets (AF_INET)' in reason, reason
+    assert watch.packs.get(PACK) == 'accepted'
+    assert runtime.alive()
 
 
 @pytest.mark.parametrize('skill', list(CASES))

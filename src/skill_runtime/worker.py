@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     prepare_process(args.parent, args.nice)
     if args.mode == 'discover':
+        # Locators and pack imports are vendor code too: sandboxed like a worker, nothing writable.
+        apply_sandbox({'address_space_bytes': 1024 << 20, 'max_open_files': 64, 'network': False})
         # The protocol gets its own copy of stdout; whatever vendor code prints goes to stderr.
         out = os.fdopen(os.dup(1), 'wb')
         os.dup2(2, 1)
