@@ -149,7 +149,8 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         '--ros-args', '-p', 'profile:=quadruped_12dof', '-p', f"pack_path:=['{PACKS}']",
         '-p', "allow:=['mallory/*']", '-p', 'entry_points:=false',
         # a loaded CI host stalls threads and starts interpreters slowly: containment, not speed
-        '-p', 'step_budget_ms:=100.0', '-p', 'worker_start_timeout:=15.0'], log_dir=log_dir)
+        '-p', 'step_budget_ms:=100.0', '-p', 'answer_timeout_ms:=1000.0',
+        '-p', 'worker_start_timeout:=15.0'], log_dir=log_dir)
     node = Node('containment_probe')
     watch = Watch(node)
     # The EventsExecutor cannot hand a callback its message info (SystemError in spin_once).
