@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 OK, ERROR = 0, 2
 STATUS_NAME = 'skill_runtime/foreign_writer'
+UNKNOWN = '_NODE_NAME_UNKNOWN_'
+"""rmw's node name for an endpoint discovered before its node's ROS discovery info."""
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,19 @@ class Writer:
     """The endpoint gid in hex (unique per publisher)."""
 
     @property
+    def known(self) -> bool:
+        """False for an endpoint whose ROS node DDS has not told us yet (or a bare DDS writer)."""
+        return not self.node.startswith(UNKNOWN)
+
+    @property
     def fqn(self) -> str:
         ns = self.namespace.rstrip('/')
         return f'{ns}/{self.node}' if ns.startswith('/') else f'/{self.node}'
+
+    def describe(self) -> str:
+        if not self.known:
+            return f'a DDS writer with no ROS node known (yet), gid {self.gid}'
+        return f'{self.fqn} (node {self.node}, namespace {self.namespace})'
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,9 @@ class WriterStatus:
 
 
 def foreign_writers(writers: Iterable[Writer], own_gids: Iterable[str]) -> list[Writer]:
-    """Every writer that is not one of ours, ordered by node name (stable messages)."""
+    """Every writer that is not one of ours, ordered by node name (stable messages). A writer
+    whose node is not known yet counts at once (the alarm must not wait for DDS's node info); the
+    status names it when its node is known (a change, so published at once)."""
     own = set(own_gids)
     return sorted((w for w in writers if w.gid not in own), key=lambda w: (w.fqn, w.gid))
 
@@ -79,7 +93,7 @@ class WriterWatch:
             return WriterStatus(OK, f'the safety gate is the only writer on {self.topic}', values)
         for i, w in enumerate(self.foreign):
             values[f'writer_{i}'] = f'node {w.node} namespace {w.namespace} gid {w.gid}'
-        names = ', '.join(f'{w.fqn} (node {w.node}, namespace {w.namespace})' for w in self.foreign)
+        names = ', '.join(w.describe() for w in self.foreign)
         count = len(self.foreign)
         return WriterStatus(ERROR, f'{count} foreign writer{"s" if count > 1 else ""} on {self.topic}: '
                                    f'{names}', values)
