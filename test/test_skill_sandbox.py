@@ -26,6 +26,9 @@ pytestmark = pytest.mark.skipif(platform.machine() != 'x86_64' or sys.platform !
                                 reason='syscall numbers and capset are wired for x86_64 Linux')
 
 PACK = Path(__file__).parent / 'fixtures' / 'packs' / 'acme_test'
+REALTIME_PARENT = ('os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5)); '
+                   'os.setpriority(os.PRIO_PROCESS, 0, -5)')
+"""What a worker inherits from a SCHED_FIFO runtime at a negative nice."""
 
 PRELUDE = textwrap.dedent('''
     import ctypes, errno, json, os, sys, time
@@ -177,7 +180,8 @@ def test_python_calls_fail_naming_the_rule(scratch: Path) -> None:
 
 def test_allowed_work_goes_on(scratch: Path) -> None:
     """Threads, numpy, reading the pack, writing scratch, socketpair, signalling itself; and the
-    limits, priority and kernel layers are in force — even for a child of a SCHED_FIFO parent."""
+    limits, priority and kernel layers are in force — even for a child that inherited SCHED_FIFO
+    and a negative nice."""
     out, proc = run_sandboxed(f'''
         import socket, tempfile, threading, resource, signal
         import numpy as np
@@ -207,7 +211,8 @@ def test_allowed_work_goes_on(scratch: Path) -> None:
         out['sched'] = os.sched_getscheduler(0)
         out['nice'] = os.getpriority(os.PRIO_PROCESS, 0)
         out['status'] = {{k: status(k) for k in ('NoNewPrivs', 'Seccomp', 'CapEff', 'CapPrm', 'CapBnd')}}
-    ''', {'scratch': str(scratch)}, before='os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))')
+    ''', {'scratch': str(scratch), 'nice': 10},
+        before=REALTIME_PARENT)
     assert proc.returncode == 0, proc.stderr
     assert out['threads'] == [[0, 10, 8.0]] * 8        # SCHED_OTHER, nice 10, numpy works
     assert out['pack'] > 0 and 'skills.py' in out['listdir']
@@ -383,3 +388,19 @@ def test_the_workers_policy_spelling_is_understood(scratch: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (out['as'], out['nofile'], out['cwd'], out['socket']) == (1 << 30, 128, str(scratch), 'EACCES')
     assert not any('not known' in line for line in out['log'])
+
+
+def test_the_workers_own_nice_is_kept_but_never_above_normal(scratch: Path) -> None:
+    """Without a ``nice`` in the policy the runtime's choice stands (worker_nice), raised to 0 at
+    least; SCHED_FIFO inherited from a real-time runtime is dropped either way."""
+    out, proc = run_sandboxed('''
+        out['kept'] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    ''', {'scratch': str(scratch)}, before='os.setpriority(os.PRIO_PROCESS, 0, 5)')
+    assert proc.returncode == 0, proc.stderr
+    assert out['kept'] == [0, 5]
+    out, proc = run_sandboxed('''
+        out['raised'] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    ''', {'scratch': str(scratch)},
+        before=REALTIME_PARENT)
+    assert proc.returncode == 0, proc.stderr
+    assert out['raised'] == [0, 0]

@@ -7,8 +7,11 @@ reason in the returned log lines, where the machine lacks it (no libseccomp, an 
 
 1. resource limits, soft = hard so a pack cannot raise them: address space (a memory bomb gets
    ``MemoryError``), open files, processes/threads, no core dumps, file size;
-2. scheduling: SCHED_OTHER at nice +10 on every thread, below the gate's control thread (which
-   is SCHED_FIFO, or at least nice 0), even when the worker was started by a SCHED_FIFO runtime;
+2. scheduling: SCHED_OTHER on every thread, never above nice 0 (the policy's ``nice``, or the
+   nice the runtime started the worker with), below the gate's SCHED_FIFO control thread even
+   when the worker inherited SCHED_FIFO; the pack can never raise it again (seccomp, no
+   capabilities, RLIMIT_RTPRIO 0). The runtime may still grant the worker's stepping thread a
+   bounded SCHED_FIFO from outside (it keeps its capabilities; ``skill_runtime.proxy``);
 3. ``PR_SET_NO_NEW_PRIVS`` and every capability dropped (the stack runs as root: a root worker
    without capabilities cannot raise its limits or priority, load modules, mount, trace...);
 4. Landlock (:mod:`skill_runtime.landlock`): read-only filesystem except the scratch directory;
@@ -73,7 +76,10 @@ class SandboxPolicy:
     open_files: int = 256
     processes: int = 4096
     file_size: int = 64 * MIB
-    nice: int = 10
+    nice: int | None = None
+    """Raise every thread's nice to at least this; None: keep the worker's (never below 0). The
+    runtime picks it (``worker_nice``: 0 below a SCHED_FIFO gate — nice 10 left workers
+    unscheduled for 250 ms on a loaded host —, 5 otherwise)."""
     core: int = 0
     """RLIMIT_CORE in bytes; -1 leaves it as it is."""
     network: bool = False
@@ -191,7 +197,7 @@ def _limits(p: SandboxPolicy) -> str:
     return 'limits: ' + ', '.join(done) + (f'; not set: {"; ".join(failed)}' if failed else '')
 
 
-def _scheduling(nice: int) -> str:
+def _scheduling(nice: int | None) -> str:
     """SCHED_OTHER at ``nice`` for every thread of the process (policy and nice are per thread
     on Linux; threads started later inherit the starting thread's)."""
     problems = []
@@ -200,8 +206,9 @@ def _scheduling(nice: int) -> str:
         try:
             if os.sched_getscheduler(tid) != os.SCHED_OTHER:
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            floor = max(0, nice if nice is not None else 0)
+            if os.getpriority(os.PRIO_PROCESS, tid) < floor:
+                os.setpriority(os.PRIO_PROCESS, tid, floor)
         except OSError as exc:
             problems.append(f'thread {tid}: {exc.strerror}')
     now = os.getpriority(os.PRIO_PROCESS, 0)
