@@ -33,6 +33,7 @@ from field_deploy.profile import load_profile
 from field_deploy.ros import Spinner, qos_profile, stamp_to_ns
 from field_deploy.testing import NodeProcess, wait_until
 from skill_runtime.client import SkillClient
+from skill_runtime.loop import set_thread_realtime
 from skill_runtime.writers import ERROR, STATUS_NAME
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,8 +122,8 @@ class Watch:
             return [c for c in self.commands if t0 <= c[0] <= t1]
 
 
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, state letter) of every process below ``pid``."""
+def descendants(pid: int) -> list[tuple[int, int, str]]:
+    """(pid, parent pid, state letter) of every process below ``pid``."""
     out, todo = [], [pid]
     while todo:
         parent = todo.pop()
@@ -136,7 +137,7 @@ def descendants(pid: int) -> list[tuple[int, str]]:
                 state = Path(f'/proc/{child}/stat').read_text().rsplit(')', 1)[1].split()[0]
             except OSError:
                 continue
-            out.append((child, state))
+            out.append((child, parent, state))
             todo.append(child)
     return out
 
@@ -150,17 +151,28 @@ def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
         '-p', "allow:=['mallory/*']", '-p', 'entry_points:=false',
         # a loaded CI host stalls threads and starts interpreters slowly: containment, not speed
         '-p', 'step_budget_ms:=100.0', '-p', 'answer_timeout_ms:=1000.0',
-        '-p', 'worker_start_timeout:=15.0'], log_dir=log_dir)
+        '-p', 'worker_start_timeout:=15.0', '-p', 'vendor_call_timeout:=10.0'], log_dir=log_dir)
     node = Node('containment_probe')
     watch = Watch(node)
-    # The EventsExecutor cannot hand a callback its message info (SystemError in spin_once).
-    spinner = Spinner([node], executor=SingleThreadedExecutor()).start()
+    # The EventsExecutor cannot hand a callback its message info (SystemError in spin_once). The
+    # probe's thread runs SCHED_FIFO 10 where permitted (below the runtime's 20-40): at load 40 a
+    # normal-priority probe received a third of the commands, and the test is about the runtime.
+    spinner = Spinner([node], executor=SingleThreadedExecutor())
+    stop = threading.Event()
+
+    def spin() -> None:
+        set_thread_realtime(10)
+        spinner.spin_until(stop)
+    thread = threading.Thread(target=spin, name='probe-spinner', daemon=True)
+    thread.start()
     client = SkillClient(node)
     try:
         if not wait_until(lambda: len(watch.window(0, 1e18)) > 200, 60):
             pytest.fail(f'runtime not publishing:\n{runtime.log()[-3000:]}\n{sim.log()[-2000:]}')
         yield runtime, client, watch, node, sim
     finally:
+        stop.set()
+        thread.join(5)
         spinner.stop()
         node.destroy_node()
         runtime.stop()
@@ -209,7 +221,8 @@ def test_pack_fault_is_contained(rig, skill: str) -> None:
     assert re.search(pattern, status['reason']), \
         f'{skill}: reason {status["reason"]!r} does not say what happened'
 
-    assert len(rows) > 100, 'joint_commands went quiet'
+    # Still publishing once the skill had ended (a silent gate would also show in the rate).
+    assert rows and rows[-1][0] >= t_end, 'joint_commands went quiet'
     rate = gate_rate(rows)
     print(f'{skill}: {status["outcome"]} ({status["reason"]}); gate {rate:.0f} Hz over '
           f'{t_end - t0 + 0.5:.1f} s, {len(rows)} commands received')
@@ -226,6 +239,9 @@ def test_pack_fault_is_contained(rig, skill: str) -> None:
     assert [(w.node_name, w.node_namespace) for w in writers] == [('skill_runtime', '/')]
     assert not watch.alarms, f'foreign writer seen: {watch.alarms}'
 
-    assert wait_until(lambda: all(state != 'Z' for _pid, state in descendants(runtime.pid)), 5), \
+    # Workers (spares, discovery child, configured skills) are the runtime's children; none has
+    # a child of its own (no fork got through) and none is left a zombie.
+    assert wait_until(lambda: all(state != 'Z' for _pid, _parent, state in descendants(runtime.pid)), 5), \
         f'zombie below the runtime: {descendants(runtime.pid)}'
-    assert len(descendants(runtime.pid)) <= 4, f'processes below the runtime: {descendants(runtime.pid)}'
+    assert all(parent == runtime.pid for _pid, parent, _state in descendants(runtime.pid)), \
+        f'a worker has children: {descendants(runtime.pid)}'
