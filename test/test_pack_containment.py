@@ -16,6 +16,7 @@ One runtime for the whole matrix (the cases are independent: each skill runs on 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 import time
@@ -145,6 +146,7 @@ def descendants(pid: int) -> list[tuple[int, int, str]]:
 @pytest.fixture(scope='module')
 def rig(ros: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     log_dir = tmp_path_factory.mktemp('containment')
+    print(f'ROS_DOMAIN_ID {os.environ.get("ROS_DOMAIN_ID")}')
     sim = NodeProcess('sim_robot', ['--ros-args', '-p', 'profile:=quadruped_12dof'], log_dir=log_dir)
     runtime = NodeProcess('skill_runtime', [
         '--ros-args', '-p', 'profile:=quadruped_12dof', '-p', f"pack_path:=['{PACKS}']",
