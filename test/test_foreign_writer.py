@@ -106,7 +106,7 @@ class DiagWatch:
 
 
 @pytest.mark.timeout(120)
-def test_a_foreign_writer_is_an_error_within_a_second_and_the_monitor_estops(
+def test_a_foreign_writer_is_an_error_naming_it_and_the_monitor_estops(
         ros: None, spin, node_process, tmp_path: Path) -> None:
     from test_health_node import write_config
 
