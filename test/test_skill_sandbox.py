@@ -7,6 +7,7 @@ that the failure names the rule. x86_64 syscall numbers (this project's robots a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -71,11 +72,13 @@ def run_sandboxed(body: str, policy: dict | None = None, *, before: str = '', ti
     setup = json.dumps({'policy': policy or {}, 'before': textwrap.dedent(before)})
     proc = subprocess.run([sys.executable, '-c', code, setup], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
-    lines = proc.stdout.strip().splitlines()
-    try:
-        out = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        out = {}
+    out: dict = {}
+    # The last JSON line: Fast DDS's log thread may print its errors to stdout after it.
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith('{'):
+            with contextlib.suppress(json.JSONDecodeError):
+                out = json.loads(line)
+                break
     return out, proc
 
 
