@@ -17,6 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 
+from field_deploy import memtrace
 from field_deploy.profile import QosSpec
 from field_deploy.rosenv import use_project_fastdds_profile
 
@@ -113,6 +114,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    memtrace.arm()  # off unless FIELD_DEPLOY_MEMTRACE is set (issue 19: what grows in a shift)
     spinner = Spinner(nodes, executor=executor)
     try:
         spinner.spin_until(stop)

@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from field_deploy.history import History
 from field_deploy.rosenv import clean_stale_shm
 from health_monitor.config import LifecycleConfig, ManagedNode, PolicySpec
 from health_monitor.core import ERROR, OK, WARN, Status
 
 # lifecycle_msgs/msg/Transition ids and State labels (kept here: no rclpy import in the core).
 CONFIGURE, CLEANUP, ACTIVATE, DEACTIVATE = 1, 2, 3, 4
+EVENTS_MAX = 500  # LifecycleManager.events: the newest transitions and recoveries kept
 TRANSITION_NAMES = {CONFIGURE: 'configure', CLEANUP: 'cleanup', ACTIVATE: 'activate',
                     DEACTIVATE: 'deactivate'}
 
@@ -156,8 +158,8 @@ class LifecycleManager:
         self.sleep = sleep
         self.log = log or (lambda level, msg: print(f'[{level}] {msg}', file=sys.stderr))
         self.nodes = {n.name: NodeRecord(n) for n in cfg.nodes}
-        self.events: list[tuple[float, str, str]] = []
-        """(time, node, what): transitions and recoveries, for tests and the status values."""
+        self.events: History[tuple[float, str, str]] = History(EVENTS_MAX)
+        """(time, node, what): the newest transitions and recoveries (all are in the log)."""
 
     # ------------------------------------------------------------------ primitives
 

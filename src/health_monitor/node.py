@@ -29,6 +29,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
+from field_deploy.history import History
 from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
 from health_monitor.config import HealthConfig, HealthConfigError, load_config
 from health_monitor.core import (
@@ -50,6 +51,7 @@ from health_monitor.topics import DeliveryGaps, Punctuality, TopicMonitor
 
 METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
 DEFAULT_METRICS_PORT = 9464   # the Prometheus exporter port conventionally left to this kind of agent
+POLICY_LOG_MAX = 200  # HealthNode.policy_log: the newest policy lines kept in memory
 _DIAG_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -128,7 +130,8 @@ class HealthMonitor(Node):
                                            str(self.declare_parameter('metrics_address', '0.0.0.0').value))
 
         self.policies = PolicyEngine(cfg.policies)
-        self.policy_log: list[str] = []
+        # the newest POLICY_LOG_MAX lines (each is also in the node's log) and the count of all
+        self.policy_log: History[str] = History(POLICY_LOG_MAX)
         self._jobs: queue.Queue[tuple[Callable[[], Any], threading.Event, list]] = queue.Queue()
         self._stop = threading.Event()
         self.spawner = spawner or PopenSpawner()
@@ -358,7 +361,7 @@ class HealthMonitor(Node):
         self._log('info' if ok else 'error', text)
         now = time.monotonic()
         self._leaf(Status('health/policies', OK if ok else ERROR, text,
-                          values={'last': text, 'fired': str(len(self.policy_log))}), now)
+                          values={'last': text, 'fired': str(self.policy_log.total)}), now)
 
     # ------------------------------------------------------------------ worker / manager
 
