@@ -52,6 +52,8 @@ class Sample:
     bag_mb: float = 0.0
     disk_free_gb: float = 0.0
     recorder: dict[str, float] = field(default_factory=dict)
+    load1: float = 0.0
+    """The host's 1-minute load average (figures measured under load say so)."""
 
 
 def node_processes(root_pid: int) -> dict[str, object]:
@@ -138,6 +140,7 @@ class Sampler:
         s.bag_mb = folder_mb(self.bag_dir)
         s.disk_free_gb = psutil.disk_usage(str(self.bag_dir.parent)).free / 1e9
         s.recorder = dict(self.recorder_status)
+        s.load1 = os.getloadavg()[0]
         return s
 
 
@@ -180,6 +183,9 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'/dev/shm Fast DDS: {late[0]["shm_mb"]:.0f} -> {late[-1]["shm_mb"]:.0f} MB '
           f'({late[0]["shm_files"]} -> {late[-1]["shm_files"]} files), {slope_per_hour(shm):.1f} MB/hour')
     print(f'bag folder: {late[-1]["bag_mb"]:.0f} MB; disk free {late[-1]["disk_free_gb"]:.1f} GB')
+    loads = [s.get('load1', float('nan')) for s in samples]
+    print(f'host load average (1 min) during the run: mean {sum(loads) / len(loads):.1f}, '
+          f'min {min(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)')
     plot(samples, warmup, out)
 
 
@@ -208,6 +214,18 @@ def plot(samples: list[dict], warmup: float, out: Path) -> None:
     path = out / 'soak.png'
     fig.savefig(path, dpi=90)
     print(f'plot: {path}')
+
+
+def save(out: Path, args: argparse.Namespace, samples: list[Sample], outcomes: dict[str, int],
+         kills: list[str], splits: int) -> list[dict]:
+    """Write ``samples.json`` (also during the run: a soak cut short keeps what it measured)."""
+    rows = [s.__dict__ for s in list(samples)]
+    doc = {'warmup': args.warmup, 'robot': args.robot, 'idle': args.idle, 'outcomes': outcomes,
+           'kills': kills, 'splits': splits, 'samples': rows}
+    tmp = out / 'samples.json.tmp'
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(out / 'samples.json')
+    return rows
 
 
 def run(args: argparse.Namespace) -> None:
@@ -247,6 +265,7 @@ def run(args: argparse.Namespace) -> None:
     sampler = None
     outcomes: dict[str, int] = {}
     kills: list[str] = []
+    splits, printed = 0, 0
     try:
         for name in ('sim_robot', 'data_recorder', 'skill_runtime'):
             if not operator.wait_state(f'/{name}', 'active', timeout=90.0):
@@ -256,7 +275,7 @@ def run(args: argparse.Namespace) -> None:
         next_kill, next_split = t0 + args.kill_every, t0 + args.split_every
         end = t0 + args.hours * 3600
         while time.monotonic() < end and up.poll() is None:
-            for step in mission.steps:
+            for step in ([] if args.idle else mission.steps):
                 try:
                     result = operator.run_skill(step)
                     outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
@@ -274,12 +293,20 @@ def run(args: argparse.Namespace) -> None:
                     operator.wait_state(f'/{victim}', 'active', timeout=120.0)
                 next_kill = now + args.kill_every
             if args.split_every > 0 and now >= next_split:
-                operator.trigger('/data_recorder/split')
+                try:
+                    operator.trigger('/data_recorder/split')
+                    splits += 1
+                except OperatorError as exc:   # a loaded host, a recorder restarting: go on
+                    print(f'  {(now - t0) / 60:5.1f} min: split: {exc}')
                 next_split = now + args.split_every
-            if sampler.samples and len(sampler.samples) % 10 == 0:
+            if args.idle:
+                time.sleep(1.0)
+            if len(sampler.samples) >= printed + 10:
+                printed = len(sampler.samples)
                 s = sampler.samples[-1]
-                print(f'  {s.t / 60:5.1f} min: ' + ', '.join(
+                print(f'  {s.t / 60:5.1f} min (load {os.getloadavg()[0]:.1f}): ' + ', '.join(
                     f'{n} {p["rss_mb"]:.0f} MB' for n, p in s.procs.items()), flush=True)
+                save(out, args, sampler.samples, outcomes, kills, splits)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -292,9 +319,9 @@ def run(args: argparse.Namespace) -> None:
         except subprocess.TimeoutExpired:
             up.kill()
         log.close()
-    samples = [s.__dict__ for s in (sampler.samples if sampler else [])]
-    (out / 'samples.json').write_text(json.dumps({'warmup': args.warmup, 'samples': samples}))
-    print(f'skill outcomes: {outcomes}; nodes killed: {len(kills)} ({", ".join(kills) or "none"})')
+    samples = save(out, args, sampler.samples if sampler else [], outcomes, kills, splits)
+    print(f'skill outcomes: {outcomes}; nodes killed: {len(kills)} ({", ".join(kills) or "none"}); '
+          f'splits: {splits}; load average at the end: {os.getloadavg()}')
     if samples:
         report(samples, min(args.warmup, samples[-1]['t'] / 2), out)
 
@@ -308,6 +335,8 @@ def main() -> None:
     ap.add_argument('--warmup', type=float, default=600.0, help='seconds left out of the slopes')
     ap.add_argument('--kill-every', type=float, default=900.0, help='seconds; 0: never')
     ap.add_argument('--split-every', type=float, default=600.0, help='seconds; 0: never')
+    ap.add_argument('--idle', action='store_true',
+                    help='no missions: the stack only streams and records (the issue-19 measurement)')
     ap.add_argument('--plot', default=None, help='samples.json of an earlier run: report it again')
     args = ap.parse_args()
     if args.plot:
