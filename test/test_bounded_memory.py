@@ -1,0 +1,118 @@
+"""Issue 19: every per-message or per-event history kept in memory has a bound.
+
+Structural, not timing: each history is driven far past its bound and its size checked, so a
+node that runs a whole shift keeps the same memory at hour 8 as at minute 10. What is kept
+beyond the bound goes to a file (the bag, the ledger, the log); see docs/soak.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_recorder.accounting import _WINDOW, TopicStats
+from data_recorder.snapshot import SnapshotBuffer
+from data_recorder.writer import BagWriter
+from field_deploy.history import History
+from field_deploy.rosenv import config_dir
+from health_monitor.config import PolicySpec
+from health_monitor.core import ERROR, Status
+from health_monitor.manager import EVENTS_MAX
+from test_health_core import _manager
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_history_keeps_the_newest_entries_and_counts_all() -> None:
+    history: History[int] = History(50)
+    for i in range(10_000):
+        history.append(i)
+    assert len(history) == 50 and history.total == 10_000
+    assert list(history) == list(range(9_950, 10_000)) and history[-1] == 9_999
+    with pytest.raises(ValueError, match='at least one'):
+        History(0)
+
+
+def test_lifecycle_manager_events_bounded_over_many_restarts() -> None:
+    mgr, _, _, _ = _manager(['sim_robot', 'data_recorder', 'skill_runtime'])
+    for _ in range(200):                  # a shift of bring-ups and shut-downs: ~2400 events
+        assert mgr.startup()[0]
+        assert mgr.shutdown()[0]
+    assert mgr.events.total > 4 * EVENTS_MAX
+    assert len(mgr.events) == EVENTS_MAX
+    assert mgr.events[-1][1] == 'sim_robot'   # the newest kept: the last shutdown's end
+
+
+def test_health_monitor_policy_log_bounded(ros: None, tmp_path: Path) -> None:
+    from rclpy.parameter import Parameter
+
+    from health_monitor.node import POLICY_LOG_MAX, HealthMonitor
+
+    data = yaml.safe_load((config_dir() / 'health' / 'default.yaml').read_text())
+    data['lifecycle']['nodes'] = []
+    data['ledger']['path'] = str(tmp_path / 'ledger.sqlite')
+    config = tmp_path / 'health.yaml'
+    config.write_text(yaml.safe_dump(copy.deepcopy(data)))
+    hm = HealthMonitor(parameter_overrides=[Parameter('config', value=str(config))])
+    try:
+        policy = PolicySpec('soak', '/sensors/imu', ERROR, None, ('mark_degraded',))
+        fired = 5 * POLICY_LOG_MAX
+        for i in range(fired):
+            hm._fire(policy, '/sensors/imu', Status('sensors/imu', ERROR, f'silent #{i}'))
+        assert len(hm.policy_log) == POLICY_LOG_MAX
+        assert hm.policy_log.total == fired
+        assert f'silent #{fired - 1}' in hm.policy_log[-1]
+    finally:
+        hm.close()
+        hm.destroy_node()
+
+
+def test_recorder_gap_detector_keeps_a_fixed_window_of_intervals() -> None:
+    stats = TopicStats()
+    for i in range(1, 100_000):
+        stats.observe_stamp(i * 2_000_000)            # 500 Hz for 200 s
+    assert len(stats._intervals) == _WINDOW
+    assert stats.period() == 2_000_000
+
+
+def test_snapshot_buffer_bounded_by_bytes_and_age() -> None:
+    by_bytes = SnapshotBuffer(max_duration=0, max_bytes=100_000)
+    by_age = SnapshotBuffer(max_duration=1.0)
+    for i in range(20_000):
+        by_bytes.add('/t', b'x' * 100, i * 1_000_000)
+        by_age.add('/t', b'x' * 100, i * 1_000_000)   # 1 kHz for 20 s
+    assert by_bytes.bytes <= 100_000 and len(by_bytes) == 1_000
+    assert len(by_age) == 1_000
+
+
+def _chunk_indexes(writer: BagWriter) -> int:
+    """The MCAP writer keeps one ChunkIndex per chunk of the open file for its summary."""
+    return len(writer._mcap._Writer__chunk_indices)  # type: ignore[union-attr]
+
+
+def test_mcap_chunk_indexes_are_bounded_by_the_split(tmp_path: Path) -> None:
+    """A file's summary grows by one chunk index per flush (~1.6 kB with 20 channels) until the
+    file is closed; a size or duration split bounds it. 2000 flushes, a split every 1 MB."""
+    writer = BagWriter(tmp_path / 'bag', chunk_size=64 * 1024, flush_interval=1e9,
+                       max_bag_size=1024 * 1024)
+    writer.add_topic('/joint_states', 'std_msgs/msg/String')
+    payload = b'\x00\x01\x00\x00' + b'x' * 2_000
+    most = 0
+    for i in range(2_000):
+        writer.write('/joint_states', payload, 1 + i * 1_000_000)
+        writer.flush()                                 # one chunk per message: the worst case
+        most = max(most, _chunk_indexes(writer))
+    writer.close()
+    assert len(writer.files) > 3
+    assert most <= 1024 * 1024 // len(payload) + 1
+
+
+def test_field_stack_recorder_splits_its_files() -> None:
+    """The field stack records unattended: its files must be split by size or duration, or the
+    open file's chunk indexes (and the metadata records' indexes) grow for the whole shift."""
+    params = yaml.safe_load((ROOT / 'config' / 'params' / 'data_recorder.yaml').read_text())
+    values = params['/**']['ros__parameters']
+    assert values.get('max_bag_size', 0) > 0 or values.get('max_bag_duration', 0) > 0
