@@ -48,7 +48,11 @@ class Sample:
     procs: dict[str, dict[str, float]] = field(default_factory=dict)
     """Node name -> rss_mb, cpu_pct, threads, fds, pid."""
     shm_mb: float = 0.0
+    """Fast DDS files in /dev/shm mapped by the stack's processes (MB of pages in use)."""
     shm_files: int = 0
+    host_shm_mb: float = 0.0
+    """Every Fast DDS file in /dev/shm on the host (other programs' and stale ones too)."""
+    host_shm_files: int = 0
     bag_mb: float = 0.0
     disk_free_gb: float = 0.0
     recorder: dict[str, float] = field(default_factory=dict)
@@ -76,10 +80,24 @@ def node_processes(root_pid: int) -> dict[str, object]:
     return found
 
 
-def shm_usage() -> tuple[float, int]:
+def shm_usage(pids: list[int] | None = None) -> tuple[float, int]:
+    """MB and count of the Fast DDS files in /dev/shm: the ones ``pids`` map, or all of them.
+
+    The host's total includes every other ROS program on it (and the files a killed process
+    left); the stack's own share is the files its live processes have mapped.
+    """
+    names: set[str] | None = None
+    if pids is not None:
+        names = set()
+        for pid in pids:
+            try:
+                with open(f'/proc/{pid}/maps') as maps:
+                    names.update(line.rsplit('/', 1)[-1].strip() for line in maps if '/dev/shm/' in line)
+            except OSError:
+                continue
     total, count = 0, 0
     for entry in os.scandir('/dev/shm'):
-        if entry.name.startswith(('fastrtps_', 'sem.fastrtps_')):
+        if entry.name.startswith(('fastrtps_', 'sem.fastrtps_')) and (names is None or entry.name in names):
             try:
                 total += entry.stat().st_blocks * 512
                 count += 1
@@ -123,7 +141,8 @@ class Sampler:
 
         now = time.monotonic()
         s = Sample(t=now - self._t0)
-        for name, proc in node_processes(self.root_pid).items():
+        procs = node_processes(self.root_pid)
+        for name, proc in procs.items():
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
@@ -136,7 +155,8 @@ class Sampler:
                                      'fds': proc.num_fds()}
             except psutil.Error:
                 continue
-        s.shm_mb, s.shm_files = shm_usage()
+        s.shm_mb, s.shm_files = shm_usage([self.root_pid, *(p.pid for p in procs.values())])
+        s.host_shm_mb, s.host_shm_files = shm_usage()
         s.bag_mb = folder_mb(self.bag_dir)
         s.disk_free_gb = psutil.disk_usage(str(self.bag_dir.parent)).free / 1e9
         s.recorder = dict(self.recorder_status)
@@ -167,7 +187,8 @@ def series(samples: list[dict], name: str, key: str, warmup: float) -> list[tupl
 def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'\n{len(samples)} samples over {samples[-1]["t"] / 60:.1f} min; slopes after '
           f'{warmup / 60:.0f} min of warm-up (and after each node\'s last restart)')
-    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"threads":>9} {"fds":>9} {"CPU %":>7}')
+    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"threads":>9} {"fds":>9} {"CPU %":>7} '
+          f'{"restarts":>8}')
     for name in NODES:
         rss = series(samples, name, 'rss_mb', warmup)
         if not rss:
@@ -177,11 +198,13 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
         cpu = [v for _, v in series(samples, name, 'cpu_pct', warmup) if v == v]
         print(f'{name:16} {rss[0][1]:6.0f}->{rss[-1][1]:<6.0f} {slope_per_hour(rss):9.1f} '
               f'{min(threads):4.0f}-{max(threads):<4.0f} {min(fds):4.0f}-{max(fds):<4.0f} '
-              f'{sum(cpu) / max(len(cpu), 1):7.1f}')
+              f'{sum(cpu) / max(len(cpu), 1):7.1f} '
+              f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d}')
     late = [s for s in samples if s['t'] >= warmup] or samples
     shm = [(s['t'], s['shm_mb']) for s in late]
-    print(f'/dev/shm Fast DDS: {late[0]["shm_mb"]:.0f} -> {late[-1]["shm_mb"]:.0f} MB '
-          f'({late[0]["shm_files"]} -> {late[-1]["shm_files"]} files), {slope_per_hour(shm):.1f} MB/hour')
+    print(f'/dev/shm Fast DDS, the stack\'s: {late[0]["shm_mb"]:.0f} -> {late[-1]["shm_mb"]:.0f} MB '
+          f'({late[0]["shm_files"]} -> {late[-1]["shm_files"]} files), {slope_per_hour(shm):.1f} MB/hour; '
+          f'the host\'s: {late[0].get("host_shm_files", 0)} -> {late[-1].get("host_shm_files", 0)} files')
     print(f'bag folder: {late[-1]["bag_mb"]:.0f} MB; disk free {late[-1]["disk_free_gb"]:.1f} GB')
     loads = [s.get('load1', float('nan')) for s in samples]
     print(f'host load average (1 min) during the run: mean {sum(loads) / len(loads):.1f}, '
@@ -341,7 +364,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.plot:
         doc = json.loads(Path(args.plot).read_text())
-        report(doc['samples'], doc['warmup'], Path(args.plot).parent)
+        samples = doc['samples']
+        report(samples, min(doc['warmup'], samples[-1]['t'] / 2), Path(args.plot).parent)
         return
     run(args)
 
