@@ -8,7 +8,7 @@ export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export PYTHONUNBUFFERED := 1
 ROBOT ?= quadruped_12dof
 
-.PHONY: demo test lint bench venv clean check-lerobot
+.PHONY: demo test lint bench soak venv clean check-lerobot
 
 venv: $(STAMP)
 
@@ -26,7 +26,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	for b in bench/*/run.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/*/run.py; do [ $$b = bench/soak/run.py ] || $(BIN)/python $$b || exit 1; done
+
+# A shift unattended (issue 19): `make soak` (8 hours), `make soak HOURS=1 ROBOT=humanoid_29dof`
+HOURS ?= 8
+soak: $(STAMP)
+	$(BIN)/python bench/soak/run.py --hours $(HOURS) --robot $(ROBOT) --out soak-$(ROBOT)-$(HOURS)h
 
 # Opt-in (not in .ci/run): LeRobot itself loads an export of the demo's bag (or BAG=...) and
 # lerobot-doctor checks it. Builds a separate venv (LeRobot needs Python >= 3.12 and torch: GBs).
