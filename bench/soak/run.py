@@ -219,23 +219,34 @@ def plot(samples: list[dict], warmup: float, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = (('rss_mb', 'RSS (MB)'), ('threads', 'threads'), ('fds', 'open files'), ('cpu_pct', 'CPU (%)'))
-    fig, axes = plt.subplots(len(keys) + 1, 1, figsize=(10, 13), sharex=True)
+    fig, axes = plt.subplots(len(keys) + 2, 1, figsize=(9, 13), sharex=True)
     for ax, (key, label) in zip(axes, keys, strict=False):
         for name in NODES:
             points = [(s['t'] / 60, s['procs'][name][key]) for s in samples if name in s['procs']]
             if points:
                 ax.plot(*zip(*points, strict=True), label=name, linewidth=1)
         ax.set_ylabel(label)
+    axes[0].legend(loc='upper left', fontsize=8)
+    minutes = [s['t'] / 60 for s in samples]
+    queue = axes[-2]
+    queue.plot(minutes, [s['recorder'].get('queue', float('nan')) for s in samples], linewidth=1,
+               label='recorder queue (messages)')
+    queue.set_ylabel('recorder queue')
+    load = queue.twinx()
+    load.plot(minutes, [s.get('load1', float('nan')) for s in samples], color='grey',
+              linewidth=1, linestyle='--', label='host load (1 min)')
+    load.set_ylabel('host load', color='grey')
+    axes[-1].plot(minutes, [s['shm_mb'] for s in samples], label="the stack's")
+    axes[-1].plot(minutes, [s.get('host_shm_mb', float('nan')) for s in samples], label="the host's")
+    axes[-1].legend(loc='upper left', fontsize=8)
+    axes[-1].set_ylabel('/dev/shm Fast DDS (MB)')
+    axes[-1].set_xlabel('minutes')
+    for ax in axes:
         ax.axvline(warmup / 60, color='grey', linestyle=':', linewidth=1)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc='upper left', fontsize=8)
-    axes[-1].plot([s['t'] / 60 for s in samples], [s['shm_mb'] for s in samples], label='/dev/shm MB')
-    axes[-1].set_ylabel('/dev/shm (MB)')
-    axes[-1].set_xlabel('minutes')
-    axes[-1].grid(alpha=0.3)
     fig.tight_layout()
     path = out / 'soak.png'
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=70)
     print(f'plot: {path}')
 
 
