@@ -116,3 +116,4 @@ def test_field_stack_recorder_splits_its_files() -> None:
     params = yaml.safe_load((ROOT / 'config' / 'params' / 'data_recorder.yaml').read_text())
     values = params['/**']['ros__parameters']
     assert values.get('max_bag_size', 0) > 0 or values.get('max_bag_duration', 0) > 0
+

@@ -17,7 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 
-from field_deploy import memtrace
+from field_deploy import memory
 from field_deploy.profile import QosSpec
 from field_deploy.rosenv import use_project_fastdds_profile
 
@@ -114,7 +114,8 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    memtrace.arm()  # off unless FIELD_DEPLOY_MEMTRACE is set (issue 19: what grows in a shift)
+    memory.return_large_buffers()  # a backlog's images go back to the OS once drained (issue 19)
+    memory.arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set
     spinner = Spinner(nodes, executor=executor)
     try:
         spinner.spin_until(stop)
