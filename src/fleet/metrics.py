@@ -21,9 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 #: Component key-values with a unit: key -> (metric name, help).
 COMPONENT_VALUES = {
-    'temperature': ('field_deploy_motor_temperature_celsius', 'motor temperature'),
-    'current': ('field_deploy_motor_current_amperes', 'motor current'),
-    'voltage': ('field_deploy_motor_voltage_volts', 'motor supply voltage'),
+    'temperature': ('field_deploy_component_temperature_celsius', 'component temperature (motor, '
+                    'battery, …)'),
+    'current': ('field_deploy_component_current_amperes', 'component current'),
+    'voltage': ('field_deploy_component_voltage_volts', 'component supply voltage'),
 }
 _PAIR = re.compile(r'(\w+)=(\d+)')
 #: The recorder's counters (data_recorder.accounting) -> the ``cause`` label.
@@ -65,6 +66,10 @@ class DiagnosticsMetrics:
     def update(self, statuses: Iterable[StatusView]) -> None:
         with self._lock:
             for st in statuses:
+                # diagnostic_updater's "<node>: <name>" (the health monitor's own statuses)
+                if ': ' in st.name and not st.name.startswith('/'):
+                    st = StatusView(st.name.split(': ', 1)[1], st.level, st.message, st.hardware_id,
+                                    st.values)
                 self._latest[st.name] = st
                 if st.name.startswith('skills/'):
                     self._count_skill_run(st)
@@ -108,6 +113,8 @@ class DiagnosticsMetrics:
         recorder = self._recorder_families(latest)
         for st in latest:
             level.add_metric([robot, st.name], st.level)
+            if st.name.startswith('/'):
+                continue   # an aggregate's copy (/diagnostics_agg): its values are the leaf's own
             v = st.values
             if 'topic' in v and _float(v.get('rate (Hz)')) is not None:
                 rate.add_metric([robot, v['topic']], _float(v['rate (Hz)']))
