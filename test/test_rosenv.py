@@ -74,26 +74,3 @@ def _locked_by(pid: int) -> set[str]:
             if name and name.endswith('_el'):
                 names.add(name)
     return names
-
-
-def _locked_by(pid: int) -> set[str]:
-    """Names of the ``/dev/shm`` lock files ``pid`` holds a flock on (from ``/proc/locks``)."""
-    inodes = {entry.inode(): entry.name for entry in os.scandir(SHM_DIR)}
-    names = set()
-    for line in Path('/proc/locks').read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == 'FLOCK' and fields[4] == str(pid):
-            name = inodes.get(int(fields[5].rsplit(':', 1)[-1]))
-            if name and name.endswith('_el'):
-                names.add(name)
-    return names
-
-
-def _mapped_shm() -> set[str]:
-    """Fast DDS segments this process has mapped (``/proc/self/maps``): certainly alive."""
-    names = set()
-    for line in Path('/proc/self/maps').read_text().splitlines():
-        path = line.split(maxsplit=5)[-1] if len(line.split()) >= 6 else ''
-        if path.startswith(f'{SHM_DIR}/fastrtps_'):
-            names.add(path[len(str(SHM_DIR)) + 1:].removesuffix(' (deleted)'))
-    return names
