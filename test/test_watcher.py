@@ -112,7 +112,7 @@ def test_supervisor_restarts_the_watcher_feeds_the_watchdog_and_stops_orphans(
         orphan = old.children()[0].pid            # what a dead monitor leaves running
         old.kill()
         killed = time.monotonic()
-        assert wait_until(lambda: watcher() is not None and watcher().pid != old.pid, 5.0)
+        assert wait_until(lambda: (w := watcher()) is not None and w.pid != old.pid, 5.0)
         print(f'watcher back after {time.monotonic() - killed:.2f} s')
         new = watcher()
         assert 'adopt:=true' in ' '.join(new.cmdline())          # its restart parameters
