@@ -234,9 +234,10 @@ class Uploader:
             report.skipped_files += 1
             return size, sha
         if size <= self.part_size:
-            self._put_verified(bucket, key, path.read_bytes(), report, sha)
+            data = path.read_bytes()
+            self._put_verified(bucket, key, data, report, sha)
             self.store.begin_file(local, url, size, sha, None, self.part_size)
-            self.store.file_verified(local, url, b64_sha256(path.read_bytes()))
+            self.store.file_verified(local, url, b64_sha256(data))
             return size, sha
         upload_id = None
         if record and record.upload_id and record.sha256 == sha and record.part_size == self.part_size:
