@@ -326,6 +326,24 @@ def test_sequence_a_lagging_graph_does_not_end_a_live_writer() -> None:
     assert len(t.runs) == 2 and t.lost == 0
 
 
+@pytest.mark.parametrize('graph', [0, 1])
+def test_sequence_a_second_writer_before_the_graph_lists_it_is_no_loss(graph: int) -> None:
+    """Two writers start seconds apart on a loaded host and the graph still lists one (or none):
+    the second writer's samples must not end the first one's run (measured in CI: 13,752 "lost"
+    of 1,650 received, every number present in the bag)."""
+    rng = random.Random(7)
+    for first_a, first_b in ((1085, 1), (1, 300)):     # B below A, then B above A
+        a, b = iter(range(first_a, first_a + 400)), iter(range(first_b, first_b + 150))
+        merged = [next(a) for _ in range(40)]
+        merged += [next(it, None) for it in (a if rng.random() < 0.7 else b for _ in range(600))]
+        merged += list(a) + list(b)
+        t = SequenceTracker()
+        t.set_writers(graph)
+        _feed(t, [n for n in merged if n is not None])
+        assert t.lost == 0, (first_a, first_b, t.per_writer())
+        assert sorted(w['received'] for w in t.per_writer()) == [150, 400]
+
+
 def test_without_sequence_numbers_the_stamps_decide() -> None:
     stats = TopicStats()
     for n in (0, 0, 0):

@@ -7,12 +7,12 @@ that the failure names the rule. x86_64 syscall numbers (this project's robots a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -58,6 +58,14 @@ PRELUDE = textwrap.dedent('''
                     if line.startswith(key + ':'))
 
     SETUP = json.loads(sys.argv[1])
+    _REPORT = os.fdopen(SETUP.pop('report_fd'), 'w')
+
+    def report(out):
+        """The probe's result, on a file of its own: Fast DDS's log thread writes to stdout
+        at any moment and could cut a JSON line there in two."""
+        _REPORT.write(json.dumps(out) + '\\n')
+        _REPORT.flush()
+
     exec(SETUP.pop('before', ''))
     from skill_runtime.sandbox import apply_sandbox
     out = {'log': apply_sandbox(SETUP['policy'])}
@@ -66,20 +74,19 @@ PRELUDE = textwrap.dedent('''
 
 def run_sandboxed(body: str, policy: dict | None = None, *, before: str = '', timeout: float = 30.0,
                   env: dict[str, str] | None = None) -> tuple[dict, subprocess.CompletedProcess]:
-    """Run ``body`` after ``apply_sandbox(policy)`` in a fresh interpreter; ``out`` is printed as
-    JSON on the last stdout line (when the body gets there)."""
-    code = PRELUDE + textwrap.dedent(body) + '\nprint(json.dumps(out))\n'
-    setup = json.dumps({'policy': policy or {}, 'before': textwrap.dedent(before)})
-    proc = subprocess.run([sys.executable, '-c', code, setup], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    out: dict = {}
-    # The last JSON line: Fast DDS's log thread may print its errors to stdout after it.
-    for line in reversed(proc.stdout.strip().splitlines()):
-        if line.startswith('{'):
-            with contextlib.suppress(json.JSONDecodeError):
-                out = json.loads(line)
-                break
-    return out, proc
+    """Run ``body`` after ``apply_sandbox(policy)`` in a fresh interpreter; ``out`` is the last
+    dict the probe gave ``report()`` (called at the end, when the body gets there), read from a
+    file descriptor of its own - stdout is shared with the libraries the probe loads."""
+    code = PRELUDE + textwrap.dedent(body) + '\nreport(out)\n'
+    with tempfile.TemporaryFile() as reports:
+        setup = json.dumps({'policy': policy or {}, 'before': textwrap.dedent(before),
+                            'report_fd': reports.fileno()})
+        proc = subprocess.run([sys.executable, '-c', code, setup], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})},
+                              pass_fds=(reports.fileno(),))
+        reports.seek(0)
+        lines = reports.read().decode().splitlines()
+    return (json.loads(lines[-1]) if lines else {}), proc
 
 
 @pytest.fixture
@@ -238,14 +245,14 @@ def test_fork_bomb_is_contained(scratch: Path) -> None:
     the rule named, the machine's process count does not grow."""
     before = len(os.listdir('/proc'))
     t0 = time.monotonic()
-    _out, proc = run_sandboxed('''
+    out, proc = run_sandboxed('''
         out['raw_created'] = sum(raw(57) == 'ok' or raw(56, 17, 0, 0, 0, 0) == 'ok' for _ in range(2000))
-        print(json.dumps(out), flush=True)
+        report(out)
         while True:
             os.fork()
     ''', {'scratch': str(scratch)}, timeout=30)
     elapsed = time.monotonic() - t0
-    assert json.loads(proc.stdout.splitlines()[0])['raw_created'] == 0
+    assert out['raw_created'] == 0, proc.stderr
     assert proc.returncode == 1
     assert 'PermissionError: [Errno 1] sandbox: a pack may not create processes (os.fork)' in proc.stderr
     assert elapsed < 25
@@ -266,11 +273,10 @@ def test_memory_bomb_is_contained(scratch: Path) -> None:
         except MemoryError:
             out['hoarded_mib'] = 32 * len(hoard)
             out['vmpeak_kib'] = int(status('VmPeak').split()[0])
-            print(json.dumps(out), flush=True)
+            report(out)
             raise
     ''', {'scratch': str(scratch), 'address_space': 768 << 20}, timeout=30)
     assert time.monotonic() - t0 < 25
-    out = json.loads(proc.stdout.splitlines()[-1])
     assert out['numpy'].startswith('MemoryError')
     assert 256 <= out['hoarded_mib'] <= 768
     assert out['vmpeak_kib'] <= 768 * 1024
@@ -295,6 +301,7 @@ def test_a_pack_cannot_join_dds(scratch: Path) -> None:
         out['seconds'] = time.monotonic() - t0
     ''', {'scratch': str(scratch)}, timeout=30)
     assert proc.returncode == 0, proc.stderr
+    assert 'node' in out, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert out['node'].startswith('RCLError: error creating node') and 'participant' in out['node']
     assert out['seconds'] < 5
 

@@ -23,10 +23,15 @@ from field_deploy.rosenv import use_project_fastdds_profile
 def isolate_ros_env(domain_id: int | None = None) -> int:
     """Give this process (and its children) a private DDS domain on localhost; returns the id.
 
-    Domain ids 1..200 stay inside Fast DDS's port range for the default participant count.
+    Domain ids 1..200 stay inside Fast DDS's port range for the default participant count. The
+    id is drawn from the pid and the time, then moved on past any domain a process on this host
+    already uses: two test runs (or a test run and a bench) that drew one id would hear each
+    other's topics - a foreign ``/numbered`` writer is a "loss" no test can explain.
     """
     if domain_id is None:
-        domain_id = 1 + (os.getpid() * 7919 + int(time.time())) % 200
+        start = (os.getpid() * 7919 + int(time.time())) % 200
+        domain_id = next((1 + (start + k) % 200 for k in range(200)
+                          if not domain_in_use(1 + (start + k) % 200)), 1 + start)
     os.environ['ROS_DOMAIN_ID'] = str(domain_id)
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
@@ -37,6 +42,21 @@ def isolate_ros_env(domain_id: int | None = None) -> int:
         os.environ.setdefault(env, str(free_port()))
     use_project_fastdds_profile()
     return domain_id
+
+
+def domain_in_use(domain_id: int, participants: int = 8) -> bool:
+    """Whether a DDS participant on this host listens on ``domain_id``: the RTPS well-known
+    metatraffic unicast port of participant k is ``7400 + 250 * domain + 10 + 2 * k``, bound
+    without address reuse, so a bind that fails means somebody holds it."""
+    import socket
+
+    for k in range(participants):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(('0.0.0.0', 7400 + 250 * domain_id + 10 + 2 * k))
+            except OSError:
+                return True
+    return False
 
 
 def free_port() -> int:
