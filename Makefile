@@ -19,7 +19,7 @@ $(STAMP): requirements.lock setup.py setup.cfg
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/field_deploy demo --robot $(ROBOT)
+	$(BIN)/field_deploy demo --robot $(ROBOT) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

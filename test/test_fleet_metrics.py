@@ -3,10 +3,7 @@ published by a real sim_robot process; scraped by a real Prometheus server where
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rclpy.node import Node
 
 from field_deploy.profile import load_profile
-from field_deploy.testing import free_port, wait_until
+from field_deploy.testing import wait_until
+from fleet.local import Prometheus
 from fleet.metrics import DiagnosticsMetrics, StatusView
 from fleet.metrics_node import attach_metrics
 
@@ -120,28 +118,12 @@ def test_a_real_prometheus_server_scrapes_the_endpoint(ros, spin, node_process, 
         server.close()
 
 
-
 def scraped_by_prometheus(target_port: int, folder: Path) -> None:
     """A real Prometheus server scrapes the endpoint; its query API returns our series."""
-    (folder / 'prometheus.yml').write_text(
-        'global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: robot\n  static_configs:\n'
-        f"  - targets: ['127.0.0.1:{target_port}']\n")
-    port = free_port()
-    proc = subprocess.Popen(['prometheus', f'--config.file={folder / "prometheus.yml"}',
-                             f'--storage.tsdb.path={folder / "data"}',
-                             f'--web.listen-address=127.0.0.1:{port}'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def series() -> int:
-        try:
-            query = f'http://127.0.0.1:{port}/api/v1/query?query=field_deploy_component_temperature_celsius'
-            reply = json.loads(urllib.request.urlopen(query, timeout=2).read())
-            return len(reply['data']['result'])
-        except OSError:
-            return 0
+    server = Prometheus.start([f'127.0.0.1:{target_port}'], folder)
+    assert server is not None
     try:
-        assert wait_until(lambda: series() >= 12, 60.0, 0.5), 'Prometheus did not scrape the 12 motors'
+        assert wait_until(lambda: len(server.query('field_deploy_component_temperature_celsius')) >= 12,
+                          60.0, 0.5), 'Prometheus did not scrape the 12 motors'
     finally:
-        proc.terminate()
-        proc.wait(10)
-        time.sleep(0.1)
+        server.close()

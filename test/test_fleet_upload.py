@@ -12,9 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 
 from data_recorder.synthetic import reference_streams, write_bag
 from field_deploy.testing import executable, free_port, wait_until
+from fleet.local import MotoS3
 from fleet.rotation import bags_under, rotate
 from fleet.store import UploadStore
 from fleet.upload import S3Url, Uploader, UploadError, make_client
@@ -32,17 +31,6 @@ SECRET = 'never-print-this-secret-key'
 CREDS = {'AWS_ACCESS_KEY_ID': 'robot17key', 'AWS_SECRET_ACCESS_KEY': SECRET,
          'AWS_DEFAULT_REGION': 'us-east-1'}
 
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(('127.0.0.1', port)) == 0
-    assert wait_until(up, 30.0), 'moto server did not start'
-    return proc
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -56,13 +44,10 @@ def credentials() -> Iterator[None]:
 
 @pytest.fixture(scope='module')
 def server(credentials: None) -> Iterator[str]:
-    port = free_port()
-    proc = start_server(port)
-    url = f'http://127.0.0.1:{port}'
-    make_client(url).create_bucket(Bucket=BUCKET)
-    yield url
-    proc.kill()
-    proc.wait()
+    store = MotoS3()
+    make_client(store.endpoint).create_bucket(Bucket=BUCKET)
+    yield store.endpoint
+    store.close()
 
 
 @pytest.fixture(scope='module')
@@ -173,7 +158,7 @@ def test_server_down_then_up_missing_bucket_and_open_bag_are_one_line_errors(big
     assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1, down.stderr
     assert 'gave up' in down.stderr and 'run again to resume' in down.stderr, down.stderr
     assert SECRET not in down.stderr
-    proc = start_server(port)
+    store = MotoS3(port)
     try:
         make_client(endpoint).create_bucket(Bucket=BUCKET)
         up = cli(*args)
@@ -192,8 +177,7 @@ def test_server_down_then_up_missing_bucket_and_open_bag_are_one_line_errors(big
         assert not stored(endpoint, 'open/'), 'nothing is sent for a bag that is not closed'
         assert cli('upload', str(big_bag), 'http://x', '--state', str(state)).returncode != 0
     finally:
-        proc.kill()
-        proc.wait()
+        store.close()
 
 
 def test_rotation_deletes_only_verified_bags_oldest_first(server, tmp_path) -> None:

@@ -51,6 +51,7 @@ def test_default_stack_filters_by_flags() -> None:
     assert [n.name for n in sim.managed] == ['sim_robot', 'data_recorder', 'skill_runtime']
     assert sim.node('sim_robot').parameters == {'profile': 'humanoid_29dof'}
     assert sim.node('data_recorder').parameters['output'] == '/tmp/b'
+    assert sim.node('data_recorder').stop_timeout == 60 and sim.node('sim_robot').stop_timeout == 15
     hardware = load_stack(sim=False, record=False)
     assert [n.name for n in hardware.nodes] == ['skill_runtime', 'health_monitor', 'live_view']
 
@@ -75,6 +76,8 @@ def test_node_argv_is_a_ros_run_command_line() -> None:
     ({'nodes': [{'name': 'a', 'executable': 'x', 'params_files': ['/no/such.yaml']}]},
      'nodes[0].params_files[0]', 'no such file'),
     ({'nodes': []}, 'nodes', 'non-empty list'),
+    ({'nodes': [{'name': 'a', 'executable': 'x', 'stop_timeout': 'soon'}]}, 'nodes[0].stop_timeout',
+     'expected seconds > 0'),
 ])
 def test_bad_stack_is_refused_naming_file_and_key(tmp_path: Path, patch: dict, key: str, words: str) -> None:
     path = tmp_path / 'stack.yaml'

@@ -177,18 +177,31 @@ class Supervisor:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
 
+    def stop_node(self, name: str) -> int | None:
+        """SIGINT one running node and wait for it (SIGKILL after its ``stop_timeout``); its exit
+        code (``None``: no such node running). The others keep running."""
+        for child in self.children:
+            if child.node.name == name and child.proc.poll() is None:
+                self._interrupt(child, child.node.stop_timeout)
+                return child.proc.returncode
+        return None
+
+    def _interrupt(self, child: Child, timeout_s: float) -> None:
+        self.say('bringup', f'stopping {child.node.name}')
+        child.proc.send_signal(signal.SIGINT)
+        try:
+            child.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.say('bringup', f'{child.node.name} did not stop in {timeout_s:g} s: killing it')
+            child.proc.kill()
+            child.proc.wait()
+
     def stop(self, timeout_s: float = 15.0) -> dict[str, int]:
-        """SIGINT each node in reverse start order, wait, SIGKILL stragglers; returns exit codes."""
+        """SIGINT each node in reverse start order, wait (its ``stop_timeout``), SIGKILL
+        stragglers; returns exit codes. ``timeout_s``: for the orphans a dead monitor left."""
         for child in reversed(self.children):
             if child.proc.poll() is None:
-                self.say('bringup', f'stopping {child.node.name}')
-                child.proc.send_signal(signal.SIGINT)
-                try:
-                    child.proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.say('bringup', f'{child.node.name} did not stop in {timeout_s:g} s: killing it')
-                    child.proc.kill()
-                    child.proc.wait()
+                self._interrupt(child, child.node.stop_timeout)
         self.stop_orphans(timeout_s)
         for child in self.children:
             if child.pump is not None:

@@ -35,13 +35,20 @@ def _print(line: str) -> None:
     print(f'[demo] {line}', flush=True)
 
 
+class BagNotClosed(RuntimeError):
+    """The demo's bag has no accounting: no summary may say "0 lost" of it."""
+
+
 def bag_summary(bag_dir: Path) -> dict[str, Any]:
     """Counts and losses per topic, and the episodes, read back from the bag as ``bag info`` does."""
     from data_recorder.info import summary
     from data_recorder.reader import Bag
 
     info = summary(Bag(bag_dir))
-    accounting = info['loss'].get('data_recorder.accounting', {}) or {}
+    accounting = info['loss'].get('data_recorder.accounting')
+    if accounting is None:    # no metadata.yaml: the recorder was killed before it closed the bag
+        raise BagNotClosed(f'{bag_dir}: no loss accounting (the recorder did not close the bag: '
+                           f'see its log); `field_deploy bag recover {bag_dir}` makes it readable')
     topics = {t['topic']: {'count': t['count'],
                            'lost': int(accounting.get(t['topic'], {}).get('lost', 0)),
                            'not_written': int(accounting.get(t['topic'], {}).get('not_written', 0))}
@@ -63,8 +70,6 @@ def run_mission(operator: Operator, mission: Mission) -> list[StepResult]:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from field_deploy.ros import Spinner, init
-
     profile = load_profile(args.robot)
     mission = load_mission(args.mission or MISSIONS[profile.kind])
     run_dir = Path(args.out or f'bags/demo-{profile.name}-{time.strftime("%Y%m%d-%H%M%S")}').resolve()
@@ -75,8 +80,27 @@ def demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     _print(f'{profile.name} ({profile.kind}, {profile.dof} joints), mission {mission.name!r}; '
            f'node logs: {log_path}')
+    fleet = None
+    if args.fleet:
+        from field_deploy.fleet_demo import FleetDemo
+        fleet = FleetDemo(run_dir, _print)
+        stack = fleet.configure(stack)
+    try:
+        return _run(args, stack, mission, run_dir, log_path, started, fleet)
+    finally:
+        if fleet is not None:
+            fleet.close()
+
+
+def _run(args: argparse.Namespace, stack: Any, mission: Mission, run_dir: Path, log_path: Path,
+         started: float, fleet: Any) -> int:
+    from field_deploy.ros import Spinner, init
+
+    bag_dir = run_dir / 'bag'
+    fleet_lines: list[str] = []
     with log_path.open('w') as log:
-        supervisor = Supervisor(stack, out=sys.stdout if args.verbose else log, colour=False)
+        supervisor = Supervisor(stack, out=sys.stdout if args.verbose else log, colour=False,
+                                extra_env=fleet.env if fleet is not None else None)
         try:
             supervisor.start()
         except BringupError as exc:
@@ -99,8 +123,16 @@ def demo(args: argparse.Namespace) -> int:
                                        f'(see {log_path})')
             _print(f'stack active after {time.monotonic() - started:.1f} s: '
                    + ', '.join(n.name for n in stack.nodes))
+            if fleet is not None:
+                fleet.watch()
             results = run_mission(operator, mission)
             time.sleep(0.5)  # let the last commands and statuses reach the recorder
+            if fleet is not None:
+                fleet_lines = fleet.metrics() + fleet.live()
+                # the monitor first (it would restart the recorder), then the recorder: the bag
+                # closes and the stack's uploader, still running, sends it
+                fleet_lines += fleet.upload(lambda: [supervisor.stop_node(name) for name in
+                                                     ('health_monitor', 'data_recorder')], bag_dir)
         except (BringupError, OperatorError) as exc:
             _print(f'error: {exc}')
             return 1
@@ -110,11 +142,17 @@ def demo(args: argparse.Namespace) -> int:
             rclpy.try_shutdown()
             codes = supervisor.stop()
     _print(f'stack stopped ({", ".join(f"{k}={v}" for k, v in codes.items())})')
-    return summarise(results, operator, bag_dir, started)
+    code = summarise(results, operator, bag_dir, started, fleet_lines)
+    return code or (0 if fleet is None or fleet.ok else 1)
 
 
-def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, started: float) -> int:
-    summary = bag_summary(bag_dir)
+def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, started: float,
+              fleet_lines: list[str] = ()) -> int:
+    try:
+        summary = bag_summary(bag_dir)
+    except BagNotClosed as exc:
+        _print(f'error: {exc}')
+        return 1
     print('\n================ field_deploy demo summary ================')
     print('skills:')
     for r in results:
@@ -136,6 +174,10 @@ def summarise(results: list[StepResult], operator: Operator, bag_dir: Path, star
           f'({", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"}); last ones:')
     for t, name, level, message in events[-8:]:
         print(f'  {time.strftime("%H:%M:%S", time.localtime(t))} {level:5s} {name}: {message}')
+    if fleet_lines:
+        print('fleet:')
+        for line in fleet_lines:
+            print(f'  {line}')
     print('next:')
     print(f'  field_deploy bag info {bag_dir}')
     print(f'  field_deploy bag play {bag_dir}')
@@ -154,4 +196,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--stack', default='field_stack', help='stack description')
     parser.add_argument('--out', default=None, help='run folder (default: bags/demo-<robot>-<time>)')
     parser.add_argument('--verbose', action='store_true', help='stream the nodes\' logs too')
+    parser.add_argument('--fleet', action='store_true',
+                        help='also run what a fleet sees, as local processes: an S3 store the '
+                             "stack's uploader sends the bag to, Prometheus scraping the metrics, "
+                             'a Foxglove-protocol viewer of the live view; each checked at the end')
     parser.set_defaults(func=demo)

@@ -46,6 +46,9 @@ class StackNode:
     restart_parameters: dict[str, Any] = field(default_factory=dict)
     """Added when the bring-up restarts this (unmanaged) node after it died: the health
     monitor gets ``adopt: true`` so it takes over the running nodes instead of starting them."""
+    stop_timeout: float = 15.0
+    """Seconds the bring-up waits after SIGINT before it kills the node: the recorder needs its
+    drain and the close of its bag (killed, the bag has no metadata and no loss accounting)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def _substitute(value: Any, variables: dict[str, str], path: Path, key: str) -> 
 
 def _node(raw: Any, path: Path, key: str) -> StackNode:
     allowed = {'name', 'executable', 'when', 'managed', 'params_files', 'parameters', 'remappings',
-               'args', 'restart_parameters'}
+               'args', 'restart_parameters', 'stop_timeout'}
     if not isinstance(raw, dict):
         raise StackError(path, key, 'expected a mapping')
     unknown = sorted(set(raw) - allowed)
@@ -114,6 +117,9 @@ def _node(raw: Any, path: Path, key: str) -> StackNode:
         value = raw.get(listing, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise StackError(path, f'{key}.{listing}', 'expected a list of strings')
+    stop_timeout = raw.get('stop_timeout', 15.0)
+    if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or stop_timeout <= 0:
+        raise StackError(path, f'{key}.stop_timeout', f'expected seconds > 0, got {stop_timeout!r}')
     params_files = tuple(raw.get('params_files', []))
     for i, file in enumerate(params_files):
         if not Path(file).is_file():
@@ -122,7 +128,8 @@ def _node(raw: Any, path: Path, key: str) -> StackNode:
                      params_files=params_files, parameters=dict(raw.get('parameters', {})),
                      remappings={str(k): str(v) for k, v in raw.get('remappings', {}).items()},
                      args=tuple(raw.get('args', [])),
-                     restart_parameters=dict(raw.get('restart_parameters', {})))
+                     restart_parameters=dict(raw.get('restart_parameters', {})),
+                     stop_timeout=float(stop_timeout))
 
 
 def load_stack(name_or_path: str | Path = 'field_stack', *, robot: str = 'quadruped_12dof',

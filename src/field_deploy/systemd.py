@@ -44,6 +44,16 @@ def watchdog_period(env: dict[str, str] | None = None) -> float | None:
     return int(usec) / 2e6
 
 
+def stop_budget_s(args: argparse.Namespace) -> float:
+    """Seconds ``field_deploy up`` may take to stop this stack: every node's ``stop_timeout``
+    (they stop in turn) and a margin for the orphans' wait."""
+    from field_deploy.stack import load_stack
+
+    stack = load_stack(args.stack, robot=args.robot, sim=args.sim, record=args.record,
+                       namespace=args.namespace or '')
+    return sum(node.stop_timeout for node in stack.nodes) + 20.0
+
+
 def unit_text(args: argparse.Namespace) -> str:
     """The service unit that runs ``field_deploy up`` with ``args``' flags."""
     exe = Path(sys.executable).parent / 'field_deploy'
@@ -80,7 +90,9 @@ def unit_text(args: argparse.Namespace) -> str:
         # what is left after the timeout is killed with the whole control group.
         'KillMode=mixed',
         'KillSignal=SIGTERM',
-        'TimeoutStopSec=90',   # the recorder drains up to 10 s, each node gets 15 s
+        # the nodes stop one after the other, each within its stop_timeout (the recorder's
+        # covers its drain and the close of its bag)
+        f'TimeoutStopSec={stop_budget_s(args):.0f}',
     ]
     if args.user:
         lines.append(f'User={args.user}')
