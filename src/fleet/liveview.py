@@ -17,7 +17,6 @@ import fnmatch
 import hmac
 import ipaddress
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -81,23 +80,6 @@ def check_upgrade(request: bytes, token: str, peer: str, *, trust_loopback: bool
 
 
 @dataclass
-class RateGate:
-    """At most ``hz`` messages a second per topic (0: all); a slow view gets fewer camera frames."""
-
-    hz: float
-    _last: dict[str, float] | None = None
-
-    def allow(self, topic: str, now: float | None = None) -> bool:
-        if self.hz <= 0:
-            return True
-        now = time.monotonic() if now is None else now
-        last = (self._last or {}).get(topic)
-        if last is not None and now - last < 1.0 / self.hz:
-            return False
-        self._last = {**(self._last or {}), topic: now}
-        return True
-
-
 class TokenGate:
     """A TCP front on ``address:port`` that checks each upgrade request, then splices the
     connection to the Foxglove server on ``127.0.0.1:backend_port``. Runs its own event loop thread."""
