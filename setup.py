@@ -45,7 +45,7 @@ setup(
     python_requires='>=3.10',
     entry_points={
         'console_scripts': [
-            'field_deploy = field_deploy.cli:main',
+            'field_deploy = field_app.cli:main',
             'sim_robot = sim_robot.node:main',
             'data_recorder = data_recorder.node:main',
             'bag_player = data_recorder.player_node:main',

@@ -28,7 +28,7 @@ from rosbags.highlevel import AnyReader
 from data_recorder import metadata as md
 from data_recorder.recover import recover
 from data_recorder.writer import BagWriter
-from field_deploy import cli
+from field_app import cli
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,7 +21,7 @@ from data_recorder.info import summary
 from data_recorder.plot import plot
 from data_recorder.reader import Bag, BagError, parse_qos
 from data_recorder.synthetic import START_NS, Stream, write_bag
-from field_deploy import cli
+from field_app import cli
 from field_deploy.ros import message_class
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from data_recorder.marks import MarkLog, encode, marks_between, parse_marks
-from field_deploy.console.board import Board, Diag, level_of
-from field_deploy.console.params import ParamInfo, check, from_descriptor, near, parse_assignments
-from field_deploy.console.runner import Outcome, _rest, summary
-from field_deploy.operator import MissionStep, StepResult
+from field_app.console.board import Board, Diag, level_of
+from field_app.console.params import ParamInfo, check, from_descriptor, near, parse_assignments
+from field_app.console.runner import Outcome, _rest, summary
+from field_app.operator import MissionStep, StepResult
 
 DURATION = ParamInfo('duration', 'double', 0.5, 60.0)
 INFOS = {'duration': DURATION, 'steps': ParamInfo('steps', 'int', 1, 10),

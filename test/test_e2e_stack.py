@@ -19,7 +19,7 @@ import pytest
 import yaml
 from rclpy.node import Node
 
-from field_deploy.operator import MissionStep, Operator
+from field_app.operator import MissionStep, Operator
 from field_deploy.profile import load_profile
 from field_deploy.testing import NodeProcess, executable, wait_until
 

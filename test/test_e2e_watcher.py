@@ -25,7 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from field_deploy.operator import MissionStep
+from field_app.operator import MissionStep
 from field_deploy.testing import wait_until
 from test_e2e_stack import child_pid, stack  # noqa: F401  (the same stack fixture and helper)
 

@@ -31,7 +31,7 @@ from data_recorder.export import ExportError
 from data_recorder.lerobot import export_lerobot
 from data_recorder.lerobot_layout import LayoutError
 from data_recorder.lerobot_sampling import FrameSampler
-from field_deploy import cli
+from field_app import cli
 from field_deploy.profile import load_profile
 from field_deploy.ros import message_class, set_stamp
 
@@ -398,7 +398,7 @@ def test_interrupted_export_leaves_the_dataset_as_it_was(bag_a: Path, bag_b: Pat
     long_bag = write_bag(tmp_path / 'long', seconds=10.0, start_ns=T0 + 2 * 10**12,
                          episodes=[episode(0, 'pack/walk', 100, 9900, start_ns=T0 + 2 * 10**12)])
     env = {**os.environ, 'AMENT_PREFIX_PATH': os.environ.get('AMENT_PREFIX_PATH', sys.prefix)}
-    proc = subprocess.Popen([sys.executable, '-m', 'field_deploy.cli', 'bag', 'export', str(long_bag),
+    proc = subprocess.Popen([sys.executable, '-m', 'field_app.cli', 'bag', 'export', str(long_bag),
                              '-o', str(root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     staged = None

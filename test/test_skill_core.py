@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from field_deploy.cli import main as cli_main
+from field_app.cli import main as cli_main
 from field_deploy.profile import load_profile
 from field_deploy.testing import wait_until
 from skill_runtime.api import (

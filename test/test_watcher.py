@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from field_deploy import systemd
+from field_app import systemd
 from field_deploy.testing import executable, wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -267,8 +267,8 @@ def run(args: argparse.Namespace) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
 
-    from field_deploy.demo import MISSIONS
-    from field_deploy.operator import Operator, OperatorError, load_mission
+    from field_app.demo import MISSIONS
+    from field_app.operator import Operator, OperatorError, load_mission
     from field_deploy.profile import load_profile
     from field_deploy.ros import Spinner, init
 

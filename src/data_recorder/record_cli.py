@@ -126,9 +126,9 @@ def run_recover(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry (``python -m data_recorder.record_cli record …``): ``field_deploy bag …``."""
-    from field_deploy.cli import main as field_deploy_main
+    from field_deploy.cli import run
 
-    return field_deploy_main(['bag', *(sys.argv[1:] if argv is None else argv)])
+    return run(('data_recorder.cli',), ['bag', *(sys.argv[1:] if argv is None else argv)])
 
 
 def accounting_json(bag_metadata: dict[str, Any]) -> dict[str, Any]:

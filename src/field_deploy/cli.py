@@ -1,9 +1,10 @@
 """``field_deploy``: the one user command; each module adds its sub-commands.
 
-A module listed in :data:`COMMAND_MODULES` provides ``register(subparsers)`` and sets
-``func=`` on its parsers. A command fails by raising :class:`CliError` (or any exception
-it expects, listed in :data:`USER_ERRORS`): the user sees one line with the reason and a
-non-zero exit status, never a traceback.
+A module listed in :data:`field_app.cli.COMMAND_MODULES` provides ``register(subparsers)`` and
+sets ``func=`` on its parsers; this module is the shared part every module's commands use (the
+errors, the exit codes, :func:`run`) and adds ``field_deploy profile``. A command fails by
+raising :class:`CliError` (or any exception it expects, listed in :data:`USER_ERRORS`): the user
+sees one line with the reason and a non-zero exit status, never a traceback.
 
 Exit codes a script can rely on: 0 done; 1 the command ran and what it drove failed (a skill
 failed, was stopped or refused; a bad file); 2 usage or validation (a bad argument, an unknown
@@ -22,16 +23,6 @@ import yaml
 
 import field_deploy
 from field_deploy.profile import ProfileError, available_profiles, load_profile
-
-COMMAND_MODULES: tuple[str, ...] = (
-    'field_deploy.cli',
-    'health_monitor.cli',
-    'data_recorder.cli',
-    'field_deploy.bringup',
-    'field_deploy.demo',
-    'skill_runtime.cli',
-    'field_deploy.console.commands',
-)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_STACK = 1, 2, 3
 
@@ -84,17 +75,21 @@ def _profile_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='field_deploy', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=field_deploy.__version__)
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(modules: Sequence[str], argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` against the sub-commands of ``modules`` and run the chosen one: one line
+    and an exit code for every failure the user can act on. The full command is
+    :func:`field_app.cli.main`; a module's stand-alone entry (``python -m data_recorder.record_cli``)
+    passes its own modules only."""
+    args = build_parser(modules).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
@@ -102,7 +97,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(getattr(exc, 'code', EXIT_FAILED))
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -25,7 +25,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from field_deploy.ros import init, message_class, run_nodes
+from field_deploy.ros import init, message_class, polled_subscription, run_nodes, take_latest
 from fleet.liveview import LiveViewError, TokenGate, check_config, topic_allowed
 
 PORT_ENV = 'FIELD_DEPLOY_LIVE_PORT'
@@ -54,6 +54,8 @@ class LiveViewNode(Node):
         token = self._token()
         check_config(address, token)
         self.context_fg = foxglove.Context()
+        # image readers a timer samples: on a node of their own that no executor serves
+        self.sampler = Node('live_view_sampler', context=self.context)
         self.channels: dict[str, Any] = {}      # topic -> foxglove Channel
         self.types: dict[str, str] = {}
         self.subs: dict[str, Any] = {}          # topic -> ROS subscription while watched
@@ -133,35 +135,31 @@ class LiveViewNode(Node):
     def destroy_node(self) -> None:
         self.gate.stop()
         self.server.stop()
+        self.sampler.destroy_node()
         super().destroy_node()
 
 
 class _Sampled:
-    """An image topic sent to the view at ``period``: a reader the executor never wakes for, of
-    depth 1, whose newest frame a timer takes. Not a subscription filtered in its callback: that
-    took every 921 KB frame into Python (30 Hz a camera) to send one in six, and the view cost
-    25 % of a core with one client on the reference load."""
+    """An image topic sent to the view at ``period``: a depth-1 reader on a node no executor
+    serves (:func:`field_deploy.ros.polled_subscription`), whose newest frame a timer takes. Not a
+    subscription filtered in its callback: that took every 921 KB frame into Python (30 Hz a
+    camera) to send one in six, and the view cost 25 % of a core with one client on the
+    reference load."""
 
-    def __init__(self, node: Node, topic: str, channel: Any, qos: QoSProfile, period: float) -> None:
-        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-        from rclpy.type_support import check_is_valid_msg_type
-
+    def __init__(self, node: LiveViewNode, topic: str, channel: Any, qos: QoSProfile,
+                 period: float) -> None:
         self.node, self.channel = node, channel
-        self.msg_type = message_class(node.types[topic])
-        check_is_valid_msg_type(self.msg_type)          # loads its type support
-        with node.handle:
-            self.handle = _rclpy.Subscription(node.handle, self.msg_type, topic,
-                                              qos.get_c_qos_profile())
+        self.sub = polled_subscription(node.sampler, message_class(node.types[topic]), topic, qos)
         self.timer = node.create_timer(period, self._take)
 
     def _take(self) -> None:
-        taken = self.handle.take_message(self.msg_type, True)
-        if taken is not None:
-            self.channel.log(taken[0])
+        frame = take_latest(self.sub)
+        if frame is not None:
+            self.channel.log(frame)
 
     def destroy(self) -> None:
         self.node.destroy_timer(self.timer)
-        self.handle.destroy_when_not_in_use()
+        self.node.sampler.destroy_subscription(self.sub)
 
 
 def main(args: list[str] | None = None) -> None:

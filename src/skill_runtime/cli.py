@@ -1,7 +1,7 @@
 """``field_deploy skills``: list the packs this machine would load, check and digest a pack folder.
 
 The sub-commands that drive skills on a running stack (run, stop, estop, reset, status) are the
-operator console's: :mod:`field_deploy.console.commands` adds them to this group.
+operator console's: :mod:`field_app.console.commands` adds them to this group.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from field_deploy.bringup import BringupError, Supervisor
-from field_deploy.operator import (
+from field_app.bringup import BringupError, Supervisor
+from field_app.operator import (
     Mission,
     Operator,
     OperatorError,
@@ -82,7 +82,7 @@ def demo(args: argparse.Namespace) -> int:
            f'node logs: {log_path}')
     fleet = None
     if args.fleet:
-        from field_deploy.fleet_demo import FleetDemo
+        from field_app.fleet_demo import FleetDemo
         fleet = FleetDemo(run_dir, _print)
         stack = fleet.configure(stack)
     try:

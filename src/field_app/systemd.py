@@ -114,7 +114,7 @@ def _systemd_unit(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from field_deploy.bringup import add_up_arguments
+    from field_app.bringup import add_up_arguments
     parser = subparsers.add_parser(
         'systemd-unit', help='print (or --install) a systemd service running `field_deploy up`')
     add_up_arguments(parser)

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.live import Live
 
+from field_app.console.feed import MarkSender, StatusFeed
+from field_app.console.session import Session
+from field_app.console.view import render, to_json
 from field_deploy.cli import StackUnavailable
-from field_deploy.console.feed import MarkSender, StatusFeed
-from field_deploy.console.session import Session
-from field_deploy.console.view import render, to_json
 
 KINDS = ('anomaly', 'disturbance', 'edge_case', 'note')
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from field_app.console import DEFAULT_TIMEOUT
 from field_deploy.cli import EXIT_FAILED, UsageError
-from field_deploy.console import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
-    from field_deploy.console.runner import Outcome
+    from field_app.console.runner import Outcome
 
 
 def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _session(args: argparse.Namespace):
-    from field_deploy.console.session import Session  # rclpy: only for the commands that need it
+    from field_app.console.session import Session  # rclpy: only for the commands that need it
 
     return Session(args.namespace, args.timeout)
 
@@ -110,8 +110,8 @@ def _say(prefix: str):
 
 # ---------------------------------------------------------------------------- mission / skills
 def mission_run(args: argparse.Namespace) -> int:
-    from field_deploy.console.runner import run_steps, validate
-    from field_deploy.operator import OperatorError, load_mission
+    from field_app.console.runner import run_steps, validate
+    from field_app.operator import OperatorError, load_mission
 
     if args.repeat < 1:
         raise UsageError(f'--repeat {args.repeat}: must be >= 1')
@@ -133,8 +133,8 @@ def mission_run(args: argparse.Namespace) -> int:
 
 def _report(outcome: Outcome, title: str) -> int:
     """The summary; then the exit code (3 when the stack stopped answering mid-run)."""
+    from field_app.console.runner import summary
     from field_deploy.cli import StackUnavailable
-    from field_deploy.console.runner import summary
 
     print(summary(outcome, title), flush=True)
     if outcome.error:
@@ -143,9 +143,9 @@ def _report(outcome: Outcome, title: str) -> int:
 
 
 def skills_run(args: argparse.Namespace) -> int:
-    from field_deploy.console.params import check, parse_assignments
-    from field_deploy.console.runner import run_steps
-    from field_deploy.operator import MissionStep
+    from field_app.console.params import check, parse_assignments
+    from field_app.console.runner import run_steps
+    from field_app.operator import MissionStep
 
     try:
         values = parse_assignments(args.param)
@@ -180,7 +180,7 @@ def skills_trigger(args: argparse.Namespace) -> int:
 
 
 def skills_status(args: argparse.Namespace) -> int:
-    from field_deploy.console.board import Board, Diag
+    from field_app.console.board import Board, Diag
 
     with _session(args) as session:
         raw = session.require_runtime()
@@ -204,7 +204,7 @@ def skills_status(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- status / mark
 def status_command(args: argparse.Namespace) -> int:
-    from field_deploy.console.watch import print_once, watch
+    from field_app.console.watch import print_once, watch
 
     with _session(args) as session:
         if args.watch:
@@ -213,7 +213,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def bag_mark(args: argparse.Namespace) -> int:
-    from field_deploy.console.feed import MarkSender
+    from field_app.console.feed import MarkSender
 
     with _session(args) as session:
         sender = MarkSender(session.node, args.namespace)
@@ -227,5 +227,5 @@ def bag_mark(args: argparse.Namespace) -> int:
 
 
 if __name__ == '__main__':
-    from field_deploy.cli import main
+    from field_app.cli import main
     sys.exit(main())

@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
+from field_app.console import DEFAULT_TIMEOUT
+from field_app.console.params import ParamInfo, from_descriptor, unknown
+from field_app.operator import Operator, OperatorError
 from field_deploy.cli import StackUnavailable, UsageError
-from field_deploy.console import DEFAULT_TIMEOUT
-from field_deploy.console.params import ParamInfo, from_descriptor, unknown
-from field_deploy.operator import Operator, OperatorError
 
 GATE = 'skill_runtime/safety_gate'
 

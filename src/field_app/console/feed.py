@@ -1,7 +1,7 @@
 """ROS shell of the console's status board and marks: subscriptions in, a :class:`Board` out.
 
 :class:`StatusFeed` folds ``/skill_runtime/status``, ``/diagnostics_agg`` and ``/diagnostics``
-into a :class:`~field_deploy.console.board.Board` and asks the graph which nodes are there.
+into a :class:`~field_app.console.board.Board` and asks the graph which nodes are there.
 :class:`MarkSender` publishes an operator's mark on ``<ns>/data_recorder/mark`` (std_msgs/String,
 JSON: :mod:`data_recorder.marks`) and waits for the recorder's ``/diagnostics`` status to list its
 id: a mark is reported written only when the recorder says so.
@@ -25,8 +25,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from data_recorder.marks import encode
+from field_app.console.board import Board, Diag, level_of
 from field_deploy.cli import StackUnavailable
-from field_deploy.console.board import Board, Diag, level_of
 
 _QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 

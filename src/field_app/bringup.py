@@ -9,7 +9,7 @@ policy; this supervisor restarts only the nodes nobody else watches (``managed: 
 health monitor itself — who watches the watcher), with their ``restart_parameters`` (the monitor
 adopts the running nodes). It is a child subreaper, so nodes the monitor restarted outlive a
 monitor killed with -9 as its children and are still stopped at the end; under systemd it
-reports ready and feeds the watchdog (:mod:`field_deploy.systemd`).
+reports ready and feeds the watchdog (:mod:`field_app.systemd`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from field_deploy import systemd
+from field_app import systemd
 from field_deploy.rosenv import clean_stale_shm
 from field_deploy.stack import Stack, StackNode, load_stack, node_argv
 

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from field_app.console.params import check, unknown
+from field_app.console.session import Session
+from field_app.operator import Mission, MissionStep, StepResult, progress_printer
 from field_deploy.cli import StackUnavailable, UsageError
-from field_deploy.console.params import check, unknown
-from field_deploy.console.session import Session
-from field_deploy.operator import Mission, MissionStep, StepResult, progress_printer
 
 Say = Callable[[str], None]
 
