@@ -33,6 +33,20 @@ def test_only_unlocked_segments_and_ports_are_removed(tmp_path: Path) -> None:
     assert clean_stale_shm(tmp_path / 'missing') == 0
 
 
+def test_a_lock_file_gone_since_the_listing_is_not_recreated(tmp_path: Path, monkeypatch) -> None:
+    """Fast DDS removes a dead port's lock file when its writers find the port dead and puts a
+    segment of its own (no lock file) at the port's name; a cleaner that listed the old lock file
+    just before must not re-create it and delete the writers' live segment."""
+    port = 'fastrtps_port7413'
+    (tmp_path / port).write_bytes(b'\0' * 8192)            # the writers' new port segment
+    (tmp_path / f'sem.{port}_mutex').touch()
+    listed = [port, f'sem.{port}_mutex', f'{port}_el']      # the listing still had the lock file
+    monkeypatch.setattr('field_deploy.rosenv.os.listdir', lambda _path: listed)
+    assert clean_stale_shm(tmp_path) == 0
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [port, f'sem.{port}_mutex']
+
+
 def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> None:
     """Real Fast DDS: kill -9 a process with a node; its 32 MiB segment goes, ours stays."""
     keeper = rclpy.create_node('shm_keeper')          # this process's own participant and segment

@@ -78,6 +78,12 @@ def clean_stale_shm(shm_dir: Path = SHM_DIR) -> int:
     restarted a few times a day would fill it. Each segment or port has an ``_el`` file that its
     living owner keeps locked (``flock``); a lock we can take means the owner is gone. Same rule
     as eProsima's ``fastdds shm clean``, which is not installed with the PyPI wheels.
+
+    A lock file is only opened, never created, and must still be the listed file once locked:
+    Fast DDS removes a dead port's lock file itself when its writers find the port dead, and
+    puts a new port segment of its own (no lock file) at the same name. Re-creating the lock file
+    there (as an ``open('ab')`` did) made that live segment look stale, and it was deleted under
+    the writers that use it.
     """
     try:
         names = os.listdir(shm_dir)
@@ -89,13 +95,20 @@ def clean_stale_shm(shm_dir: Path = SHM_DIR) -> int:
             continue
         lock = shm_dir / name
         try:
-            with lock.open('ab') as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)   # raises while the owner lives
-                base = name[:-len('_el')]   # (or _sl)
-                for stale in (shm_dir / base, shm_dir / f'sem.{base}_mutex', lock):
-                    with contextlib.suppress(OSError):
-                        freed += stale.stat().st_blocks * 512
-                        stale.unlink()
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue   # gone since the listing: whatever is left at its base is not ours to judge
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # raises while the owner lives
+            if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # replaced since we opened it
+                continue
+            base = name[:-len('_el')]   # (or _sl)
+            for stale in (shm_dir / base, shm_dir / f'sem.{base}_mutex', lock):
+                with contextlib.suppress(OSError):
+                    freed += stale.stat().st_blocks * 512
+                    stale.unlink()
         except OSError:
             continue
+        finally:
+            os.close(fd)
     return freed
