@@ -196,6 +196,19 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def dds_files(pid: int) -> list[str]:
+    """What ``pid`` holds open of Fast DDS's shared-memory files, and its sockets."""
+    out = []
+    for fd in Path(f'/proc/{pid}/fd').iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(('/dev/shm/fastrtps_', '/dev/shm/sem.fastrtps_', 'socket:')):
+            out.append(target)
+    return out
+
+
 def reaped(pid: int) -> bool:
     """Gone from the process table (a zombie would still have /proc/<pid>, state Z)."""
     return not Path(f'/proc/{pid}').exists()
@@ -250,7 +263,9 @@ def test_vendor_code_is_imported_only_in_workers(rig) -> None:
 def test_workers_die_with_the_runtime(rig, tmp_path: Path) -> None:
     """SIGKILL of the runtime (an OOM kill, a crash) leaves no worker behind: each has
     PR_SET_PDEATHSIG. A runtime of its own on another DDS domain (the module's rig stays up); its
-    workers are the two spares it starts at once, spawned as every skill's worker is."""
+    workers are the two spares it starts at once, spawned as every skill's worker is. Nor does a
+    worker hold any of the runtime's Fast DDS files or sockets (a lock file kept open by a worker
+    would keep the runtime's port taken after its death, and a socket is a way onto DDS)."""
     packs = rig[3]
     domain = str(1 + (int(os.environ.get('ROS_DOMAIN_ID', '0')) + 100) % 200)
     runtime = NodeProcess('skill_runtime', [
@@ -261,6 +276,9 @@ def test_workers_die_with_the_runtime(rig, tmp_path: Path) -> None:
         assert wait_until(lambda: 'active: control loop' in runtime.log()
                           and len(children_of(runtime.pid)) == 2, 60), runtime.log()
         children = children_of(runtime.pid)
+        assert dds_files(runtime.pid), 'the runtime itself holds its Fast DDS lock files'
+        for child in children:
+            assert not dds_files(child), (child, dds_files(child))
         runtime.kill()
         assert wait_until(lambda: not any(Path(f'/proc/{p}').exists() for p in children), 10), \
             [p for p in children if Path(f'/proc/{p}').exists()]
