@@ -4,6 +4,7 @@ lifecycle manager and policies (synthetic clocks, fakes for the lifecycle servic
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import random
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from field_deploy.profile import load_profile
+from field_deploy.testing import wait_until
 from health_monitor.config import HealthConfigError, LifecycleConfig, ManagedNode, parse_config
 from health_monitor.config import default_config_path as _default_path
 from health_monitor.core import (
@@ -38,7 +40,9 @@ from health_monitor.manager import (
     DEACTIVATE,
     LifecycleManager,
     PolicyEngine,
+    PopenSpawner,
     backoff_delay,
+    runs_command,
 )
 
 QUAD = load_profile('quadruped_12dof')
@@ -338,12 +342,20 @@ class FakeClient:
 
 
 class FakeSpawner:
+    """Processes of the fake nodes: each node's starts as one of the bring-up's (not ours)."""
+
     def __init__(self, client: FakeClient) -> None:
         self.client = client
         self.started: list[str] = []
+        self.terminated: list[str] = []
+        self.duplicates: list[str] = []
+        self.procs = {n: 100 + i for i, n in enumerate(client.state)}  # name -> pid
 
     def start(self, name, argv):
+        if name in self.procs:
+            self.duplicates.append(name)      # a second process of the same node
         self.started.append(name)
+        self.procs[name] = 1000 + len(self.started)
         self.client.alive[name] = True
         self.client.state[name] = 'unconfigured'
 
@@ -351,6 +363,15 @@ class FakeSpawner:
         return None
 
     def stop(self, name, timeout=5.0):
+        self.client.alive[name] = False
+
+    def running(self, name, argv):
+        return [self.procs[name]] if name in self.procs and self.client.alive[name] else []
+
+    def terminate(self, pid, timeout=5.0):
+        name = next(n for n, p in self.procs.items() if p == pid)
+        del self.procs[name]
+        self.terminated.append(name)
         self.client.alive[name] = False
 
 
@@ -497,7 +518,65 @@ def test_busy_node_is_waited_for_and_a_hung_one_restarted() -> None:
     for _ in range(30):                       # now more than 5 s silent: hung
         clock.t += 0.1
         mgr.heartbeat()
-    assert spawner.started[:1] == ['data_recorder'], mgr.nodes['data_recorder']
+    # replaced, never duplicated: the bring-up's process is stopped before a new one starts
+    assert spawner.terminated[:1] == ['data_recorder'], mgr.nodes['data_recorder']
+    assert spawner.started[:1] == ['data_recorder'] and spawner.duplicates == []
+    assert ('data_recorder', 'stopped pid 100') in [e[1:] for e in mgr.events]
+
+
+def test_a_node_started_elsewhere_is_never_started_twice() -> None:
+    """The bring-up started the node and it is slow to show its services (imports on a
+    loaded host: longer than discover_timeout): the manager finds its process by the command
+    line and waits for it instead of starting a second /data_recorder."""
+    mgr, client, spawner, clock = _manager(['data_recorder'], spawn_timeout_s=20.0)
+    spawner.running = lambda name, argv: [100]              # its process runs, but it is
+    appears = clock.t + 8.0                                 # not on the graph for 8 s
+    client.available = lambda node: clock.t >= appears
+    ok, summary = mgr.startup()
+    assert ok, summary
+    assert spawner.started == [] and spawner.terminated == []
+    assert client.state['data_recorder'] == 'active'
+    # not there at all (no process, not on the graph): started, as before
+    mgr2, client2, spawner2, _ = _manager(['data_recorder'])
+    client2.alive['data_recorder'] = False
+    ok, _ = mgr2.startup()
+    assert ok and spawner2.started == ['data_recorder'] and spawner2.terminated == []
+
+
+def test_runs_command_matches_a_process_of_the_node_only() -> None:
+    argv = ['data_recorder', '--ros-args', '-p', 'output:=/bags/a']
+    assert runs_command(['/v/bin/python3', '/v/bin/data_recorder', '--ros-args', '-p',
+                         'output:=/bags/a'], argv)           # a console script
+    assert runs_command(['/opt/bin/data_recorder', '--ros-args', '-p', 'output:=/bags/a'], argv)
+    assert not runs_command(['/v/bin/python3', '/v/bin/data_recorder', '--ros-args', '-p',
+                             'output:=/bags/b'], argv)       # another robot's recorder
+    assert not runs_command(['/v/bin/python3', '/v/bin/sim_robot', '--ros-args', '-p',
+                             'output:=/bags/a'], argv)
+    assert not runs_command([], argv)
+
+
+def test_popen_spawner_finds_and_replaces_a_process_it_did_not_start() -> None:
+    """Real processes: one started elsewhere (here, by the test) is found by its command line
+    and stopped (SIGINT) by terminate; ours are found too."""
+    import subprocess
+    import sys
+    code = 'import time; time.sleep(60)  # test_health_core 8c1f'
+    other = subprocess.Popen([sys.executable, '-c', code])
+    spawner = PopenSpawner(out=io.StringIO())
+    try:
+        argv = [sys.executable, '-c', code]
+        assert wait_until(lambda: spawner.running('sleeper', argv) == [other.pid], 10.0)
+        spawner.start('sleeper', argv)
+        assert wait_until(lambda: sorted(spawner.running('sleeper', argv))
+                          == sorted([other.pid, spawner.pid('sleeper')]), 10.0)
+        spawner.terminate(other.pid, timeout=5.0)         # (it reaps our child, too)
+        assert other.wait(5.0) is not None and spawner.alive('sleeper')
+        assert spawner.running('sleeper', argv) == [spawner.pid('sleeper')]
+        spawner.terminate(spawner.pid('sleeper'), timeout=5.0)
+        assert spawner.alive('sleeper') is None and spawner.running('sleeper', argv) == []
+    finally:
+        other.kill()
+        spawner.stop_all()
 
 def test_error_state_node_recovered_without_respawn_and_retry_limit() -> None:
     mgr, client, spawner, clock = _manager(['data_recorder'], fail=['data_recorder'])

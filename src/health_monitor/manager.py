@@ -51,6 +51,26 @@ class Spawner(Protocol):
 
     def stop(self, name: str, timeout: float = 5.0) -> None: ...
 
+    def running(self, name: str, argv: Sequence[str]) -> list[int]:
+        """PIDs of the live processes on this host running ``argv``: ours, or started elsewhere
+        (the bring-up), which only the command line tells apart from other nodes."""
+
+    def terminate(self, pid: int, timeout: float = 5.0) -> None:
+        """Stop process ``pid`` (SIGINT, SIGKILL after ``timeout``), ours or not."""
+
+
+STOP_TIMEOUT_S = 5.0
+"""How long a node being replaced gets to stop on SIGINT (the recorder closes its bag) before
+SIGKILL."""
+
+
+def runs_command(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
+    """``cmdline`` (a process's) runs ``argv``: the same executable name and the same
+    arguments, the executable itself or a script after its interpreter (a console script)."""
+    head, args = os.path.basename(argv[0]), list(argv[1:])
+    return any(len(cmdline) == i + 1 + len(args) and os.path.basename(cmdline[i]) == head
+               and list(cmdline[i + 1:]) == args for i in (0, 1))
+
 
 def resolve_command(argv: Sequence[str]) -> list[str]:
     """``sim_robot`` -> the console script next to this interpreter (the venv), else PATH."""
@@ -115,6 +135,34 @@ class PopenSpawner:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    def running(self, name: str, argv: Sequence[str]) -> list[int]:
+        import psutil
+        me, found = os.getpid(), []
+        for proc in psutil.process_iter(['pid', 'cmdline', 'status']):
+            info = proc.info
+            if (info['pid'] != me and info['status'] != psutil.STATUS_ZOMBIE
+                    and runs_command(info['cmdline'] or (), argv)):
+                found.append(info['pid'])
+        return found
+
+    def terminate(self, pid: int, timeout: float = 5.0) -> None:
+        import psutil
+        with self._lock:
+            ours = next((n for n, p in self.procs.items() if p.pid == pid), None)
+        if ours is not None:
+            self.stop(ours, timeout)
+            return
+        try:
+            proc = psutil.Process(pid)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        except psutil.NoSuchProcess:
+            pass
 
     def stop_all(self) -> None:
         for name in reversed(list(self.procs)):
@@ -184,6 +232,15 @@ class LifecycleManager:
             rec.message = (f'{name} is not running and has no command to start it '
                            f'(waited {self.cfg.discover_timeout_s:g} s for /{name}/get_state)')
             return False
+        # Never a second copy of a node: a process already running its command (the bring-up's,
+        # still importing on a loaded host, or hung) is waited for, then replaced.
+        holders = self.spawner.running(name, rec.spec.command)
+        if holders and not respawn and self._wait_available(rec, self.cfg.spawn_timeout_s):
+            return True
+        for pid in holders:
+            self.log('warn', f'stopping {name} (pid {pid}) to replace it: {rec.message}')
+            self.spawner.terminate(pid, STOP_TIMEOUT_S)
+            self._event(name, f'stopped pid {pid}')
         self.log('info', f'starting {name}: {" ".join(rec.spec.command)}')
         self.spawner.start(name, rec.spec.command)
         rec.spawned_at = self.clock()
