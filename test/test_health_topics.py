@@ -98,6 +98,56 @@ def test_late_check_with_no_gap_is_not_stale() -> None:
     assert mon.stale_raised == 0
 
 
+def test_status_between_checks_knows_silence_only_up_to_the_last_look() -> None:
+    """The 5 Hz status timer can run while the 100 Hz check (which takes the samples) is
+    starved: its STALE would count 0.5 s nobody looked (seen in the e2e test beside two busy
+    loops, before the blind stretch was recorded). Silence runs to the last take, then the
+    late check's blindness is left out, and a real silence is still caught on time."""
+    punct = Punctuality(period_s=0.01, tolerance_s=0.02)
+    mon = TopicMonitor('camera_info', 'sensors/camera/front', TopicLimits(rate_hz=30.0))
+    t, seq = 0.0, 0
+    for _ in range(100):
+        t += 0.01
+        mon.looked_at = t
+        if round(t * 100) % 3 == 0:
+            seq += 1
+            mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
+        punct.check(t)
+    last = mon.last_rx
+    # the check is starved for 0.5 s; the status timer runs meanwhile
+    assert mon.status(t + 0.5, punct.blind_since).level == OK
+    assert not mon.stale(t + 0.5, punct.blind_since) and mon.stale_raised == 0
+    assert mon.silence(t + 0.5) == pytest.approx(t - last)
+    # the late check takes what the publisher sent meanwhile: no gap, nothing raised
+    t += 0.5
+    punct.check(t)
+    mon.looked_at = t
+    seq += 15
+    mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
+    assert not mon.stale(t, punct.blind_since) and mon.status(t, punct.blind_since).level == OK
+    # a real silence watched on time: STALE after 2 periods + the hold, at the next check
+    last = mon.last_rx
+    while not mon.stale(t, punct.blind_since):
+        t += 0.01
+        mon.looked_at = t
+        punct.check(t)
+    assert t - last == pytest.approx(mon.limits.stale_raise_s, abs=0.0101)
+
+
+def test_sample_delivered_late_is_a_delivery_gap() -> None:
+    """Its writer wrote it 300 ms before the monitor's reader got it (a starved reader or
+    writer thread): for that long the monitor could not have seen it, nothing was lost at
+    the source. The host's hold covers such a delay next time; a prompt sample does not."""
+    gaps = DeliveryGaps()
+    mon = TopicMonitor('joint_commands', 'skills/safety_gate', TopicLimits(rate_hz=500.0), gaps)
+    wall = int(1e18)
+    mon.on_message(1.0, wall, wall, source_wall_ns=wall - 1_000_000)
+    assert gaps.seen == 0
+    mon.on_message(1.3, wall + int(3e8), wall, source_wall_ns=wall)
+    assert gaps.seen == 1 and gaps.longest(1.3) == pytest.approx(0.3)
+    assert mon.raise_after(1.3) == pytest.approx(1.25 * 0.3)
+
+
 def test_on_time_check_with_real_silence_is_stale_after_the_hold() -> None:
     punct = Punctuality(period_s=0.01, tolerance_s=0.02)
     lim = TopicLimits(rate_hz=1000.0, stale_hold_s=0.05)

@@ -108,6 +108,7 @@ class HealthMonitor(Node):
                 polled.append((watch, mon))
         self.poller = TopicPoller(self._topics_node, polled, cfg.check_hz)
         self.punctuality = Punctuality(1.0 / cfg.check_hz, cfg.check_late_s)
+        self._last_check_start = -1.0
         self._diag_monitor = self.monitors.get('/diagnostics')
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
         for rule in cfg.topic_rules:
@@ -270,12 +271,21 @@ class HealthMonitor(Node):
     def _check_stale(self) -> None:
         """Fast path at ``check_rate``: take the waiting messages, then the silence test only.
 
-        The check first measures its own lateness: the time a late check (a starved process)
-        was not looking is left out of every silence (health_monitor.topics.Punctuality).
+        Each topic's silence is known up to its take (``TopicMonitor.looked_at``), not up to
+        whenever a status is computed; the check measures its own lateness once it has taken:
+        the time a late check (a starved process) was not looking is left out of every silence
+        (health_monitor.topics.Punctuality).
         """
-        self.punctuality.check(time.monotonic())
+        start = time.monotonic()
+        if self._diag_monitor is not None:
+            # fed by the executor's callbacks, which it has served since the previous check
+            self._diag_monitor.looked_at = self._last_check_start
+        self._last_check_start = start
         self.poller.drain()
         now = time.monotonic()
+        # the check's lateness is measured once it has looked: a check starved in the middle of
+        # its takes was as blind as one whose timer fired late
+        self.punctuality.check(now)
         blind = self.punctuality.blind_since
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)

@@ -85,6 +85,8 @@ class TopicPoller:
         unpack = _STAMP.unpack_from
         for entry in self.entries:
             sub, mon, stamped, freeze = entry.sub, entry.monitor, entry.watch.stamped, entry.freeze
+            # the look: what the reader holds now is all the monitor knows up to now
+            mon.looked_at = time.monotonic()
             with sub.handle:
                 while True:
                     taken = sub.handle.take_message(sub.msg_type, True)
@@ -98,7 +100,8 @@ class TopicPoller:
                     if stamped:
                         sec, nanosec = unpack(data, 4)
                         stamp = sec * 1_000_000_000 + nanosec
-                    mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'))
+                    mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'),
+                                   source_wall_ns=info.get('source_timestamp'))
                     if freeze is not None:
                         try:
                             names, positions_at = joint_state_positions(data)

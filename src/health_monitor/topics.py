@@ -5,6 +5,9 @@ writer's publication sequence number, the header stamp) and asked for a :class:`
 time ``now`` (monotonic seconds). Staleness is a claim about the *stream*, so it is judged
 only on evidence the monitor can stand behind:
 
+* silence is known only up to the monitor's last look at the stream (``looked_at``: the take
+  that found its reader empty), not up to the moment a status is asked for — a status computed
+  while the checks were starved would otherwise count time nobody looked as silence;
 * a check counts only when the monitor itself was on time (:class:`Punctuality`): after the
   monitor's own check was late (its process starved, its timer fired late), silence is measured
   from the moment it resumed watching, not from the last sample — samples the starved process
@@ -230,6 +233,9 @@ class TopicMonitor:
         self.writers = WriterRuns()
         self.watch_from = -1.0
         """Silence is counted from no earlier than this (a reader re-created: DDS matching)."""
+        self.looked_at = -1.0
+        """When the monitor last looked for samples (set by whoever feeds it: the poller before
+        each take). Silence is known up to then; -1: fed as samples come, known up to now."""
         self.frozen: dict[str, float] = {}
         """Joints whose value is frozen -> since when (set by the node's :class:`FreezeWatch`)."""
         self._window: deque[tuple[float, int]] = deque()
@@ -247,9 +253,16 @@ class TopicMonitor:
         self._lag_ns = int(limits.max_lag_s * 1e9)
 
     def on_message(self, rx_mono: float, rx_wall_ns: int, stamp_ns: int | None,
-                   messages: int = 1, seq: int | None = None) -> None:
+                   messages: int = 1, seq: int | None = None,
+                   source_wall_ns: int | None = None) -> None:
         """One received sample; with its writer's ``seq`` it stands for every publication
-        since that writer's previous one (else for ``messages``)."""
+        since that writer's previous one (else for ``messages``). With its ``source_wall_ns``
+        (when the writer wrote it), a sample delivered later than the STALE time is a delivery
+        gap: for that long the monitor could not have seen what the source had published."""
+        if source_wall_ns and self.gaps is not None:
+            late = (rx_wall_ns - source_wall_ns) * 1e-9
+            if late > self.limits.stale_after_s:
+                self.gaps.record(rx_mono, late)
         if seq is not None:
             _writer, messages = self.writers.add(seq, rx_mono, self.limits.rate_hz)
             gap = rx_mono - self.last_rx
@@ -276,12 +289,22 @@ class TopicMonitor:
 
     # ------------------------------------------------------------------ staleness
 
+    def seen_until(self, now: float) -> float:
+        """The time up to which the stream's silence is known: the last look, not ``now``."""
+        return now if self.looked_at < 0 else min(now, self.looked_at)
+
     def silence(self, now: float, blind: Blind = None) -> float:
-        """How long the stream has been silent *as watched on time* (s): the monitor's blind
-        time since the last sample (``blind(t0)``, :meth:`Punctuality.blind_since`) left out."""
-        since = max(self.last_rx, self.watch_from)
-        quiet = now - since
-        return quiet if blind is None else quiet - blind(since)
+        """How long the stream has been silent *as watched on time* (s), up to the last look
+        (:meth:`seen_until`): the monitor's blind time in between (``blind(t0)``,
+        :meth:`Punctuality.blind_since`) left out."""
+        return self._watched(max(self.last_rx, self.watch_from), self.seen_until(now), blind)
+
+    @staticmethod
+    def _watched(since: float, until: float, blind: Blind) -> float:
+        quiet = until - since
+        if blind is None or quiet <= 0:
+            return quiet
+        return quiet - (blind(since) - blind(until))
 
     def raise_after(self, now: float) -> float:
         """Silence (watched on time) after which STALE is raised: stale time + the hold."""
@@ -293,10 +316,9 @@ class TopicMonitor:
         """Writers (when the graph shows several) with no sample for the STALE time."""
         if self.writers.max_writers < 2:
             return 0
-        raise_s = self.raise_after(now)
-        quiet = [max(w.last_rx, self.watch_from) for w in self.writers.writers]
-        return sum(1 for since in quiet
-                   if now - since - (blind(since) if blind else 0.0) > raise_s)
+        raise_s, until = self.raise_after(now), self.seen_until(now)
+        return sum(1 for w in self.writers.writers
+                   if self._watched(max(w.last_rx, self.watch_from), until, blind) > raise_s)
 
     def stale(self, now: float, blind: Blind = None) -> bool:
         """The STALE decision alone (the node's fast path): see the module docstring."""
@@ -338,7 +360,7 @@ class TopicMonitor:
             values['rate (Hz)'] = f'{rate:.1f}'
         if self.last_rx < 0:
             return Status(self.path, STALE, f'{self.topic}: no message yet', values=values)
-        silent = now - self.last_rx
+        silent = self.seen_until(now) - self.last_rx   # as of the last look
         values['since last (s)'] = f'{silent:.3f}'
         values['STALE raised'] = str(self.stale_raised)
         writers = self.writers.writers
