@@ -7,6 +7,7 @@ import copy
 import io
 import itertools
 import json
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -562,6 +563,8 @@ def test_popen_spawner_finds_and_replaces_a_process_it_did_not_start() -> None:
     import sys
     code = 'import time; time.sleep(60)  # test_health_core 8c1f'
     other = subprocess.Popen([sys.executable, '-c', code])
+    env = dict(os.environ, ROS_DOMAIN_ID=str(int(os.environ.get('ROS_DOMAIN_ID', '0')) + 1))
+    another_stack = subprocess.Popen([sys.executable, '-c', code], env=env)  # another domain
     spawner = PopenSpawner(out=io.StringIO())
     try:
         argv = [sys.executable, '-c', code]
@@ -574,8 +577,10 @@ def test_popen_spawner_finds_and_replaces_a_process_it_did_not_start() -> None:
         assert spawner.running('sleeper', argv) == [spawner.pid('sleeper')]
         spawner.terminate(spawner.pid('sleeper'), timeout=5.0)
         assert spawner.alive('sleeper') is None and spawner.running('sleeper', argv) == []
+        assert another_stack.poll() is None            # never touched
     finally:
         other.kill()
+        another_stack.kill()
         spawner.stop_all()
 
 def test_error_state_node_recovered_without_respawn_and_retry_limit() -> None:

@@ -9,6 +9,7 @@ can hand its processes to the same mechanism (:meth:`PopenSpawner.adopt`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -137,14 +138,27 @@ class PopenSpawner:
             proc.wait()
 
     def running(self, name: str, argv: Sequence[str]) -> list[int]:
+        """Our children and our parent's other descendants (the bring-up's or the launch's
+        nodes, and those a dead monitor had started, re-parented to the bring-up) that run
+        ``argv`` on our ROS domain: another stack on the same host (another domain, another
+        supervisor) has the same command lines and is never touched."""
         import psutil
-        me, found = os.getpid(), []
-        for proc in psutil.process_iter(['pid', 'cmdline', 'status']):
-            info = proc.info
-            if (info['pid'] != me and info['status'] != psutil.STATUS_ZOMBIE
-                    and runs_command(info['cmdline'] or (), argv)):
-                found.append(info['pid'])
-        return found
+        me = psutil.Process()
+        family = me.children(recursive=True)
+        if me.ppid() > 1:
+            with contextlib.suppress(psutil.Error):
+                family += psutil.Process(me.ppid()).children(recursive=True)
+        domain = os.environ.get('ROS_DOMAIN_ID', '0')
+        found: set[int] = set()
+        for proc in family:
+            try:
+                if (proc.pid != me.pid and proc.status() != psutil.STATUS_ZOMBIE
+                        and runs_command(proc.cmdline(), argv)
+                        and proc.environ().get('ROS_DOMAIN_ID', '0') == domain):
+                    found.add(proc.pid)
+            except psutil.Error:
+                continue
+        return sorted(found)
 
     def terminate(self, pid: int, timeout: float = 5.0) -> None:
         import psutil
