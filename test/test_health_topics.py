@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from field_deploy.profile import load_profile
+from field_deploy.testing import wait_until
 from health_monitor.config import HealthConfigError, parse_config
 from health_monitor.config import default_config_path as _default_path
 from health_monitor.core import OK, STALE, WARN
@@ -350,3 +351,56 @@ def test_topic_stamp_sanity_future_backwards_lagging() -> None:
     mon.on_message(0.0, int(1e18), int(1e18))
     mon.on_message(0.01, int(1e18) + 10_000_000, int(1e18) - 5_000_000)
     assert mon.backwards == 1 and 'backwards' in mon.status(0.02).message
+
+
+# --------------------------------------------------------------------------- receive threads
+
+def test_receive_threads_busy_from_proc(tmp_path: Path) -> None:
+    """A /proc/<pid>/task layout: only Fast DDS's receive threads count, runnable = busy."""
+    from health_monitor.receiving import ReceiveThreads
+
+    def task(tid: int, comm: str, state: str) -> None:
+        (tmp_path / str(tid)).mkdir(exist_ok=True)
+        (tmp_path / str(tid) / 'comm').write_text(comm + '\n')
+        (tmp_path / str(tid) / 'stat').write_text(f'{tid} ({comm}) {state} 1 2 3\n')
+
+    task(1, 'health_monitor', 'R')          # the main thread: not a receive thread
+    task(2, 'dds.shm.7412', 'S')
+    task(3, 'dds.udp.7413', 'S')
+    task(4, 'dds.shm.wdog', 'R')            # the SHM watchdog receives nothing
+    task(5, 'a (weird) name', 'R')
+    threads = ReceiveThreads(str(tmp_path))
+    assert not threads.busy() and sorted(threads.tids) == ['2', '3']
+    task(2, 'dds.shm.7412', 'R')            # working through samples, or waiting for a CPU
+    assert threads.busy() and threads.busy_checks == 1
+    assert not ReceiveThreads(str(tmp_path / 'none')).busy()   # no /proc: no evidence either way
+
+
+def test_receive_threads_of_this_process() -> None:
+    """Real threads named as Fast DDS names them: one spinning is busy, asleep it is not."""
+    import ctypes
+    import threading
+
+    from health_monitor.receiving import ReceiveThreads
+
+    spin, stop = threading.Event(), threading.Event()
+
+    def listener() -> None:
+        ctypes.CDLL(None).prctl(15, b'dds.shm.65000', 0, 0, 0)   # PR_SET_NAME
+        while not stop.is_set():
+            if spin.is_set():
+                sum(range(1000))
+            else:
+                stop.wait(0.01)
+
+    t = threading.Thread(target=listener, daemon=True)
+    t.start()
+    try:
+        threads = ReceiveThreads()
+        threads.REFRESH_S = 0.0
+        assert wait_until(lambda: not threads.busy() and threads.tids != [], 5.0)
+        spin.set()
+        assert wait_until(threads.busy, 5.0)
+    finally:
+        stop.set()
+        t.join(5.0)

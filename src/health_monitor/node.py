@@ -47,6 +47,7 @@ from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.lifecycle_ros import RosLifecycleClient, managed_from_stack
 from health_monitor.manager import LifecycleManager, PolicyEngine, PopenSpawner, Spawner
 from health_monitor.polling import TopicPoller
+from health_monitor.receiving import ReceiveThreads
 from health_monitor.topics import DeliveryGaps, Punctuality, TopicMonitor
 
 METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
@@ -109,6 +110,7 @@ class HealthMonitor(Node):
         self.poller = TopicPoller(self._topics_node, polled, cfg.check_hz)
         self.punctuality = Punctuality(1.0 / cfg.check_hz, cfg.check_late_s)
         self._last_check_start = -1.0
+        self.receiving = ReceiveThreads()
         self._diag_monitor = self.monitors.get('/diagnostics')
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
         for rule in cfg.topic_rules:
@@ -274,9 +276,11 @@ class HealthMonitor(Node):
         Each topic's silence is known up to its take (``TopicMonitor.looked_at``), not up to
         whenever a status is computed; the check measures its own lateness once it has taken:
         the time a late check (a starved process) was not looking is left out of every silence
-        (health_monitor.topics.Punctuality).
+        (health_monitor.topics.Punctuality). A look that would raise a STALE counts only if this
+        process's receive threads had no samples in hand (health_monitor.receiving).
         """
         start = time.monotonic()
+        before = [(mon, mon.looked_at) for mon in self.monitors.values()]
         if self._diag_monitor is not None:
             # fed by the executor's callbacks, which it has served since the previous check
             self._diag_monitor.looked_at = self._last_check_start
@@ -287,6 +291,10 @@ class HealthMonitor(Node):
         # its takes was as blind as one whose timer fired late
         self.punctuality.check(now)
         blind = self.punctuality.blind_since
+        if any(self.levels.get(mon.path) != STALE and mon.last_rx >= 0 and mon.stale(now, blind)
+               for mon in self.monitors.values()) and self.receiving.busy():
+            for mon, looked_at in before:   # what is in flight may be the "missing" samples:
+                mon.looked_at = looked_at   # this look is no evidence of a silence
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)
             known = self.levels.get(mon.path)
@@ -321,6 +329,7 @@ class HealthMonitor(Node):
                               'late checks': str(p.late_checks),
                               'blind (s)': f'{p.blind_total:.3f}',
                               'worst lateness (s)': f'{p.worst_late_s:.3f}',
+                              'looks with samples in flight': str(self.receiving.busy_checks),
                               'delivery gaps': str(gaps.seen),
                               'longest recent delivery gap (s)': f'{gaps.longest(now):.3f}'}), now)
         self._maybe_publish_now()

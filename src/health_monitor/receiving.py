@@ -1,0 +1,67 @@
+"""Whether this process's middleware receive threads have samples in hand (Linux /proc).
+
+A check that finds a reader empty proves a silence only if nothing was on its way into it. The
+samples a writer has handed over wait in this process's transport (Fast DDS: the shared-memory
+port's ring, the UDP socket) until one of its receive threads (named ``dds.shm.<port>`` and
+``dds.udp.<port>`` by Fast DDS) takes them into the readers. A receive thread with nothing to do
+sleeps on its port (state S); one that is working through samples, or has been woken and waits
+for a CPU on a loaded host, is runnable (state R). So at the moment of a check: all of them
+asleep — nothing in flight, the empty reader is evidence; one of them runnable — the monitor
+may be holding the very samples it would call missing (measured beside two busy loops: the
+monitor's listener starved 0.4-0.8 s while its check timer ran on time, and every stream of
+the sim was called STALE with its samples waiting in the port).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+RECEIVE_PREFIXES = ('dds.shm.', 'dds.udp.')
+"""Fast DDS's receive threads (2.10+ names its threads); ``dds.shm.wdog`` is not one."""
+
+
+class ReceiveThreads:
+    """The receive threads of this process, found by name, and whether any is runnable."""
+
+    REFRESH_S = 5.0
+    """Threads are looked up again this often (a transport may start its listener late)."""
+
+    def __init__(self, task_dir: str = '/proc/self/task') -> None:
+        self.task_dir = task_dir
+        self.tids: list[str] = []
+        self._found_at = -1e9
+        self.busy_checks = 0
+        """How many times a check was not taken for evidence: a receive thread was runnable."""
+
+    def _refresh(self) -> None:
+        tids = []
+        try:
+            for tid in os.listdir(self.task_dir):
+                try:
+                    with open(f'{self.task_dir}/{tid}/comm') as f:
+                        name = f.read().strip()
+                except OSError:
+                    continue
+                if name.startswith(RECEIVE_PREFIXES) and not name.endswith('.wdog'):
+                    tids.append(tid)
+        except OSError:
+            pass
+        self.tids = tids
+        self._found_at = time.monotonic()
+
+    def busy(self) -> bool:
+        """A receive thread is running or waiting for a CPU (False when none is known)."""
+        if time.monotonic() - self._found_at > self.REFRESH_S:
+            self._refresh()
+        for tid in self.tids:
+            try:
+                with open(f'{self.task_dir}/{tid}/stat') as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # "<tid> (<comm>) <state> …": the name may hold spaces, the state follows its ')'
+            if stat[stat.rindex(')') + 2] == 'R':
+                self.busy_checks += 1
+                return True
+        return False
