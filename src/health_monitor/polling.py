@@ -56,8 +56,13 @@ class TopicPoller:
             self.entries.append(_Polled(watch, mon, self._subscribe(watch, 1), 1, freeze))
 
     def _subscribe(self, watch: TopicWatch, depth: int) -> Any:
+        # Best effort whatever the writer offers: a reliable reader holds every sample behind
+        # one it missed until the writer has repaired it (heartbeat, NACK, resend: threads of
+        # two processes, seconds on a loaded host), a silence of the stream that is not one.
+        # The sequence numbers still count every publication, taken or not.
+        qos = dataclasses.replace(watch.qos, depth=depth, reliability='best_effort')
         return polled_subscription(self.node, message_class(watch.type), watch.name,
-                                   qos_profile(dataclasses.replace(watch.qos, depth=depth)))
+                                   qos_profile(qos))
 
     def refresh_writers(self) -> None:
         """Follow the graph's publisher count per topic (call at ~1 Hz).
