@@ -404,3 +404,37 @@ def test_receive_threads_of_this_process() -> None:
     finally:
         stop.set()
         t.join(5.0)
+
+
+def test_receive_side_blindness_is_left_out_of_a_silence() -> None:
+    """The listener starved 2 s (probed busy at every check) while the check timer ran on time:
+    a 5 Hz stream whose samples were dropped meanwhile is not STALE when it resumes; a silence
+    after that, watched, is."""
+    punct = Punctuality(period_s=0.01, tolerance_s=0.02)
+    mon = TopicMonitor('battery', 'power/battery', TopicLimits(rate_hz=5.0))
+    t = 0.0
+    for _ in range(100):
+        t += 0.01
+        mon.looked_at = t
+        if round(t * 100) % 20 == 0:
+            mon.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9))
+        punct.check(t)
+    last = mon.last_rx
+    for _ in range(200):                       # 2 s, receive threads busy at every check
+        prev, t = t, t + 0.01
+        mon.looked_at = t
+        punct.check(t)
+        punct.add_blind(prev, t)
+        assert not mon.stale(t, punct.blind_since)
+    assert punct.blind_since(last) == pytest.approx(2.0)
+    late = t + 0.1                             # a late check inside: merged, not counted twice
+    punct.check(late)
+    punct.add_blind(t, late)
+    assert punct.blind_since(last) == pytest.approx(2.1)
+    t = late
+    while not mon.stale(t, punct.blind_since):
+        t += 0.01
+        mon.looked_at = t
+        punct.check(t)
+    watched = t - last - 2.1
+    assert watched == pytest.approx(mon.limits.stale_raise_s, abs=0.011)

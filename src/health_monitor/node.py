@@ -276,11 +276,10 @@ class HealthMonitor(Node):
         Each topic's silence is known up to its take (``TopicMonitor.looked_at``), not up to
         whenever a status is computed; the check measures its own lateness once it has taken:
         the time a late check (a starved process) was not looking is left out of every silence
-        (health_monitor.topics.Punctuality). A look that would raise a STALE counts only if this
-        process's receive threads had no samples in hand (health_monitor.receiving).
+        (health_monitor.topics.Punctuality), and so is the time this process's receive threads
+        had samples in hand (health_monitor.receiving).
         """
         start = time.monotonic()
-        before = [(mon, mon.looked_at) for mon in self.monitors.values()]
         if self._diag_monitor is not None:
             # fed by the executor's callbacks, which it has served since the previous check
             self._diag_monitor.looked_at = self._last_check_start
@@ -289,12 +288,15 @@ class HealthMonitor(Node):
         now = time.monotonic()
         # the check's lateness is measured once it has looked: a check starved in the middle of
         # its takes was as blind as one whose timer fired late
+        previous = self.punctuality.last
         self.punctuality.check(now)
         blind = self.punctuality.blind_since
-        if any(self.levels.get(mon.path) != STALE and mon.last_rx >= 0 and mon.stale(now, blind)
-               for mon in self.monitors.values()) and self.receiving.busy():
-            for mon, looked_at in before:   # what is in flight may be the "missing" samples:
-                mon.looked_at = looked_at   # this look is no evidence of a silence
+        # While a stream is half-way to STALE, the receive threads are probed at every check:
+        # busy (samples in hand, or starved) since the previous check = not looking either.
+        if previous >= 0 and any(mon.last_rx >= 0 and mon.silence(now, blind)
+                                 > 0.5 * mon.limits.stale_after_s
+                                 for mon in self.monitors.values()) and self.receiving.busy():
+            self.punctuality.add_blind(previous, now)
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)
             known = self.levels.get(mon.path)
@@ -329,7 +331,7 @@ class HealthMonitor(Node):
                               'late checks': str(p.late_checks),
                               'blind (s)': f'{p.blind_total:.3f}',
                               'worst lateness (s)': f'{p.worst_late_s:.3f}',
-                              'looks with samples in flight': str(self.receiving.busy_checks),
+                              'checks with receive threads busy': str(self.receiving.busy_checks),
                               'delivery gaps': str(gaps.seen),
                               'longest recent delivery gap (s)': f'{gaps.longest(now):.3f}'}), now)
         self._maybe_publish_now()

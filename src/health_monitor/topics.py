@@ -117,6 +117,24 @@ class Punctuality:
         self.last = now
         return late
 
+    def add_blind(self, start: float, end: float) -> None:
+        """Record ``[start, end]`` as blind for another reason than lateness (the process's
+        receive threads had samples in hand), merged with the stretch it overlaps."""
+        if end <= start:
+            return
+        if self._ends and self._ends[-1] >= start:
+            old = self._ends[-1] - self._starts[-1]
+            self._starts[-1] = min(self._starts[-1], start)
+            self._ends[-1] = max(self._ends[-1], end)
+            grow = self._ends[-1] - self._starts[-1] - old
+            self.blind_total += grow
+            self._cum[-1] += grow
+        else:
+            self.blind_total += end - start
+            self._starts.append(start)
+            self._ends.append(end)
+            self._cum.append(self.blind_total)
+
     def blind_since(self, t0: float) -> float:
         """Seconds of lateness (blind time) after ``t0``."""
         i = bisect.bisect_right(self._ends, t0)
