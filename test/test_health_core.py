@@ -41,10 +41,9 @@ from health_monitor.manager import (
     DEACTIVATE,
     LifecycleManager,
     PolicyEngine,
-    PopenSpawner,
     backoff_delay,
-    runs_command,
 )
+from health_monitor.spawner import PopenSpawner, runs_command
 
 QUAD = load_profile('quadruped_12dof')
 HUM = load_profile('humanoid_29dof')

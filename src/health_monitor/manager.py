@@ -2,27 +2,21 @@
 
 The manager talks to the managed nodes through a :class:`LifecycleClient` (the node shell
 implements it with lifecycle_msgs services) and starts dead processes through a
-:class:`Spawner` (default :class:`PopenSpawner`), so the bring-up order, the heartbeat, the
-back-off and the retry limit are tested with fakes, and the integrator's ``field_deploy up``
-can hand its processes to the same mechanism (:meth:`PopenSpawner.adopt`).
+:class:`Spawner` (default :class:`health_monitor.spawner.PopenSpawner`), so the bring-up
+order, the heartbeat, the back-off and the retry limit are tested with fakes, and the
+integrator's ``field_deploy up`` can hand its processes to the same mechanism
+(``PopenSpawner.adopt``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from field_deploy.history import History
-from field_deploy.rosenv import clean_stale_shm
 from health_monitor.config import LifecycleConfig, ManagedNode, PolicySpec
 from health_monitor.core import ERROR, OK, WARN, Status
 
@@ -63,124 +57,6 @@ class Spawner(Protocol):
 STOP_TIMEOUT_S = 5.0
 """How long a node being replaced gets to stop on SIGINT (the recorder closes its bag) before
 SIGKILL."""
-
-
-def runs_command(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
-    """``cmdline`` (a process's) runs ``argv``: the same executable name and the same
-    arguments, the executable itself or a script after its interpreter (a console script)."""
-    head, args = os.path.basename(argv[0]), list(argv[1:])
-    return any(len(cmdline) == i + 1 + len(args) and os.path.basename(cmdline[i]) == head
-               and list(cmdline[i + 1:]) == args for i in (0, 1))
-
-
-def resolve_command(argv: Sequence[str]) -> list[str]:
-    """``sim_robot`` -> the console script next to this interpreter (the venv), else PATH."""
-    head = argv[0]
-    if os.sep not in head:
-        beside = os.path.join(os.path.dirname(sys.executable), head)
-        if os.path.exists(beside):
-            return [beside, *argv[1:]]
-        found = shutil.which(head)
-        if found:
-            return [found, *argv[1:]]
-    return list(argv)
-
-
-class PopenSpawner:
-    """Starts managed nodes as child processes; their output goes to our stdout as ``[name] …``."""
-
-    def __init__(self, out=None) -> None:
-        self.out = out or sys.stdout
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._lock = threading.Lock()
-
-    def start(self, name: str, argv: Sequence[str]) -> None:
-        self.stop(name, timeout=2.0)
-        clean_stale_shm()   # the dead process's Fast DDS segment would stay in RAM otherwise
-        proc = subprocess.Popen(resolve_command(argv), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.adopt(name, proc)
-
-    def adopt(self, name: str, proc: subprocess.Popen) -> None:
-        """Take over a process started elsewhere (e.g. by ``field_deploy up``)."""
-        with self._lock:
-            self.procs[name] = proc
-        if proc.stdout is not None:
-            threading.Thread(target=self._pump, args=(name, proc), daemon=True,
-                             name=f'out-{name}').start()
-
-    def _pump(self, name: str, proc: subprocess.Popen) -> None:
-        for line in iter(proc.stdout.readline, b''):
-            try:
-                self.out.write(f'[{name}] {line.decode(errors="replace")}')
-                self.out.flush()
-            except (ValueError, OSError):
-                break
-
-    def alive(self, name: str) -> bool | None:
-        proc = self.procs.get(name)
-        return None if proc is None else proc.poll() is None
-
-    def pid(self, name: str) -> int | None:
-        proc = self.procs.get(name)
-        return None if proc is None else proc.pid
-
-    def stop(self, name: str, timeout: float = 5.0) -> None:
-        with self._lock:
-            proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def running(self, name: str, argv: Sequence[str]) -> list[int]:
-        """Our children and our parent's other descendants (the bring-up's or the launch's
-        nodes, and those a dead monitor had started, re-parented to the bring-up) that run
-        ``argv`` on our ROS domain: another stack on the same host (another domain, another
-        supervisor) has the same command lines and is never touched."""
-        import psutil
-        me = psutil.Process()
-        family = me.children(recursive=True)
-        if me.ppid() > 1:
-            with contextlib.suppress(psutil.Error):
-                family += psutil.Process(me.ppid()).children(recursive=True)
-        domain = os.environ.get('ROS_DOMAIN_ID', '0')
-        found: set[int] = set()
-        for proc in family:
-            try:
-                if (proc.pid != me.pid and proc.status() != psutil.STATUS_ZOMBIE
-                        and runs_command(proc.cmdline(), argv)
-                        and proc.environ().get('ROS_DOMAIN_ID', '0') == domain):
-                    found.add(proc.pid)
-            except psutil.Error:
-                continue
-        return sorted(found)
-
-    def terminate(self, pid: int, timeout: float = 5.0) -> None:
-        import psutil
-        with self._lock:
-            ours = next((n for n, p in self.procs.items() if p.pid == pid), None)
-        if ours is not None:
-            self.stop(ours, timeout)
-            return
-        try:
-            proc = psutil.Process(pid)
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout)
-            except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        except psutil.NoSuchProcess:
-            pass
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
 
 
 @dataclass

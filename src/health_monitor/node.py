@@ -45,9 +45,10 @@ from health_monitor.core import (
 )
 from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.lifecycle_ros import RosLifecycleClient, managed_from_stack
-from health_monitor.manager import LifecycleManager, PolicyEngine, PopenSpawner, Spawner
+from health_monitor.manager import LifecycleManager, PolicyEngine, Spawner
 from health_monitor.polling import TopicPoller
 from health_monitor.receiving import ReceiveThreads
+from health_monitor.spawner import PopenSpawner
 from health_monitor.topics import DeliveryGaps, Punctuality, TopicMonitor
 
 METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
