@@ -26,7 +26,7 @@ from sensor_msgs.msg import JointState
 from field_deploy.profile import QosSpec, load_profile
 from field_deploy.ros import message_class, qos_profile
 from field_deploy.rosenv import use_project_fastdds_profile
-from field_deploy.testing import RawCollector, wait_until
+from field_deploy.testing import RawCollector, quiet_for, wait_until
 from sim_robot.streamcheck import cdr_header_stamp_ns, stats_from_raw
 
 # The subscriber side uses the project's Fast DDS profile too (set before the session's first
@@ -60,18 +60,6 @@ def set_params(node: Node, **values) -> list:
     request.parameters = [ParameterMsg(name=k, value=Parameter(k, value=v).get_parameter_value())
                           for k, v in values.items()]
     return call(node, SetParameters, '/sim_robot/set_parameters', request).results
-
-
-def _quiet(count: Callable[[], int], seconds: float) -> Callable[[], bool]:
-    """A predicate for wait_until: true once ``count()`` has not changed for ``seconds``."""
-    last = {'n': count(), 't': time.monotonic()}
-
-    def check() -> bool:
-        n = count()
-        if n != last['n']:
-            last.update(n=n, t=time.monotonic())
-        return time.monotonic() - last['t'] >= seconds
-    return check
 
 
 class Latest:
@@ -247,7 +235,7 @@ def test_silent_fault_stops_a_topic_and_clearing_it_resumes(node_process, probe)
     assert all(r.successful for r in set_params(node, fault_silent='imu'))
     silenced_ns = time.time_ns()
     # What was in flight when the fault was set still arrives: wait until the stream is quiet.
-    assert wait_until(_quiet(lambda: imu.count('imu'), 0.5), 20.0), 'imu never went quiet'
+    assert wait_until(quiet_for(lambda: imu.count('imu'), 0.5), 20.0), 'imu never went quiet'
     before, states_before = imu.count('imu'), len(states.messages)
     assert wait_until(lambda: len(states.messages) > states_before + 300, 20.0)  # others flow
     assert imu.count('imu') == before

@@ -78,6 +78,21 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return bool(predicate())
 
 
+def quiet_for(count: Callable[[], int], seconds: float) -> Callable[[], bool]:
+    """A predicate for :func:`wait_until`: true once ``count()`` has not changed for ``seconds``.
+
+    After stopping a stream (a pause, a fault) what was already in flight still arrives, later
+    on a loaded host: wait for quiet instead of sleeping a fixed time, then check it holds."""
+    last = {'n': count(), 't': time.monotonic()}
+
+    def check() -> bool:
+        n = count()
+        if n != last['n']:
+            last.update(n=n, t=time.monotonic())
+        return time.monotonic() - last['t'] >= seconds
+    return check
+
+
 def executable(name: str) -> str:
     """Path of a console script installed beside this interpreter (``.venv/bin/<name>``)."""
     candidate = Path(sys.executable).parent / name
