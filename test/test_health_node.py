@@ -11,6 +11,7 @@ import contextlib
 import copy
 import itertools
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -268,7 +269,11 @@ def test_two_publishers_counted_per_writer(ros: None, spin, node_process, tmp_pa
     with watch._lock:
         rate_warns = [table[path][1] for t, table in watch.agg if t > t0 + 4.0
                       and table.get(path, (None, ''))[0] == WARN and 'rate' in table[path][1]]
-    assert rate_warns == [], rate_warns   # 60 Hz on the topic is 30 Hz from each writer
+    # 60 Hz on the topic is 30 Hz from each writer: no rate above the band. (A rate below it is
+    # this process's timers starved on a loaded host, not what is tested here.)
+    parsed = [re.search(r'rate ([\d.]+) Hz outside \[[\d.]+, ([\d.]+)\]', m) for m in rate_warns]
+    assert all(parsed), rate_warns      # the message's form is what this test reads
+    assert [r[0] for r in parsed if float(r[1]) > float(r[2])] == [], rate_warns
     assert wait_until(lambda: watch.level(path) == OK, 10), watch.message(path)
     on[1] = False    # the second writer stays on the graph but publishes nothing
     assert wait_until(lambda: watch.level(path) == STALE, 10), watch.message(path)
