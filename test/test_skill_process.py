@@ -34,7 +34,7 @@ def test_runtime_process_runs_a_skill_and_shuts_down_cleanly(spin, node_process)
     assert client.run(skill)
     assert wait_until(lambda: client.state(skill) == 'inactive', 20, 0.1)
     assert client.trigger('estop').success
-    assert wait_until(lambda: frames[-1][1] == 'estop', 2)
+    assert wait_until(lambda: frames[-1][1] == 'estop', 10)
     assert runtime.stop(signal.SIGINT) == 0
     log = runtime.log()
     assert 'loaded pack reference_quadruped' in log and 'process scheduling' in log

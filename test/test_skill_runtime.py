@@ -232,7 +232,7 @@ def test_nan_stops_the_skill_via_error_processing(rig) -> None:
     runtime, client, probe, _sim = rig
     name = '/skills/acme_test/not_a_number'
     assert client.run(name)
-    assert wait_until(lambda: client.state(name) == 'unconfigured', 5, 0.05)
+    assert wait_until(lambda: client.state(name) == 'unconfigured', 20, 0.05)
     assert 'NaN' in runtime.skill_nodes['acme_test/not_a_number'].reason
     assert ('deactivating', 'errorprocessing') in [(a, b) for s, a, b in probe.events
                                                    if s.endswith('not_a_number')]
@@ -257,7 +257,7 @@ def test_disjoint_claims_run_together_and_timeout_stops(rig) -> None:
     runtime, client, _probe, _sim = rig
     assert client.run('/skills/acme_test/slow')        # RR_leg, 100 Hz, 0.5 s timeout
     assert client.run('/skills/acme_test/beyond')      # FL_leg at the same time
-    assert wait_until(lambda: client.state('/skills/acme_test/slow') == 'unconfigured', 5, 0.05)
+    assert wait_until(lambda: client.state('/skills/acme_test/slow') == 'unconfigured', 20, 0.05)
     assert runtime.skill_nodes['acme_test/slow'].reason.startswith('timeout')
     wait_until(lambda: client.state('/skills/acme_test/beyond') != 'active', 10, 0.1)
 
@@ -267,10 +267,10 @@ def test_watchdog_stops_sleeping_or_raising_step(rig, skill: str, words: str) ->
     runtime, client, probe, _sim = rig
     name = f'/skills/acme_test/{skill}'
     assert client.run(name)
-    assert wait_until(lambda: client.state(name) == 'unconfigured', 5, 0.05)
+    assert wait_until(lambda: client.state(name) == 'unconfigured', 20, 0.05)
     assert words in runtime.skill_nodes[f'acme_test/{skill}'].reason
     n = len(probe.commands)
-    assert wait_until(lambda: len(probe.commands) > n + 50, 3), 'gate keeps commanding'
+    assert wait_until(lambda: len(probe.commands) > n + 50, 10), 'gate keeps commanding'
 
 
 def test_configure_raising_is_refused_and_runtime_survives(rig) -> None:
@@ -307,9 +307,10 @@ def test_stop_holds_pose(rig) -> None:
     assert client.state('/skills/acme_test/hold') == 'inactive'
     time.sleep(0.2)
     t0 = time.monotonic_ns()
-    time.sleep(0.3)
+    # 50 commands after the stop (0.1 s of the 500 Hz gate; later on a loaded host), all holding
+    assert wait_until(lambda: len(probe.commands_since(t0)) > 50, 10.0), probe.commands_since(t0)
     cmds = probe.commands_since(t0)
-    assert len(cmds) > 50 and all(c[1] == 'run' for c in cmds)
+    assert all(c[1] == 'run' for c in cmds)
     assert np.ptp(np.array([c[2] for c in cmds]), axis=0).max() < 1e-9
 
 
@@ -323,8 +324,9 @@ def test_estop_goes_safe_at_once_latches_and_resets(rig, via: str) -> None:
         assert client.trigger('estop').success
     else:
         probe.estop_pub.publish(Bool(data=True))
-    assert wait_until(lambda: any(c[1] == 'estop' for c in probe.commands_since(t0)), 2)
-    assert wait_until(lambda: client.state('/skills/acme_test/hold') != 'active', 2)
+    # that it happens, not how fast (bench/skills/run.py): bounds for a loaded host
+    assert wait_until(lambda: any(c[1] == 'estop' for c in probe.commands_since(t0)), 10)
+    assert wait_until(lambda: client.state('/skills/acme_test/hold') != 'active', 10)
     # Latched: nothing may start.
     assert not client.run('/skills/acme_test/reach')
     assert 'e-stop' in runtime.skill_nodes['acme_test/reach'].reason
@@ -332,7 +334,7 @@ def test_estop_goes_safe_at_once_latches_and_resets(rig, via: str) -> None:
     assert settle(probe, safe, np.arange(PROFILE.dof), tol=0.06) < 0.06
     assert client.trigger('reset').success
     t1 = time.monotonic_ns()
-    assert wait_until(lambda: any(c[1] == 'run' for c in probe.commands_since(t1)), 2)
+    assert wait_until(lambda: any(c[1] == 'run' for c in probe.commands_since(t1)), 10)
     assert client.run('/skills/acme_test/reach')
     wait_until(lambda: client.state('/skills/acme_test/reach') != 'active', 10, 0.1)
 
