@@ -136,7 +136,9 @@ def test_discovery_refusals_in_status_and_skill_nodes_exist(rig) -> None:
     runtime, client, probe, _sim = rig
     assert {'reference_quadruped/stand_up', 'reference_quadruped/trot_in_place',
             'acme_test/reach'} <= set(runtime.skill_nodes)
-    assert wait_until(lambda: 'skill_runtime/packs' in probe.status, 5)
+    # the status is published from the start: one taken before configure lists no packs yet
+    assert wait_until(lambda: 'reference_quadruped' in probe.status.get('skill_runtime/packs', {}),
+                      20), probe.status.get('skill_runtime/packs')
     packs = probe.status['skill_runtime/packs']
     assert packs['reference_quadruped'] == 'accepted' and packs['acme_test'] == 'accepted'
     assert 'robot_kinds' in packs['reference_humanoid']
