@@ -436,7 +436,10 @@ def test_lifecycle_bring_up_order_kill_restart_backoff_and_give_up(
     tries = [t for t, _, n, w in _events(log) if n == 'fake_broken' and w == 'configure']
     assert len(tries) == 1 + 3, tries
     gaps = [b - a for a, b in itertools.pairwise(tries)]
-    assert gaps[2] > gaps[0] * 1.5, gaps
+    # each retry waited at least its back-off (0.4, 0.8, 1.6 s); on top comes the failed
+    # attempt and a process start, whose length is the host's load (the growth law itself is
+    # test_health_core's, on a fake clock)
+    assert all(gap >= 0.4 * 2.0 ** i - 0.01 for i, gap in enumerate(gaps)), gaps
     assert 'gave up on fake_broken' in hm.log()
     # kill -9 a managed node: brought back (a new process, configured and activated again)
     pid = next(p for _, p, n, w in _events(log) if n == 'fake_recorder' and w == 'start')
