@@ -6,9 +6,12 @@ DiagnosticArray @ 10 Hz, joint_commands @ 500 Hz), plays it in-process through t
 (real rclpy publishers, real DDS, a subscriber process receiving every topic) and prints:
 
 * timing error = actual publish time − scheduled time, p50 / p99 / max, at 1×;
+* rate scaling: the first ``--rate-window`` seconds at 0.5× and 4×, the play's length against
+  window / rate and the timing error (the figures test_player leaves to this bench);
 * the throughput ceiling: messages per second at ``--rate 1000`` (as fast as it goes).
 
-Usage: ``.venv/bin/python bench/player/run.py [--seconds 20] [--keep BAG] [--no-subscriber]``
+Usage: ``.venv/bin/python bench/player/run.py [--seconds 20] [--rate-window 2] [--keep BAG]
+[--no-subscriber]``
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ with Spinner([node]):
 '''
 
 
-def play_once(bag: Bag, rate: float, *, delay: float, wait: bool) -> tuple[list[int], int, float]:
+def play_once(bag: Bag, rate: float, *, delay: float, wait: bool,
+              duration: float | None = None) -> tuple[list[int], int, float]:
     import rclpy
 
     from field_deploy.ros import Spinner
-    node, player = make_player_node(bag, PlayOptions(rate=rate, delay_s=delay), record_timing=True)
+    node, player = make_player_node(bag, PlayOptions(rate=rate, delay_s=delay, duration_s=duration),
+                                    record_timing=True)
     with Spinner([node]):
         if wait:
             wait_for_subscribers(node, player.publishers, 20.0)
@@ -77,6 +82,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--seconds', type=float, default=20.0)
     parser.add_argument('--keep', default=None, help='write / reuse the bag here')
+    parser.add_argument('--rate-window', type=float, default=2.0,
+                        help='seconds of the bag played at 0.5x and 4x (0: skip)')
     parser.add_argument('--no-subscriber', action='store_true')
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
@@ -112,6 +119,14 @@ def main() -> int:
         print(f'1x timing error (publish − scheduled), {n} msgs over {elapsed:.1f} s: '
               f'p50 {np.percentile(e, 50):.3f} ms  p99 {np.percentile(e, 99):.3f} ms  '
               f'max {e.max():.3f} ms  (target p99 <= 1 ms)')
+        for rate in (0.5, 4.0) if args.rate_window > 0 else ():
+            errors, n, elapsed = play_once(bag, rate, delay=0.5, wait=sub is not None,
+                                           duration=args.rate_window)
+            e = np.asarray(errors) / 1e6
+            print(f'{rate:g}x over the first {args.rate_window:g} s: {n} msgs in {elapsed:.3f} s '
+                  f'(due {args.rate_window / rate:.3f} s); timing error p50 '
+                  f'{np.percentile(e, 50):.3f} ms  p99 {np.percentile(e, 99):.3f} ms  '
+                  f'max {e.max():.3f} ms; load average {os.getloadavg()[0]:.1f}')
         _, n, elapsed = play_once(bag, 1000.0, delay=0.5, wait=sub is not None)
         print(f'throughput ceiling (--rate 1000): {n / elapsed:,.0f} msg/s, '
               f'{bag.size_bytes / 1e6 / elapsed:.0f} MB/s ({elapsed:.2f} s for the bag)')
@@ -119,7 +134,7 @@ def main() -> int:
         rclpy.try_shutdown()
         if sub is not None:
             out, _ = sub.communicate('quit\n', timeout=60)
-            print(f'subscriber received {out.strip().splitlines()[-1]} messages over both runs '
+            print(f'subscriber received {out.strip().splitlines()[-1]} messages over all runs '
                   '(at --rate 1000 a KEEP_LAST subscriber drops, as expected)')
     return 0
 
