@@ -162,7 +162,7 @@ def test_fault_to_evidence_overheat_stops_the_skill_keeps_the_bag_and_writes_the
     fault_ns = time.time_ns()
     operator.set_parameters('/sim_robot', {'fault_overheat_rate': 40.0,
                                            'fault_overheat': 'FL_calf_joint'})
-    assert wait_until(lambda: operator.get_state(f'/skills/{trot}', timeout=2.0) != 'active', 30.0), \
+    assert wait_until(lambda: operator.get_state(f'/skills/{trot}', timeout=10.0) != 'active', 30.0), \
         up.log()[-3000:]
     status = operator._final_status(trot)
     assert status.get('outcome') == 'stopped', status
