@@ -141,8 +141,10 @@ def test_sim_robot_overheat_trips_policy_and_ledger(
     assert wait_until(lambda: watch.level(joint) == OK
                       and watch.first('/sensors/imu/stream', OK, 0.0) is not None, 45), (
         watch.message(joint), hm.log()[-3000:])
-    assert wait_until(lambda: watch.level('/lifecycle/sim_robot') == OK, 5)
-    assert '[sim_robot]' in hm.log() and 'starting sim_robot' in hm.log()
+    assert wait_until(lambda: watch.level('/lifecycle/sim_robot') == OK, 20)
+    # the child's output, prefixed, is relayed through the monitor (later on a loaded host)
+    assert wait_until(lambda: '[sim_robot]' in hm.log() and 'starting sim_robot' in hm.log(), 20), \
+        hm.log()[-3000:]
     assert watch.level('/robot/legs') in (OK, WARN)
     assert wait_until(lambda: watch.level('/host/disk') is not None, 5)
     assert watch.level('/host') is not None
