@@ -220,7 +220,10 @@ def test_overheat_fault_raises_temperature_to_error_in_diagnostics(node_process,
     threshold = load_profile('quadruped_12dof').motor_temperature.error
 
     def status(msg, joint):
-        return next(s for s in msg.status if s.name == f'motor/{joint}')
+        found = [s for s in msg.status if s.name == f'motor/{joint}']
+        # every message of this sim names each motor: say what else was on /diagnostics
+        assert found, f'a /diagnostics message without motor/{joint}: {[s.name for s in msg.status]}'
+        return found[0]
 
     assert wait_until(lambda: any(status(m, 'FL_calf_joint').level == DiagnosticStatus.ERROR
                                   for m in diags.messages[mark:]), 15.0)
