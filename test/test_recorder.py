@@ -415,8 +415,12 @@ def test_snapshot_mode_writes_only_the_last_seconds_on_request(ros, spin, tmp_pa
     assert wait_until(lambda: recorder.recorder.writer.message_count > 0, 10)
     recorder.close_bag()
     messages = _bag_messages(tmp_path / 'bag')['/chatter']
-    assert 20 <= len(messages) <= 60, len(messages)       # ~1 s of a 50 Hz stream
-    assert messages[-1].log_time - messages[0].log_time < 10**9
+    # the last second only (~50 of the 50 Hz stream on a quiet host; how many arrived in that
+    # second is a loaded host's scheduling: 8 once at load 42)
+    assert messages and messages[-1].log_time - messages[0].log_time < 10**9
+    received = [t for t, _ in collector.messages['/chatter']]
+    if received[-1] - received[0] > 2 * 10**9:            # they arrived over more than 2 s
+        assert len(messages) < 120, 'the snapshot kept more than its last second'
     tail = [data for _t, data in collector.messages['/chatter'][-len(messages):]]
     assert [m.data for m in messages] == tail             # the latest ones, in order
 
@@ -466,7 +470,9 @@ def test_bag_recorded_from_sim_robot_by_the_cli(ros, node_process, tmp_path: Pat
          '--count', '600', '--aperiodic', '--out', str(tmp_path / 'numbered.json')],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        assert wait_until(lambda: (bag / 'sim_0.mcap').exists(), 30)
+        # the CLI's start (imports, discovery): 30 s did not suffice once at load 42
+        assert wait_until(lambda: (bag / 'sim_0.mcap').exists(), 90), \
+            (tmp_path / 'record.log').read_text()[-2000:]
         assert numbered.wait(60) == 0
         assert sim.alive(), sim.log()
         record.send_signal(signal.SIGTERM)
