@@ -38,6 +38,11 @@ def _start_recorder(bag: Path, depth: int, log: Path, extra: Sequence[str] = ())
 
 def _start_writer(tmp: Path, writer: str, args: list[str]) -> tuple[subprocess.Popen, Path]:
     out = tmp / f'{writer}.json'
+    if 'best_effort' not in args and '--linger' not in args:
+        # a reliable writer stays until the recorder acknowledged its last samples: a writer gone
+        # with its tail unacknowledged (a recorder still catching up after the stall, at load 38)
+        # leaves a hole no later number reveals - the documented limit, not what is tested here
+        args = [*args, '--linger', '30']
     proc = subprocess.Popen(
         [sys.executable, '-m', 'field_deploy.numbered', '--topic', TOPIC, '--writer', writer,
          '--out', str(out), *args],

@@ -46,7 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help='readers to wait for before publishing (0: do not wait)')
     p.add_argument('--match-timeout', type=float, default=20.0)
     p.add_argument('--linger', type=float, default=1.0,
-                   help='seconds to stay after the last message (repairs, acks)')
+                   help='at the end, seconds to wait at most for every reader to acknowledge '
+                        '(reliable: returns once they have), or to stay (best effort)')
     p.add_argument('--out', type=Path, default=None, help='JSON report of what was published')
     p.add_argument('--default-dds-profile', action='store_true',
                    help="Fast DDS defaults, not the project's config/fastdds.xml (a third-party "
@@ -114,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pub.publish(msg)
             report['published'] = n + 1
         finish(pub)
-        time.sleep(args.linger)
+        # reliable: acknowledged (or given up after --linger) - a short grace for the graph;
+        # best effort: nothing to wait for but the readers' own pace
+        time.sleep(0.2 if args.reliability == 'reliable' else args.linger)
     finally:
         if args.out is not None:
             args.out.write_text(json.dumps(report))
