@@ -46,7 +46,7 @@ class Sample:
     t: float
     """Seconds since the stack was up."""
     procs: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Node name -> rss_mb, cpu_pct, threads, fds, pid."""
+    """Node name -> rss_mb, anon_mb, cpu_pct, threads, fds, pid."""
     shm_mb: float = 0.0
     """Fast DDS files in /dev/shm mapped by the stack's processes (MB of pages in use)."""
     shm_files: int = 0
@@ -106,6 +106,20 @@ def shm_usage(pids: list[int] | None = None) -> tuple[float, int]:
     return total / 1e6, count
 
 
+def anonymous_mb(pid: int) -> float:
+    """The process's private anonymous memory (heap, thread arenas: what a native leak grows),
+    from ``/proc/<pid>/smaps_rollup``; the rest of the RSS is mapped files and /dev/shm pages,
+    which a DDS pool touches up to its bound. nan when the process is gone."""
+    try:
+        with open(f'/proc/{pid}/smaps_rollup') as rollup:
+            for line in rollup:
+                if line.startswith('Anonymous:'):
+                    return int(line.split()[1]) / 1e3
+    except OSError:
+        pass
+    return float('nan')
+
+
 def folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6 if path.exists() else 0.0
 
@@ -151,6 +165,7 @@ class Sampler:
                     self._cpu[proc.pid] = (now, cpu_s)
                     cpu = 100 * (cpu_s - last[1]) / (now - last[0]) if last else float('nan')
                     s.procs[name] = {'pid': proc.pid, 'rss_mb': proc.memory_info().rss / 1e6,
+                                     'anon_mb': anonymous_mb(proc.pid),
                                      'cpu_pct': cpu, 'threads': proc.num_threads(),
                                      'fds': proc.num_fds()}
             except psutil.Error:
@@ -176,8 +191,8 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 def series(samples: list[dict], name: str, key: str, warmup: float) -> list[tuple[float, float]]:
     """One node's (t, value) after the warm-up and after its last restart (new pid)."""
-    points = [(s['t'], s['procs'][name][key], s['procs'][name]['pid']) for s in samples
-              if name in s['procs'] and s['t'] >= warmup]
+    points = [(s['t'], s['procs'][name].get(key, float('nan')), s['procs'][name]['pid'])
+              for s in samples if name in s['procs'] and s['t'] >= warmup]
     if not points:
         return []
     last_pid = points[-1][2]
@@ -187,8 +202,8 @@ def series(samples: list[dict], name: str, key: str, warmup: float) -> list[tupl
 def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'\n{len(samples)} samples over {samples[-1]["t"] / 60:.1f} min; slopes after '
           f'{warmup / 60:.0f} min of warm-up (and after each node\'s last restart)')
-    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"threads":>9} {"fds":>9} {"CPU %":>7} '
-          f'{"restarts":>8}')
+    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"anon MB/h":>9} {"threads":>9} {"fds":>9} '
+          f'{"CPU %":>7} {"restarts":>8}')
     for name in NODES:
         rss = series(samples, name, 'rss_mb', warmup)
         if not rss:
@@ -196,7 +211,9 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
         threads = [v for _, v in series(samples, name, 'threads', warmup)]
         fds = [v for _, v in series(samples, name, 'fds', warmup)]
         cpu = [v for _, v in series(samples, name, 'cpu_pct', warmup) if v == v]
+        anon = [(t, v) for t, v in series(samples, name, 'anon_mb', warmup) if v == v]
         print(f'{name:16} {rss[0][1]:6.0f}->{rss[-1][1]:<6.0f} {slope_per_hour(rss):9.1f} '
+              f'{slope_per_hour(anon):9.1f} '
               f'{min(threads):4.0f}-{max(threads):<4.0f} {min(fds):4.0f}-{max(fds):<4.0f} '
               f'{sum(cpu) / max(len(cpu), 1):7.1f} '
               f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d}')
