@@ -2,8 +2,9 @@
 
 Threads: the main executor runs /diagnostics, the timers (the check timer takes the robot
 topics' raw samples in batches and reads an 8-byte stamp from each) and the services; a
-worker thread owns a private client node with its own executor and does everything that
-waits on another node (lifecycle transitions, heartbeats, policy service calls), so a slow
+worker thread does everything that waits on another node (lifecycle transitions, heartbeats,
+policy service calls) through a private client node, whose answers an executor takes on a
+thread of its own (health_monitor.lifecycle_ros), so a slow
 managed node never stalls the monitors and a service handler can wait for the worker without
 deadlocking the main executor.
 """
@@ -22,7 +23,6 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -141,9 +141,7 @@ class HealthMonitor(Node):
         self.spawner = spawner or PopenSpawner()
         self._client_node = Node('_health_monitor_client', namespace=self.get_namespace(),
                                  context=self.context)
-        self._client_exec = SingleThreadedExecutor(context=self.context)
-        self._client_exec.add_node(self._client_node)
-        self.lifecycle = RosLifecycleClient(self._client_node, self._client_exec)
+        self.lifecycle = RosLifecycleClient(self._client_node)
         self.manager = LifecycleManager(cfg.lifecycle, self.lifecycle, self.spawner,
                                         log=self._log)
         self._manager_status: list[Status] = self.manager.statuses()
@@ -493,7 +491,7 @@ class HealthMonitor(Node):
             self.spawner.stop_all()
         if self.ledger is not None:
             self.ledger.close()
-        self._client_exec.shutdown()
+        self.lifecycle.close()
         self._client_node.destroy_node()
         self._topics_node.destroy_node()
         if self.metrics is not None:
