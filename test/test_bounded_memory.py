@@ -8,6 +8,7 @@ beyond the bound goes to a file (the bag, the ledger, the log); see docs/soak.md
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,12 @@ from data_recorder.snapshot import SnapshotBuffer
 from data_recorder.writer import BagWriter
 from field_deploy.history import History
 from field_deploy.rosenv import config_dir
+from field_deploy.testing import wait_until
 from health_monitor.config import PolicySpec
 from health_monitor.core import ERROR, Status
 from health_monitor.manager import EVENTS_MAX
 from test_health_core import _manager
+from test_health_node import _fake
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +120,30 @@ def test_field_stack_recorder_splits_its_files() -> None:
     values = params['/**']['ros__parameters']
     assert values.get('max_bag_size', 0) > 0 or values.get('max_bag_duration', 0) > 0
 
+
+
+def test_lifecycle_heartbeats_leave_no_tasks_behind(ros: None, tmp_path: Path) -> None:
+    """The manager asks each managed node its state twice a second for the whole shift. Waiting
+    with ``spin_until_future_complete`` left two never-run tasks per call in the executor's task
+    list (rclpy 7.1.6: 600 after 300 calls, ~3.5 kB each call); the calls now wait on an event
+    while the client's executor spins on its own thread, which runs and drops them."""
+    from rclpy.node import Node
+
+    from health_monitor.lifecycle_ros import RosLifecycleClient
+
+    target = subprocess.Popen(_fake('soak_target', tmp_path / 'events.log'))
+    node = Node('soak_heartbeats')
+    client = RosLifecycleClient(node)
+    try:
+        assert wait_until(lambda: client.available('/soak_target'), 30.0)
+        calls = 300
+        states = [client.get_state('/soak_target', 5.0) for _ in range(calls)]
+        assert states == ['unconfigured'] * calls
+        assert len(client.executor._tasks) <= 2      # not one per call
+        get_state = client._get['/soak_target']
+        assert not get_state._pending_requests
+    finally:
+        client.close()
+        node.destroy_node()
+        target.terminate()
+        target.wait(10)
