@@ -31,8 +31,8 @@ class RosLifecycleClient:
     (Jazzy), every call left two tasks in the executor's task list that no later spin ran or
     removed (the wake callbacks it hangs on the future, scheduled as tasks when the answer
     comes; the spin loop stops the moment the future is done) - ~3.5 kB per call, and each spin
-    walks the whole list: 2 heartbeats/s x 3 nodes grew the health monitor 13-34 MB an hour and
-    slowed every call (issue 19). A continuously spun executor runs and drops its tasks.
+    walks the whole list, so the calls slowed too (issue 19, docs/soak.md). A continuously spun
+    executor runs and drops its tasks.
     """
 
     def __init__(self, node: Node) -> None:
