@@ -111,12 +111,22 @@ class Supervisor:
 
     def check_started(self) -> None:
         for child in self.children:
-            code = child.proc.poll()
-            if code is not None:
-                if child.pump is not None:
-                    child.pump.join(timeout=1.0)
-                reason = next((line for line in reversed(child.tail) if line.strip()), 'no output')
-                raise BringupError(f'{child.node.name} exited with code {code} while starting: {reason}')
+            if child.proc.poll() is not None:
+                raise BringupError(self.exit_reason(child, 'while starting'))
+
+    def check_alive(self) -> None:
+        """Raise when nothing of the stack runs and nothing will restart it: every node exited,
+        and all of them managed (restarted by a health monitor only, and none is running). A
+        node that fails slowly - after the start-up window, as on a loaded host - still ends
+        the bring-up with its reason instead of leaving it waiting with nothing up."""
+        if self.children and all(c.node.managed and c.proc.poll() is not None for c in self.children):
+            raise BringupError(self.exit_reason(self.children[0], 'and nothing is left running'))
+
+    def exit_reason(self, child: Child, when: str) -> str:
+        if child.pump is not None:
+            child.pump.join(timeout=1.0)
+        reason = next((line for line in reversed(child.tail) if line.strip()), 'no output')
+        return f'{child.node.name} exited with code {child.proc.returncode} {when}: {reason}'
 
     def exited(self) -> list[Child]:
         return [c for c in self.children if c.proc.poll() is not None]
@@ -220,7 +230,8 @@ def become_subreaper() -> bool:
 
 def wait_for_signal(supervisor: Supervisor, should_stop: Callable[[], bool] = lambda: False) -> None:
     """Block until SIGINT / SIGTERM or ``should_stop()``: restart unmanaged nodes that exit,
-    report managed ones (the health monitor restarts those), feed the systemd watchdog."""
+    report managed ones (the health monitor restarts those), feed the systemd watchdog. Raises
+    :class:`BringupError` when nothing is left running (:meth:`Supervisor.check_alive`)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -246,6 +257,7 @@ def wait_for_signal(supervisor: Supervisor, should_stop: Callable[[], bool] = la
                                           f'{child.proc.returncode} ({what})')
             if not child.node.managed and now >= supervisor.restart_due(child, now):
                 supervisor.restart(child)
+        supervisor.check_alive()
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,12 +293,18 @@ def up(args: argparse.Namespace) -> int:
         return 1
     supervisor.say('bringup', f'stack {stack.name!r} up ({len(stack.nodes)} nodes); Ctrl-C stops it')
     systemd.notify(f'READY=1\nSTATUS=stack {stack.name} up ({len(stack.nodes)} nodes)')
+    failed = ''
     try:
         wait_for_signal(supervisor)
+    except BringupError as exc:
+        failed = str(exc)
     finally:
         systemd.notify('STOPPING=1')
         codes = supervisor.stop()
     supervisor.say('bringup', 'stopped: ' + ', '.join(f'{k}={v}' for k, v in codes.items()))
+    if failed:
+        print(f'field_deploy up: error: {failed}', file=sys.stderr)
+        return 1
     return 0
 
 

@@ -63,6 +63,8 @@ class HealthMonitor(Node):
     COALESCE_S = 2.0
     """One call of a service (snapshot, stop) serves every policy that fires within this time:
     four feet going silent together make one snapshot, not four."""
+    SNAPSHOT_TIMEOUT_S = 20.0
+    """A snapshot is evidence: worth waiting for a recorder that is behind (on its own thread)."""
 
     def __init__(self, *, spawner: Spawner | None = None, **kwargs: Any) -> None:
         super().__init__('health_monitor', **kwargs)
@@ -368,14 +370,20 @@ class HealthMonitor(Node):
                                            f'within {self.COALESCE_S:g} s, not repeated')
                     continue
                 self._last_call[service] = now
+                if action == 'snapshot':
+                    # evidence may wait for a busy recorder (it answered after 6-9 s at load 16-20),
+                    # but never in the job queue: a stop or e-stop queued behind it must not wait
+                    threading.Thread(target=self._call_trigger, name='policy-snapshot', daemon=True,
+                                     args=(service, policy.name, self.SNAPSHOT_TIMEOUT_S)).start()
+                    continue
                 self._jobs.put((lambda s=service, p=policy.name: self._call_trigger(s, p),
                                 threading.Event(), []))
             elif action == 'restart':
                 self._jobs.put((lambda n=policy.restart: self.manager.restart(n),
                                 threading.Event(), []))
 
-    def _call_trigger(self, service: str, policy: str) -> None:
-        ok, message = self.lifecycle.trigger(service)
+    def _call_trigger(self, service: str, policy: str, timeout: float = 2.0) -> None:
+        ok, message = self.lifecycle.trigger(service, timeout)
         text = f'policy {policy}: {service} -> {"ok" if ok else "FAILED"}: {message}'
         self.policy_log.append(text)
         self._log('info' if ok else 'error', text)
