@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,20 +31,17 @@ from field_deploy.testing import executable, free_port, isolate_ros_env, wait_un
 def bench_upload(bag: Path, work: Path) -> None:
     import psutil
 
+    from fleet.local import MotoS3
     from fleet.store import UploadStore
     from fleet.upload import S3Url, Uploader, make_client
 
     os.environ.update({'AWS_ACCESS_KEY_ID': 'bench', 'AWS_SECRET_ACCESS_KEY': 'bench',
                        'AWS_DEFAULT_REGION': 'us-east-1'})
-    port = free_port()
-    server = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = MotoS3()
     try:
-        endpoint = f'http://127.0.0.1:{port}'
-        wait_until(lambda: socket.socket().connect_ex(('127.0.0.1', port)) == 0, 30)
-        client = make_client(endpoint)
+        client = make_client(store.endpoint)
         client.create_bucket(Bucket='bench')
-        me, srv = psutil.Process(), psutil.Process(server.pid)
+        me, srv = psutil.Process(), psutil.Process(store.proc.pid)
         cpu0, srv0, t0 = me.cpu_times(), srv.cpu_times(), time.monotonic()
         report = Uploader(client, UploadStore(work / 'state.sqlite'), log=lambda _l: None).upload_bag(
             bag, S3Url.parse('s3://bench/robots'), 'bench')
@@ -58,7 +54,7 @@ def bench_upload(bag: Path, work: Path) -> None:
               f'{ours:.2f} s ({100 * ours / mb:.2f} s per 100 MB, SHA-256 + MD5 + HTTP); moto server '
               f'CPU {theirs:.2f} s; {report.parts_sent} parts')
     finally:
-        server.kill()
+        store.close()
 
 
 def bench_live_view(bag: Path, seconds: float, work: Path) -> None:

@@ -49,6 +49,8 @@ class FleetDemo:
         self.prometheus = Prometheus.start([f'127.0.0.1:{self.metrics_port}'], run_dir / 'prometheus')
         self.viewer: Any = None
         self.state = run_dir / 'uploads.sqlite'
+        # what the end of the run showed (each set by the check that looks at it)
+        self.metrics_ok = self.live_ok = self.upload_ok = False
         say(f'fleet: S3 store {self.store.endpoint} (moto server), '
             + (f'Prometheus {self.prometheus.url} scraping :{self.metrics_port}'
                if self.prometheus else 'no Prometheus installed (apt-get install prometheus): '
@@ -150,7 +152,7 @@ class FleetDemo:
         return self._check_stored(bag_dir, took)
 
     def _check_stored(self, bag_dir: Path, took: float) -> list[str]:
-        from fleet.upload import make_client
+        from fleet.upload import file_sha256, make_client
 
         client = make_client(self.store.endpoint)
         objects = {o['Key']: o['Size'] for page in client.get_paginator('list_objects_v2').paginate(
@@ -161,8 +163,10 @@ class FleetDemo:
             key = next((k for k in objects if k.endswith(f'/{bag_dir.name}/{path.name}')), None)
             if key is None:
                 continue
-            body = client.get_object(Bucket=BUCKET, Key=key)['Body'].read()
-            same += hashlib.sha256(body).digest() == hashlib.sha256(path.read_bytes()).digest()
+            stored = hashlib.sha256()
+            for chunk in client.get_object(Bucket=BUCKET, Key=key)['Body'].iter_chunks(4 << 20):
+                stored.update(chunk)
+            same += stored.hexdigest() == file_sha256(path)
         folder = next((k.rsplit('/', 1)[0] for k in objects if f'/{bag_dir.name}/' in k), '?')
         self.upload_ok = same == len(files) > 0
         size = sum(p.stat().st_size for p in files) / 1e6
@@ -173,7 +177,7 @@ class FleetDemo:
 
     @property
     def ok(self) -> bool:
-        return all(getattr(self, k, False) for k in ('metrics_ok', 'live_ok', 'upload_ok'))
+        return self.metrics_ok and self.live_ok and self.upload_ok
 
     def close(self) -> None:
         if self.viewer is not None:

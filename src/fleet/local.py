@@ -38,6 +38,14 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(('127.0.0.1', port)) == 0
 
 
+def _wait_serving(proc: subprocess.Popen, port: int, close: Any, what: str) -> None:
+    """Until ``proc`` listens on ``port`` (30 s); else ``close()`` and raise naming ``what``."""
+    if not wait_until(lambda: _listening(port) or proc.poll() is not None, 30.0) \
+            or proc.poll() is not None:
+        close()
+        raise LocalServerError(what)
+
+
 class MotoS3:
     """moto's S3-compatible HTTP server as a process on loopback (``endpoint`` is its URL)."""
 
@@ -48,11 +56,8 @@ class MotoS3:
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)],
             stdout=out, stderr=subprocess.STDOUT)
-        if not wait_until(lambda: _listening(self.port) or self.proc.poll() is not None, 30.0) \
-                or self.proc.poll() is not None:
-            self.close()
-            raise LocalServerError(f'moto S3 server did not start on port {self.port}'
-                                   + (f' (see {log})' if log else ''))
+        _wait_serving(self.proc, self.port, self.close, f'moto S3 server did not start on port '
+                      f'{self.port}' + (f' (see {log})' if log else ''))
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -78,10 +83,7 @@ class Prometheus:
             [binary, f'--config.file={folder / "prometheus.yml"}',
              f'--storage.tsdb.path={folder / "data"}', f'--web.listen-address=127.0.0.1:{self.port}'],
             stdout=self.log.open('wb'), stderr=subprocess.STDOUT)
-        if not wait_until(lambda: _listening(self.port) or self.proc.poll() is not None, 30.0) \
-                or self.proc.poll() is not None:
-            self.close()
-            raise LocalServerError(f'prometheus did not start (see {self.log})')
+        _wait_serving(self.proc, self.port, self.close, f'prometheus did not start (see {self.log})')
 
     @classmethod
     def start(cls, targets: list[str], folder: Path) -> Prometheus | None:
