@@ -48,7 +48,7 @@ setup(
             'field_deploy = field_app.cli:main',
             'sim_robot = sim_robot.node:main',
             'data_recorder = data_recorder.node:main',
-            'bag_player = data_recorder.player_node:main',
+            'bag_player = data_recorder.replay.node:main',
             'skill_runtime = skill_runtime.node:main',
             'health_monitor = health_monitor.node:main',
             'live_view = fleet.liveview_node:main',

@@ -25,9 +25,9 @@ from mcap.writer import Writer as McapWriter
 from mcap_ros2.decoder import DecoderFactory
 from rosbags.highlevel import AnyReader
 
-from data_recorder import metadata as md
-from data_recorder.recover import recover
-from data_recorder.writer import BagWriter
+from data_recorder.bag import metadata as md
+from data_recorder.bag.recover import recover
+from data_recorder.bag.writer import BagWriter
 from field_app import cli
 
 pytestmark = pytest.mark.timeout(300)

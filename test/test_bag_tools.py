@@ -16,10 +16,10 @@ import yaml
 from mcap.writer import Writer as McapWriter
 from rclpy.serialization import deserialize_message, serialize_message
 
-from data_recorder.export import export, image_to_bgr, parse_image
-from data_recorder.info import summary
-from data_recorder.plot import plot
-from data_recorder.reader import Bag, BagError, parse_qos
+from data_recorder.bag.info import summary
+from data_recorder.bag.reader import Bag, BagError, parse_qos
+from data_recorder.export.parquet import export, image_to_bgr, parse_image
+from data_recorder.export.plot import plot
 from data_recorder.synthetic import START_NS, Stream, write_bag
 from field_app import cli
 from field_deploy.ros import message_class

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_recorder.accounting import _WINDOW, TopicStats
-from data_recorder.snapshot import SnapshotBuffer
-from data_recorder.writer import BagWriter
+from data_recorder.bag.writer import BagWriter
+from data_recorder.capture.accounting import _WINDOW, TopicStats
+from data_recorder.capture.snapshot import SnapshotBuffer
 from field_deploy.history import History
 from field_deploy.rosenv import config_dir
 from field_deploy.testing import wait_until

@@ -327,7 +327,7 @@ def test_bag_metadata_carries_the_table_and_never_raises(tmp_path: Path) -> None
     import yaml
     from mcap.reader import make_reader
 
-    from data_recorder.recorder import Recorder, RecorderConfig
+    from data_recorder.capture.recorder import Recorder, RecorderConfig
     from health_monitor.rohs import BAG_KEY, bag_metadata, write_into_bag
 
     entry = bag_metadata('quadruped_12dof', tmp_path / 'no-ledger.sqlite')[BAG_KEY]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from data_recorder.marks import MarkLog, encode, marks_between, parse_marks
+from data_recorder.bag.marks import MarkLog, encode, marks_between, parse_marks
 from field_app.console.board import Board, Diag, level_of
 from field_app.console.params import ParamInfo, check, from_descriptor, near, parse_assignments
 from field_app.console.runner import Outcome, _rest, summary
@@ -144,7 +144,7 @@ def test_marks_reach_the_lerobot_episode_metadata(tmp_path) -> None:
     import pandas as pd
     import yaml
 
-    from data_recorder.lerobot import export_lerobot
+    from data_recorder.export.lerobot.dataset import export_lerobot
     from test_export_lerobot import EPISODES, MS, T0, write_bag
 
     bag = write_bag(tmp_path / 'bag', episodes=EPISODES)

@@ -39,7 +39,7 @@ def child_pid(up: NodeProcess, name: str) -> int | None:
 def read_bag(bag_dir: Path) -> dict[str, int]:
     from rosbags.highlevel import AnyReader
 
-    from data_recorder.reader import Bag
+    from data_recorder.bag.reader import Bag
 
     ours = {name: topic.count for name, topic in Bag(bag_dir).topics.items()}
     # rosbags' msgcount comes from our own metadata.yaml: count what it reads and decodes instead.
@@ -173,7 +173,7 @@ def test_fault_to_evidence_overheat_stops_the_skill_keeps_the_bag_and_writes_the
     assert 'policy motor_over_temperature' in up.log()
     assert up.stop(signal.SIGTERM, timeout=60.0) == 0, up.log()[-3000:]
 
-    from data_recorder.reader import Bag
+    from data_recorder.bag.reader import Bag
 
     bag = Bag(bag_dir)
     before = [m.log_time_ns for m in bag.messages(['/joint_states'], end_ns=fault_ns)]
@@ -213,7 +213,7 @@ def test_demo_runs_the_mission_records_episodes_and_loses_nothing(tmp_path: Path
     assert 'field_deploy demo summary' in text, text[-4000:]
     for skill in ('stand_up', 'trot_in_place', 'lie_down'):
         assert re.search(rf'reference_quadruped/{skill} +done ', text), text[-4000:]
-    from data_recorder.reader import Bag
+    from data_recorder.bag.reader import Bag
 
     bag = Bag(out / 'bag')
     assert [e.name.split('/')[-1] for e in bag.episodes][:3] == ['stand_up', 'trot_in_place', 'lie_down'], \

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from data_recorder.episodes import CUSTOM_DATA_KEY, EpisodeTracker, skill_of_topic
+from data_recorder.capture.episodes import CUSTOM_DATA_KEY, EpisodeTracker, skill_of_topic
 
 ACTIVE, INACTIVE, ERROR = 3, 2, 14
 

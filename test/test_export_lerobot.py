@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 import pytest
 from rclpy.serialization import serialize_message
 
-from data_recorder.export import ExportError
-from data_recorder.lerobot import export_lerobot
-from data_recorder.lerobot_layout import LayoutError
-from data_recorder.lerobot_sampling import FrameSampler
+from data_recorder.export.lerobot.dataset import export_lerobot
+from data_recorder.export.lerobot.layout import LayoutError
+from data_recorder.export.lerobot.sampling import FrameSampler
+from data_recorder.export.parquet import ExportError
 from field_app import cli
 from field_deploy.profile import load_profile
 from field_deploy.ros import message_class, set_stamp

@@ -20,9 +20,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from std_srvs.srv import Trigger
 
-from data_recorder.player import PlaybackClock, PlayOptions, parse_remaps, select_topics
-from data_recorder.player_node import make_player_node
-from data_recorder.reader import Bag
+from data_recorder.bag.reader import Bag
+from data_recorder.replay.node import make_player_node
+from data_recorder.replay.player import PlaybackClock, PlayOptions, parse_remaps, select_topics
 from data_recorder.synthetic import Stream, write_bag
 from field_deploy.ros import message_class
 from field_deploy.testing import RawCollector, quiet_for, wait_until
@@ -392,7 +392,7 @@ def test_replay_of_bag_recorded_from_sim_robot(tmp_path: Path, sub_node, spin, n
 
 def test_core_seek_and_live_rate_change(bag_path: Path) -> None:
     """Pure core, no DDS: seek while paused, then a live rate change; exactly the rest plays."""
-    from data_recorder.player import Player
+    from data_recorder.replay.player import Player
     bag = Bag(bag_path)
     got: list[tuple[str, bytes]] = []
     player = Player(bag, ['/imu'], PlayOptions(start_paused=True, rate=1.0, read_ahead_messages=10,
@@ -412,7 +412,7 @@ def test_core_seek_and_live_rate_change(bag_path: Path) -> None:
 def test_recorded_qos_and_overrides_file(tmp_path: Path) -> None:
     from rclpy.qos import DurabilityPolicy, HistoryPolicy
 
-    from data_recorder.player_node import load_qos_overrides, recorded_qos
+    from data_recorder.replay.node import load_qos_overrides, recorded_qos
     v8 = [{'reliability': 1, 'durability': 1, 'depth': 500}, {'reliability': 1, 'durability': 1, 'depth': 5}]
     q = recorded_qos(v8)
     assert (q.reliability, q.durability, q.depth) == (ReliabilityPolicy.RELIABLE,

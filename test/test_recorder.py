@@ -30,10 +30,10 @@ from sensor_msgs.msg import BatteryState, CameraInfo, Image, Imu, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from data_recorder import metadata as md
+from data_recorder.bag import metadata as md
+from data_recorder.bag.recover import recover
+from data_recorder.bag.writer import header_stamp_ns
 from data_recorder.node import REPAIR_WAIT_S, DataRecorderNode, parameter_overrides
-from data_recorder.recover import recover
-from data_recorder.writer import header_stamp_ns
 from field_deploy.numbered import numbers_in_bag
 from field_deploy.testing import RawCollector, wait_until
 
@@ -130,7 +130,7 @@ def _rosbags_newest_stamp(bag: Path, topic: str) -> int:
 def _readable_in_open_bag(bag: Path, topic: str) -> int:
     """How many messages of ``topic`` another process can read now from the bag being written
     (its files have no summary yet: read as truncated files)."""
-    from data_recorder.reader import Bag
+    from data_recorder.bag.reader import Bag
     try:
         return sum(1 for path in bag.glob('*.mcap') for _ in Bag(path).messages([topic]))
     except (OSError, ValueError):

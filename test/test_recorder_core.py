@@ -25,14 +25,14 @@ from rclpy.serialization import serialize_message
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from data_recorder import metadata as md
-from data_recorder import msgdefs
-from data_recorder.accounting import TopicStats
-from data_recorder.recorder import Recorder, RecorderConfig, _Command
-from data_recorder.recover import is_complete, recover, take_over_output
-from data_recorder.sequence import SequenceTracker
-from data_recorder.snapshot import SnapshotBuffer
-from data_recorder.writer import BagWriter, header_stamp_ns
+from data_recorder.bag import metadata as md
+from data_recorder.bag import msgdefs
+from data_recorder.bag.recover import is_complete, recover, take_over_output
+from data_recorder.bag.writer import BagWriter, header_stamp_ns
+from data_recorder.capture.accounting import TopicStats
+from data_recorder.capture.recorder import Recorder, RecorderConfig, _Command
+from data_recorder.capture.sequence import SequenceTracker
+from data_recorder.capture.snapshot import SnapshotBuffer
 from field_deploy.testing import wait_until
 
 CONTRACT_TYPES = ['sensor_msgs/msg/JointState', 'sensor_msgs/msg/Imu',
@@ -605,7 +605,7 @@ def test_take_over_output_recovers_a_cut_bag_and_picks_the_next_free_name(tmp_pa
 # -- topic selection / QoS ---------------------------------------------------------------------
 
 def test_topic_selection_rules_and_qos_overrides(tmp_path: Path) -> None:
-    from data_recorder.selection import Selection, adapt_qos, load_qos_overrides
+    from data_recorder.capture.selection import Selection, adapt_qos, load_qos_overrides
     everything = Selection(all_topics=True, exclude_regex='^/camera/')
     assert everything.matches('/imu') and not everything.matches('/camera/front/image_raw')
     assert not everything.matches('/_hidden/x')
@@ -636,8 +636,8 @@ def test_topic_selection_rules_and_qos_overrides(tmp_path: Path) -> None:
 
 
 def test_throttle_keeps_at_most_one_message_per_period_and_counts_the_rest() -> None:
-    from data_recorder.accounting import TopicStats
-    from data_recorder.recorder import RecorderConfig
+    from data_recorder.capture.accounting import TopicStats
+    from data_recorder.capture.recorder import RecorderConfig
 
     config = RecorderConfig(output='x', throttle=('^/camera/:2', 'imu$:100'))
     assert config.throttle_period_ns('/camera/front/image_raw') == 500_000_000

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from data_recorder import metadata as md
+from data_recorder.bag import metadata as md
 from field_deploy.numbered import numbers_in_bag
 from field_deploy.testing import wait_until
 

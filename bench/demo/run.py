@@ -57,8 +57,8 @@ def sample_cpu(proc: subprocess.Popen[bytes]) -> dict[str, tuple[float, float]]:
 
 def lag_ms(bag_dir: Path, topics: list[str]) -> float:
     """Worst (log time - header stamp) over ``topics``, in ms."""
-    from data_recorder.reader import Bag
-    from data_recorder.writer import header_stamp_ns
+    from data_recorder.bag.reader import Bag
+    from data_recorder.bag.writer import header_stamp_ns
 
     worst = 0
     for m in Bag(bag_dir).messages(topics):
@@ -74,7 +74,7 @@ def stale_raised(bag_dir: Path, robot: str) -> dict[str, int]:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.serialization import deserialize_message
 
-    from data_recorder.reader import Bag
+    from data_recorder.bag.reader import Bag
     from health_monitor.config import load_config
 
     leaves = {'/' + w.path for w in load_config(None, robot).topics}
@@ -92,8 +92,8 @@ def stale_raised(bag_dir: Path, robot: str) -> dict[str, int]:
 
 
 def one_run(out: Path, robot: str) -> dict[str, object]:
-    from data_recorder.info import summary
-    from data_recorder.reader import Bag
+    from data_recorder.bag.info import summary
+    from data_recorder.bag.reader import Bag
 
     started = time.monotonic()
     proc = subprocess.Popen([executable('field_deploy'), 'demo', '--robot', robot, '--out', str(out)],

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import data_recorder  # noqa: F401
-from data_recorder.export import export
-from data_recorder.lerobot import export_lerobot
-from data_recorder.reader import Bag
+from data_recorder.bag.reader import Bag
+from data_recorder.export.lerobot.dataset import export_lerobot
+from data_recorder.export.parquet import export
 from data_recorder.synthetic import reference_streams, write_bag
 
 
@@ -65,7 +65,7 @@ def main() -> int:
             pass
 
     results = {}
-    for name, fn in (('rosbags read (raw)', rosbags_read), ('data_recorder.reader read (raw)', own_read)):
+    for name, fn in (('rosbags read (raw)', rosbags_read), ('data_recorder.bag.reader read (raw)', own_read)):
         fn()  # warm the page cache once, then measure
         results[name] = min(timed(fn) for _ in range(2))
     out = Path(tmp.name) / 'out'
@@ -103,7 +103,7 @@ def main() -> int:
                                                   for d in msgs]) / len(msgs)
         print(f'deserialise {info.type:34s} rclpy {t_rclpy * 1e6:8.1f} us   rosbags {t_rb * 1e6:8.1f} us')
     if topic.endswith('image_raw'):
-        from data_recorder.export import parse_image
+        from data_recorder.export.parquet import parse_image
         t_own = timed(lambda: [parse_image(d) for d in msgs]) / len(msgs)
         print(f'{"parse_image (header + pixel view)":46s} {t_own * 1e6:8.1f} us')
     return 0

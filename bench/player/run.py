@@ -30,13 +30,13 @@ isolate_ros_env()
 
 import numpy as np  # noqa: E402
 
-from data_recorder.player import PlayOptions, set_realtime  # noqa: E402
-from data_recorder.player_node import (  # noqa: E402
+from data_recorder.bag.reader import Bag  # noqa: E402
+from data_recorder.replay.node import (  # noqa: E402
     GIL_SWITCH_INTERVAL_S,
     make_player_node,
     wait_for_subscribers,
 )
-from data_recorder.reader import Bag  # noqa: E402
+from data_recorder.replay.player import PlayOptions, set_realtime  # noqa: E402
 from data_recorder.synthetic import reference_streams, write_bag  # noqa: E402
 
 SUBSCRIBER = r'''
@@ -45,7 +45,7 @@ import data_recorder
 import rclpy
 from field_deploy.ros import Spinner, message_class
 from field_deploy.testing import RawCollector
-from data_recorder.reader import Bag
+from data_recorder.bag.reader import Bag
 rclpy.init()
 node = rclpy.create_node('bench_subscriber')
 bag = Bag(sys.argv[1])

@@ -46,7 +46,7 @@ def one_second(multiplier: float = 1.0) -> list[tuple[str, str, bytes]]:
 
 
 def ours(batch: list[tuple[str, str, bytes]], seconds: int, out: Path) -> tuple[float, int]:
-    from data_recorder.recorder import Recorder, RecorderConfig
+    from data_recorder.capture.recorder import Recorder, RecorderConfig
     recorder = Recorder(RecorderConfig(str(out / 'bag'), min_free_space=0,
                                        queue_max_bytes=2**34, queue_size=10**7))
     stats = {}
@@ -70,7 +70,7 @@ def naive(batch: list[tuple[str, str, bytes]], seconds: int, out: Path) -> tuple
     from mcap_ros2.writer import Writer
     from rclpy.serialization import deserialize_message
 
-    from data_recorder.msgdefs import full_definition
+    from data_recorder.bag.msgdefs import full_definition
     from field_deploy.ros import message_class
 
     stream = (out / 'naive.mcap').open('wb')

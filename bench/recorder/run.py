@@ -257,7 +257,7 @@ def subject(args: argparse.Namespace) -> int:
             from mcap.writer import CompressionType
             from mcap_ros2.writer import Writer
 
-            from data_recorder.msgdefs import full_definition
+            from data_recorder.bag.msgdefs import full_definition
             out.mkdir(parents=True, exist_ok=True)
             stream = (out / 'naive.mcap').open('wb')
             writer = Writer(stream, compression=CompressionType.NONE)   # as ours: no compression

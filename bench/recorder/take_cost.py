@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU per message of taking a sample on the EventsExecutor: raw bytes only (the recorder before
 the sequence accounting) against bytes + rmw message info + the sequence tracker
-(``data_recorder.capture.sequenced_callback``, what the recorder does now).
+(``data_recorder.capture.subscriptions.sequenced_callback``, what the recorder does now).
 
 One process, one publisher and one subscriber node: rounds of ``--burst`` messages are published
 (kept in the reader's history), then taken; only the taking is timed (process CPU time), so the
@@ -40,8 +40,8 @@ def measure(with_info: bool, rounds: int, burst: int) -> float:
     from rclpy.subscription import Subscription
     from sensor_msgs.msg import JointState
 
-    from data_recorder.accounting import TopicStats
-    from data_recorder.capture import sequenced_callback
+    from data_recorder.capture.accounting import TopicStats
+    from data_recorder.capture.subscriptions import sequenced_callback
 
     context = rclpy.Context()
     rclpy.init(context=context)

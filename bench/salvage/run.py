@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from data_recorder.bag.assess import assess
+from data_recorder.bag.reader import Bag
+from data_recorder.bag.recover import recover
 from data_recorder.bag.scan import scan
-from data_recorder.reader import Bag
-from data_recorder.recover import recover
+from data_recorder.bag.writer import BagWriter
 from data_recorder.synthetic import reference_streams, write_bag
-from data_recorder.writer import BagWriter
 
 
 def main() -> None:

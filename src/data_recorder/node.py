@@ -1,4 +1,4 @@
-"""``data_recorder``: the lifecycle node shell around :class:`data_recorder.recorder.Recorder`.
+"""``data_recorder``: the lifecycle node shell around :class:`data_recorder.capture.recorder.Recorder`.
 
 configure validates the parameters and creates the bag; activate subscribes (raw CDR) and
 records; deactivate pauses; cleanup / shutdown close the bag (metadata.yaml with the
@@ -32,13 +32,13 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from data_recorder.accounting import summary_line, topic_line
-from data_recorder.capture import Capture
-from data_recorder.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
-from data_recorder.marks import MARK_RECORD, MarkLog
-from data_recorder.recorder import Recorder, RecorderConfig
-from data_recorder.recover import take_over_output
-from data_recorder.selection import Selection, load_qos_overrides, unique
+from data_recorder.bag.marks import MARK_RECORD, MarkLog
+from data_recorder.bag.recover import take_over_output
+from data_recorder.capture.accounting import summary_line, topic_line
+from data_recorder.capture.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
+from data_recorder.capture.recorder import Recorder, RecorderConfig
+from data_recorder.capture.selection import Selection, load_qos_overrides, unique
+from data_recorder.capture.subscriptions import Capture
 from field_deploy.ros import init, run_nodes
 
 NODE_NAME = 'data_recorder'
@@ -110,7 +110,7 @@ class DataRecorderNode(LifecycleNode):
         self._discovery_timer = None
         self._episodes = EpisodeTracker()
         self._episode_subs: dict[str, Any] = {}
-        self._marks = MarkLog()                # operator marks on ~/mark (data_recorder.marks)
+        self._marks = MarkLog()                # operator marks on ~/mark (data_recorder.bag.marks)
         self.create_subscription(String, '~/mark', self._on_mark, 10)
         self.create_subscription(DiagnosticArray, 'skill_runtime/status', self._on_skill_status, 100)
         self._diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -127,7 +127,7 @@ class DataRecorderNode(LifecycleNode):
 
     def accounting(self) -> dict[str, dict[str, Any]]:
         """Per-topic ``{received, written, lost, lost_sequence, …, not_written, writers}``
-        (:data:`data_recorder.accounting.COUNTERS`)."""
+        (:data:`data_recorder.capture.accounting.COUNTERS`)."""
         recorder = self.recorder or self._final
         return recorder.accounting.as_dict() if recorder else {}
 

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from data_recorder.recorder import RecorderConfig
-from data_recorder.selection import Selection, load_qos_overrides
-from data_recorder.writer import check_output_dir
+from data_recorder.bag.writer import check_output_dir
+from data_recorder.capture.recorder import RecorderConfig
+from data_recorder.capture.selection import Selection, load_qos_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +98,7 @@ def run_record(args: argparse.Namespace) -> int:
     from field_deploy.cli import CliError
 
     values = parameters(args)
-    from data_recorder.accounting import COUNTERS, summary_line
+    from data_recorder.capture.accounting import COUNTERS, summary_line
     from data_recorder.node import DataRecorderNode, parameter_overrides
     from field_deploy.ros import init, run_nodes
 

@@ -12,7 +12,7 @@ from field_deploy.cli import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from data_recorder.player_node import add_play_arguments
+    from data_recorder.replay.node import add_play_arguments
 
     play = sub.add_parser('play', help='play a bag with faithful timing (like ros2 bag play)',
                           description='Play a rosbag2 MCAP bag (directory or .mcap) with the '
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from data_recorder.player_node import options_from_args, play
+    from data_recorder.replay.node import options_from_args, play
     options = options_from_args(args)
     stats = play(options, args.bag, qos_overrides_path=args.qos_profile_overrides_path)
     print(f'published {stats.published} messages' + (f', {stats.loops} loops' if stats.loops else ''))
@@ -91,8 +91,8 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from data_recorder.info import render, summary
-    from data_recorder.reader import Bag
+    from data_recorder.bag.info import render, summary
+    from data_recorder.bag.reader import Bag
     bag = Bag(args.bag)
     print(json.dumps(summary(bag), indent=2, default=str) if args.json else render(bag))
     return 0
@@ -102,8 +102,8 @@ def _verify(args: argparse.Namespace) -> int:
     import sys
 
     from data_recorder.bag.assess import assess, render
+    from data_recorder.bag.recover import bag_files
     from data_recorder.bag.scan import scan
-    from data_recorder.recover import bag_files
     try:
         bag, files = bag_files(args.bag)
         results = [assess(scan(f)) for f in files]
@@ -124,7 +124,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _missing_listed(bag: Path) -> list[Path]:
     """Files metadata.yaml lists that are not there (an unreadable metadata.yaml lists none)."""
-    from data_recorder import metadata as md
+    from data_recorder.bag import metadata as md
     try:
         listed = md.load(bag).get('relative_file_paths') or []
     except (OSError, ValueError):
@@ -135,7 +135,7 @@ def _missing_listed(bag: Path) -> list[Path]:
 def run_recover(args: argparse.Namespace) -> int:
     """``bag recover``: salvage, then say per file what was kept, lost and where the original is."""
     from data_recorder.bag.assess import render
-    from data_recorder.recover import recover
+    from data_recorder.bag.recover import recover
 
     report = recover(args.bag)
     for f in report.files:
@@ -166,8 +166,8 @@ def _export(args: argparse.Namespace) -> int:
 def _export_lerobot(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from data_recorder.lerobot import export_lerobot
-    from data_recorder.lerobot_video import DEFAULT_CODEC
+    from data_recorder.export.lerobot.dataset import export_lerobot
+    from data_recorder.export.lerobot.video import DEFAULT_CODEC
 
     with tqdm(unit='msg', unit_scale=True, desc='export', leave=False) as bar:
         def planned(n: int) -> None:
@@ -192,8 +192,8 @@ def _export_lerobot(args: argparse.Namespace) -> int:
 def _export_parquet(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from data_recorder.export import export, find_bags
-    from data_recorder.reader import Bag
+    from data_recorder.bag.reader import Bag
+    from data_recorder.export.parquet import export, find_bags
     results = []
     for path in args.bag:
         out = Path(args.output) if len(args.bag) == 1 else Path(args.output) / Path(path).name
@@ -210,7 +210,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from data_recorder.plot import plot
+    from data_recorder.export.plot import plot
     try:
         w, h = (int(v) for v in args.size.lower().split('x'))
     except ValueError:

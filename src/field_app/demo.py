@@ -41,8 +41,8 @@ class BagNotClosed(RuntimeError):
 
 def bag_summary(bag_dir: Path) -> dict[str, Any]:
     """Counts and losses per topic, and the episodes, read back from the bag as ``bag info`` does."""
-    from data_recorder.info import summary
-    from data_recorder.reader import Bag
+    from data_recorder.bag.info import summary
+    from data_recorder.bag.reader import Bag
 
     info = summary(Bag(bag_dir))
     accounting = info['loss'].get('data_recorder.accounting')

@@ -2,7 +2,7 @@
 
 The app connects to ``ws://<robot>:8765`` with no ROS on the viewer's machine. Messages go out as
 the CDR bytes DDS delivered, on channels with the ``ros2msg`` schema the recorder also writes into
-its MCAP (:func:`data_recorder.msgdefs.full_definition`), so the app decodes them exactly as it
+its MCAP (:func:`data_recorder.bag.msgdefs.full_definition`), so the app decodes them exactly as it
 decodes our bags. The topics on the graph that the allow-list names are advertised (checked every
 second); a ROS subscription exists only while a client subscribes to that channel, so an unwatched
 view costs nothing. Subscriptions are best effort, depth 1: a slow view never holds a writer's
@@ -88,7 +88,7 @@ class LiveViewNode(Node):
 
     # ------------------------------------------------------------------ channels
     def _advertise(self) -> None:
-        from data_recorder.msgdefs import full_definition
+        from data_recorder.bag.msgdefs import full_definition
 
         for topic, types in self.get_topic_names_and_types():
             if topic in self.channels or len(types) != 1 or not topic_allowed(topic, self.allow):

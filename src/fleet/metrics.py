@@ -27,7 +27,7 @@ COMPONENT_VALUES = {
     'voltage': ('field_deploy_component_voltage_volts', 'component supply voltage'),
 }
 _PAIR = re.compile(r'(\w+)=(\d+)')
-#: The recorder's counters (data_recorder.accounting) -> the ``cause`` label.
+#: The recorder's counters (data_recorder.capture.accounting) -> the ``cause`` label.
 LOST_CAUSES = {'lost_sequence': 'sequence_gap', 'lost_tail': 'tail', 'lost_queue': 'queue_overflow'}
 NOT_WRITTEN_CAUSES = {'lost_queue': 'queue_overflow', 'skipped_paused': 'paused',
                       'skipped_stopped': 'stopped', 'skipped_snapshot': 'snapshot',
@@ -141,7 +141,7 @@ class DiagnosticsMetrics:
     def _recorder_families(self, latest: list[StatusView]) -> list[Metric]:
         """The recorder's counts (its ``/diagnostics`` status, name ``data_recorder``): totals as
         key-values, and per topic a value ``received=N written=N lost=N lost_sequence=N …``
-        (:func:`data_recorder.accounting.topic_line`). Lost is by cause (DDS sequence gaps, a
+        (:func:`data_recorder.capture.accounting.topic_line`). Lost is by cause (DDS sequence gaps, a
         stream's tail, queue overflow); received-but-not-written by its own cause (paused,
         stopped, snapshot, throttled). The stamp rule and the rmw event are second opinions: not
         exported as loss."""

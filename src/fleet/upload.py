@@ -117,8 +117,8 @@ def bag_date(bag: Path) -> str:
 
 def bag_manifest(bag: Path, robot_id: str, files: dict[str, tuple[int, str]]) -> dict[str, Any]:
     """What a fleet service needs without opening the bag: robot, files, episodes, loss."""
-    from data_recorder.info import summary
-    from data_recorder.reader import Bag
+    from data_recorder.bag.info import summary
+    from data_recorder.bag.reader import Bag
 
     s = summary(Bag(bag))
     return {'robot_id': robot_id, 'bag': bag.name, 'start_ns': s['start_ns'], 'end_ns': s['end_ns'],

@@ -153,7 +153,7 @@ def bag_metadata(profile: str, ledger: Path | None = None) -> dict[str, str]:
 
 
 class BagSink(Protocol):
-    """What :func:`write_into_bag` needs of a recorder (``data_recorder.recorder.Recorder``)."""
+    """What :func:`write_into_bag` needs of a recorder (``data_recorder.capture.recorder.Recorder``)."""
 
     def add_metadata(self, name: str, data: Mapping[str, str], *, wait: bool = True) -> None: ...
     def set_custom_data(self, key: str, value: str, *, wait: bool = True) -> None: ...

@@ -3,7 +3,7 @@
 :class:`StatusFeed` folds ``/skill_runtime/status``, ``/diagnostics_agg`` and ``/diagnostics``
 into a :class:`~field_app.console.board.Board` and asks the graph which nodes are there.
 :class:`MarkSender` publishes an operator's mark on ``<ns>/data_recorder/mark`` (std_msgs/String,
-JSON: :mod:`data_recorder.marks`) and waits for the recorder's ``/diagnostics`` status to list its
+JSON: :mod:`data_recorder.bag.marks`) and waits for the recorder's ``/diagnostics`` status to list its
 id: a mark is reported written only when the recorder says so.
 """
 
@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from data_recorder.marks import encode
+from data_recorder.bag.marks import encode
 from field_app.console.board import Board, Diag, level_of
 from field_deploy.cli import StackUnavailable
 

@@ -31,7 +31,7 @@ Limits (documented in docs/data_recorder.md):
 * samples a writer sent before it matched the recorder are not counted (they were never meant
   for this reader: a publisher's first messages before discovery, or a new writer's start); nor
   the samples after the last one received (a stream's tail: the recorder counts that from the
-  stamps at stop, :meth:`data_recorder.accounting.TopicStats.due_before`);
+  stamps at stop, :meth:`data_recorder.capture.accounting.TopicStats.due_before`);
 * two writers whose numbers are close can be confused for a moment (a sample joins the other
   writer's run). The total stays right while each run's numbers stay increasing; a per-writer
   split is then approximate, and a writer that restarts while the graph still lists the old one

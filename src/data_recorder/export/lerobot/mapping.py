@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from data_recorder.export import IMAGE_TYPE, SIGNALS
+from data_recorder.export.parquet import IMAGE_TYPE, SIGNALS
 from field_deploy.profile import RobotProfile, available_profiles, load_profile
 
 JOINT_STATE = 'sensor_msgs/msg/JointState'

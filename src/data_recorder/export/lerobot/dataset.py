@@ -1,13 +1,13 @@
 """``bag export --format lerobot``: bags → one LeRobot v3.0 dataset that LeRobot itself loads.
 
-Each skill run marked in a bag (``data_recorder.episodes``) is one LeRobot episode; its task is
+Each skill run marked in a bag (``data_recorder.capture.episodes``) is one LeRobot episode; its task is
 the skill with its parameters (or ``task=``). Frames are ``fps`` apart from the episode's start,
 each holding every stream's latest sample at or before the frame by sample stamp
-(:mod:`data_recorder.lerobot_sampling`); features come from the robot profile
-(:mod:`data_recorder.lerobot_mapping`); the files are LeRobot's (:mod:`data_recorder.lerobot_layout`,
-:mod:`data_recorder.lerobot_writer`, :mod:`data_recorder.lerobot_video`); an export into an existing
-dataset appends, and an export that does not finish leaves the dataset as it was
-(:mod:`data_recorder.lerobot_store`).
+(:mod:`data_recorder.export.lerobot.sampling`); features come from the robot profile
+(:mod:`data_recorder.export.lerobot.mapping`); the files are LeRobot's
+(:mod:`data_recorder.export.lerobot.layout`, :mod:`data_recorder.export.lerobot.writer`,
+:mod:`data_recorder.export.lerobot.video`); an export into an existing dataset appends, and an
+export that does not finish leaves the dataset as it was (:mod:`data_recorder.export.lerobot.store`).
 
 An episode whose skill did not end ``done``, or whose streams lost messages (holes in a periodic
 stream's sample stamps inside the episode, a stream that stopped before its end, or losses the
@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_recorder import lerobot_layout as lay
-from data_recorder import lerobot_store as store
-from data_recorder.export import ExportError, find_bags
-from data_recorder.lerobot_mapping import Plan, feature_differences, infer_profile, plan
-from data_recorder.lerobot_sampling import NS, FrameSampler
-from data_recorder.lerobot_video import DEFAULT_CODEC, image_shape
-from data_recorder.lerobot_writer import DatasetWriter, EpisodeFrames
-from data_recorder.marks import marks_between
-from data_recorder.reader import Bag, Episode
-from data_recorder.writer import header_stamp_ns
+from data_recorder.bag.marks import marks_between
+from data_recorder.bag.reader import Bag, Episode
+from data_recorder.bag.writer import header_stamp_ns
+from data_recorder.export.lerobot import layout as lay
+from data_recorder.export.lerobot import store as store
+from data_recorder.export.lerobot.mapping import Plan, feature_differences, infer_profile, plan
+from data_recorder.export.lerobot.sampling import NS, FrameSampler
+from data_recorder.export.lerobot.video import DEFAULT_CODEC, image_shape
+from data_recorder.export.lerobot.writer import DatasetWriter, EpisodeFrames
+from data_recorder.export.parquet import ExportError, find_bags
 from field_deploy.profile import RobotProfile, load_profile
 
 FORMAT = 'field_deploy bag export → LeRobot v3.0'
@@ -104,7 +104,7 @@ def _bag_profile(bag: Bag) -> RobotProfile:
     """The profile the bag was recorded with: the one its hardware record names (the recorder's
     ``field_deploy.rohs`` custom data) if its joints are the bag's, else the shipped profile whose
     joints are exactly those of ``joint_states``."""
-    from data_recorder.lerobot_mapping import resolve_topic
+    from data_recorder.export.lerobot.mapping import resolve_topic
     js = resolve_topic('joint_states', {n: t.type for n, t in bag.topics.items()})
     if js is None:
         raise ExportError(f'{bag.path}: no joint_states topic')

@@ -1,7 +1,7 @@
 """The two halves of staging an episode: its frames (:class:`EpisodeFrames`: the features'
 vectors, the images handed to the cameras, the stamp gaps of every stream) and the dataset files
 they go to (:class:`DatasetWriter`: the data Parquet, the episode rows, the videos, tasks, stats,
-info), all inside the aside copy of :mod:`data_recorder.lerobot_store`.
+info), all inside the aside copy of :mod:`data_recorder.export.lerobot.store`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from data_recorder import lerobot_layout as lay
-from data_recorder import lerobot_store as store
-from data_recorder.accounting import TopicStats
-from data_recorder.export import ExportError
-from data_recorder.lerobot_mapping import Plan
-from data_recorder.lerobot_video import CameraVideo, video_info
+from data_recorder.capture.accounting import TopicStats
+from data_recorder.export.lerobot import layout as lay
+from data_recorder.export.lerobot import store as store
+from data_recorder.export.lerobot.mapping import Plan
+from data_recorder.export.lerobot.video import CameraVideo, video_info
+from data_recorder.export.parquet import ExportError
 
 
 class EpisodeFrames:

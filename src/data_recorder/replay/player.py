@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from data_recorder.reader import Bag, RawMessage
+from data_recorder.bag.reader import Bag, RawMessage
 
 #: Wake this long before a message is due, then spin: covers sleep overshoot and GIL hand-over.
 #: Measured on the 2-core CI machine under load: 1.5 ms of spinning made the thread a CPU hog that

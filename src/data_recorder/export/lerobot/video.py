@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_recorder.export import ExportError, image_pixels, parse_image
-from data_recorder.lerobot_layout import VIDEO_PATH, next_file
+from data_recorder.export.lerobot.layout import VIDEO_PATH, next_file
+from data_recorder.export.parquet import ExportError, image_pixels, parse_image
 
 DEFAULT_CODEC = 'libsvtav1'
 PIX_FMT = 'yuv420p'

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from data_recorder.marks import marks_between
-from data_recorder.reader import Bag, Episode
+from data_recorder.bag.marks import marks_between
+from data_recorder.bag.reader import Bag, Episode
 
 FORMAT = 'field_deploy.dataset/1 (parquet + mp4, LeRobot-style)'
 ROW_GROUP = 4096

@@ -24,12 +24,12 @@ import yaml
 from mcap.reader import make_reader
 from mcap.records import Channel, Schema
 
-from data_recorder import metadata as md
+from data_recorder.bag import metadata as md
 from data_recorder.bag.assess import Assessment, assess
 from data_recorder.bag.records import NO_FOOTER
 from data_recorder.bag.salvage import replace_keeping_original, write_salvaged
 from data_recorder.bag.scan import NotMcapError, Scan, scan
-from data_recorder.writer import LIBRARY
+from data_recorder.bag.writer import LIBRARY
 
 
 @dataclass

@@ -33,7 +33,7 @@ from mcap.reader import SeekingReader
 from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 
-from data_recorder.marks import parse_marks
+from data_recorder.bag.marks import parse_marks
 
 #: Exceptions a damaged MCAP file raises inside the ``mcap`` package (besides its own McapError).
 _DAMAGE = (McapError, struct.error, EOFError, ValueError, KeyError, IndexError, OSError)
@@ -192,7 +192,7 @@ class Bag:
         self.episodes = parse_episodes(self.metadata_records, self.custom_data,
                                        self.start_ns, self.end_ns)
         self.marks = parse_marks(self.metadata_records, self.custom_data)
-        """Operator marks (:mod:`data_recorder.marks`), in time order."""
+        """Operator marks (:mod:`data_recorder.bag.marks`), in time order."""
 
     @property
     def duration_ns(self) -> int:

@@ -1,4 +1,4 @@
-"""``bag_player``: the ROS shell of :mod:`data_recorder.player` (``ros2 bag play`` without rosbag2).
+"""``bag_player``: the ROS shell of :mod:`data_recorder.replay.player` (``ros2 bag play`` without rosbag2).
 
 Publishes the recorded CDR bytes unchanged (``publisher.publish(raw_bytes)``) on the recorded
 topics with the recorded QoS; ``/clock`` when asked. Services (std_srvs/Trigger): ``~/pause``,
@@ -25,8 +25,15 @@ from typing import Any
 import yaml
 
 import data_recorder  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
-from data_recorder.player import Player, PlayOptions, PlayStats, parse_remaps, select_topics, set_realtime
-from data_recorder.reader import Bag
+from data_recorder.bag.reader import Bag
+from data_recorder.replay.player import (
+    Player,
+    PlayOptions,
+    PlayStats,
+    parse_remaps,
+    select_topics,
+    set_realtime,
+)
 
 GIL_SWITCH_INTERVAL_S = 0.0001
 #: Smallest publisher history depth: a 1 kHz reliable stream to a Python subscriber needs room.

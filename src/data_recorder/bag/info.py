@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from data_recorder.marks import CUSTOM_DATA_KEY as MARKS_KEY
-from data_recorder.reader import Bag, describe_qos
+from data_recorder.bag.marks import CUSTOM_DATA_KEY as MARKS_KEY
+from data_recorder.bag.reader import Bag, describe_qos
 
 #: custom_data keys (or key fragments) the recorder uses for its loss accounting.
 LOSS_KEYS = ('loss', 'lost', 'drop', 'missed', 'gap', 'accounting', 'totals')

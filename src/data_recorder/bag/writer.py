@@ -7,7 +7,7 @@ the end of each file. Messages are the CDR bytes as received (never deserialised
 
 Crash safety: chunks are closed and the file flushed + fsync'd every ``flush_interval`` seconds
 (wall clock) and whenever a chunk reaches ``chunk_size``, so a kill -9 or a power cut loses at most
-the open chunk; :mod:`data_recorder.recover` rebuilds the index of what is on disk.
+the open chunk; :mod:`data_recorder.bag.recover` rebuilds the index of what is on disk.
 
 Used by the recorder node from its writer thread, and directly by anyone who wants to produce a
 bag without ROS (the integrator's episode markers: :meth:`BagWriter.add_metadata` and
@@ -26,8 +26,8 @@ from typing import IO, Any
 
 from mcap.writer import CompressionType, Writer
 
-from data_recorder import metadata as md
-from data_recorder import msgdefs
+from data_recorder.bag import metadata as md
+from data_recorder.bag import msgdefs
 
 COMPRESSION = {'': CompressionType.NONE, 'none': CompressionType.NONE,
                'lz4': CompressionType.LZ4, 'zstd': CompressionType.ZSTD}

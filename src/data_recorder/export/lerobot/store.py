@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_recorder import lerobot_layout as lay
+from data_recorder.export.lerobot import layout as lay
 
 _STAGING = re.compile(r'^\.(?P<name>.+)\.export-(?P<pid>\d+)$')
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_recorder.export import _J, _JOINT_FIELDS, SIGNALS, ExportError
-from data_recorder.reader import Bag
+from data_recorder.bag.reader import Bag
+from data_recorder.export.parquet import _J, _JOINT_FIELDS, SIGNALS, ExportError
 
 MAX_POINTS = 4000
 _COMPONENTS = {'x': 0, 'y': 1, 'z': 2, 'w': 3}

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_recorder.accounting import Accounting, TopicStats
-from data_recorder.snapshot import SnapshotBuffer
-from data_recorder.writer import BagWriter, header_stamp_ns
+from data_recorder.bag.writer import BagWriter, header_stamp_ns
+from data_recorder.capture.accounting import Accounting, TopicStats
+from data_recorder.capture.snapshot import SnapshotBuffer
 
 LogFn = Callable[[str, str], None]   # (level, message)
 

@@ -1,6 +1,6 @@
 """The recorded topics' subscriptions of the ``data_recorder`` node: QoS matching, re-subscription
 when a weaker publisher joins, and the wiring of each sample's DDS sequence number into the
-accounting (:mod:`data_recorder.sequence`).
+accounting (:mod:`data_recorder.capture.sequence`).
 
 Taking the message info costs at most ~2 µs per message more than taking the bytes alone (measured with
 ``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a
@@ -20,10 +20,10 @@ from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 
-from data_recorder import metadata as md
-from data_recorder.accounting import TopicStats
-from data_recorder.recorder import Recorder
-from data_recorder.selection import adapt_qos
+from data_recorder.bag import metadata as md
+from data_recorder.capture.accounting import TopicStats
+from data_recorder.capture.recorder import Recorder
+from data_recorder.capture.selection import adapt_qos
 from field_deploy.ros import message_class
 
 _RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}

@@ -1,0 +1,1 @@
+"""Replay: the playback schedule (pure) and its ROS shell, ``bag_player``."""
