@@ -46,7 +46,7 @@ class Sample:
     t: float
     """Seconds since the stack was up."""
     procs: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Node name -> rss_mb, anon_mb, cpu_pct, threads, fds, pid."""
+    """Node name -> rss_mb (and its parts anon_mb, file_mb, shmem_mb), cpu_pct, threads, fds, pid."""
     shm_mb: float = 0.0
     """Fast DDS files in /dev/shm mapped by the stack's processes (MB of pages in use)."""
     shm_files: int = 0
@@ -106,18 +106,24 @@ def shm_usage(pids: list[int] | None = None) -> tuple[float, int]:
     return total / 1e6, count
 
 
-def anonymous_mb(pid: int) -> float:
-    """The process's private anonymous memory (heap, thread arenas: what a native leak grows),
-    from ``/proc/<pid>/smaps_rollup``; the rest of the RSS is mapped files and /dev/shm pages,
-    which a DDS pool touches up to its bound. nan when the process is gone."""
+def rss_parts_mb(pid: int) -> dict[str, float]:
+    """The RSS in its three kinds, from ``/proc/<pid>/status``: ``anon_mb`` (heap, thread arenas,
+    pools: what a native leak grows), ``file_mb`` (libraries and other mapped files: code pages
+    come in the first time a path runs, bounded by the files' size) and ``shmem_mb`` (pages of the
+    Fast DDS segments in /dev/shm this process touched: its own and every writer's it reads from,
+    bounded by their sizes and counted once for the host in the /dev/shm series). A slope in the
+    RSS names its kind; nan when the process is gone."""
+    keys = {'RssAnon:': 'anon_mb', 'RssFile:': 'file_mb', 'RssShmem:': 'shmem_mb'}
+    parts = dict.fromkeys(keys.values(), float('nan'))
     try:
-        with open(f'/proc/{pid}/smaps_rollup') as rollup:
-            for line in rollup:
-                if line.startswith('Anonymous:'):
-                    return int(line.split()[1]) / 1e3
+        with open(f'/proc/{pid}/status') as status:
+            for line in status:
+                key = line.split(maxsplit=1)[0]
+                if key in keys:
+                    parts[keys[key]] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float('nan')
+    return parts
 
 
 def folder_mb(path: Path) -> float:
@@ -165,8 +171,7 @@ class Sampler:
                     self._cpu[proc.pid] = (now, cpu_s)
                     cpu = 100 * (cpu_s - last[1]) / (now - last[0]) if last else float('nan')
                     s.procs[name] = {'pid': proc.pid, 'rss_mb': proc.memory_info().rss / 1e6,
-                                     'anon_mb': anonymous_mb(proc.pid),
-                                     'cpu_pct': cpu, 'threads': proc.num_threads(),
+                                     **rss_parts_mb(proc.pid), 'cpu_pct': cpu, 'threads': proc.num_threads(),
                                      'fds': proc.num_fds()}
             except psutil.Error:
                 continue
@@ -202,7 +207,8 @@ def series(samples: list[dict], name: str, key: str, warmup: float) -> list[tupl
 def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'\n{len(samples)} samples over {samples[-1]["t"] / 60:.1f} min; slopes after '
           f'{warmup / 60:.0f} min of warm-up (and after each node\'s last restart)')
-    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"anon MB/h":>9} {"threads":>9} {"fds":>9} '
+    print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"anon MB/h":>9} {"file MB/h":>9} '
+          f'{"shm MB/h":>9} {"threads":>9} {"fds":>9} '
           f'{"CPU %":>7} {"restarts":>8}')
     for name in NODES:
         rss = series(samples, name, 'rss_mb', warmup)
@@ -211,9 +217,10 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
         threads = [v for _, v in series(samples, name, 'threads', warmup)]
         fds = [v for _, v in series(samples, name, 'fds', warmup)]
         cpu = [v for _, v in series(samples, name, 'cpu_pct', warmup) if v == v]
-        anon = [(t, v) for t, v in series(samples, name, 'anon_mb', warmup) if v == v]
+        parts = [slope_per_hour([(t, v) for t, v in series(samples, name, key, warmup) if v == v])
+                 for key in ('anon_mb', 'file_mb', 'shmem_mb')]
         print(f'{name:16} {rss[0][1]:6.0f}->{rss[-1][1]:<6.0f} {slope_per_hour(rss):9.1f} '
-              f'{slope_per_hour(anon):9.1f} '
+              + ''.join(f'{part:9.1f} ' for part in parts) +
               f'{min(threads):4.0f}-{max(threads):<4.0f} {min(fds):4.0f}-{max(fds):<4.0f} '
               f'{sum(cpu) / max(len(cpu), 1):7.1f} '
               f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d}')
