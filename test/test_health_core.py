@@ -496,6 +496,50 @@ def test_dead_node_brought_back() -> None:
 
 
 
+def test_killed_node_is_restarted_only_after_it_left_the_graph() -> None:
+    """kill -9: the dead participant stays on the graph (its services matched, never answering)
+    until its DDS lease runs out, and peers keep sending to its shared-memory ports; a new
+    process started meanwhile took those ports and was left deaf (docs/skill_runtime.md). The
+    replacement starts once the old one has left the graph - and, bounded, if it never does."""
+    mgr, client, spawner, clock = _manager(['sim_robot', 'skill_runtime'], leave_timeout_s=30.0)
+    mgr.startup()
+    killed = clock.t
+    leaves = killed + 20.0                                  # the lease
+    started_at = []
+    real_start = spawner.start
+
+    def start(name, argv):
+        started_at.append(clock.t)
+        real_start(name, argv)
+
+    spawner.start = start
+    client.get_state = lambda node, timeout: (
+        client.state[node] if node != 'skill_runtime' or started_at else None)
+    client.available = lambda node: (node != 'skill_runtime' or clock.t < leaves
+                                     or bool(started_at))
+    spawner.procs.pop('skill_runtime')                      # no process runs it any more
+    for _ in range(400):
+        clock.t += 0.1
+        mgr.heartbeat()
+    assert len(started_at) == 1 and started_at[0] >= leaves, (started_at, leaves)
+    assert mgr.nodes['skill_runtime'].phase == 'active'
+    assert ('skill_runtime', 'left the graph') in [e[1:] for e in mgr.events]
+    # a copy that never leaves (not ours to stop): started anyway after leave_timeout
+    mgr2, client2, spawner2, clock2 = _manager(['skill_runtime'], leave_timeout_s=30.0)
+    mgr2.startup()
+    spawner2.procs.pop('skill_runtime')
+    client2.get_state = lambda node, timeout: client2.state[node] if spawner2.started else None
+    starts = []
+    spawner2.start = lambda name, argv: starts.append(clock2.t)
+    t0 = clock2.t
+    for _ in range(600):
+        clock2.t += 0.1
+        mgr2.heartbeat()
+        if starts:
+            break
+    assert starts and 30.0 <= starts[0] - t0 < 30.0 + 15.0, (starts, t0)
+
+
 def test_busy_node_is_waited_for_and_a_hung_one_restarted() -> None:
     """On the graph but not answering get_state: late (a recorder catching up on its queue) is
     left alone; silent for unresponsive_timeout is hung and is respawned."""

@@ -75,6 +75,12 @@ class LifecycleConfig:
     spawn_timeout_s: float = 20.0
     """How long a process we started may take to show its lifecycle services (Python + rclpy
     imports take several seconds on a loaded 2-core robot computer)."""
+    leave_timeout_s: float = 30.0
+    """How long a replacement waits for the node it replaces to leave the graph. A process
+    killed (kill -9, OOM) stays on the graph until its DDS lease runs out (20 s in
+    ``config/fastdds.xml``), and until then every peer still sends to its shared-memory ports;
+    a new process that takes those ports meanwhile can be left deaf (docs/skill_runtime.md,
+    "Restart after a kill -9"). Past this bound the replacement starts anyway."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,8 @@ def _lifecycle(c: _C, raw: Any) -> LifecycleConfig:
     m = c.mapping(raw or {}, 'lifecycle', set(),
                   {'nodes', 'autostart', 'heartbeat_rate', 'transition_timeout',
                    'discover_timeout', 'backoff', 'max_retries', 'stable_after',
-                   'missed_heartbeats', 'unresponsive_timeout', 'spawn_timeout'})
+                   'missed_heartbeats', 'unresponsive_timeout', 'spawn_timeout',
+                   'leave_timeout'})
     nodes: list[ManagedNode] = []
     for i, entry in enumerate(m.get('nodes', []) or []):
         key = f'lifecycle.nodes[{i}]'
@@ -275,6 +282,8 @@ def _lifecycle(c: _C, raw: Any) -> LifecycleConfig:
         unresponsive_timeout_s=c.number(m.get('unresponsive_timeout', 10.0),
                                         'lifecycle.unresponsive_timeout', positive=True),
         spawn_timeout_s=c.number(m.get('spawn_timeout', 20.0), 'lifecycle.spawn_timeout',
+                                 positive=True),
+        leave_timeout_s=c.number(m.get('leave_timeout', 30.0), 'lifecycle.leave_timeout',
                                  positive=True))
 
 

@@ -113,6 +113,33 @@ class LifecycleManager:
                 return False
             self.sleep(0.05)
 
+    def _wait_left_graph(self, rec: NodeRecord) -> None:
+        """Before a replacement starts, the node it replaces must be gone from the graph.
+
+        A killed process's participant stays on every peer's graph until its lease runs out
+        (20 s), and until then the peers' writers keep sending to its shared-memory ports:
+        Fast DDS 2.14 then creates and deletes each such port (segment, lock files and the
+        port's named mutex) on every sample. The new process takes the lowest free participant
+        index, the dead one's, so it opens exactly those ports while that goes on; the deleted
+        mutex no longer keeps the two apart, and the new process failed to lock its port
+        (``Failed init_port … open_and_lock_file failed``) or was left deaf. Waiting here until
+        the peers have dropped the dead participant (the manager's own view of the graph is one
+        of them) means the new process finds its ports quiet. Bounded by ``leave_timeout_s``: a
+        copy elsewhere that is not ours to stop must not keep the node down for ever."""
+        name = rec.spec.name
+        if not self.client.available(name):
+            return
+        self.log('info', f'waiting for the old {name} to leave the graph (its DDS lease) '
+                         f'before starting a new one')
+        deadline = self.clock() + self.cfg.leave_timeout_s
+        while self.client.available(name):
+            if self.clock() >= deadline:
+                self.log('warn', f'/{name} still on the graph after {self.cfg.leave_timeout_s:g} s:'
+                                 f' starting a new {name} anyway')
+                return
+            self.sleep(0.2)
+        self._event(name, 'left the graph')
+
     def _ensure_process(self, rec: NodeRecord, *, respawn: bool) -> bool:
         """The node is in the graph, starting (or restarting) its process when we can."""
         name = rec.spec.name
@@ -131,6 +158,7 @@ class LifecycleManager:
             self.log('warn', f'stopping {name} (pid {pid}) to replace it: {rec.message}')
             self.spawner.terminate(pid, STOP_TIMEOUT_S)
             self._event(name, f'stopped pid {pid}')
+        self._wait_left_graph(rec)
         self.log('info', f'starting {name}: {" ".join(rec.spec.command)}')
         self.spawner.start(name, rec.spec.command)
         rec.spawned_at = self.clock()
