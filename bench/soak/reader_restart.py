@@ -9,7 +9,18 @@ init_port" lines it logged, the writer's lateness (how far its 500 Hz loop fell 
 and the host load. Why: issue 13's restarted skill_runtime (and a restarted data_recorder in the
 soak) never answered; this shows the same with no project node in the way.
 
+Also printed: how often the dead reader's shared-memory port segments (``/dev/shm/fastrtps_portN``,
+read from its open files before the kill) were created anew between the kill and the restart
+(by the writer: nothing else runs), the last time, and when
+the dead reader left the graph (a probe node in this process sees its subscriptions go). While a
+dead reader is still matched, Fast DDS 2.14 creates and deletes its ports on every sample sent to
+them, lock files and named mutex included; a new reader takes those very ports (the lowest free
+participant index). ``--after-graph`` starts the new reader only once the dead one has left the
+graph, as the health monitor now does (docs/skill_runtime.md, "Restart after a kill -9").
+
     python bench/soak/reader_restart.py --runs 5 --delay 0
+    python bench/soak/reader_restart.py --runs 5 --delay 11      # the monitor's old timing
+    python bench/soak/reader_restart.py --runs 5 --after-graph
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,30 +102,101 @@ def _wait_count(log: Path, n: int, timeout: float) -> float | None:
     return None
 
 
-def run_once(tmp: Path, delay: float, timeout: float) -> bool:
+def shm_ports(pid: int) -> list[int]:
+    """The shared-memory ports a live Fast DDS process listens on (it keeps their ``_el`` open)."""
+    ports = set()
+    for fd in Path(f'/proc/{pid}/fd').iterdir():
+        try:
+            found = re.search(r'/fastrtps_port(\d+)_el$', os.readlink(fd))
+        except OSError:
+            continue
+        if found:
+            ports.add(int(found.group(1)))
+    return sorted(ports)
+
+
+class PortChurn:
+    """Watches port segment files from another thread: every new inode at the name is one
+    creation (polled every 2 ms, so a lower bound)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.paths = [Path(f'/dev/shm/fastrtps_port{port}') for port in ports]
+        self.t0 = time.monotonic()
+        self.created = 0
+        self.last = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seen = {path: None for path in self.paths}
+        while not self._stop.wait(0.002):
+            for path in self.paths:
+                try:
+                    inode = path.stat().st_ino
+                except OSError:
+                    continue
+                if inode != seen[path]:
+                    seen[path] = inode
+                    self.created += 1
+                    self.last = time.monotonic() - self.t0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_left_graph(probe, timeout: float = 60.0) -> float | None:
+    """Seconds until no subscription of the bench's topic is left on the graph (the dead
+    reader's lease ran out at the probe), or None."""
+    import rclpy
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        rclpy.spin_once(probe, timeout_sec=0.05)
+        if probe.count_subscribers('restart_t0') == 0:
+            return time.monotonic() - t0
+    return None
+
+
+def run_once(tmp: Path, delay: float, timeout: float, probe=None) -> bool:
     writer = _start(_WRITER, tmp / 'writer.log')
     first = _start(_READER, tmp / 'reader1.log')
     second = None
+    churn = None
     try:
         if _wait_count(tmp / 'reader1.log', 3000, 60) is None:
             print('  the first reader got nothing: no run')
             return False
+        ports = shm_ports(first.pid)
         first.kill()
         first.wait()
+        churn = PortChurn(ports)
+        left = None
+        if probe is not None:
+            left = wait_left_graph(probe)
         time.sleep(delay)
         clean_stale_shm()
+        restarted = time.monotonic() - churn.t0
+        created, last_created = churn.created, churn.last   # by others: the new one starts now
         second = _start(_READER, tmp / 'reader2.log')
         took = _wait_count(tmp / 'reader2.log', 3000, timeout)
+        churn.stop()
         text = (tmp / 'reader2.log').read_text(errors='replace')
         errors = re.findall(r'Failed init_port (\S+?):', text)
         late = [float(x) for x in re.findall(r'late (\S+)', (tmp / 'writer.log').read_text())]
         heard = f'3000 samples in {took:.1f} s' if took is not None else 'NO samples'
-        print(f'  new reader: {heard}'
+        gone = f'left the graph at {left:.1f} s, ' if left is not None else ''
+        last = f'{last_created:.1f} s' if last_created is not None else '-'
+        print(f'  new reader at {restarted:.1f} s: {heard}'
               f' ({_count(tmp / "reader2.log")} in all); init_port errors: {len(errors)} '
-              f'{sorted(set(errors))}; writer at worst {max(late, default=0):.1f} s behind; '
+              f'{sorted(set(errors))}; dead reader\'s ports {ports}: {gone}created '
+              f'{created} times between the kill and the restart, last at {last}; '
+              f'writer at worst {max(late, default=0):.1f} s behind; '
               f'load {os.getloadavg()[0]:.1f}', flush=True)
         return took is not None
     finally:
+        if churn is not None:
+            churn.stop()
         for proc in (writer, first, second):
             if proc is not None and proc.poll() is None:
                 proc.kill()
@@ -125,12 +208,22 @@ def main() -> int:
     ap.add_argument('--runs', type=int, default=3)
     ap.add_argument('--delay', type=float, default=0.0, help='seconds between the kill and the restart')
     ap.add_argument('--timeout', type=float, default=40.0)
+    ap.add_argument('--after-graph', action='store_true',
+                    help='start the new reader once the dead one has left the graph (then --delay)')
     args = ap.parse_args()
+    probe = None
+    if args.after_graph:
+        import rclpy
+
+        from field_deploy.ros import init
+        init([])
+        probe = rclpy.create_node('restart_probe')
     ok = 0
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix='reader_restart-') as tmp:
-            print(f'run {run + 1}/{args.runs} (delay {args.delay:g} s):', flush=True)
-            ok += run_once(Path(tmp), args.delay, args.timeout)
+            when = 'after the graph, then ' if args.after_graph else ''
+            print(f'run {run + 1}/{args.runs} ({when}delay {args.delay:g} s):', flush=True)
+            ok += run_once(Path(tmp), args.delay, args.timeout, probe)
     print(f'{ok} of {args.runs} restarted readers heard the writer')
     return 0
 
