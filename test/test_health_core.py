@@ -538,6 +538,18 @@ def test_killed_node_is_restarted_only_after_it_left_the_graph() -> None:
         if starts:
             break
     assert starts and 30.0 <= starts[0] - t0 < 30.0 + 15.0, (starts, t0)
+    # the monitor shutting down during the wait: nothing is started (a process started then
+    # would outlive the monitor that is stopping its children)
+    mgr3, client3, spawner3, clock3 = _manager(['skill_runtime'], leave_timeout_s=30.0)
+    mgr3.startup()
+    spawner3.procs.pop('skill_runtime')
+    client3.get_state = lambda node, timeout: None           # dead, still on the graph
+    stop_at = clock3.t + 15.0
+    mgr3.stopping = lambda: clock3.t >= stop_at
+    for _ in range(400):
+        clock3.t += 0.1
+        mgr3.heartbeat()
+    assert spawner3.started == [], spawner3.started
 
 
 def test_busy_node_is_waited_for_and_a_hung_one_restarted() -> None:

@@ -88,8 +88,11 @@ class LifecycleManager:
     def __init__(self, cfg: LifecycleConfig, client: LifecycleClient, spawner: Spawner, *,
                  log: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.cfg = cfg
+        self.stopping = stopping
+        """True once the monitor shuts down: a wait for a node ends and nothing more is started."""
         self.client = client
         self.spawner = spawner
         self.clock = clock
@@ -109,11 +112,11 @@ class LifecycleManager:
         while True:
             if self.client.available(rec.spec.name):
                 return True
-            if self.clock() >= deadline:
+            if self.clock() >= deadline or self.stopping():
                 return False
             self.sleep(0.05)
 
-    def _wait_left_graph(self, rec: NodeRecord) -> None:
+    def _wait_left_graph(self, rec: NodeRecord) -> bool:
         """Before a replacement starts, the node it replaces must be gone from the graph.
 
         A killed process's participant stays on every peer's graph until its lease runs out
@@ -125,20 +128,24 @@ class LifecycleManager:
         (``Failed init_port … open_and_lock_file failed``) or was left deaf. Waiting here until
         the peers have dropped the dead participant (the manager's own view of the graph is one
         of them) means the new process finds its ports quiet. Bounded by ``leave_timeout_s``: a
-        copy elsewhere that is not ours to stop must not keep the node down for ever."""
+        copy elsewhere that is not ours to stop must not keep the node down for ever. False when
+        the monitor is shutting down meanwhile: then nothing is started."""
         name = rec.spec.name
         if not self.client.available(name):
-            return
+            return not self.stopping()
         self.log('info', f'waiting for the old {name} to leave the graph (its DDS lease) '
                          f'before starting a new one')
         deadline = self.clock() + self.cfg.leave_timeout_s
         while self.client.available(name):
+            if self.stopping():
+                return False
             if self.clock() >= deadline:
                 self.log('warn', f'/{name} still on the graph after {self.cfg.leave_timeout_s:g} s:'
                                  f' starting a new {name} anyway')
-                return
+                return True
             self.sleep(0.2)
         self._event(name, 'left the graph')
+        return not self.stopping()
 
     def _ensure_process(self, rec: NodeRecord, *, respawn: bool) -> bool:
         """The node is in the graph, starting (or restarting) its process when we can."""
@@ -158,7 +165,9 @@ class LifecycleManager:
             self.log('warn', f'stopping {name} (pid {pid}) to replace it: {rec.message}')
             self.spawner.terminate(pid, STOP_TIMEOUT_S)
             self._event(name, f'stopped pid {pid}')
-        self._wait_left_graph(rec)
+        if not self._wait_left_graph(rec):
+            rec.message = f'{name} not started: the monitor is shutting down'
+            return False
         self.log('info', f'starting {name}: {" ".join(rec.spec.command)}')
         self.spawner.start(name, rec.spec.command)
         rec.spawned_at = self.clock()

@@ -145,7 +145,7 @@ class HealthMonitor(Node):
                                  context=self.context)
         self.lifecycle = RosLifecycleClient(self._client_node)
         self.manager = LifecycleManager(cfg.lifecycle, self.lifecycle, self.spawner,
-                                        log=self._log)
+                                        log=self._log, stopping=self._stop.is_set)
         self._manager_status: list[Status] = self.manager.statuses()
         for name in ('startup', 'shutdown', 'reset'):
             self.create_service(Trigger, f'~/{name}', self._manual(name))
