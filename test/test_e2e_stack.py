@@ -103,13 +103,6 @@ def kill_and_see_it_back(up: NodeProcess, operator: Operator, name: str) -> None
     assert operator.wait_state(f'/{name}', 'active', timeout=90.0), up.log()[-3000:]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    'issues 13/19, open: after a kill -9 the restarted skill_runtime could not open its Fast DDS '
-    'shared-memory port ("Failed init_port … open_and_lock_file failed") and was not active within '
-    '90 s in 4 of 7 quiet-host runs on 2026-11-30 (also with /dev/shm emptied first). Not the skill '
-    'workers (they hold no DDS file and die with the runtime); a restarted data_recorder and a plain '
-    'rclpy reader (bench/soak/reader_restart.py) show it too: docs/skill_runtime.md, "Restart after '
-    'a kill -9". Every other check of this test passed in the others'))
 def test_bringup_mission_restarts_and_sigterm_leave_readable_bags(stack) -> None:
     up, operator, bag_dir = stack
     result = operator.run_skill(MissionStep('reference_quadruped/stand_up'), timeout=60.0)
