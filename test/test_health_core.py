@@ -4,6 +4,7 @@ lifecycle manager and policies (synthetic clocks, fakes for the lifecycle servic
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import itertools
 import json
@@ -673,3 +674,27 @@ def test_policy_fires_once_per_episode() -> None:
     engine.evaluate('sensors/imu/stream', STALE, {}, 20.0)
     assert [p.name for p, _ in engine.tick(21.1)] == ['sensor_lost']
     assert engine.tick(30.0) == []
+
+
+def test_a_node_is_stopped_within_its_own_stop_timeout() -> None:
+    """The monitor stops the processes it replaces or restarts with the stack's ``stop_timeout``
+    of that node, not a fixed 5 s: a restarted recorder killed after 5 s left its bag without
+    metadata (the e2e stack at load 15-37). The field stack gives the recorder 60 s."""
+    from field_deploy.stack import load_stack
+    from health_monitor.lifecycle_ros import managed_from_stack
+
+    cfg = managed_from_stack(parse_config({}, 'default.yaml', QUAD),
+                             'field_stack', ['robot=quadruped_12dof'])
+    timeouts = {n.name: n.stop_timeout for n in cfg.lifecycle.nodes}
+    described = {n.name: n.stop_timeout for n in load_stack('field_stack').managed}
+    assert timeouts == described and timeouts['data_recorder'] == 60.0, timeouts
+
+    names = ['sim_robot', 'data_recorder']
+    mgr, _client, spawner, _clock = _manager(names)
+    recorder = mgr.nodes['data_recorder']
+    recorder.spec = dataclasses.replace(recorder.spec, stop_timeout=60.0)
+    mgr.startup()
+    stops: list[tuple[str, float]] = []
+    spawner.stop = lambda name, timeout=5.0: stops.append((name, timeout))
+    mgr.restart('data_recorder')
+    assert stops == [('data_recorder', 60.0)]

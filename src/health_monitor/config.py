@@ -54,6 +54,9 @@ class _C(_Checker):
 class ManagedNode:
     name: str
     command: tuple[str, ...] = ()
+    stop_timeout: float = 15.0
+    """Seconds a process of this node gets between SIGINT and SIGKILL (the stack description's
+    ``stop_timeout``: the recorder needs its drain and the close of its bag)."""
 
 
 @dataclass(frozen=True)

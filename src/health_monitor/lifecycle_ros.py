@@ -96,7 +96,8 @@ def managed_from_stack(cfg: HealthConfig, stack: str, stack_args: list[str]) -> 
     from field_deploy.stack import load_stack, node_argv, stack_arguments
 
     described = load_stack(stack, **stack_arguments(stack_args))
-    nodes = tuple(ManagedNode(n.name, tuple(node_argv(n, described.namespace, autostart=False)))
+    nodes = tuple(ManagedNode(n.name, tuple(node_argv(n, described.namespace, autostart=False)),
+                              n.stop_timeout)
                   for n in described.managed)
     lifecycle = dataclasses.replace(cfg.lifecycle, nodes=nodes,
                                     discover_timeout_s=max(cfg.lifecycle.discover_timeout_s,

@@ -54,11 +54,6 @@ class Spawner(Protocol):
         """Stop process ``pid`` (SIGINT, SIGKILL after ``timeout``), ours or not."""
 
 
-STOP_TIMEOUT_S = 5.0
-"""How long a node being replaced gets to stop on SIGINT (the recorder closes its bag) before
-SIGKILL."""
-
-
 @dataclass
 class NodeRecord:
     """What the manager knows of one managed node."""
@@ -163,7 +158,7 @@ class LifecycleManager:
             return True
         for pid in holders:
             self.log('warn', f'stopping {name} (pid {pid}) to replace it: {rec.message}')
-            self.spawner.terminate(pid, STOP_TIMEOUT_S)
+            self.spawner.terminate(pid, rec.spec.stop_timeout)
             self._event(name, f'stopped pid {pid}')
         if not self._wait_left_graph(rec):
             rec.message = f'{name} not started: the monitor is shutting down'
@@ -292,7 +287,7 @@ class LifecycleManager:
     def restart(self, name: str) -> None:
         """Policy action: treat ``name`` as failed now (recovery with back-off follows)."""
         rec = self.nodes[name]
-        self.spawner.stop(name)
+        self.spawner.stop(name, rec.spec.stop_timeout)
         self._down(rec, 'restart requested by a policy')
 
     # ------------------------------------------------------------------ heartbeat
@@ -370,7 +365,7 @@ class LifecycleManager:
                 # our process is still importing: wait for it rather than kill it half-started
                 respawn = not self._wait_available(rec, self.cfg.spawn_timeout_s - starting)
             if respawn:
-                self.spawner.stop(name)
+                self.spawner.stop(name, rec.spec.stop_timeout)
         if respawn and not self._ensure_process(rec, respawn=True):
             self._down(rec, rec.message)
             return

@@ -496,6 +496,9 @@ class HealthMonitor(Node):
         self._stop.set()
         self._worker.join(timeout=10.0)
         if isinstance(self.spawner, PopenSpawner):
+            # the nodes we (re)started, last started first, each with its stack's stop_timeout
+            for spec in reversed(self.manager.cfg.nodes):
+                self.spawner.stop(spec.name, spec.stop_timeout)
             self.spawner.stop_all()
         if self.ledger is not None:
             self.ledger.close()
