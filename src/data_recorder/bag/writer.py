@@ -223,6 +223,19 @@ class BagWriter:
     def message_count(self) -> int:
         return sum(f.message_count for f in self.files)
 
+    @property
+    def file_count(self) -> int:
+        return len(self.files)
+
+    @property
+    def file_messages(self) -> int:
+        """Messages in the current file."""
+        return self.files[-1].message_count
+
+    @property
+    def current_file(self) -> str:
+        return self.files[-1].path
+
     def written(self) -> dict[str, int]:
         return {name: t.written for name, t in self.topics.items()}
 
