@@ -117,8 +117,11 @@ class Ring:
 
     # -- consumer -----------------------------------------------------------------------------
 
-    def get(self) -> tuple[int, bytes] | None:
-        """The next record ``(kind, payload)`` copied out, or None when the ring is empty."""
+    def get(self, skip: int = 0) -> tuple[int, bytes] | None:
+        """The next record ``(kind, payload)`` copied out, or None when the ring is empty.
+
+        ``skip``: leave out the first bytes of a MESSAGE payload (a head the caller read with
+        :meth:`peek_head`): each message's bytes are copied once, not twice."""
         buf = self.buf
         capacity = self.capacity
         while True:
@@ -134,9 +137,28 @@ class Ring:
                 self._advance(tail + capacity - at)
                 continue
             start = HEADER + at + RECORD.size
+            if kind == MESSAGE:
+                start += skip
+                n -= skip
             payload = bytes(buf[start:start + n])
-            self._advance(tail + _padded(n))
+            self._advance(self._tail + _padded(n + (skip if kind == MESSAGE else 0)))
             return kind, payload
+
+    def peek_head(self, head: struct.Struct) -> tuple[int, ...] | None:
+        """The head of the next record if it is a MESSAGE (None otherwise, or when empty): read
+        in place, before :meth:`get` copies the rest."""
+        buf = self.buf
+        capacity = self.capacity
+        tail = self._tail
+        if tail == WORD.unpack_from(buf, _HEAD)[0]:
+            return None
+        at = tail % capacity
+        if capacity - at < RECORD.size:
+            return None
+        _n, kind = RECORD.unpack_from(buf, HEADER + at)
+        if kind != MESSAGE:
+            return None
+        return head.unpack_from(buf, HEADER + at + RECORD.size)
 
     def set_status(self, **values: int) -> None:
         for name, value in values.items():

@@ -198,9 +198,14 @@ class WriterProcess:
         return self._wait(self._next_id, timeout) if wait else None
 
     def _wait_for_room(self, head: bytes, data: bytes, kind: int = MESSAGE) -> None:
+        """The writer is behind by a whole ring: wait for it (the hand-off queue in front of us
+        absorbs and counts), asking every 0.1 s whether it is still alive."""
+        checked = time.monotonic()
         while not self.ring.put(kind, head, data):
-            self._check()
-            time.sleep(0.0005)
+            time.sleep(0.002)
+            if time.monotonic() - checked > 0.1:
+                checked = time.monotonic()
+                self._check()
 
     def _check(self) -> None:
         if self._failed:
@@ -262,26 +267,38 @@ def _serve(writer: BagWriter, ring: Ring, out: IO[bytes], parent_gone: threading
     """Write what the ring brings until ``close`` (or the recorder's process is gone)."""
     names: dict[int, str] = {}
     head_size = MESSAGE_HEAD.size
-    unpack = MESSAGE_HEAD.unpack_from
-    last_status = 0.0
+    peek, get, write = ring.peek_head, ring.get, writer.write
+    last_status = idle_since = 0.0
     while True:
-        record = ring.get()
+        head = peek(MESSAGE_HEAD)
+        if head is not None:             # a message: its bytes copied out once
+            record = get(head_size)
+            assert record is not None
+            topic_id, log_time, publish_time = head
+            write(names[topic_id], record[1], log_time, publish_time or None)
+            now = time.monotonic()
+            if now - last_status > 0.05:
+                last_status = now
+                _publish(writer, ring)
+            idle_since = 0.0
+            continue
+        record = get()
         if record is None:
             if parent_gone.is_set():    # the recorder died: what it handed over goes to disk
                 writer.flush()
                 return
             writer.tick()
             _publish(writer, ring)
-            time.sleep(0.001)
+            now = time.monotonic()
+            idle_since = idle_since or now
+            # idle: look again soon, less often the longer nothing comes (1 ms, at most 5 ms:
+            # the ring holds seconds of data, this only bounds the wake-ups of an idle writer)
+            time.sleep(min(0.005, 0.001 + (now - idle_since) / 10))
             continue
         kind, payload = record
-        if kind == MESSAGE:
-            topic_id, log_time, publish_time = unpack(payload)
-            writer.write(names[topic_id], payload[head_size:], log_time, publish_time or None)
-            now = time.monotonic()
-            if now - last_status > 0.05:
-                last_status = now
-                _publish(writer, ring)
+        if kind == MESSAGE:              # the first record after a wrap (peek does not look past)
+            topic_id, log_time, publish_time = MESSAGE_HEAD.unpack_from(payload)
+            write(names[topic_id], payload[head_size:], log_time, publish_time or None)
             continue
         request = json.loads(payload)
         op, reply = request.pop('op'), request.pop('reply')
