@@ -137,7 +137,7 @@ def test_numbered_publishers_at_a_high_rate_nothing_lost(tmp_path: Path) -> None
         'a': ['--rate', '2000', '--count', '10000', '--depth', '5000', '--size', '1000'],
         'b': ['--rate', '2000', '--count', '10000', '--depth', '5000', '--size', '1000',
               '--aperiodic', '--seed', '4'],
-    }, depth=5000)
+    }, depth=5000, recorder_args=['--writer-process'])
     assert_loss_matches(fig)
     assert fig['missing'] <= 0.001 * fig['published'], fig['accounting']   # the no-op's bound
     assert fig['accounting']['written'] == fig['published'] - fig['missing']
@@ -148,7 +148,7 @@ def test_writer_process_killed_mid_recording_recovers_with_at_most_1_s_lost(
     bag, log = tmp_path / 'bag', tmp_path / 'record.log'
     recorder = subprocess.Popen(
         [sys.executable, '-m', 'data_recorder.record_cli', 'record', '-o', str(bag), TOPIC,
-         '--qos-depth', '2000'], stdout=log.open('wb'), stderr=subprocess.STDOUT,
+         '--qos-depth', '2000', '--writer-process'], stdout=log.open('wb'), stderr=subprocess.STDOUT,
         start_new_session=True)
     writer, _report_path = _start_writer(tmp_path, 'w', ['--rate', '500', '--count', '3000',
                                                         '--depth', '2000'])
@@ -178,3 +178,38 @@ def test_writer_process_killed_mid_recording_recovers_with_at_most_1_s_lost(
     assert found == list(range(len(found))), 'a hole in what was kept'      # from 0, no hole
     # published at 500 Hz from t_start: what was published more than 1 s before the kill is in
     assert len(found) >= 500 * (killed_after - 1.0), (len(found), killed_after, output[-2000:])
+
+
+def test_recorder_node_killed_its_writer_keeps_what_it_was_handed(ros, spin, node_process,
+                                                                   tmp_path: Path) -> None:
+    """kill -9 of the node's process: its writer process writes what is in the ring, fsyncs and
+    exits; the bag is left cut, as before, and ``recover`` gives back all 300 messages."""
+    import rclpy
+    from sensor_msgs.msg import JointState
+
+    from field_deploy.testing import RawCollector
+    from test_recorder import RELIABLE, _joint_state, _readable_in_open_bag
+    pub_node = rclpy.create_node('crash_test_wp')
+    pub = pub_node.create_publisher(JointState, '/chatter_wp', RELIABLE)
+    collector = RawCollector(pub_node, [('/chatter_wp', JointState)])
+    spin(pub_node)
+    bag = tmp_path / 'crash'
+    proc = node_process('data_recorder', ['--ros-args', '-p', f'output:={bag}',
+                                          '-p', "topics:=['/chatter_wp']",
+                                          '-p', 'writer_process:=true'])
+    assert wait_until(lambda: pub.get_subscription_count() >= 2, 30), proc.log()
+    writers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if 'writer_process' in ' '.join(c.cmdline())]
+    assert len(writers) == 1, proc.log()
+    for i in range(300):
+        pub.publish(_joint_state(i))
+        time.sleep(0.002)
+    assert wait_until(lambda: collector.count('/chatter_wp') == 300, 10)
+    time.sleep(0.3)             # handed over (not yet flushed: the flush interval is 1 s)
+    proc.kill()
+    writers[0].wait(30)         # it ends by itself once its stdin is closed
+    assert not (bag / 'metadata.yaml').exists()
+    assert _readable_in_open_bag(bag, '/chatter_wp') == 300
+    report = recover(bag)
+    assert report.messages == 300, report
+    assert md.load(bag)['message_count'] == 300

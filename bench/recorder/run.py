@@ -223,12 +223,12 @@ def subject(args: argparse.Namespace) -> int:
     counts = {t: 0 for t, _, _ in STREAMS}
     result: dict = {}
     out = Path(args.output)
-    if args.subject in ('recorder', 'recorder1'):
+    if args.subject in ('recorder', 'recorder-wp'):
         from data_recorder.node import DataRecorderNode, parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
             'qos_depth': max(args.depth, 1000), 'diagnostics_period': 3600.0,
-            'min_free_space': 0, 'writer_process': args.subject == 'recorder'}))
+            'min_free_space': 0, 'writer_process': args.subject == 'recorder-wp'}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
         result['stop_ns'] = node.drain(spinner.executor)   # as at a real stop: the backlog
@@ -429,9 +429,9 @@ def main() -> int:
     parser.add_argument('--duration', type=float, default=10.0, help='seconds per run (60 for figures)')
     parser.add_argument('--multipliers', type=float, nargs='+', default=[1.0, 2.0])
     parser.add_argument('--subjects', nargs='+', default=['recorder', 'noop', 'naive'],
-                        choices=['recorder', 'recorder1', 'noop', 'naive'],
-                        help='recorder: the node with its writer process (the default); '
-                             'recorder1: the node writing in its own process (before 2026-11-30)')
+                        choices=['recorder', 'recorder-wp', 'noop', 'naive'],
+                        help='recorder: the node as it is by default (one process); recorder-wp: '
+                             'the node with its writer process (writer_process:=true)')
     parser.add_argument('--best-effort', action='store_true', help='publishers best effort')
     parser.add_argument('--depth', type=int, default=1000, help='publisher history depth')
     parser.add_argument('--generators', type=int, default=2, help='generator processes')

@@ -73,7 +73,7 @@ PARAMETERS: dict[str, Any] = {
     'discovery_interval': 1.0,
     'diagnostics_period': 1.0,
     'fsync': True,
-    'writer_process': True,   # the bag written by a process of its own (bag.writer_process)
+    'writer_process': False,  # true: the bag written by a process of its own (bag.writer_process)
     'ring_bytes': 128 * 1024 * 1024,   # its shared-memory ring
     'message_lost_events': False,
     'episodes': True,

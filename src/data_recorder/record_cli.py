@@ -48,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument('--queue-size', type=int, default=100_000, metavar='MESSAGES')
     rec.add_argument('--queue-max-bytes', type=int, default=256 * 1024 * 1024, metavar='BYTES',
                      help='memory bound of the hand-off queue (overflow is counted as loss)')
-    rec.add_argument('--no-writer-process', dest='writer_process', action='store_false',
-                     help='write the bag in the recorder\'s own process (default: a writer '
-                          'process fed through shared memory, so capture and writing use two cores)')
+    rec.add_argument('--writer-process', action='store_true',
+                     help='write the bag in a process of its own, fed through shared memory '
+                          '(capture and writing on two cores; see docs/data_recorder.md, Headroom)')
     rec.add_argument('--ring-bytes', type=int, default=128 * 1024 * 1024, metavar='BYTES',
                      help='shared-memory ring between the recorder and its writer process')
     rec.add_argument('--throttle', action='append', default=[], metavar='TOPIC_REGEX:HZ',

@@ -49,8 +49,10 @@ class RecorderConfig:
     fsync: bool = True
     writer_process: bool = False
     """Write the bag in a process of its own (:mod:`data_recorder.bag.writer_process`), fed
-    through a shared-memory ring of ``ring_bytes``: the node sets it (its parameter defaults to
-    true); the pure core's default keeps one thread, for tools and tests that feed it directly."""
+    through a shared-memory ring of ``ring_bytes`` (the node's ``writer_process`` parameter, the
+    CLI's ``--writer-process``). Off by default: on the shared 2-core host its single writer
+    thread got only its fair share of the CPU and fell behind where one process kept up
+    (docs/data_recorder.md, "Headroom")."""
     ring_bytes: int = 128 * 1024 * 1024
     throttle: tuple[str, ...] = ()
     """``TOPIC_REGEX:HZ`` entries: keep at most HZ messages a second of the matching topics (the
