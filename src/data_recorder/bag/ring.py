@@ -12,9 +12,12 @@ status words the consumer publishes for the producer (see :data:`STATUS`). A rec
 wraps around the end: a ``WRAP`` head (or the end's last < 8 bytes) says "continue at 0".
 
 Ordering: the producer copies the record, then stores ``head``; the consumer reads ``head``,
-copies the record out, then stores ``tail``. Each word has one writer, an aligned 8-byte store
-is atomic on the platforms we run on (x86-64, aarch64), and stores are not reordered across the
-Python-level calls (each one is a C function call the compiler cannot move a store over).
+copies the record out, then stores ``tail``. Each word has one writer and is read and stored
+whole, through a native ``'Q'`` memoryview (one aligned 8-byte load or store on x86-64 and
+aarch64) - not ``struct``'s little-endian ``'<Q'``, which stores byte by byte: the other process
+read half-written counters at 3x the reference load (a record read before it was written, bench
+2026-11-30). Stores are not reordered across the Python-level calls (each one is a C function
+call the compiler cannot move a store over; x86-64 keeps store order, loads in order).
 Bounded: :meth:`Ring.put` returns False when the record does not fit - the caller waits or
 counts it, nothing grows.
 """
@@ -28,13 +31,12 @@ import struct
 from multiprocessing import shared_memory
 
 HEADER = 64
-WORD = struct.Struct('<Q')
 RECORD = struct.Struct('<IB3x')
 MESSAGE, COMMAND, WRAP = 1, 2, 3
 #: Status words after head and tail, written by the consumer: files so far, messages in the
 #: current file, messages written, messages on disk (flushed), 1 when the bag is closed.
 STATUS = ('files', 'file_messages', 'written', 'flushed', 'closed')
-_HEAD, _TAIL = 0, 8
+_HEAD, _TAIL = 0, 1            # word indexes
 
 
 def _padded(n: int) -> int:
@@ -51,10 +53,11 @@ class Ring:
         self.buf = buf
         self.name = name
         self.capacity = len(buf) - HEADER
+        self.words = buf[:HEADER].cast('Q')   # head, tail, status: whole-word loads and stores
         self._owner = owner
         self._mapping = mapping
-        self._head = WORD.unpack_from(buf, _HEAD)[0]
-        self._tail = WORD.unpack_from(buf, _TAIL)[0]
+        self._head = self.words[_HEAD]
+        self._tail = self.words[_TAIL]
 
     @classmethod
     def create(cls, capacity: int) -> Ring:
@@ -90,7 +93,7 @@ class Ring:
         pos = self._head
         at = pos % capacity
         skip = capacity - at if capacity - at < size else 0
-        if pos + skip + size - WORD.unpack_from(buf, _TAIL)[0] > capacity:
+        if pos + skip + size - self.words[_TAIL] > capacity:
             return False
         if skip:
             if skip >= RECORD.size:
@@ -105,15 +108,16 @@ class Ring:
             start += len(head)
             buf[start:start + len(data)] = data
         self._head = pos + size
-        WORD.pack_into(buf, _HEAD, self._head)
+        self.words[_HEAD] = self._head
         return True
 
     def used(self) -> int:
         """Bytes in the ring not yet taken by the consumer."""
-        return self._head - WORD.unpack_from(self.buf, _TAIL)[0]
+        return self._head - self.words[_TAIL]
 
     def status(self) -> dict[str, int]:
-        return {name: WORD.unpack_from(self.buf, 16 + 8 * k)[0] for k, name in enumerate(STATUS)}
+        words = self.words
+        return {name: words[2 + k] for k, name in enumerate(STATUS)}
 
     # -- consumer -----------------------------------------------------------------------------
 
@@ -126,7 +130,7 @@ class Ring:
         capacity = self.capacity
         while True:
             tail = self._tail
-            if tail == WORD.unpack_from(buf, _HEAD)[0]:
+            if tail == self.words[_HEAD]:
                 return None
             at = tail % capacity
             if capacity - at < RECORD.size:
@@ -150,7 +154,7 @@ class Ring:
         buf = self.buf
         capacity = self.capacity
         tail = self._tail
-        if tail == WORD.unpack_from(buf, _HEAD)[0]:
+        if tail == self.words[_HEAD]:
             return None
         at = tail % capacity
         if capacity - at < RECORD.size:
@@ -162,16 +166,17 @@ class Ring:
 
     def set_status(self, **values: int) -> None:
         for name, value in values.items():
-            WORD.pack_into(self.buf, 16 + 8 * STATUS.index(name), value)
+            self.words[2 + STATUS.index(name)] = value
 
     def _advance(self, tail: int) -> None:
         self._tail = tail
-        WORD.pack_into(self.buf, _TAIL, tail)
+        self.words[_TAIL] = tail
 
     # -- both ---------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Unmap; the owner also unlinks the segment."""
+        self.words.release()
         self.buf.release()
         if self._owner is not None:
             self._owner.close()
