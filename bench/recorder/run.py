@@ -223,12 +223,12 @@ def subject(args: argparse.Namespace) -> int:
     counts = {t: 0 for t, _, _ in STREAMS}
     result: dict = {}
     out = Path(args.output)
-    if args.subject == 'recorder':
+    if args.subject in ('recorder', 'recorder-wp'):
         from data_recorder.node import DataRecorderNode, parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
             'qos_depth': max(args.depth, 1000), 'diagnostics_period': 3600.0,
-            'min_free_space': 0}))
+            'min_free_space': 0, 'writer_process': args.subject == 'recorder-wp'}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
         result['stop_ns'] = node.drain(spinner.executor)   # as at a real stop: the backlog
@@ -336,7 +336,9 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     for s in starts:
         s.wait(90)
     t0 = time.monotonic()
+    children = ps.children(recursive=True)     # the recorder's writer process
     c0 = sum(ps.cpu_times()[:2])
+    k0 = [sum(p.cpu_times()[:2]) for p in children]
     g0 = sum(sum(p.cpu_times()[:2]) for p in gps)
     peak = 0
     while time.monotonic() - t0 < args.duration:
@@ -344,6 +346,7 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
         time.sleep(0.25)
     wall = time.monotonic() - t0
     cpu = sum(ps.cpu_times()[:2]) - c0
+    child_cpu = sum(sum(p.cpu_times()[:2]) - k for p, k in zip(children, k0, strict=True))
     gcpu = sum(sum(p.cpu_times()[:2]) for p in gps) - g0
     subj.send_signal(signal.SIGINT)      # the sources still publish: the recorder drains
     got_result.wait(180)
@@ -386,7 +389,8 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     shutil.rmtree(work, ignore_errors=True)
     return {'subject': subject_name, 'multiplier': multiplier, 'published': published,
             'load_average': os.getloadavg()[0],
-            'achieved_rate': achieved, 'wall': wall, 'cpu': cpu / wall, 'gen_cpu': gcpu / wall,
+            'achieved_rate': achieved, 'wall': wall, 'cpu': (cpu + child_cpu) / wall,
+            'cpu_main': cpu / wall, 'cpu_writer': child_cpu / wall, 'gen_cpu': gcpu / wall,
             'peak_rss_mb': max(peak, result['maxrss_kb'] * 1024) / 2**20, **result}
 
 
@@ -395,11 +399,16 @@ def report(run: dict, duration: float, verbose: bool) -> None:
     total_pub = sum(published.values())
     total = sum(counts.get(t, 0) for t in published)
     lost = total_pub - total
+    cpu_split = (f" = {100 * run['cpu_main']:.1f} capture + {100 * run['cpu_writer']:.1f} writer"
+                 if run.get('cpu_writer') else '')
+    mb_s = run['bytes'] / 2**20 / duration
+    per_mb = f", {1e3 * run['cpu'] / mb_s:.2f} ms CPU per MB" if mb_s else ''
     line = (f"{run['subject']:9s} x{run['multiplier']:<4g} published before its stop {total_pub:8d} "
             f"({run['achieved_rate']:7.0f} msg/s achieved)  got {total:8d}  lost {lost:6d} "
             f"({100 * lost / max(1, total_pub):.3f} %)  "
             f"{run['bytes'] / 2**20 / duration:6.1f} MB/s written  "
-            f"CPU {100 * run['cpu']:5.1f} % of a core (generators {100 * run['gen_cpu']:5.1f} %)  "
+            f"CPU {100 * run['cpu']:5.1f} % of a core{cpu_split} (generators "
+            f"{100 * run['gen_cpu']:5.1f} %){per_mb}  "
             f"peak RSS {run['peak_rss_mb']:6.1f} MB  (load average {run['load_average']:.1f})")
     if 'reported_lost' in run:
         line += (f"\n    missing from the bag (numbers published - numbers read back by mcap): "
@@ -420,7 +429,9 @@ def main() -> int:
     parser.add_argument('--duration', type=float, default=10.0, help='seconds per run (60 for figures)')
     parser.add_argument('--multipliers', type=float, nargs='+', default=[1.0, 2.0])
     parser.add_argument('--subjects', nargs='+', default=['recorder', 'noop', 'naive'],
-                        choices=['recorder', 'noop', 'naive'])
+                        choices=['recorder', 'recorder-wp', 'noop', 'naive'],
+                        help='recorder: the node as it is by default (one process); recorder-wp: '
+                             'the node with its writer process (writer_process:=true)')
     parser.add_argument('--best-effort', action='store_true', help='publishers best effort')
     parser.add_argument('--depth', type=int, default=1000, help='publisher history depth')
     parser.add_argument('--generators', type=int, default=2, help='generator processes')

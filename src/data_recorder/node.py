@@ -73,6 +73,8 @@ PARAMETERS: dict[str, Any] = {
     'discovery_interval': 1.0,
     'diagnostics_period': 1.0,
     'fsync': True,
+    'writer_process': False,  # true: the bag written by a process of its own (bag.writer_process)
+    'ring_bytes': 128 * 1024 * 1024,   # its shared-memory ring
     'message_lost_events': False,
     'episodes': True,
     'split_per_episode': False,
@@ -315,7 +317,8 @@ class DataRecorderNode(LifecycleNode):
             snapshot_max_bytes=self._param('snapshot_max_bytes'),
             min_free_space=self._param('min_free_space'), queue_size=self._param('queue_size'),
             queue_max_bytes=self._param('queue_max_bytes'),
-            fsync=self._param('fsync'), throttle=tuple(self._param('throttle') or ()))
+            fsync=self._param('fsync'), throttle=tuple(self._param('throttle') or ()),
+            writer_process=self._param('writer_process'), ring_bytes=self._param('ring_bytes'))
 
     def _log(self, level: str, message: str) -> None:
         getattr(self.get_logger(), level)(message)

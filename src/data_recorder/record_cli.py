@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument('--queue-size', type=int, default=100_000, metavar='MESSAGES')
     rec.add_argument('--queue-max-bytes', type=int, default=256 * 1024 * 1024, metavar='BYTES',
                      help='memory bound of the hand-off queue (overflow is counted as loss)')
+    rec.add_argument('--writer-process', action='store_true',
+                     help='write the bag in a process of its own, fed through shared memory '
+                          '(capture and writing on two cores; see docs/data_recorder.md, Headroom)')
+    rec.add_argument('--ring-bytes', type=int, default=128 * 1024 * 1024, metavar='BYTES',
+                     help='shared-memory ring between the recorder and its writer process')
     rec.add_argument('--throttle', action='append', default=[], metavar='TOPIC_REGEX:HZ',
                      help='keep at most HZ messages a second of the matching topics (repeatable); '
                           'the others are counted as throttled, never as lost')
@@ -78,7 +83,8 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         'chunk_size': args.chunk_size, 'flush_interval': float(args.flush_interval),
         'min_free_space': args.min_free_space, 'queue_size': args.queue_size,
         'queue_max_bytes': args.queue_max_bytes, 'qos_depth': args.qos_depth, 'autostart': True,
-        'throttle': list(args.throttle),
+        'throttle': list(args.throttle), 'writer_process': args.writer_process,
+        'ring_bytes': args.ring_bytes,
     }
     RecorderConfig(output=output, compression_format=args.compression_format,
                    chunk_size=args.chunk_size, flush_interval=args.flush_interval,

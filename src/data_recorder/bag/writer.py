@@ -28,6 +28,7 @@ from mcap.writer import CompressionType, Writer
 
 from data_recorder.bag import metadata as md
 from data_recorder.bag import msgdefs
+from data_recorder.bag.chunk import LeanChunkBuilder
 
 COMPRESSION = {'': CompressionType.NONE, 'none': CompressionType.NONE,
                'lz4': CompressionType.LZ4, 'zstd': CompressionType.ZSTD}
@@ -81,7 +82,13 @@ class BagWriter:
     ``compression`` is chunk compression (``none`` | ``lz4`` | ``zstd``); ``max_bag_size`` (bytes)
     and ``max_bag_duration`` (seconds) split into a new file when exceeded (0: never);
     ``flush_interval`` bounds the data a crash can lose (seconds of wall clock).
+
+    Message records go through :class:`data_recorder.bag.chunk.LeanChunkBuilder` (one pack per
+    record); ``lean_chunks = False`` (class attribute) writes them through the ``mcap`` package's
+    ``Writer.add_message`` instead - the same file, kept for the stage benchmark's comparison.
     """
+
+    lean_chunks = True
 
     def __init__(self, path: Path | str, *, compression: str = 'none',
                  chunk_size: int = 1024 * 1024, flush_interval: float = 1.0,
@@ -111,6 +118,7 @@ class BagWriter:
         self.closed = False
         self._stream: IO[bytes] | None = None
         self._mcap: Writer | None = None
+        self._chunk: LeanChunkBuilder | None = None
         self._schemas: dict[str, int] = {}
         self._channels: dict[str, int] = {}
         self._pending_bytes = 0
@@ -149,15 +157,24 @@ class BagWriter:
         if current.message_count and self._should_split(current, log_time):
             self.split()
             current = self.files[-1]
-        assert self._mcap is not None
-        self._mcap.add_message(self._channels[topic], log_time, data, publish_time,
-                               sequence=entry.written)
-        entry.written += 1
-        current.add(topic, log_time)
-        self._pending_bytes += len(data) + 31   # + message record overhead
-        if self._pending_bytes >= self.chunk_size:
-            self._pending_bytes = 0              # mcap closed the chunk itself
-            self._stream_flush(sync=False)
+        if self._chunk is not None:
+            size = self._chunk.add(self._channels[topic], entry.written, log_time, publish_time,
+                                   data)
+            entry.written += 1
+            current.add(topic, log_time)
+            if size >= self.chunk_size:
+                self._close_chunk()
+                self._stream_flush(sync=False)
+        else:
+            assert self._mcap is not None
+            self._mcap.add_message(self._channels[topic], log_time, data, publish_time,
+                                   sequence=entry.written)
+            entry.written += 1
+            current.add(topic, log_time)
+            self._pending_bytes += len(data) + 31   # + message record overhead
+            if self._pending_bytes >= self.chunk_size:
+                self._pending_bytes = 0              # mcap closed the chunk itself
+                self._stream_flush(sync=False)
         if time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 
@@ -170,8 +187,7 @@ class BagWriter:
         """Close the open chunk and push it to the disk: everything so far survives a crash."""
         if self._mcap is None:
             return
-        self._mcap._Writer__finalize_chunk()  # type: ignore[attr-defined]  # no public API for it
-        self._pending_bytes = 0
+        self._close_chunk()
         self._stream_flush(sync=self.fsync)
 
     def split(self) -> None:
@@ -200,11 +216,25 @@ class BagWriter:
     @property
     def file_bytes(self) -> int:
         """Approximate size of the current file on disk, including the open chunk."""
-        return (self._stream.tell() if self._stream else 0) + self._pending_bytes
+        pending = self._chunk.count if self._chunk is not None else self._pending_bytes
+        return (self._stream.tell() if self._stream else 0) + pending
 
     @property
     def message_count(self) -> int:
         return sum(f.message_count for f in self.files)
+
+    @property
+    def file_count(self) -> int:
+        return len(self.files)
+
+    @property
+    def file_messages(self) -> int:
+        """Messages in the current file."""
+        return self.files[-1].message_count
+
+    @property
+    def current_file(self) -> str:
+        return self.files[-1].path
 
     def written(self) -> dict[str, int]:
         return {name: t.written for name, t in self.topics.items()}
@@ -251,6 +281,9 @@ class BagWriter:
             raise BagError(f'{self.path / name}: cannot create: {exc.strerror}') from None
         self._mcap = Writer(self._stream, chunk_size=self.chunk_size,
                             compression=COMPRESSION[self.compression])
+        self._chunk = LeanChunkBuilder() if self.lean_chunks else None
+        if self._chunk is not None:   # the mcap writer's own builder, replaced (same interface)
+            self._mcap._Writer__chunk_builder = self._chunk  # type: ignore[attr-defined]
         self._mcap.start(profile='ros2', library=LIBRARY)
         self._schemas = {}
         self._channels = {}
@@ -270,6 +303,9 @@ class BagWriter:
     def _finish_file(self) -> None:
         if self._mcap is None or self._stream is None:
             return
+        self._close_chunk()
+        if self._chunk is not None:
+            self._chunk.take_counts(self._mcap._Writer__statistics)  # type: ignore[attr-defined]
         document = md.build([t.info for t in self.topics.values()], self.files[-1:])
         self._mcap.add_metadata('rosbag2', {'serialized_metadata': md.dump(
             document['rosbag2_bagfile_information'])})
@@ -278,6 +314,20 @@ class BagWriter:
         self._stream.close()
         self._mcap = None
         self._stream = None
+
+    def _close_chunk(self) -> None:
+        """Write the open chunk (with its message indexes) to the stream; no public API for it."""
+        assert self._mcap is not None
+        if self._chunk is None:
+            self._mcap._Writer__finalize_chunk()  # type: ignore[attr-defined]
+        elif self._chunk.num_messages:
+            mcap = self._mcap
+            mcap._Writer__flush()  # type: ignore[attr-defined]  # records buffered before it
+            assert self._stream is not None
+            mcap._Writer__chunk_indices.append(self._chunk.write_chunk(  # type: ignore[attr-defined]
+                self._stream, '' if self.compression == 'none' else self.compression,
+                mcap._Writer__statistics))  # type: ignore[attr-defined]
+        self._pending_bytes = 0
 
     def _stream_flush(self, *, sync: bool) -> None:
         assert self._stream is not None

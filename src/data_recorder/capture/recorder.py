@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from data_recorder.bag.writer import BagWriter, header_stamp_ns
+from data_recorder.bag.writer_process import WriterProcess
 from data_recorder.capture.accounting import Accounting, TopicStats
 from data_recorder.capture.snapshot import SnapshotBuffer
 
@@ -46,6 +47,13 @@ class RecorderConfig:
     queue_size: int = 100_000
     queue_max_bytes: int = 256 * 1024 * 1024
     fsync: bool = True
+    writer_process: bool = False
+    """Write the bag in a process of its own (:mod:`data_recorder.bag.writer_process`), fed
+    through a shared-memory ring of ``ring_bytes`` (the node's ``writer_process`` parameter, the
+    CLI's ``--writer-process``). Off by default: on the shared 2-core host its single writer
+    thread got only its fair share of the CPU and fell behind where one process kept up
+    (docs/data_recorder.md, "Headroom")."""
+    ring_bytes: int = 128 * 1024 * 1024
     throttle: tuple[str, ...] = ()
     """``TOPIC_REGEX:HZ`` entries: keep at most HZ messages a second of the matching topics (the
     first entry that matches a topic applies); the rest are counted ``skipped_throttled``."""
@@ -83,6 +91,8 @@ class RecorderConfig:
                 raise ValueError(f'{name}: {getattr(self, name)} must be >= 0')
         if self.queue_size < 1:
             raise ValueError(f'queue_size: {self.queue_size} must be >= 1')
+        if self.writer_process and self.ring_bytes < 4 * 1024 * 1024:
+            raise ValueError(f'ring_bytes: {self.ring_bytes} must be >= 4 MiB')
         if self.queue_max_bytes < 1024 * 1024:
             raise ValueError(f'queue_max_bytes: {self.queue_max_bytes} must be >= 1 MiB')
         if self.flush_interval <= 0:
@@ -120,10 +130,13 @@ class Recorder:
         config.validate()
         self.config = config
         self.log: LogFn = log or (lambda _level, _msg: None)
-        self.writer = BagWriter(config.output, compression=config.compression_format or 'none',
-                                chunk_size=config.chunk_size, flush_interval=config.flush_interval,
-                                max_bag_size=config.max_bag_size,
-                                max_bag_duration=config.max_bag_duration, fsync=config.fsync)
+        options: dict[str, Any] = dict(
+            compression=config.compression_format or 'none', chunk_size=config.chunk_size,
+            flush_interval=config.flush_interval, max_bag_size=config.max_bag_size,
+            max_bag_duration=config.max_bag_duration, fsync=config.fsync)
+        self.writer: BagWriter | WriterProcess = (
+            WriterProcess(config.output, ring_bytes=config.ring_bytes, **options)
+            if config.writer_process else BagWriter(config.output, **options))
         self.path: Path = self.writer.path
         self.accounting = Accounting()
         self.snapshot_buffer = (SnapshotBuffer(config.snapshot_duration, config.snapshot_max_bytes)
@@ -286,7 +299,8 @@ class Recorder:
 
     def status(self) -> dict[str, Any]:
         return {'state': 'paused' if self.paused and self.state == 'recording' else self.state,
-                'path': str(self.path), 'files': len(self.writer.files),
+                'path': str(self.path), 'files': self.writer.file_count,
+                'writer_pid': getattr(self.writer, 'pid', 0),
                 'queue': len(self._queue), 'stop_reason': self.stop_reason,
                 'snapshot_buffered': len(self.snapshot_buffer) if self.snapshot_buffer else 0,
                 **self.accounting.totals()}
@@ -383,7 +397,7 @@ class Recorder:
         if self.snapshot_buffer is None:
             self.writer.flush()
             return 'not in snapshot mode: everything is recorded; flushed to disk'
-        if self.writer.files[-1].message_count:
+        if self.writer.file_messages:
             self.writer.split()
         count = 0
         for topic, data, t in self.snapshot_buffer.drain():
@@ -392,7 +406,7 @@ class Recorder:
             self.accounting.topics[topic].written += 1
             count += 1
         self.writer.flush()
-        return f'snapshot: {count} messages written to {self.writer.files[-1].path}'
+        return f'snapshot: {count} messages written to {self.writer.current_file}'
 
     def _check_disk(self, force: bool = False) -> None:
         now = time.monotonic()
