@@ -21,7 +21,8 @@ only on evidence the monitor can stand behind:
   publication arrived, late) clears at once: it was delivery, not the source.
 
 Several writers on one topic are told apart by their sequence-number runs (the message info
-has no writer id on rclpy 7.1.6): see :class:`WriterRuns`.
+has no writer id on rclpy 7.1.6), as the recorder tells them apart:
+:class:`field_deploy.sequence.SequenceTracker`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import bisect
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from field_deploy.sequence import UNSUPPORTED, SequenceTracker, WriterRun
 from health_monitor.core import OK, STALE, WARN, Debounce, Status
 
 _U32 = struct.Struct('<I')
@@ -176,57 +178,6 @@ class DeliveryGaps:
                                                          limits.stale_hold_s))
 
 
-@dataclass
-class _Writer:
-    """One writer of a topic, known by its run of publication sequence numbers."""
-
-    last_seq: int
-    last_rx: float
-    count: int = 0
-    window: deque[tuple[float, int]] = field(default_factory=deque)
-
-
-class WriterRuns:
-    """Tells the writers of one topic apart by their publication sequence numbers.
-
-    Each DDS writer numbers its samples 1, 2, 3 …; the message info of rclpy 7.1.6 carries
-    the number but not the writer's id. Rule: a sample continues the run whose last number is
-    the largest one below its own (the writer that published just before it), unless the jump
-    is more than twice what that writer could have published since (at the topic's rate) while
-    the graph shows more writers than runs; a number that continues no run starts a new one (a
-    new writer, or one that restarted). At most
-    ``max_writers`` runs are kept (the graph's publisher count): when a new run would exceed
-    it, the run extended least recently is dropped (a writer that restarted leaves the graph).
-    Exact when every sample is taken (the reader is deep enough) and the writers' numbers differ;
-    two writers at equal numbers that also lose samples can swap runs (the total stays right).
-    """
-
-    def __init__(self) -> None:
-        self.writers: list[_Writer] = []
-        self.max_writers = 1
-
-    def add(self, seq: int, rx: float, rate_hz: float = 0.0) -> tuple[_Writer, int]:
-        """Assign sample ``seq``; returns its writer and how many publications it stands for."""
-        best = None
-        for w in self.writers:
-            if w.last_seq < seq and (best is None or w.last_seq > best.last_seq):
-                best = w
-        if (best is not None and rate_hz > 0 and len(self.writers) < self.max_writers
-                and seq - best.last_seq > 2 * rate_hz * max(0.0, rx - best.last_rx) + 2):
-            best = None   # too far ahead for that writer: one not seen yet
-        if best is None:
-            if len(self.writers) >= self.max_writers:
-                self.writers.remove(min(self.writers, key=lambda w: w.last_rx))
-            best = _Writer(seq, rx)
-            self.writers.append(best)
-            advance = 1
-        else:
-            advance = seq - best.last_seq
-        best.last_seq, best.last_rx = seq, rx
-        best.count += advance
-        return best, advance
-
-
 class TopicMonitor:
     """Rate window, staleness and header-stamp sanity of one topic.
 
@@ -248,7 +199,10 @@ class TopicMonitor:
         self.backwards = 0
         self.lagging = 0
         self.max_lag_ns = 0
-        self.writers = WriterRuns()
+        self.sequence = SequenceTracker()
+        """The writers' runs of publication sequence numbers; the graph's publisher count is
+        given to it by whoever polls the graph (``sequence.set_writers``)."""
+        self._writer_windows: dict[WriterRun, deque[tuple[float, int]]] = {}
         self.watch_from = -1.0
         """Silence is counted from no earlier than this (a reader re-created: DDS matching)."""
         self.looked_at = -1.0
@@ -281,8 +235,16 @@ class TopicMonitor:
             late = (rx_wall_ns - source_wall_ns) * 1e-9
             if late > self.limits.stale_after_s:
                 self.gaps.record(rx_mono, late)
-        if seq is not None:
-            _writer, messages = self.writers.add(seq, rx_mono, self.limits.rate_hz)
+        if seq is not None and 0 < seq < UNSUPPORTED:
+            tracker = self.sequence
+            skipped = tracker.lost
+            tracker.observe(seq)
+            run = tracker.current
+            if run is not None:
+                run.seen = rx_mono
+            # this sample and the publications of its writer not taken since its previous one
+            # (negative when a run split: a jump taken back was another writer's first sample)
+            messages = 1 + tracker.lost - skipped
             gap = rx_mono - self.last_rx
             if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_after_s
                     and messages >= 0.8 * self.limits.rate_hz * gap):
@@ -331,12 +293,27 @@ class TopicMonitor:
         return lim.stale_after_s + hold
 
     def silent_writers(self, now: float, blind: Blind = None) -> int:
-        """Writers (when the graph shows several) with no sample for the STALE time."""
-        if self.writers.max_writers < 2:
+        """Writers (when the graph shows several) with no sample for the STALE time.
+
+        Runs beyond the graph's count are writers gone (a restart), not yet retired by the next
+        graph poll: that many silent runs are excused."""
+        tracker = self.sequence
+        if tracker.writers < 2:
             return 0
         raise_s, until = self.raise_after(now), self.seen_until(now)
-        return sum(1 for w in self.writers.writers
-                   if self._watched(max(w.last_rx, self.watch_from), until, blind) > raise_s)
+        silent = sum(1 for run in tracker.runs
+                     if self._watched(max(run.seen, self.watch_from), until, blind) > raise_s)
+        return max(0, silent - max(0, len(tracker.runs) - tracker.writers))
+
+    def _live_runs(self) -> list[WriterRun]:
+        """The runs of the writers the graph lists (the most recently seen ones): a run beyond
+        the count is a writer gone, retired at the next graph poll."""
+        tracker = self.sequence
+        tracker.sync()
+        runs = tracker.runs
+        if 0 < tracker.writers < len(runs):
+            runs = sorted(runs, key=lambda r: r.seen, reverse=True)[:tracker.writers]
+        return runs
 
     def stale(self, now: float, blind: Blind = None) -> bool:
         """The STALE decision alone (the node's fast path): see the module docstring."""
@@ -381,14 +358,16 @@ class TopicMonitor:
         silent = self.seen_until(now) - self.last_rx   # as of the last look
         values['since last (s)'] = f'{silent:.3f}'
         values['STALE raised'] = str(self.stale_raised)
-        writers = self.writers.writers
+        writers = self._live_runs()
         rates = [rate]
         if len(writers) > 1:
-            rates = [_window_rate(w.window, now, w.count, lim.window_s) for w in writers]
+            windows = self._writer_windows = {w: self._writer_windows.get(w, deque())
+                                              for w in writers}
+            rates = [_window_rate(windows[w], now, w.published, lim.window_s) for w in writers]
             values['writers'] = str(len(writers))
             for i, (w, wr) in enumerate(zip(writers, rates, strict=True), 1):
                 values[f'writer {i}'] = (f'{wr:.1f} Hz, ' if wr is not None else '') + \
-                    f'last {now - w.last_rx:.3f} s ago'
+                    f'last {now - w.seen:.3f} s ago'
         if self.frozen:
             return self._raise(Status(self.path, STALE, f'{self.topic}: ' + ', '.join(
                 f'{j} frozen for {now - t:.2f} s' for j, t in sorted(self.frozen.items()))
