@@ -15,10 +15,9 @@ from field_deploy.testing import wait_until
 from health_monitor.config import HealthConfigError, parse_config
 from health_monitor.config import default_config_path as _default_path
 from health_monitor.core import OK, STALE, WARN
+from health_monitor.evidence import DeliveryGaps, Punctuality
 from health_monitor.topics import (
-    DeliveryGaps,
     FreezeWatch,
-    Punctuality,
     TopicLimits,
     TopicMonitor,
     joint_state_positions,
@@ -41,11 +40,11 @@ def test_topic_stale_within_two_periods_and_clears() -> None:
     t = _feed(mon, 0.0, 2.0, 100.0)
     assert mon.status(t).level == OK
     last = mon.last_rx
-    assert mon.limits.stale_after_s == pytest.approx(0.06)  # floor, 2 periods = 20 ms
-    assert mon.limits.stale_raise_s == pytest.approx(0.08)  # + the 20 ms STALE hold
-    assert mon.status(last + 0.07).level == OK and not mon.stale(last + 0.07)
-    s = mon.status(last + 0.081)
-    assert s.level == STALE and 'no message for' in s.message and mon.stale(last + 0.081)
+    assert mon.limits.stale_after_s == pytest.approx(0.02)  # 2 periods
+    assert mon.limits.stale_raise_s == pytest.approx(0.09)  # + the 70 ms STALE hold
+    assert mon.status(last + 0.085).level == OK and not mon.stale(last + 0.085)
+    s = mon.status(last + 0.091)
+    assert s.level == STALE and 'no message for' in s.message and mon.stale(last + 0.091)
     t = _feed(mon, last + 1.0, last + 1.1, 100.0)  # 10 messages: 25 (250 ms) needed to clear
     assert mon.status(t).level == STALE and 'again' in mon.status(t).message
     t = _feed(mon, t, t + 0.2, 100.0)
@@ -139,7 +138,8 @@ def test_sample_delivered_late_is_a_delivery_gap() -> None:
     writer thread): for that long the monitor could not have seen it, nothing was lost at
     the source. The host's hold covers such a delay next time; a prompt sample does not."""
     gaps = DeliveryGaps()
-    mon = TopicMonitor('joint_commands', 'skills/safety_gate', TopicLimits(rate_hz=500.0), gaps)
+    mon = TopicMonitor('joint_commands', 'skills/safety_gate',
+                       TopicLimits(rate_hz=500.0, stale_hold_max_s=0.5), gaps)
     wall = int(1e18)
     mon.on_message(1.0, wall, wall, source_wall_ns=wall - 1_000_000)
     assert gaps.seen == 0
@@ -150,7 +150,7 @@ def test_sample_delivered_late_is_a_delivery_gap() -> None:
 
 def test_on_time_check_with_real_silence_is_stale_after_the_hold() -> None:
     punct = Punctuality(period_s=0.01, tolerance_s=0.02)
-    lim = TopicLimits(rate_hz=1000.0, stale_hold_s=0.05)
+    lim = TopicLimits(rate_hz=1000.0, stale_floor_s=0.06, stale_hold_s=0.05)
     mon = TopicMonitor('imu', 'sensors/imu', lim)
     t, _ = _seq_feed(mon, 0.0, 1.0, 1000.0, 0)
     last = mon.last_rx
@@ -208,7 +208,7 @@ def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
     imu = TopicMonitor('imu', 'sensors/imu', lim, gaps)
     other = TopicMonitor('wrench', 'sensors/wrench', TopicLimits(rate_hz=500.0), gaps)
     t, seq = _seq_feed(imu, 0.0, 1.0, 1000.0, 0)
-    assert imu.raise_after(t) == pytest.approx(0.08)         # quiet host: 60 ms + 20 ms
+    assert imu.raise_after(t) == pytest.approx(0.072)        # quiet host: 2 ms + 70 ms
     assert imu.stale(t + 0.09)                                  # (this one is raised)
     t, seq = t + 0.25, seq + 250                               # ... then all 250 arrive
     imu.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
@@ -220,8 +220,8 @@ def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
     assert not imu.stale(last + 0.25)                          # the same gap again: no alarm
     assert imu.stale(last + 0.32)                              # a real silence: still caught
     gaps.record(t, 5.0)                                         # a very long no-loss gap
-    assert imu.raise_after(t) == pytest.approx(0.06 + 0.35)    # capped: detection stays bounded
-    assert imu.raise_after(t + 31.0) == pytest.approx(0.08)    # forgotten after the horizon
+    assert imu.raise_after(t) == pytest.approx(0.002 + 0.35)   # capped: detection stays bounded
+    assert imu.raise_after(t + 31.0) == pytest.approx(0.072)   # forgotten after the horizon
     t, seq = _seq_feed(imu, t + 1.0, t + 1.01, 1000.0, seq)
     t, seq = t + 0.3, seq + 3                                   # quiet 300 ms, 3 published: a
     imu.on_message(t, int(1e18 + t * 1e9), 0, seq=seq)          # real gap, not learnt

@@ -65,3 +65,33 @@ class ReceiveThreads:
                 self.busy_checks += 1
                 return True
         return False
+
+
+class PressureFile:
+    """The host's CPU pressure stall time (Linux PSI, ``/proc/pressure/cpu``, the "some" line's
+    ``total``: µs in which at least one runnable task waited for a CPU), read at each check.
+
+    :meth:`total_s` returns None where PSI is not there (kernel without it, ``psi=0``): the STALE
+    hold then stretches only after delivery gaps (``health_monitor.evidence``).
+    """
+
+    def __init__(self, path: str = '/proc/pressure/cpu') -> None:
+        self.path = path
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def total_s(self) -> float | None:
+        if self._fd is None:
+            return None
+        try:
+            line = os.pread(self._fd, 256, 0).split(b'\n', 1)[0]   # "some avg10=… total=N"
+            return int(line.rsplit(b'total=', 1)[1]) * 1e-6
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

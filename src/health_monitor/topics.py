@@ -8,15 +8,19 @@ only on evidence the monitor can stand behind:
 * silence is known only up to the monitor's last look at the stream (``looked_at``: the take
   that found its reader empty), not up to the moment a status is asked for — a status computed
   while the checks were starved would otherwise count time nobody looked as silence;
-* a check counts only when the monitor itself was on time (:class:`Punctuality`): after the
+* a check counts only when the monitor itself was on time
+  (:class:`~health_monitor.evidence.Punctuality`): after the
   monitor's own check was late (its process starved, its timer fired late), silence is measured
   from the moment it resumed watching, not from the last sample — samples the starved process
   had not yet taken prove nothing about the publisher;
 * the silence must hold a minimum duration (``stale_hold``) beyond the threshold, the STALE
   hysteresis, as value rules have ``raise``; on a host where streams have recently gone quiet
-  and then delivered every publication late (:class:`DeliveryGaps`: a starved publisher or
-  reader, nothing lost), the hold stretches to cover the longest such gap, up to
-  ``stale_hold_max`` — a loaded host trades detection time (bounded) for no false alarm;
+  and then delivered every publication late (:class:`~health_monitor.evidence.DeliveryGaps`:
+  a starved publisher or reader, nothing lost), the hold stretches to cover the longest such
+  gap, and while tasks of the host waited for a CPU during the silence
+  (:class:`~health_monitor.evidence.CpuPressure`: the publisher may be one of them) it
+  stretches by that time, both up to ``stale_hold_max`` — a loaded host trades detection time
+  (bounded) for no false alarm, a quiet one detects at the configured hold;
 * a stream that comes back after a STALE whose sequence numbers show nothing was missing (every
   publication arrived, late) clears at once: it was delivery, not the source.
 
@@ -27,7 +31,6 @@ has no writer id on rclpy 7.1.6), as the recorder tells them apart:
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -35,10 +38,11 @@ from dataclasses import dataclass
 
 from field_deploy.sequence import UNSUPPORTED, SequenceTracker, WriterRun
 from health_monitor.core import OK, STALE, WARN, Debounce, Status
+from health_monitor.evidence import CpuPressure, DeliveryGaps
 
 _U32 = struct.Struct('<I')
 Blind = Callable[[float], float] | None
-"""The monitor's blind time since a moment (:meth:`Punctuality.blind_since`)."""
+"""The monitor's blind time since a moment (:meth:`~health_monitor.evidence.Punctuality.blind_since`)."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,16 @@ class TopicLimits:
     max_ratio: float = 1.25
     window_s: float = 1.0
     stale_periods: float = 2.0
-    stale_floor_s: float = 0.06
-    stale_hold_s: float = 0.02
-    """STALE hysteresis: the silence must last this much beyond the stale time, watched on time."""
+    stale_floor_s: float = 0.0
+    """A stale time in seconds a stream may need beyond its periods (0: none; the hold below
+    covers scheduling jitter)."""
+    stale_hold_s: float = 0.07
+    """STALE hysteresis: the silence must last this much beyond the stale time, watched on time
+    (a minimum duration, as value rules have ``raise``). 70 ms: the issue's quiet-host budget is
+    2 periods + 100 ms, and one check (10 ms) and the alarm's publication take the rest."""
     stale_hold_max_s: float = 0.35
-    """The most the hold stretches to after delivery gaps that lost nothing (loaded host)."""
+    """The most the hold stretches to while the host's tasks waited for a CPU during the silence,
+    or after delivery gaps that lost nothing (a loaded host: detection within 500 ms)."""
     future_tolerance_s: float = 0.05
     max_lag_s: float = 0.5
     check_stamps: bool = True
@@ -69,113 +78,13 @@ class TopicLimits:
 
     @property
     def stale_after_s(self) -> float:
-        """No message for ``stale_periods`` periods (never less than the floor: OS jitter)."""
+        """No message for ``stale_periods`` periods (never less than the floor)."""
         return max(self.stale_periods / self.rate_hz, self.stale_floor_s)
 
     @property
     def stale_raise_s(self) -> float:
         """Silence, watched on time, after which STALE is raised: stale time + hold."""
         return self.stale_after_s + self.stale_hold_s
-
-
-class Punctuality:
-    """The monitor's own lateness against its check schedule: when it was not looking.
-
-    A check that comes more than ``tolerance_s`` after the one before plus the period was late:
-    the monitor (its timer, its process) was starved for the lateness, and the samples its
-    reader threads had not delivered by then prove nothing about the publisher. Those blind
-    stretches are kept (:meth:`blind_since`) and left out of every silence, so a stream is
-    called stale only for time the monitor spent watching it on schedule.
-    """
-
-    HORIZON_S = 10.0
-
-    def __init__(self, period_s: float, tolerance_s: float) -> None:
-        self.period_s = period_s
-        self.tolerance_s = tolerance_s
-        self.last = -1.0
-        self.late_checks = 0
-        self.worst_late_s = 0.0
-        self.blind_total = 0.0
-        self._ends: list[float] = []      # end of each blind stretch (the late check's time)
-        self._starts: list[float] = []
-        self._cum: list[float] = []       # blind_total after that stretch
-
-    def check(self, now: float) -> float:
-        """Record a check at ``now``; returns its lateness (s, 0 when on time)."""
-        late = 0.0
-        if self.last >= 0:
-            late = max(0.0, now - self.last - self.period_s)
-            if late > self.tolerance_s:
-                self.late_checks += 1
-                self.worst_late_s = max(self.worst_late_s, late)
-                self.blind_total += late
-                self._starts.append(now - late)
-                self._ends.append(now)
-                self._cum.append(self.blind_total)
-                if self._ends[0] < now - 2 * self.HORIZON_S:
-                    cut = bisect.bisect_left(self._ends, now - self.HORIZON_S)
-                    del self._starts[:cut], self._ends[:cut], self._cum[:cut]
-        self.last = now
-        return late
-
-    def add_blind(self, start: float, end: float) -> None:
-        """Record ``[start, end]`` as blind for another reason than lateness (the process's
-        receive threads had samples in hand), merged with the stretch it overlaps."""
-        if end <= start:
-            return
-        if self._ends and self._ends[-1] >= start:
-            old = self._ends[-1] - self._starts[-1]
-            self._starts[-1] = min(self._starts[-1], start)
-            self._ends[-1] = max(self._ends[-1], end)
-            grow = self._ends[-1] - self._starts[-1] - old
-            self.blind_total += grow
-            self._cum[-1] += grow
-        else:
-            self.blind_total += end - start
-            self._starts.append(start)
-            self._ends.append(end)
-            self._cum.append(self.blind_total)
-
-    def blind_since(self, t0: float) -> float:
-        """Seconds of lateness (blind time) after ``t0``."""
-        i = bisect.bisect_right(self._ends, t0)
-        if i == len(self._ends):
-            return 0.0
-        before = self._cum[i - 1] if i else self._cum[0] - (self._ends[0] - self._starts[0])
-        blind = self.blind_total - before
-        if self._starts[i] < t0:            # the first stretch began before t0: only its tail
-            blind -= t0 - self._starts[i]
-        return blind
-
-
-class DeliveryGaps:
-    """Recent silences that lost nothing: a stream went quiet, then every publication of the
-    quiet time arrived (by the writer's sequence numbers). Shared by the topics of a monitor:
-    it measures the host (starved publishers, starved readers), not one stream.
-
-    :meth:`hold` is the STALE hold that would have let the longest of them (in the last
-    ``horizon_s``) pass without an alarm, never below the configured hold nor above the cap.
-    """
-
-    def __init__(self, horizon_s: float = 30.0) -> None:
-        self.horizon_s = horizon_s
-        self._gaps: deque[tuple[float, float]] = deque()
-        self.seen = 0
-
-    def record(self, now: float, gap_s: float) -> None:
-        self.seen += 1
-        self._gaps.append((now, gap_s))
-
-    def longest(self, now: float) -> float:
-        while self._gaps and now - self._gaps[0][0] > self.horizon_s:
-            self._gaps.popleft()
-        return max((g for _, g in self._gaps), default=0.0)
-
-    def hold(self, limits: TopicLimits, now: float) -> float:
-        needed = 1.25 * self.longest(now) - limits.stale_after_s
-        return min(max(limits.stale_hold_s, needed), max(limits.stale_hold_max_s,
-                                                         limits.stale_hold_s))
 
 
 class TopicMonitor:
@@ -186,11 +95,12 @@ class TopicMonitor:
     """
 
     def __init__(self, topic: str, path: str, limits: TopicLimits,
-                 gaps: DeliveryGaps | None = None) -> None:
+                 gaps: DeliveryGaps | None = None, pressure: CpuPressure | None = None) -> None:
         self.topic = topic
         self.path = path
         self.limits = limits
         self.gaps = gaps
+        self.pressure = pressure
         self.count = 0
         self.last_rx = -1.0
         self.first_rx = -1.0
@@ -229,11 +139,13 @@ class TopicMonitor:
                    source_wall_ns: int | None = None) -> None:
         """One received sample; with its writer's ``seq`` it stands for every publication
         since that writer's previous one (else for ``messages``). With its ``source_wall_ns``
-        (when the writer wrote it), a sample delivered later than the STALE time is a delivery
-        gap: for that long the monitor could not have seen what the source had published."""
+        (when the writer wrote it), a sample delivered later than the STALE time (stale time +
+        the configured hold) is a delivery gap: for that long the monitor could not have seen
+        what the source had published. Shorter gaps are not recorded: a 1 kHz stream taken at
+        every 10 ms check shows a gap above its 2 ms stale time at every take."""
         if source_wall_ns and self.gaps is not None:
             late = (rx_wall_ns - source_wall_ns) * 1e-9
-            if late > self.limits.stale_after_s:
+            if late > self.limits.stale_raise_s:
                 self.gaps.record(rx_mono, late)
         if seq is not None and 0 < seq < UNSUPPORTED:
             tracker = self.sequence
@@ -246,7 +158,7 @@ class TopicMonitor:
             # (negative when a run split: a jump taken back was another writer's first sample)
             messages = 1 + tracker.lost - skipped
             gap = rx_mono - self.last_rx
-            if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_after_s
+            if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_raise_s
                     and messages >= 0.8 * self.limits.rate_hz * gap):
                 self.gaps.record(rx_mono, gap)   # quiet, then all of it at once: nothing lost
         self.count += messages
@@ -286,10 +198,21 @@ class TopicMonitor:
             return quiet
         return quiet - (blind(since) - blind(until))
 
-    def raise_after(self, now: float) -> float:
-        """Silence (watched on time) after which STALE is raised: stale time + the hold."""
+    def raise_after(self, now: float, since: float | None = None) -> float:
+        """Silence (watched on time) after which STALE is raised: stale time + the hold.
+
+        The hold is the configured one, stretched (up to ``stale_hold_max``) to let the longest
+        recent delivery gap pass, and by the time tasks of the host waited for a CPU during
+        this silence (from ``since``, default the stream's last sample, up to the last look):
+        a publisher starved of the CPU is one of them."""
         lim = self.limits
         hold = lim.stale_hold_s if self.gaps is None else self.gaps.hold(lim, now)
+        if self.pressure is not None:
+            if since is None:
+                since = max(self.last_rx, self.watch_from)
+            stalled = self.pressure.stalled(since, self.seen_until(now))
+            hold = max(hold, min(lim.stale_hold_s + stalled,
+                                 max(lim.stale_hold_max_s, lim.stale_hold_s)))
         return lim.stale_after_s + hold
 
     def silent_writers(self, now: float, blind: Blind = None) -> int:
@@ -300,9 +223,12 @@ class TopicMonitor:
         tracker = self.sequence
         if tracker.writers < 2:
             return 0
-        raise_s, until = self.raise_after(now), self.seen_until(now)
-        silent = sum(1 for run in tracker.runs
-                     if self._watched(max(run.seen, self.watch_from), until, blind) > raise_s)
+        until = self.seen_until(now)
+        silent = 0
+        for run in tracker.runs:
+            since = max(run.seen, self.watch_from)
+            if self._watched(since, until, blind) > self.raise_after(now, since):
+                silent += 1
         return max(0, silent - max(0, len(tracker.runs) - tracker.writers))
 
     def _live_runs(self) -> list[WriterRun]:
