@@ -383,6 +383,33 @@ def test_receive_threads_busy_from_proc(tmp_path: Path) -> None:
     assert not ReceiveThreads(str(tmp_path / 'none')).busy()   # no /proc: no evidence either way
 
 
+def test_receive_threads_that_waited_for_a_cpu_between_checks_are_blind_time(
+        tmp_path: Path) -> None:
+    """A listener that waited 30 ms on the run queue since the previous check and was asleep
+    again at this one held its samples back 30 ms: the state alone (S) said nothing."""
+    from health_monitor.receiving import ReceiveThreads
+
+    def task(tid: int, comm: str, state: str, waited_ns: int) -> None:
+        (tmp_path / str(tid)).mkdir(exist_ok=True)
+        (tmp_path / str(tid) / 'comm').write_text(comm + '\n')
+        (tmp_path / str(tid) / 'stat').write_text(f'{tid} ({comm}) {state} 1 2 3\n')
+        (tmp_path / str(tid) / 'schedstat').write_text(f'123456 {waited_ns} 42\n')
+
+    task(2, 'dds.shm.7412', 'S', 5_000_000)
+    task(3, 'dds.udp.7413', 'S', 1_000_000)
+    threads = ReceiveThreads(str(tmp_path))
+    assert threads.blind(1.00, 1.01, consecutive=False) is None      # the baseline
+    task(2, 'dds.shm.7412', 'S', 35_000_000)                         # waited 30 ms meanwhile
+    assert threads.blind(1.01, 1.05, consecutive=True) == pytest.approx((1.02, 1.05))
+    assert threads.blind(1.05, 1.06, consecutive=True) is None       # no wait since
+    task(3, 'dds.udp.7413', 'S', 101_000_000)                        # 100 ms, in a 10 ms check
+    assert threads.blind(1.06, 1.07, consecutive=True) == pytest.approx((1.06, 1.07))
+    task(2, 'dds.shm.7412', 'S', 45_000_000)
+    assert threads.blind(2.0, 2.01, consecutive=False) is None       # waits from before: not here
+    task(2, 'dds.shm.7412', 'R', 45_000_000)
+    assert threads.blind(2.01, 2.02, consecutive=True) == (2.01, 2.02)   # runnable now
+
+
 def test_receive_threads_of_this_process() -> None:
     """Real threads named as Fast DDS names them: one spinning is busy, asleep it is not."""
     import ctypes

@@ -117,6 +117,7 @@ class HealthMonitor(Node):
         self.punctuality = Punctuality(1.0 / cfg.check_hz, cfg.check_late_s)
         self._last_check_start = -1.0
         self.receiving = ReceiveThreads()
+        self._probed = False
         self._diag_monitor = self.monitors.get('/diagnostics')
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
         for rule in cfg.topic_rules:
@@ -301,11 +302,16 @@ class HealthMonitor(Node):
         self.punctuality.check(now)
         blind = self.punctuality.blind_since
         # While a stream is half-way to STALE, the receive threads are probed at every check:
-        # busy (samples in hand, or starved) since the previous check = not looking either.
-        if previous >= 0 and any(mon.last_rx >= 0 and mon.silence(now, blind)
-                                 > 0.5 * mon.limits.stale_after_s
-                                 for mon in self.monitors.values()) and self.receiving.busy():
-            self.punctuality.add_blind(previous, now)
+        # busy (samples in hand, or starved) or waiting for a CPU since the previous check =
+        # not looking either.
+        probing = previous >= 0 and any(mon.last_rx >= 0 and mon.silence(now, blind)
+                                        > 0.5 * mon.limits.stale_raise_s
+                                        for mon in self.monitors.values())
+        if probing:
+            stretch = self.receiving.blind(previous, now, consecutive=self._probed)
+            if stretch is not None:
+                self.punctuality.add_blind(*stretch)
+        self._probed = probing
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)
             known = self.levels.get(mon.path)
