@@ -202,7 +202,10 @@ def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(watched, ro
         sources.close()
         sources_node.destroy_node()
     operator.set_parameters('/sim_robot', {'fault_silent': ''})
-    assert wait_until(lambda: agg.level.get('/sensors/imu/stream') == 0, 30.0)
+    # the silence is over: no longer STALE (a rate WARN of a sim still catching up on a loaded
+    # host is not what this checks; at load 28-33 the leaf was not OK after 30 s, level not kept)
+    assert wait_until(lambda: agg.level.get('/sensors/imu/stream', 3) < 2, 30.0), \
+        [c for c in agg.changes if c[1] == '/sensors/imu/stream'][-5:]
 
 
 def _operating_s(home: Path) -> float:
