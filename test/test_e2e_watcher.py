@@ -167,7 +167,10 @@ class SourceGaps:
 def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(watched, ros) -> None:
     up, operator, agg = watched
     leaves = _stream_leaves()
-    assert wait_until(lambda: all(agg.level.get(p) == 0 for p in leaves), 60.0), (
+    # every stream flowing (not STALE; a rate WARN of a sim behind on a loaded host is not what
+    # this test is about: at load 22 the battery's rate WARN kept the 11 leaves from ever being
+    # OK together within 60 s)
+    assert wait_until(lambda: all(agg.level.get(p, 3) < 2 for p in leaves), 60.0), (
         [c for c in agg.changes if c[1] in leaves][-20:], up.log()[-3000:])
     sources_node = Node(f'e2e_sources_{int(time.time() * 1000) % 100000}')   # never spun
     sources = SourceGaps(sources_node)
