@@ -145,3 +145,17 @@ def test_shipped_thresholds_fit_the_issues_detection_budget(robot: str) -> None:
         if 2.0 / lim.rate_hz <= 0.1:   # slower streams (battery, /diagnostics): their 2 periods
             assert lim.stale_after_s + lim.stale_hold_max_s + check <= 0.5, w.name
         assert lim.stale_hold_s >= 0.05, w.name
+
+
+def test_blind_stretches_are_forgotten_past_the_horizon() -> None:
+    """Receive-side blind stretches come at every check on a loaded host, with no late check
+    among them: they are dropped past the horizon too, and the blind time since a moment in the
+    horizon stays right."""
+    punct = Punctuality(CHECK_S, 0.02)
+    t = 0.0
+    for _ in range(10_000):                        # 100 s of checks, each 4 ms blind
+        t += CHECK_S
+        punct.check(t)
+        punct.add_blind(t - 0.004, t)
+    assert len(punct._ends) <= 2 * Punctuality.HORIZON_S / CHECK_S + 1
+    assert punct.blind_since(t - 1.0) == pytest.approx(0.4, abs=0.005)

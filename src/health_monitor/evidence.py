@@ -62,11 +62,15 @@ class Punctuality:
                 self._starts.append(now - late)
                 self._ends.append(now)
                 self._cum.append(self.blind_total)
-                if self._ends[0] < now - 2 * self.HORIZON_S:
-                    cut = bisect.bisect_left(self._ends, now - self.HORIZON_S)
-                    del self._starts[:cut], self._ends[:cut], self._cum[:cut]
+                self._forget(now)
         self.last = now
         return late
+
+    def _forget(self, now: float) -> None:
+        """Drop the stretches older than the horizon (by halves: amortised)."""
+        if self._ends[0] < now - 2 * self.HORIZON_S:
+            cut = bisect.bisect_left(self._ends, now - self.HORIZON_S)
+            del self._starts[:cut], self._ends[:cut], self._cum[:cut]
 
     def add_blind(self, start: float, end: float) -> None:
         """Record ``[start, end]`` as blind for another reason than lateness (the process's
@@ -85,6 +89,7 @@ class Punctuality:
             self._starts.append(start)
             self._ends.append(end)
             self._cum.append(self.blind_total)
+            self._forget(end)   # receive-side stretches come at every check on a loaded host
 
     def blind_since(self, t0: float) -> float:
         """Seconds of lateness (blind time) after ``t0``."""
