@@ -39,7 +39,10 @@ test near 1 min of the suite's budget (bench/demo/run.py --busy 2 counts STALEs 
 
 
 class AggLevels:
-    """Every leaf level change on /diagnostics_agg, with its receive time."""
+    """Every leaf level change on /diagnostics_agg, at the time the monitor published it (the
+    message's stamp, as CLOCK_MONOTONIC): on a loaded host this process takes the message
+    seconds later (2.2-2.8 s at load 35), and a STALE dated by its arrival was compared with the
+    source's gaps of the wrong seconds."""
 
     def __init__(self, node: Node) -> None:
         self.changes: list[tuple[float, str, int, str]] = []
@@ -49,7 +52,8 @@ class AggLevels:
             depth=100, reliability=ReliabilityPolicy.RELIABLE))
 
     def _on(self, msg: DiagnosticArray) -> None:
-        now = time.monotonic()
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        now = stamp + time.monotonic() - time.time() if stamp > 0 else time.monotonic()
         with self._lock:
             for s in msg.status:
                 level = s.level[0] if isinstance(s.level, bytes) else int(s.level)
@@ -99,6 +103,8 @@ class SourceGaps:
     """
 
     GAP_S = 0.3
+    SMALL_S = 0.04
+    """Shorter gaps are kept too, to name in a failure (what the source did before a STALE)."""
     GROUP: ClassVar[dict[str, str]] = {'joint_states': 'imu', 'imu': 'imu', 'wrench/FL_foot': 'imu',
              'wrench/FR_foot': 'imu', 'wrench/RL_foot': 'imu', 'wrench/RR_foot': 'imu',
              'joint_commands': 'joint_commands', 'camera/front/camera_info': 'camera/front/camera_info',
@@ -109,6 +115,7 @@ class SourceGaps:
         from field_deploy.ros import message_class, polled_subscription, qos_profile
         profile = load_profile('quadruped_12dof')
         self.gaps: dict[str, list[tuple[float, float]]] = {}
+        self.small: dict[str, list[tuple[float, float]]] = {}
         self._last: dict[str, float] = {}
         self._subs = {}
         for topic in set(self.GROUP.values()):
@@ -132,6 +139,8 @@ class SourceGaps:
                         last = self._last.get(topic)
                         if last is not None and t - last >= self.GAP_S:
                             self.gaps.setdefault(topic, []).append((last, t))
+                        if last is not None and t - last >= self.SMALL_S:
+                            self.small.setdefault(topic, []).append((last, t))
                         self._last[topic] = t
 
     @staticmethod
@@ -144,30 +153,51 @@ class SourceGaps:
         self._stop.set()
         self._thread.join(5.0)
 
+    def seen_all(self) -> bool:
+        return set(self._last) == set(self.GROUP.values())
+
+    def caught_up(self, t: float) -> bool:
+        """This reader has taken every stream's samples up to ``t`` (its thread, starved on a
+        loaded host, can be seconds behind: a gap it has not taken yet explains nothing)."""
+        return all(self._last.get(topic, -1.0) >= t for topic in set(self.GROUP.values()))
+
+    def before(self, topic: str, at: float) -> list[str]:
+        """The source's gaps >= SMALL_S in the second before ``at`` (for a failure message)."""
+        return [f'{b - a:.3f} s from {a - at:+.3f} s'
+                for a, b in self.small.get(self.GROUP.get(topic, topic), []) if at - 1.0 <= b
+                and a <= at]
+
     def explains(self, topic: str, at: float) -> bool:
         """The source of ``topic`` was itself quiet >= GAP_S in the 3 s before ``at``."""
         return any(a <= at and b >= at - 3.0
                    for a, b in self.gaps.get(self.GROUP.get(topic, topic), []))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    'issue 17, open: beside two busy loops, on a quiet host, a clean-clone .ci/run on 2026-11-30 '
-    '13:20 saw 9 STALE at 0.14 s of silence (camera_info, joint_states, wrenches) while the source '
-    'published (the run before passed, 0 false); the last-look rule did not keep the promise yet. '
-    'This test records it and must pass strictly again when it does'))
 def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(watched, ros) -> None:
     up, operator, agg = watched
     leaves = _stream_leaves()
-    assert wait_until(lambda: all(agg.level.get(p) == 0 for p in leaves), 60.0), (
+    # every stream flowing (not STALE; a rate WARN of a sim behind on a loaded host is not what
+    # this test is about: at load 22 the battery's rate WARN kept the 11 leaves from ever being
+    # OK together within 60 s)
+    assert wait_until(lambda: all(agg.level.get(p, 3) < 2 for p in leaves), 60.0), (
         [c for c in agg.changes if c[1] in leaves][-20:], up.log()[-3000:])
     sources_node = Node(f'e2e_sources_{int(time.time() * 1000) % 100000}')   # never spun
     sources = SourceGaps(sources_node)
+    # The source's gaps are known only from its reader's first sample on: a STALE early in the
+    # window whose gap began before the reader was matched looked false (battery, 0.47 s,
+    # 0.33 s into a window, its reader created with the busy loops). Matched first, then 3 s
+    # (the look-back of `explains`) before the busy loops start.
+    assert wait_until(sources.seen_all, 30.0), sources._last
+    time.sleep(3.0)
     busy = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(2)]
     try:
         t0 = time.monotonic()
         time.sleep(BUSY_WINDOW_S)
-        stale = agg.stale_raised(set(leaves), t0)
-        false = [e for e in stale if not sources.explains(leaves[e[1]], e[0])]
+        end = t0 + BUSY_WINDOW_S
+        assert wait_until(lambda: sources.caught_up(end), 60.0), sources._last
+        stale = agg.stale_raised(set(leaves), t0, end)
+        false = [(*e, sources.before(leaves[e[1]], e[0])) for e in stale
+                 if not sources.explains(leaves[e[1]], e[0])]
         print(f'{len(stale)} STALE in {BUSY_WINDOW_S:g} s beside two busy loops, '
               f'{len(stale) - len(false)} while the source itself published nothing for '
               f'>= {SourceGaps.GAP_S} s ({sum(map(len, sources.gaps.values()))} such source gaps); '
@@ -186,7 +216,10 @@ def test_busy_host_raises_no_false_stale_and_still_catches_a_silence(watched, ro
         sources.close()
         sources_node.destroy_node()
     operator.set_parameters('/sim_robot', {'fault_silent': ''})
-    assert wait_until(lambda: agg.level.get('/sensors/imu/stream') == 0, 30.0)
+    # the silence is over: no longer STALE (a rate WARN of a sim still catching up on a loaded
+    # host is not what this checks; at load 28-33 the leaf was not OK after 30 s, level not kept)
+    assert wait_until(lambda: agg.level.get('/sensors/imu/stream', 3) < 2, 30.0), \
+        [c for c in agg.changes if c[1] == '/sensors/imu/stream'][-5:]
 
 
 def _operating_s(home: Path) -> float:

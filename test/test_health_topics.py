@@ -15,13 +15,11 @@ from field_deploy.testing import wait_until
 from health_monitor.config import HealthConfigError, parse_config
 from health_monitor.config import default_config_path as _default_path
 from health_monitor.core import OK, STALE, WARN
+from health_monitor.evidence import DeliveryGaps, Punctuality
 from health_monitor.topics import (
-    DeliveryGaps,
     FreezeWatch,
-    Punctuality,
     TopicLimits,
     TopicMonitor,
-    WriterRuns,
     joint_state_positions,
 )
 
@@ -42,11 +40,11 @@ def test_topic_stale_within_two_periods_and_clears() -> None:
     t = _feed(mon, 0.0, 2.0, 100.0)
     assert mon.status(t).level == OK
     last = mon.last_rx
-    assert mon.limits.stale_after_s == pytest.approx(0.06)  # floor, 2 periods = 20 ms
-    assert mon.limits.stale_raise_s == pytest.approx(0.08)  # + the 20 ms STALE hold
-    assert mon.status(last + 0.07).level == OK and not mon.stale(last + 0.07)
-    s = mon.status(last + 0.081)
-    assert s.level == STALE and 'no message for' in s.message and mon.stale(last + 0.081)
+    assert mon.limits.stale_after_s == pytest.approx(0.02)  # 2 periods
+    assert mon.limits.stale_raise_s == pytest.approx(0.09)  # + the 70 ms STALE hold
+    assert mon.status(last + 0.085).level == OK and not mon.stale(last + 0.085)
+    s = mon.status(last + 0.091)
+    assert s.level == STALE and 'no message for' in s.message and mon.stale(last + 0.091)
     t = _feed(mon, last + 1.0, last + 1.1, 100.0)  # 10 messages: 25 (250 ms) needed to clear
     assert mon.status(t).level == STALE and 'again' in mon.status(t).message
     t = _feed(mon, t, t + 0.2, 100.0)
@@ -140,7 +138,8 @@ def test_sample_delivered_late_is_a_delivery_gap() -> None:
     writer thread): for that long the monitor could not have seen it, nothing was lost at
     the source. The host's hold covers such a delay next time; a prompt sample does not."""
     gaps = DeliveryGaps()
-    mon = TopicMonitor('joint_commands', 'skills/safety_gate', TopicLimits(rate_hz=500.0), gaps)
+    mon = TopicMonitor('joint_commands', 'skills/safety_gate',
+                       TopicLimits(rate_hz=500.0, stale_hold_max_s=0.5), gaps)
     wall = int(1e18)
     mon.on_message(1.0, wall, wall, source_wall_ns=wall - 1_000_000)
     assert gaps.seen == 0
@@ -151,7 +150,7 @@ def test_sample_delivered_late_is_a_delivery_gap() -> None:
 
 def test_on_time_check_with_real_silence_is_stale_after_the_hold() -> None:
     punct = Punctuality(period_s=0.01, tolerance_s=0.02)
-    lim = TopicLimits(rate_hz=1000.0, stale_hold_s=0.05)
+    lim = TopicLimits(rate_hz=1000.0, stale_floor_s=0.06, stale_hold_s=0.05)
     mon = TopicMonitor('imu', 'sensors/imu', lim)
     t, _ = _seq_feed(mon, 0.0, 1.0, 1000.0, 0)
     last = mon.last_rx
@@ -209,7 +208,7 @@ def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
     imu = TopicMonitor('imu', 'sensors/imu', lim, gaps)
     other = TopicMonitor('wrench', 'sensors/wrench', TopicLimits(rate_hz=500.0), gaps)
     t, seq = _seq_feed(imu, 0.0, 1.0, 1000.0, 0)
-    assert imu.raise_after(t) == pytest.approx(0.08)         # quiet host: 60 ms + 20 ms
+    assert imu.raise_after(t) == pytest.approx(0.072)        # quiet host: 2 ms + 70 ms
     assert imu.stale(t + 0.09)                                  # (this one is raised)
     t, seq = t + 0.25, seq + 250                               # ... then all 250 arrive
     imu.on_message(t, int(1e18 + t * 1e9), int(1e18 + t * 1e9), seq=seq)
@@ -221,8 +220,8 @@ def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
     assert not imu.stale(last + 0.25)                          # the same gap again: no alarm
     assert imu.stale(last + 0.32)                              # a real silence: still caught
     gaps.record(t, 5.0)                                         # a very long no-loss gap
-    assert imu.raise_after(t) == pytest.approx(0.06 + 0.35)    # capped: detection stays bounded
-    assert imu.raise_after(t + 31.0) == pytest.approx(0.08)    # forgotten after the horizon
+    assert imu.raise_after(t) == pytest.approx(0.002 + 0.35)   # capped: detection stays bounded
+    assert imu.raise_after(t + 31.0) == pytest.approx(0.072)   # forgotten after the horizon
     t, seq = _seq_feed(imu, t + 1.0, t + 1.01, 1000.0, seq)
     t, seq = t + 0.3, seq + 3                                   # quiet 300 ms, 3 published: a
     imu.on_message(t, int(1e18 + t * 1e9), 0, seq=seq)          # real gap, not learnt
@@ -247,27 +246,35 @@ def test_images_watched_on_their_camera_info(tmp_path: Path) -> None:
         parse_config(data, 'h.yaml', profile)
 
 
-def test_writers_told_apart_by_sequence_runs() -> None:
-    runs = WriterRuns()
-    runs.max_writers = 2
-    a = [runs.add(s, 0.01 * s, 100.0)[1] for s in range(1, 4)]          # writer A: 1 2 3
-    b = [runs.add(s, 0.035 + 0.01 * i, 100.0)[1] for i, s in enumerate((100, 101, 102))]
-    assert a == [1, 1, 1] and b == [1, 1, 1] and len(runs.writers) == 2  # B: from 100 on
-    assert runs.add(4, 0.07, 100.0) == (runs.writers[0], 1)  # A continues (3 is the run below)
-    assert runs.add(105, 0.1, 100.0)[1] == 3                  # B: 2 not taken, counts 3
-    assert sorted(w.count for w in runs.writers) == [4, 6]
-    # one publisher: a number below the run is the writer restarting, not a second writer
-    one = WriterRuns()
-    one.add(500, 0.0)
-    one.add(1, 1.0)
-    assert len(one.writers) == 1 and one.writers[0].last_seq == 1
+def test_a_second_writer_before_the_graph_lists_it_counts_no_phantom_publications() -> None:
+    """Writer B's first samples arrive while the graph still lists one publisher (it lags DDS
+    by seconds under load). The monitor's former copy of the runs retired A's live run for B's,
+    so A's next number continued B's run: each A sample then stood for ~100 publications (a
+    rate of thousands on a 100 Hz topic). The shared tracker keeps both runs."""
+    mon = TopicMonitor('odom', 'robot/odom', TopicLimits(rate_hz=100.0, rate_hold_s=0.3))
+    mon.sequence.set_writers(1)
+    t, fed = 0.0, 0
+    for i in range(300):
+        t += 0.01
+        mon.on_message(t, int(1e18 + t * 1e9), None, seq=1000 + i)     # A, long running
+        fed += 1
+        if i >= 100:                                                   # B from t = 1 s, unlisted
+            mon.on_message(t + 0.001, int(1e18 + t * 1e9), None, seq=i - 99)
+            fed += 1
+        if i == 200:
+            mon.sequence.set_writers(1)                                # a poll: both live
+    assert mon.count == fed
+    assert len(mon.sequence.runs) == 2 and mon.sequence.lost == 0
+    mon.sequence.set_writers(2)                                        # the graph catches up
+    s = mon.status(t + 0.002)
+    assert s.level == OK and s.values['writers'] == '2', s.message
 
 
 def test_topic_rate_and_staleness_per_writer() -> None:
     """Two writers at 100 Hz each on a 100 Hz topic: the rate is right per writer, and one
     writer going silent is STALE though the topic still flows."""
     mon = TopicMonitor('odom', 'robot/odom', TopicLimits(rate_hz=100.0, rate_hold_s=0.3))
-    mon.writers.max_writers = 2
+    mon.sequence.set_writers(2)
     t = 0.0
     sb = 1000
     levels = []
@@ -374,6 +381,33 @@ def test_receive_threads_busy_from_proc(tmp_path: Path) -> None:
     task(2, 'dds.shm.7412', 'R')            # working through samples, or waiting for a CPU
     assert threads.busy() and threads.busy_checks == 1
     assert not ReceiveThreads(str(tmp_path / 'none')).busy()   # no /proc: no evidence either way
+
+
+def test_receive_threads_that_waited_for_a_cpu_between_checks_are_blind_time(
+        tmp_path: Path) -> None:
+    """A listener that waited 30 ms on the run queue since the previous check and was asleep
+    again at this one held its samples back 30 ms: the state alone (S) said nothing."""
+    from health_monitor.receiving import ReceiveThreads
+
+    def task(tid: int, comm: str, state: str, waited_ns: int) -> None:
+        (tmp_path / str(tid)).mkdir(exist_ok=True)
+        (tmp_path / str(tid) / 'comm').write_text(comm + '\n')
+        (tmp_path / str(tid) / 'stat').write_text(f'{tid} ({comm}) {state} 1 2 3\n')
+        (tmp_path / str(tid) / 'schedstat').write_text(f'123456 {waited_ns} 42\n')
+
+    task(2, 'dds.shm.7412', 'S', 5_000_000)
+    task(3, 'dds.udp.7413', 'S', 1_000_000)
+    threads = ReceiveThreads(str(tmp_path))
+    assert threads.blind(1.00, 1.01, consecutive=False) is None      # the baseline
+    task(2, 'dds.shm.7412', 'S', 35_000_000)                         # waited 30 ms meanwhile
+    assert threads.blind(1.01, 1.05, consecutive=True) == pytest.approx((1.02, 1.05))
+    assert threads.blind(1.05, 1.06, consecutive=True) is None       # no wait since
+    task(3, 'dds.udp.7413', 'S', 101_000_000)                        # 100 ms, in a 10 ms check
+    assert threads.blind(1.06, 1.07, consecutive=True) == pytest.approx((1.06, 1.07))
+    task(2, 'dds.shm.7412', 'S', 45_000_000)
+    assert threads.blind(2.0, 2.01, consecutive=False) is None       # waits from before: not here
+    task(2, 'dds.shm.7412', 'R', 45_000_000)
+    assert threads.blind(2.01, 2.02, consecutive=True) == (2.01, 2.02)   # runnable now
 
 
 def test_receive_threads_of_this_process() -> None:

@@ -243,6 +243,9 @@ def main() -> int:
                         help='watch the image streams themselves (each image taken into Python) '
                              'instead of their camera_info')
     args = parser.parse_args()
+    from health_monitor.receiving import PressureFile
+    pressure, started = PressureFile(), time.monotonic()
+    load_at_start, stalled_at_start = os.getloadavg(), pressure.total_s()
     isolate_ros_env()
     from field_deploy.rosenv import use_project_fastdds_profile
     use_project_fastdds_profile()
@@ -396,6 +399,11 @@ def main() -> int:
         spinner.stop()
         rclpy.try_shutdown()
     results['load_average_1_5_15'] = [round(x, 2) for x in os.getloadavg()]
+    results['load_average_at_start'] = [round(x, 2) for x in load_at_start]
+    stalled = pressure.total_s()
+    if stalled is not None and stalled_at_start is not None:   # a task waiting for a CPU
+        results['cpu_pressure_some_percent'] = round(
+            100 * (stalled - stalled_at_start) / (time.monotonic() - started), 1)
     results['machine'] = {'cpus': os.cpu_count(), 'python': platform.python_version(),
                           'platform': platform.platform(),
                           'cpu': platform.processor() or platform.machine()}
@@ -404,7 +412,9 @@ def main() -> int:
           f"(main Python thread {results['cpu_percent_python_main_thread']} %, DDS and worker "
           f"threads {results['cpu_percent_other_threads_dds_worker']} %; target < 15 %; host "
           f"busy {results['host_busy_percent']} % incl. the generator; load average "
-          f"{results['load_average_1_5_15']})")
+          f"{results['load_average_at_start']} at start, {results['load_average_1_5_15']} at the "
+          f"end; some task waiting for a CPU {results.get('cpu_pressure_some_percent', '?')} % "
+          f"of the run)")
     print(f"false STALE transitions in the {args.duration:g} s window "
           f"({results['watched_streams']} streams): {results['false_stale_transitions_in_window']}"
           f" (and {results['stale_with_the_source_quiet_over_300ms']} while the generator itself "

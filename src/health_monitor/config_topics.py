@@ -51,7 +51,7 @@ def _topic_limits(c: Any, raw: Any, key: str, rate: float, base: TopicLimits | N
         rate_hz=rate,
         min_ratio=num('min_ratio', b.min_ratio), max_ratio=num('max_ratio', b.max_ratio),
         window_s=num('window', b.window_s), stale_periods=num('stale_periods', b.stale_periods),
-        stale_floor_s=num('stale_floor', b.stale_floor_s),
+        stale_floor_s=num('stale_floor', b.stale_floor_s, positive=False),
         stale_hold_s=num('stale_hold', b.stale_hold_s, positive=False),
         stale_hold_max_s=num('stale_hold_max', b.stale_hold_max_s, positive=False),
         freeze_after_s=num('freeze_after', b.freeze_after_s, positive=False),
@@ -61,7 +61,8 @@ def _topic_limits(c: Any, raw: Any, key: str, rate: float, base: TopicLimits | N
         if 'check_stamps' in m else b.check_stamps,
         rate_hold_s=num('rate_hold', b.rate_hold_s), clear_s=num('clear', b.clear_s),
         stale_clear_s=num('stale_clear', b.stale_clear_s))
-    for k, v in (('stale_hold', limits.stale_hold_s), ('stale_hold_max', limits.stale_hold_max_s),
+    for k, v in (('stale_floor', limits.stale_floor_s), ('stale_hold', limits.stale_hold_s),
+                 ('stale_hold_max', limits.stale_hold_max_s),
                  ('freeze_after', limits.freeze_after_s)):
         if v < 0:
             raise c.fail(f'{key}.{k}', f'must be >= 0, got {v!r}')

@@ -43,13 +43,14 @@ from health_monitor.core import (
     Status,
     ThresholdRule,
 )
+from health_monitor.evidence import CpuPressure, DeliveryGaps, Punctuality, monitor_status
 from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.lifecycle_ros import RosLifecycleClient, managed_from_stack
 from health_monitor.manager import LifecycleManager, PolicyEngine, Spawner
 from health_monitor.polling import TopicPoller
-from health_monitor.receiving import ReceiveThreads
+from health_monitor.receiving import PressureFile, ReceiveThreads
 from health_monitor.spawner import PopenSpawner
-from health_monitor.topics import DeliveryGaps, Punctuality, TopicMonitor
+from health_monitor.topics import TopicMonitor
 
 METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
 DEFAULT_METRICS_PORT = 9464   # the Prometheus exporter port conventionally left to this kind of agent
@@ -105,8 +106,10 @@ class HealthMonitor(Node):
                                  context=self.context)
         polled = []
         self.delivery_gaps = DeliveryGaps()
+        self.pressure, self._pressure_file = CpuPressure(), PressureFile()
         for watch in cfg.topics:
-            mon = TopicMonitor(watch.name, watch.path, watch.limits, self.delivery_gaps)
+            mon = TopicMonitor(watch.name, watch.path, watch.limits, self.delivery_gaps,
+                               self.pressure)
             self.monitors[watch.name] = mon
             if watch.name != '/diagnostics':  # fed by the deserialising callback below
                 polled.append((watch, mon))
@@ -114,6 +117,7 @@ class HealthMonitor(Node):
         self.punctuality = Punctuality(1.0 / cfg.check_hz, cfg.check_late_s)
         self._last_check_start = -1.0
         self.receiving = ReceiveThreads()
+        self._probed = False
         self._diag_monitor = self.monitors.get('/diagnostics')
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, _DIAG_QOS)
         for rule in cfg.topic_rules:
@@ -278,7 +282,9 @@ class HealthMonitor(Node):
         whenever a status is computed; the check measures its own lateness once it has taken:
         the time a late check (a starved process) was not looking is left out of every silence
         (health_monitor.topics.Punctuality), and so is the time this process's receive threads
-        had samples in hand (health_monitor.receiving).
+        had samples in hand (health_monitor.receiving). The host's CPU pressure is sampled at
+        every check: the time tasks waited for a CPU during a silence stretches its hold
+        (health_monitor.evidence.CpuPressure).
         """
         start = time.monotonic()
         if self._diag_monitor is not None:
@@ -287,17 +293,25 @@ class HealthMonitor(Node):
         self._last_check_start = start
         self.poller.drain()
         now = time.monotonic()
+        stalled = self._pressure_file.total_s()
+        if stalled is not None:
+            self.pressure.record(now, stalled)
         # the check's lateness is measured once it has looked: a check starved in the middle of
         # its takes was as blind as one whose timer fired late
         previous = self.punctuality.last
         self.punctuality.check(now)
         blind = self.punctuality.blind_since
         # While a stream is half-way to STALE, the receive threads are probed at every check:
-        # busy (samples in hand, or starved) since the previous check = not looking either.
-        if previous >= 0 and any(mon.last_rx >= 0 and mon.silence(now, blind)
-                                 > 0.5 * mon.limits.stale_after_s
-                                 for mon in self.monitors.values()) and self.receiving.busy():
-            self.punctuality.add_blind(previous, now)
+        # busy (samples in hand, or starved) or waiting for a CPU since the previous check =
+        # not looking either.
+        probing = previous >= 0 and any(mon.last_rx >= 0 and mon.silence(now, blind)
+                                        > 0.5 * mon.limits.stale_raise_s
+                                        for mon in self.monitors.values())
+        if probing:
+            stretch = self.receiving.blind(previous, now, consecutive=self._probed)
+            if stretch is not None:
+                self.punctuality.add_blind(*stretch)
+        self._probed = probing
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)
             known = self.levels.get(mon.path)
@@ -326,15 +340,8 @@ class HealthMonitor(Node):
             manager_status = list(self._manager_status)
         for status in manager_status:
             self._leaf(status, now)
-        p, gaps = self.punctuality, self.delivery_gaps
-        self._leaf(Status('health/monitor', OK, f'{p.late_checks} late checks, '
-                          f'{p.blind_total:.2f} s not looking', values={
-                              'late checks': str(p.late_checks),
-                              'blind (s)': f'{p.blind_total:.3f}',
-                              'worst lateness (s)': f'{p.worst_late_s:.3f}',
-                              'checks with receive threads busy': str(self.receiving.busy_checks),
-                              'delivery gaps': str(gaps.seen),
-                              'longest recent delivery gap (s)': f'{gaps.longest(now):.3f}'}), now)
+        self._leaf(monitor_status(now, self.punctuality, self.delivery_gaps, self.pressure,
+                                  self.receiving.busy_checks), now)
         self._maybe_publish_now()
 
     def _sample_host(self) -> None:
@@ -505,6 +512,7 @@ class HealthMonitor(Node):
         self.lifecycle.close()
         self._client_node.destroy_node()
         self._topics_node.destroy_node()
+        self._pressure_file.close()
         if self.metrics is not None:
             self.metrics.close()
 

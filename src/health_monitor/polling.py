@@ -8,7 +8,8 @@ takes, not a thousand executor dispatches and Python callbacks. Only 8 stamp byt
 from a sample (and, for a JointState watched for frozen joints, the position doubles).
 
 A topic the graph shows with several publishers gets a reader deep enough to take every
-sample, so the writers' sequence-number runs can be told apart (:class:`~health_monitor.topics.WriterRuns`).
+sample, so the writers' sequence-number runs can be told apart
+(:class:`field_deploy.sequence.SequenceTracker`, the recorder's too).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class TopicPoller:
         """
         for entry in self.entries:
             count = max(1, self.node.count_publishers(entry.watch.name))
-            entry.monitor.writers.max_writers = count
+            entry.monitor.sequence.set_writers(count)
             want = 1 if count == 1 else math.ceil(2 * count * entry.watch.limits.rate_hz
                                                   / self.check_hz) + 4
             if want != entry.depth:

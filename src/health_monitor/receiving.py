@@ -33,6 +33,7 @@ class ReceiveThreads:
         self._found_at = -1e9
         self.busy_checks = 0
         """How many times a check was not taken for evidence: a receive thread was runnable."""
+        self._waited: dict[str, int] = {}
 
     def _refresh(self) -> None:
         tids = []
@@ -65,3 +66,63 @@ class ReceiveThreads:
                 self.busy_checks += 1
                 return True
         return False
+
+    def waited_s(self) -> float:
+        """The longest run-queue wait (s) a receive thread completed since the previous call
+        (0 for a thread seen for the first time: its baseline)."""
+        if time.monotonic() - self._found_at > self.REFRESH_S:
+            self._refresh()
+        longest = 0
+        for tid in self.tids:
+            try:
+                with open(f'{self.task_dir}/{tid}/schedstat') as f:
+                    waited = int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            before = self._waited.get(tid, waited)
+            self._waited[tid] = waited
+            longest = max(longest, waited - before)
+        return longest * 1e-9
+
+    def blind(self, previous: float, now: float, consecutive: bool) -> tuple[float, float] | None:
+        """The part of ``[previous, now]`` (the time since the previous check) in which the
+        receive threads may have held samples back: all of it when one is runnable now, else
+        the longest run-queue wait one of them completed meanwhile — counted only when the
+        previous check probed too (``consecutive``): an older baseline would put waits from
+        before the silence into it. None: nothing held back, the empty readers are evidence."""
+        waited = self.waited_s()
+        if self.busy():
+            return previous, now
+        if consecutive and waited > 0:
+            return max(previous, now - waited), now
+        return None
+
+
+class PressureFile:
+    """The host's CPU pressure stall time (Linux PSI, ``/proc/pressure/cpu``, the "some" line's
+    ``total``: µs in which at least one runnable task waited for a CPU), read at each check.
+
+    :meth:`total_s` returns None where PSI is not there (kernel without it, ``psi=0``): the STALE
+    hold then stretches only after delivery gaps (``health_monitor.evidence``).
+    """
+
+    def __init__(self, path: str = '/proc/pressure/cpu') -> None:
+        self.path = path
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def total_s(self) -> float | None:
+        if self._fd is None:
+            return None
+        try:
+            line = os.pread(self._fd, 256, 0).split(b'\n', 1)[0]   # "some avg10=… total=N"
+            return int(line.rsplit(b'total=', 1)[1]) * 1e-6
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

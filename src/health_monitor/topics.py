@@ -8,35 +8,41 @@ only on evidence the monitor can stand behind:
 * silence is known only up to the monitor's last look at the stream (``looked_at``: the take
   that found its reader empty), not up to the moment a status is asked for — a status computed
   while the checks were starved would otherwise count time nobody looked as silence;
-* a check counts only when the monitor itself was on time (:class:`Punctuality`): after the
+* a check counts only when the monitor itself was on time
+  (:class:`~health_monitor.evidence.Punctuality`): after the
   monitor's own check was late (its process starved, its timer fired late), silence is measured
   from the moment it resumed watching, not from the last sample — samples the starved process
   had not yet taken prove nothing about the publisher;
 * the silence must hold a minimum duration (``stale_hold``) beyond the threshold, the STALE
   hysteresis, as value rules have ``raise``; on a host where streams have recently gone quiet
-  and then delivered every publication late (:class:`DeliveryGaps`: a starved publisher or
-  reader, nothing lost), the hold stretches to cover the longest such gap, up to
-  ``stale_hold_max`` — a loaded host trades detection time (bounded) for no false alarm;
+  and then delivered every publication late (:class:`~health_monitor.evidence.DeliveryGaps`:
+  a starved publisher or reader, nothing lost), the hold stretches to cover the longest such
+  gap, and while tasks of the host waited for a CPU during the silence
+  (:class:`~health_monitor.evidence.CpuPressure`: the publisher may be one of them) it
+  stretches by that time, both up to ``stale_hold_max`` — a loaded host trades detection time
+  (bounded) for no false alarm, a quiet one detects at the configured hold;
 * a stream that comes back after a STALE whose sequence numbers show nothing was missing (every
   publication arrived, late) clears at once: it was delivery, not the source.
 
 Several writers on one topic are told apart by their sequence-number runs (the message info
-has no writer id on rclpy 7.1.6): see :class:`WriterRuns`.
+has no writer id on rclpy 7.1.6), as the recorder tells them apart:
+:class:`field_deploy.sequence.SequenceTracker`.
 """
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from field_deploy.sequence import UNSUPPORTED, SequenceTracker, WriterRun
 from health_monitor.core import OK, STALE, WARN, Debounce, Status
+from health_monitor.evidence import CpuPressure, DeliveryGaps
 
 _U32 = struct.Struct('<I')
 Blind = Callable[[float], float] | None
-"""The monitor's blind time since a moment (:meth:`Punctuality.blind_since`)."""
+"""The monitor's blind time since a moment (:meth:`~health_monitor.evidence.Punctuality.blind_since`)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,16 @@ class TopicLimits:
     max_ratio: float = 1.25
     window_s: float = 1.0
     stale_periods: float = 2.0
-    stale_floor_s: float = 0.06
-    stale_hold_s: float = 0.02
-    """STALE hysteresis: the silence must last this much beyond the stale time, watched on time."""
+    stale_floor_s: float = 0.0
+    """A stale time in seconds a stream may need beyond its periods (0: none; the hold below
+    covers scheduling jitter)."""
+    stale_hold_s: float = 0.07
+    """STALE hysteresis: the silence must last this much beyond the stale time, watched on time
+    (a minimum duration, as value rules have ``raise``). 70 ms: the issue's quiet-host budget is
+    2 periods + 100 ms, and one check (10 ms) and the alarm's publication take the rest."""
     stale_hold_max_s: float = 0.35
-    """The most the hold stretches to after delivery gaps that lost nothing (loaded host)."""
+    """The most the hold stretches to while the host's tasks waited for a CPU during the silence,
+    or after delivery gaps that lost nothing (a loaded host: detection within 500 ms)."""
     future_tolerance_s: float = 0.05
     max_lag_s: float = 0.5
     check_stamps: bool = True
@@ -67,164 +78,13 @@ class TopicLimits:
 
     @property
     def stale_after_s(self) -> float:
-        """No message for ``stale_periods`` periods (never less than the floor: OS jitter)."""
+        """No message for ``stale_periods`` periods (never less than the floor)."""
         return max(self.stale_periods / self.rate_hz, self.stale_floor_s)
 
     @property
     def stale_raise_s(self) -> float:
         """Silence, watched on time, after which STALE is raised: stale time + hold."""
         return self.stale_after_s + self.stale_hold_s
-
-
-class Punctuality:
-    """The monitor's own lateness against its check schedule: when it was not looking.
-
-    A check that comes more than ``tolerance_s`` after the one before plus the period was late:
-    the monitor (its timer, its process) was starved for the lateness, and the samples its
-    reader threads had not delivered by then prove nothing about the publisher. Those blind
-    stretches are kept (:meth:`blind_since`) and left out of every silence, so a stream is
-    called stale only for time the monitor spent watching it on schedule.
-    """
-
-    HORIZON_S = 10.0
-
-    def __init__(self, period_s: float, tolerance_s: float) -> None:
-        self.period_s = period_s
-        self.tolerance_s = tolerance_s
-        self.last = -1.0
-        self.late_checks = 0
-        self.worst_late_s = 0.0
-        self.blind_total = 0.0
-        self._ends: list[float] = []      # end of each blind stretch (the late check's time)
-        self._starts: list[float] = []
-        self._cum: list[float] = []       # blind_total after that stretch
-
-    def check(self, now: float) -> float:
-        """Record a check at ``now``; returns its lateness (s, 0 when on time)."""
-        late = 0.0
-        if self.last >= 0:
-            late = max(0.0, now - self.last - self.period_s)
-            if late > self.tolerance_s:
-                self.late_checks += 1
-                self.worst_late_s = max(self.worst_late_s, late)
-                self.blind_total += late
-                self._starts.append(now - late)
-                self._ends.append(now)
-                self._cum.append(self.blind_total)
-                if self._ends[0] < now - 2 * self.HORIZON_S:
-                    cut = bisect.bisect_left(self._ends, now - self.HORIZON_S)
-                    del self._starts[:cut], self._ends[:cut], self._cum[:cut]
-        self.last = now
-        return late
-
-    def add_blind(self, start: float, end: float) -> None:
-        """Record ``[start, end]`` as blind for another reason than lateness (the process's
-        receive threads had samples in hand), merged with the stretch it overlaps."""
-        if end <= start:
-            return
-        if self._ends and self._ends[-1] >= start:
-            old = self._ends[-1] - self._starts[-1]
-            self._starts[-1] = min(self._starts[-1], start)
-            self._ends[-1] = max(self._ends[-1], end)
-            grow = self._ends[-1] - self._starts[-1] - old
-            self.blind_total += grow
-            self._cum[-1] += grow
-        else:
-            self.blind_total += end - start
-            self._starts.append(start)
-            self._ends.append(end)
-            self._cum.append(self.blind_total)
-
-    def blind_since(self, t0: float) -> float:
-        """Seconds of lateness (blind time) after ``t0``."""
-        i = bisect.bisect_right(self._ends, t0)
-        if i == len(self._ends):
-            return 0.0
-        before = self._cum[i - 1] if i else self._cum[0] - (self._ends[0] - self._starts[0])
-        blind = self.blind_total - before
-        if self._starts[i] < t0:            # the first stretch began before t0: only its tail
-            blind -= t0 - self._starts[i]
-        return blind
-
-
-class DeliveryGaps:
-    """Recent silences that lost nothing: a stream went quiet, then every publication of the
-    quiet time arrived (by the writer's sequence numbers). Shared by the topics of a monitor:
-    it measures the host (starved publishers, starved readers), not one stream.
-
-    :meth:`hold` is the STALE hold that would have let the longest of them (in the last
-    ``horizon_s``) pass without an alarm, never below the configured hold nor above the cap.
-    """
-
-    def __init__(self, horizon_s: float = 30.0) -> None:
-        self.horizon_s = horizon_s
-        self._gaps: deque[tuple[float, float]] = deque()
-        self.seen = 0
-
-    def record(self, now: float, gap_s: float) -> None:
-        self.seen += 1
-        self._gaps.append((now, gap_s))
-
-    def longest(self, now: float) -> float:
-        while self._gaps and now - self._gaps[0][0] > self.horizon_s:
-            self._gaps.popleft()
-        return max((g for _, g in self._gaps), default=0.0)
-
-    def hold(self, limits: TopicLimits, now: float) -> float:
-        needed = 1.25 * self.longest(now) - limits.stale_after_s
-        return min(max(limits.stale_hold_s, needed), max(limits.stale_hold_max_s,
-                                                         limits.stale_hold_s))
-
-
-@dataclass
-class _Writer:
-    """One writer of a topic, known by its run of publication sequence numbers."""
-
-    last_seq: int
-    last_rx: float
-    count: int = 0
-    window: deque[tuple[float, int]] = field(default_factory=deque)
-
-
-class WriterRuns:
-    """Tells the writers of one topic apart by their publication sequence numbers.
-
-    Each DDS writer numbers its samples 1, 2, 3 …; the message info of rclpy 7.1.6 carries
-    the number but not the writer's id. Rule: a sample continues the run whose last number is
-    the largest one below its own (the writer that published just before it), unless the jump
-    is more than twice what that writer could have published since (at the topic's rate) while
-    the graph shows more writers than runs; a number that continues no run starts a new one (a
-    new writer, or one that restarted). At most
-    ``max_writers`` runs are kept (the graph's publisher count): when a new run would exceed
-    it, the run extended least recently is dropped (a writer that restarted leaves the graph).
-    Exact when every sample is taken (the reader is deep enough) and the writers' numbers differ;
-    two writers at equal numbers that also lose samples can swap runs (the total stays right).
-    """
-
-    def __init__(self) -> None:
-        self.writers: list[_Writer] = []
-        self.max_writers = 1
-
-    def add(self, seq: int, rx: float, rate_hz: float = 0.0) -> tuple[_Writer, int]:
-        """Assign sample ``seq``; returns its writer and how many publications it stands for."""
-        best = None
-        for w in self.writers:
-            if w.last_seq < seq and (best is None or w.last_seq > best.last_seq):
-                best = w
-        if (best is not None and rate_hz > 0 and len(self.writers) < self.max_writers
-                and seq - best.last_seq > 2 * rate_hz * max(0.0, rx - best.last_rx) + 2):
-            best = None   # too far ahead for that writer: one not seen yet
-        if best is None:
-            if len(self.writers) >= self.max_writers:
-                self.writers.remove(min(self.writers, key=lambda w: w.last_rx))
-            best = _Writer(seq, rx)
-            self.writers.append(best)
-            advance = 1
-        else:
-            advance = seq - best.last_seq
-        best.last_seq, best.last_rx = seq, rx
-        best.count += advance
-        return best, advance
 
 
 class TopicMonitor:
@@ -235,11 +95,12 @@ class TopicMonitor:
     """
 
     def __init__(self, topic: str, path: str, limits: TopicLimits,
-                 gaps: DeliveryGaps | None = None) -> None:
+                 gaps: DeliveryGaps | None = None, pressure: CpuPressure | None = None) -> None:
         self.topic = topic
         self.path = path
         self.limits = limits
         self.gaps = gaps
+        self.pressure = pressure
         self.count = 0
         self.last_rx = -1.0
         self.first_rx = -1.0
@@ -248,7 +109,10 @@ class TopicMonitor:
         self.backwards = 0
         self.lagging = 0
         self.max_lag_ns = 0
-        self.writers = WriterRuns()
+        self.sequence = SequenceTracker()
+        """The writers' runs of publication sequence numbers; the graph's publisher count is
+        given to it by whoever polls the graph (``sequence.set_writers``)."""
+        self._writer_windows: dict[WriterRun, deque[tuple[float, int]]] = {}
         self.watch_from = -1.0
         """Silence is counted from no earlier than this (a reader re-created: DDS matching)."""
         self.looked_at = -1.0
@@ -275,16 +139,26 @@ class TopicMonitor:
                    source_wall_ns: int | None = None) -> None:
         """One received sample; with its writer's ``seq`` it stands for every publication
         since that writer's previous one (else for ``messages``). With its ``source_wall_ns``
-        (when the writer wrote it), a sample delivered later than the STALE time is a delivery
-        gap: for that long the monitor could not have seen what the source had published."""
+        (when the writer wrote it), a sample delivered later than the STALE time (stale time +
+        the configured hold) is a delivery gap: for that long the monitor could not have seen
+        what the source had published. Shorter gaps are not recorded: a 1 kHz stream taken at
+        every 10 ms check shows a gap above its 2 ms stale time at every take."""
         if source_wall_ns and self.gaps is not None:
             late = (rx_wall_ns - source_wall_ns) * 1e-9
-            if late > self.limits.stale_after_s:
+            if late > self.limits.stale_raise_s:
                 self.gaps.record(rx_mono, late)
-        if seq is not None:
-            _writer, messages = self.writers.add(seq, rx_mono, self.limits.rate_hz)
+        if seq is not None and 0 < seq < UNSUPPORTED:
+            tracker = self.sequence
+            skipped = tracker.lost
+            tracker.observe(seq)
+            run = tracker.current
+            if run is not None:
+                run.seen = rx_mono
+            # this sample and the publications of its writer not taken since its previous one
+            # (negative when a run split: a jump taken back was another writer's first sample)
+            messages = 1 + tracker.lost - skipped
             gap = rx_mono - self.last_rx
-            if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_after_s
+            if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_raise_s
                     and messages >= 0.8 * self.limits.rate_hz * gap):
                 self.gaps.record(rx_mono, gap)   # quiet, then all of it at once: nothing lost
         self.count += messages
@@ -324,19 +198,48 @@ class TopicMonitor:
             return quiet
         return quiet - (blind(since) - blind(until))
 
-    def raise_after(self, now: float) -> float:
-        """Silence (watched on time) after which STALE is raised: stale time + the hold."""
+    def raise_after(self, now: float, since: float | None = None) -> float:
+        """Silence (watched on time) after which STALE is raised: stale time + the hold.
+
+        The hold is the configured one, stretched (up to ``stale_hold_max``) to let the longest
+        recent delivery gap pass, and by the time tasks of the host waited for a CPU during
+        this silence (from ``since``, default the stream's last sample, up to the last look):
+        a publisher starved of the CPU is one of them."""
         lim = self.limits
         hold = lim.stale_hold_s if self.gaps is None else self.gaps.hold(lim, now)
+        if self.pressure is not None:
+            if since is None:
+                since = max(self.last_rx, self.watch_from)
+            stalled = self.pressure.stalled(since, self.seen_until(now))
+            hold = max(hold, min(lim.stale_hold_s + stalled,
+                                 max(lim.stale_hold_max_s, lim.stale_hold_s)))
         return lim.stale_after_s + hold
 
     def silent_writers(self, now: float, blind: Blind = None) -> int:
-        """Writers (when the graph shows several) with no sample for the STALE time."""
-        if self.writers.max_writers < 2:
+        """Writers (when the graph shows several) with no sample for the STALE time.
+
+        Runs beyond the graph's count are writers gone (a restart), not yet retired by the next
+        graph poll: that many silent runs are excused."""
+        tracker = self.sequence
+        if tracker.writers < 2:
             return 0
-        raise_s, until = self.raise_after(now), self.seen_until(now)
-        return sum(1 for w in self.writers.writers
-                   if self._watched(max(w.last_rx, self.watch_from), until, blind) > raise_s)
+        until = self.seen_until(now)
+        silent = 0
+        for run in tracker.runs:
+            since = max(run.seen, self.watch_from)
+            if self._watched(since, until, blind) > self.raise_after(now, since):
+                silent += 1
+        return max(0, silent - max(0, len(tracker.runs) - tracker.writers))
+
+    def _live_runs(self) -> list[WriterRun]:
+        """The runs of the writers the graph lists (the most recently seen ones): a run beyond
+        the count is a writer gone, retired at the next graph poll."""
+        tracker = self.sequence
+        tracker.sync()
+        runs = tracker.runs
+        if 0 < tracker.writers < len(runs):
+            runs = sorted(runs, key=lambda r: r.seen, reverse=True)[:tracker.writers]
+        return runs
 
     def stale(self, now: float, blind: Blind = None) -> bool:
         """The STALE decision alone (the node's fast path): see the module docstring."""
@@ -381,14 +284,16 @@ class TopicMonitor:
         silent = self.seen_until(now) - self.last_rx   # as of the last look
         values['since last (s)'] = f'{silent:.3f}'
         values['STALE raised'] = str(self.stale_raised)
-        writers = self.writers.writers
+        writers = self._live_runs()
         rates = [rate]
         if len(writers) > 1:
-            rates = [_window_rate(w.window, now, w.count, lim.window_s) for w in writers]
+            windows = self._writer_windows = {w: self._writer_windows.get(w, deque())
+                                              for w in writers}
+            rates = [_window_rate(windows[w], now, w.published, lim.window_s) for w in writers]
             values['writers'] = str(len(writers))
             for i, (w, wr) in enumerate(zip(writers, rates, strict=True), 1):
                 values[f'writer {i}'] = (f'{wr:.1f} Hz, ' if wr is not None else '') + \
-                    f'last {now - w.last_rx:.3f} s ago'
+                    f'last {now - w.seen:.3f} s ago'
         if self.frozen:
             return self._raise(Status(self.path, STALE, f'{self.topic}: ' + ', '.join(
                 f'{j} frozen for {now - t:.2f} s' for j, t in sorted(self.frozen.items()))

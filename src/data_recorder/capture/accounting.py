@@ -3,7 +3,7 @@
 Lost (never reached the recorder, or dropped by it against its will), one source counted once:
 
 * ``lost_sequence``: holes in the DDS publication sequence numbers, per writer
-  (:mod:`data_recorder.capture.sequence`): exact for every stream, periodic or not;
+  (:mod:`field_deploy.sequence`): exact for every stream, periodic or not;
 * ``lost_tail``: samples of a periodic stream stamped before the stop that never arrived (a
   hole at the end has no later number to reveal it: :meth:`TopicStats.due_before`);
 * ``lost_queue``: received, but our bounded hand-off queue was full (the writer thread lagged).
@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_recorder.capture.sequence import SequenceTracker
+from field_deploy.sequence import SequenceTracker
 
 _WINDOW = 16
 _TOLERANCE = 0.005  # of a period: see TopicStats.period

@@ -1,6 +1,6 @@
 """The recorded topics' subscriptions of the ``data_recorder`` node: QoS matching, re-subscription
 when a weaker publisher joins, and the wiring of each sample's DDS sequence number into the
-accounting (:mod:`data_recorder.capture.sequence`).
+accounting (:mod:`field_deploy.sequence`).
 
 Taking the message info costs at most ~2 µs per message more than taking the bytes alone (measured with
 ``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a

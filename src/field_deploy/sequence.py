@@ -1,10 +1,18 @@
-"""Loss from DDS publication sequence numbers, per writer (pure core, no rclpy).
+"""DDS writers told apart by their publication sequence numbers (pure core, no rclpy).
 
 Every sample a DDS DataWriter sends carries its sequence number: 1, 2, 3, … per writer, one per
 ``publish`` (rmw message info ``publication_sequence_number``). A sample the reader never got
 leaves a hole in that sequence, whatever the stream's timing: periodic or not, stamped or not,
 reliable (the writer's history dropped it before it was repaired: a DDS GAP) or best effort. So
-``seq - previous - 1`` samples of that writer are lost, exactly.
+``seq - previous - 1`` samples of that writer are missing, exactly.
+
+Two readers of the project need it, for two meanings of a hole: the recorder
+(``data_recorder.capture``), for which a hole is *lost*, and the health monitor
+(``health_monitor.topics``), whose depth-1 readers take only the newest sample at each check: for
+it a hole is *published, not taken*, and a run's numbers are the publications of one writer
+(its rate, its silence: per publisher). One implementation, so a fix to how writers are told
+apart reaches both (the monitor's own copy kept retiring a live run when a second writer's first
+samples came before the graph listed it, the flaw fixed here for the recorder).
 
 What rmw does **not** give is the writer: the message info has no publisher gid. Writers are
 told apart by what can be observed:
@@ -26,12 +34,12 @@ told apart by what can be observed:
   lags behind DDS, so a second writer's first sample may come while the graph lists one
   publisher (only beyond :data:`MAX_RUNS` live runs does the least recently used one go);
 
-Limits (documented in docs/data_recorder.md):
+Limits (documented in docs/data_recorder.md and docs/health_monitor.md):
 
-* samples a writer sent before it matched the recorder are not counted (they were never meant
+* samples a writer sent before it matched the reader are not counted (they were never meant
   for this reader: a publisher's first messages before discovery, or a new writer's start); nor
   the samples after the last one received (a stream's tail: the recorder counts that from the
-  stamps at stop, :meth:`data_recorder.capture.accounting.TopicStats.due_before`);
+  stamps at stop, ``data_recorder.capture.accounting.TopicStats.due_before``);
 * two writers whose numbers are close can be confused for a moment (a sample joins the other
   writer's run). The total stays right while each run's numbers stay increasing; a per-writer
   split is then approximate, and a writer that restarts while the graph still lists the old one
@@ -57,9 +65,13 @@ MAX_RETIRED = 32
 MAX_RUNS = 16
 
 
-@dataclass
+@dataclass(eq=False)
 class WriterRun:
-    """The samples of one (inferred) writer: numbers ``first..last``, ``lost`` of them missing."""
+    """The samples of one (inferred) writer: numbers ``first..last``, ``lost`` of them missing.
+
+    Compared by identity (a run is one writer, not its numbers), so a user can key its own
+    per-writer state on it (the health monitor's rate window).
+    """
 
     first: int
     last: int
@@ -69,10 +81,16 @@ class WriterRun:
     jump_from: int = 0  # the run's latest hole: from this number ...
     jump_to: int = 0    # ... to this one, with ``lost_before`` lost before it
     lost_before: int = 0
+    seen: float = -1.0  # when its last sample arrived, for users that time writers (monotonic s)
 
     @property
     def received(self) -> int:
         return self.last - self.first + 1 - self.lost
+
+    @property
+    def published(self) -> int:
+        """Numbers the run covers: its writer's publications since the first one received."""
+        return self.last - self.first + 1
 
     def as_dict(self) -> dict[str, int]:
         return {'first': self.first, 'last': self.last, 'received': self.received,
@@ -177,6 +195,12 @@ class SequenceTracker:
         """Store the fast path's number into the current run (before reading the runs)."""
         if self._current is not None:
             self._current.last = self.last
+
+    @property
+    def current(self) -> WriterRun | None:
+        """The run the latest sample joined (None before the first numbered one)."""
+        self.sync()
+        return self._current
 
     def per_writer(self) -> list[dict[str, int]]:
         """Each run seen (retired ones first, then the live ones), oldest first."""
