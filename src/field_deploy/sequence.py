@@ -50,7 +50,7 @@ Limits (documented in docs/data_recorder.md and docs/health_monitor.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: RMW_MESSAGE_INFO_SEQUENCE_NUMBER_UNSUPPORTED (UINT64_MAX) and anything beyond a real counter.
 UNSUPPORTED = 2**64 - 1
@@ -63,6 +63,8 @@ MAX_RETIRED = 32
 #: graph still saying one, reported 27,863 lost of 1,650 received). Runs of writers that left are
 #: retired by :meth:`SequenceTracker.set_writers` once idle over a graph poll.
 MAX_RUNS = 16
+#: Holes remembered per run, to be taken back when they turn out to be another writer's start.
+MAX_JUMPS = 8
 
 
 @dataclass(eq=False)
@@ -78,9 +80,12 @@ class WriterRun:
     lost: int = 0
     used: int = 0       # order in which runs were last left (least recently used: smallest)
     polled: int = -1    # ``last`` at the previous graph poll (unchanged: the run is idle)
-    jump_from: int = 0  # the run's latest hole: from this number ...
-    jump_to: int = 0    # ... to this one, with ``lost_before`` lost before it
-    lost_before: int = 0
+    jumps: list[tuple[int, int, int]] = field(default_factory=list)
+    """The run's latest holes (at most :data:`MAX_JUMPS`), oldest first: ``(from, to, lost
+    before it)``. Any of them may turn out to be another writer's first sample joining the run
+    (then the run splits there), not only the latest: with several writers on similar numbers
+    (five 1 Hz ``/diagnostics`` writers started together), a run can take a second confused
+    sample before the first one is revealed."""
     seen: float = -1.0  # when its last sample arrived, for users that time writers (monotonic s)
 
     @property
@@ -136,6 +141,17 @@ class SequenceTracker:
         for run in self.runs:
             if run.last < seq and (best is None or run.last > best.last):
                 best = run
+        if best is not None and seq - best.last > 1:
+            # A hole in the run below - or the continuation of a run whose latest number was
+            # another writer's first sample (five writers on similar numbers: one writer's
+            # start pushes each of the others one run down, each push a false hole). Take the
+            # reading with the smaller hole, for a run whose hole is its very last step (it got
+            # nothing since: a run that went on past its hole is more likely a writer that lost
+            # samples) - or any remembered hole while the graph lists more writers than there
+            # are runs (a writer's samples are then hiding in another's run).
+            hijacked = self._hole_around(seq, fresh=self.writers <= len(self.runs))
+            if hijacked is not None and seq - hijacked[1] - 1 < seq - best.last - 1:
+                best = self._split(seq)
         if best is None:                       # continues no run: a new writer
             best = self._split(seq)
             if best is None:
@@ -146,7 +162,9 @@ class SequenceTracker:
             self.new_writers += 1
         gap = seq - best.last - 1
         if gap:
-            best.jump_from, best.jump_to, best.lost_before = best.last, seq, best.lost
+            best.jumps.append((best.last, seq, best.lost))
+            if len(best.jumps) > MAX_JUMPS:
+                del best.jumps[0]
             best.lost += gap
             self.lost += gap
         best.last = seq
@@ -157,23 +175,37 @@ class SequenceTracker:
         self.last = seq
 
     def _split(self, seq: int) -> WriterRun | None:
-        """``seq`` fits inside a run's latest hole: that hole was another writer's first sample.
-        Split the run there; returns the part before the hole (which ``seq`` continues)."""
-        found: WriterRun | None = None
-        for run in self.runs:
-            if run.jump_from < seq <= run.jump_to and (found is None
-                                                       or run.jump_from > found.jump_from):
-                found = run
-        if found is None:
+        """``seq`` fits inside one of a run's remembered holes: that hole was another writer's
+        first sample. Split the run there; returns the part before the hole (which ``seq``
+        continues). The innermost fitting hole wins (the largest ``from``)."""
+        hole = self._hole_around(seq)
+        if hole is None:
             return None
-        gap = found.jump_to - found.jump_from - 1
-        before = WriterRun(first=found.first, last=found.jump_from, lost=found.lost_before,
-                           used=found.used)
-        found.first, found.lost = found.jump_to, found.lost - found.lost_before - gap
-        found.jump_from = found.jump_to = found.lost_before = 0
+        found, start = hole
+        at = next(i for i, jump in enumerate(found.jumps) if jump[0] == start)
+        _, end, lost_before = found.jumps[at]
+        gap = end - start - 1
+        before = WriterRun(first=found.first, last=start, lost=lost_before, used=found.used,
+                           jumps=found.jumps[:at])
+        found.first, found.lost = end, found.lost - lost_before - gap
+        shift = lost_before + gap
+        found.jumps = [(f, t, lost - shift) for f, t, lost in found.jumps[at + 1:]]
         self.lost -= gap
         self.runs.append(before)
         return before
+
+    def _hole_around(self, seq: int, fresh: bool = False) -> tuple[WriterRun, int] | None:
+        """The run and the start of its remembered hole that ``seq`` fits in (``start < seq <=
+        end``), the innermost (largest start) if several do; None if none. ``fresh``: only a
+        hole that is its run's last step (nothing received after it)."""
+        found: tuple[WriterRun, int] | None = None
+        for run in self.runs:
+            for start, end, _lost in run.jumps[-1:] if fresh else run.jumps:
+                if fresh and end != run.last:
+                    continue
+                if start < seq <= end and (found is None or start > found[1]):
+                    found = (run, start)
+        return found
 
     def set_writers(self, count: int) -> None:
         """The graph's publisher count for the topic (polled): bounds the runs kept.
