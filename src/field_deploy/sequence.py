@@ -70,6 +70,9 @@ MAX_RETIRED = 32
 MAX_RUNS = 16
 #: Holes remembered per run, to be taken back when they turn out to be another writer's start.
 MAX_JUMPS = 8
+#: A first number received at or below this is a writer matched within its first publications
+#: (discovery takes a few of a 1-10 Hz writer's): a hole ending there may be that writer's start.
+EARLY = 64
 
 
 @dataclass(eq=False)
@@ -150,11 +153,14 @@ class SequenceTracker:
             # A hole in the run below - or the continuation of a run whose latest number was
             # another writer's first sample (five writers on similar numbers: one writer's
             # start pushes each of the others one run down, each push a false hole). Take the
-            # reading with the smaller hole, for a run whose hole is its very last step (it got
-            # nothing since: a run that went on past its hole is more likely a writer that lost
-            # samples) - or any remembered hole while the graph lists more writers than there
-            # are runs (a writer's samples are then hiding in another's run).
-            hijacked = self._hole_around(seq, fresh=self.writers <= len(self.runs))
+            # reading with the smaller hole: any remembered hole while the graph lists more
+            # writers than there are runs (a writer's samples are then hiding in another's run);
+            # otherwise only a hole that is its run's very last step (it got nothing since) and
+            # ends at an early number (<= EARLY: a writer matched within its first
+            # publications). Two writers that both lost hundreds in one stall leave holes with
+            # late ends: those stay holes (test_two_writers_on_one_topic_counted_apart).
+            hiding = self.writers > len(self.runs)
+            hijacked = self._hole_around(seq, fresh=not hiding, early=not hiding)
             if hijacked is not None and seq - hijacked[1] - 1 < seq - best.last - 1:
                 best = self._split(seq)
         if best is None:                       # continues no run: a new writer
@@ -199,14 +205,16 @@ class SequenceTracker:
         self.runs.append(before)
         return before
 
-    def _hole_around(self, seq: int, fresh: bool = False) -> tuple[WriterRun, int] | None:
+    def _hole_around(self, seq: int, fresh: bool = False,
+                     early: bool = False) -> tuple[WriterRun, int] | None:
         """The run and the start of its remembered hole that ``seq`` fits in (``start < seq <=
         end``), the innermost (largest start) if several do; None if none. ``fresh``: only a
-        hole that is its run's last step (nothing received after it)."""
+        hole that is its run's last step (nothing received after it); ``early``: only a hole
+        that ends at or below :data:`EARLY`."""
         found: tuple[WriterRun, int] | None = None
         for run in self.runs:
             for start, end, _lost in run.jumps[-1:] if fresh else run.jumps:
-                if fresh and end != run.last:
+                if (fresh and end != run.last) or (early and end > EARLY):
                     continue
                 if start < seq <= end and (found is None or start > found[1]):
                     found = (run, start)
