@@ -76,6 +76,25 @@ def check_output_dir(path: Path) -> Path:
     return path
 
 
+def declare_topic(topics: dict[str, _Topic], name: str, type_name: str,
+                  offered_qos_profiles: list[dict[str, Any]] | None,
+                  serialization_format: str) -> _Topic | None:
+    """Add ``name`` to ``topics`` (a bag writer's, in process or in the writer process); the new
+    entry, or None if it was declared already with the same type. ``ValueError`` for another
+    type, ``LookupError`` for an unknown one: raised in the caller, not mid-recording."""
+    type_name = msgdefs.normalise(type_name)
+    existing = topics.get(name)
+    if existing is not None:
+        if existing.info.type != type_name:
+            raise ValueError(f'topic {name!r}: already recorded as {existing.info.type}, '
+                             f'cannot also record it as {type_name}')
+        return None
+    msgdefs.full_definition(type_name)
+    info = md.TopicInfo(name, type_name, list(offered_qos_profiles or []), serialization_format)
+    topics[name] = topic = _Topic(info, msgdefs.has_header(type_name))
+    return topic
+
+
 class BagWriter:
     """Write a rosbag2 MCAP bag directory.
 
@@ -131,17 +150,8 @@ class BagWriter:
                   offered_qos_profiles: list[dict[str, Any]] | None = None,
                   serialization_format: str = 'cdr') -> None:
         """Declare a topic before writing to it. ``LookupError`` if the type's .msg is unknown."""
-        type_name = msgdefs.normalise(type_name)
-        existing = self.topics.get(name)
-        if existing is not None:
-            if existing.info.type != type_name:
-                raise ValueError(f'topic {name!r}: already recorded as {existing.info.type}, '
-                                 f'cannot also record it as {type_name}')
-            return
-        msgdefs.full_definition(type_name)   # fail now, not in the middle of the recording
-        info = md.TopicInfo(name, type_name, list(offered_qos_profiles or []), serialization_format)
-        self.topics[name] = _Topic(info, msgdefs.has_header(type_name))
-        self._register(name)
+        if declare_topic(self.topics, name, type_name, offered_qos_profiles, serialization_format):
+            self._register(name)
 
     def write(self, topic: str, data: bytes, log_time: int, publish_time: int | None = None) -> None:
         """Append one serialized message. ``log_time``: receive time (ns since the epoch).

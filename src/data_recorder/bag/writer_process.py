@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from data_recorder.bag import metadata as md
-from data_recorder.bag import msgdefs
 from data_recorder.bag.ring import COMMAND, MESSAGE, Ring
-from data_recorder.bag.writer import BagError, BagWriter, _Topic, check_output_dir
+from data_recorder.bag.writer import BagError, BagWriter, _Topic, check_output_dir, declare_topic
 
 #: topic id, log time, publish time (0: the writer takes the header stamp / log time)
 MESSAGE_HEAD = struct.Struct('<HQQ')
@@ -94,19 +93,13 @@ class WriterProcess:
     def add_topic(self, name: str, type_name: str,
                   offered_qos_profiles: list[dict[str, Any]] | None = None,
                   serialization_format: str = 'cdr') -> None:
-        type_name = msgdefs.normalise(type_name)
-        existing = self.topics.get(name)
-        if existing is not None:
-            if existing.info.type != type_name:
-                raise ValueError(f'topic {name!r}: already recorded as {existing.info.type}, '
-                                 f'cannot also record it as {type_name}')
+        topic = declare_topic(self.topics, name, type_name, offered_qos_profiles,
+                              serialization_format)
+        if topic is None:
             return
-        msgdefs.full_definition(type_name)   # fail here, in the caller, not in the writer
-        info = md.TopicInfo(name, type_name, list(offered_qos_profiles or []), serialization_format)
-        self.topics[name] = _Topic(info, msgdefs.has_header(type_name))
         self._ids[name] = len(self._ids)
-        self._command('add_topic', wait=False, name=name, type=type_name,
-                      qos=info.offered_qos_profiles, format=serialization_format,
+        self._command('add_topic', wait=False, name=name, type=topic.info.type,
+                      qos=topic.info.offered_qos_profiles, format=serialization_format,
                       id=self._ids[name])
 
     def write(self, topic: str, data: bytes, log_time: int, publish_time: int | None = None) -> None:
