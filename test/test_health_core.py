@@ -410,6 +410,29 @@ def test_bring_up_in_order_configure_all_then_activate_all() -> None:
     assert ok and set(client.state.values()) == {'unconfigured'}
 
 
+def test_a_transition_whose_answer_is_lost_is_judged_by_the_nodes_state() -> None:
+    """A just-started node can make a transition and lose its answer (its response writer had
+    not matched the monitor's client yet): the node's state says it was made, so it is not a
+    failure; a transition that really failed stays one."""
+    mgr, client, _, _ = _manager(['sim_robot', 'skill_runtime'])
+    change = client.change_state
+
+    def answer_lost(node, transition, timeout):
+        change(node, transition, timeout)
+        return False
+
+    client.change_state = answer_lost
+    ok, summary = mgr.startup()
+    assert ok, summary
+    assert set(client.state.values()) == {'active'}
+    assert client.calls == [('sim_robot', 'configure'), ('skill_runtime', 'configure'),
+                            ('sim_robot', 'activate'), ('skill_runtime', 'activate')]
+    mgr2, client2, _, _ = _manager(['sim_robot'], fail=['sim_robot'])
+    ok, summary = mgr2.startup()
+    assert not ok and client2.state['sim_robot'] == 'unconfigured'
+    assert 'configure of sim_robot failed' in mgr2.nodes['sim_robot'].message
+
+
 def test_adopt_takes_over_the_running_stack_changing_nothing() -> None:
     """A restarted monitor adopts: active nodes watched, others left as they are, nothing
     transitioned or started; a node missing at adoption is recovered as a dead one is."""

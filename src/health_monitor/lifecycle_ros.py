@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from typing import Any
 
 from lifecycle_msgs.msg import Transition
@@ -52,22 +53,43 @@ class RosLifecycleClient:
             self._change[name] = self.node.create_client(ChangeState, f'{name}/change_state')
         return self._get[name], self._change[name]
 
-    def _call(self, client: Any, request: Any, timeout: float) -> Any:
+    def _call(self, client: Any, request: Any, timeout: float, *,
+              resend_every: float | None = None) -> Any:
+        """The service's answer within ``timeout``, or None.
+
+        ``resend_every``: for a request that may be repeated (``get_state``), send it again
+        each time so long passes without an answer, until ``timeout``. Why: a service that
+        has just appeared can lose its first answers. ``service_is_ready`` only says the
+        client matched the server; the server may not have matched the client's response
+        reader yet, and Fast DDS then drops the response ("failed to send response (timeout)"
+        in the node's log). A clean-clone suite run saw that take a newly started node's
+        first ``get_state``, and the monitor judged a healthy node down.
+        """
         if not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout):
             return None
-        future = client.call_async(request)
         answered = threading.Event()
-        future.add_done_callback(lambda _future: answered.set())
-        if not answered.wait(timeout):
-            client.remove_pending_request(future)
-            return None
-        return future.result()
+        deadline = time.monotonic() + timeout
+        futures = []
+        while True:
+            future = client.call_async(request)
+            future.add_done_callback(lambda _future: answered.set())
+            futures.append(future)
+            left = deadline - time.monotonic()
+            wait = left if resend_every is None else min(left, resend_every)
+            if answered.wait(max(0.0, wait)) or time.monotonic() >= deadline:
+                break
+        done = [f for f in futures if f.done()]
+        for f in futures:
+            if not f.done():
+                client.remove_pending_request(f)
+        return done[0].result() if done else None
 
     def available(self, node: str) -> bool:
         return self._clients(node)[0].service_is_ready()
 
     def get_state(self, node: str, timeout: float) -> str | None:
-        response = self._call(self._clients(node)[0], GetState.Request(), timeout)
+        response = self._call(self._clients(node)[0], GetState.Request(), timeout,
+                              resend_every=min(1.0, timeout / 3))
         return None if response is None else response.current_state.label
 
     def change_state(self, node: str, transition: int, timeout: float) -> bool:

@@ -25,6 +25,9 @@ CONFIGURE, CLEANUP, ACTIVATE, DEACTIVATE = 1, 2, 3, 4
 EVENTS_MAX = 500  # LifecycleManager.events: the newest transitions and recoveries kept
 TRANSITION_NAMES = {CONFIGURE: 'configure', CLEANUP: 'cleanup', ACTIVATE: 'activate',
                     DEACTIVATE: 'deactivate'}
+TRANSITION_GOALS = {CONFIGURE: 'inactive', CLEANUP: 'unconfigured', ACTIVATE: 'active',
+                    DEACTIVATE: 'inactive'}
+"""The state each transition leaves a node in when it succeeds."""
 
 
 class LifecycleClient(Protocol):
@@ -176,6 +179,12 @@ class LifecycleManager:
     def _transition(self, rec: NodeRecord, transition: int) -> bool:
         name = rec.spec.name
         ok = self.client.change_state(name, transition, self.cfg.transition_timeout_s)
+        if not ok and self.client.get_state(name, 1.0) == TRANSITION_GOALS[transition]:
+            # The transition was made but its answer was lost (a just-started node's response
+            # writer had not matched our client yet): the node's state is the truth.
+            self.log('info', f'{TRANSITION_NAMES[transition]} of {name}: no answer, but '
+                             f'{name} is {TRANSITION_GOALS[transition]}')
+            ok = True
         self._event(name, TRANSITION_NAMES[transition] + ('' if ok else ' FAILED'))
         if not ok:
             rec.message = f'{TRANSITION_NAMES[transition]} of {name} failed or timed out'
