@@ -176,3 +176,57 @@ def test_throttled_messages_are_counted_as_throttled_never_as_lost(tmp_path: Pat
     assert len(fig['found'].get('w0', set())) == acc['written']       # what the bag holds
     assert f'throttled {acc["skipped_throttled"]}' in fig['summary'], fig['summary']
 
+
+
+_EVENTS = '''
+import sys, time
+import rclpy
+from rclpy.parameter import Parameter
+rclpy.init()
+node = rclpy.create_node(sys.argv[1])
+node.declare_parameter('x', 0)
+time.sleep(float(sys.argv[2]))             # staggered: some nodes' first events before the match
+for i in range(1, 6):
+    node.set_parameters([Parameter('x', value=i)])
+    time.sleep(0.1)
+time.sleep(3.0)                            # the recorder acknowledges the last events
+node.destroy_node()
+rclpy.shutdown()
+'''
+
+
+def test_parameter_events_are_counted_per_node_the_message_names(tmp_path: Path) -> None:
+    """``/parameter_events``: one writer per node, each numbering its few events from 1. The
+    recorder keys them by the node each event names (issue 20: false holes by number alone);
+    each node's events in the bag (read by rosbags) are its run's, and none is lost."""
+    from rosbags.highlevel import AnyReader
+
+    bag, log = tmp_path / 'bag', tmp_path / 'record.log'
+    recorder = subprocess.Popen(
+        [sys.executable, '-m', 'data_recorder.record_cli', 'record', '-o', str(bag),
+         '/parameter_events'], stdout=log.open('wb'), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    names = [f'pe_{os.getpid()}_{i}' for i in range(4)]
+    try:
+        assert wait_until(lambda: 'recording /parameter_events' in log.read_text(), 60), \
+            log.read_text()
+        nodes = [subprocess.Popen([sys.executable, '-c', _EVENTS, name, str(0.2 * i)])
+                 for i, name in enumerate(names)]
+        assert all(p.wait(60) == 0 for p in nodes)
+        recorder.send_signal(signal.SIGINT)
+        assert recorder.wait(60) == 0, log.read_text()
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+    in_bag: dict[str, int] = {}
+    with AnyReader([bag]) as reader:
+        for conn, _t, raw in reader.messages():
+            node = reader.deserialize(raw, conn.msgtype).node.lstrip('/')
+            in_bag[node] = in_bag.get(node, 0) + 1
+    acc = json.loads(md.load(bag)['custom_data']['data_recorder.accounting'])['/parameter_events']
+    assert acc['lost'] == 0, acc
+    runs: dict[str, int] = {}
+    for run in acc['writers']:
+        runs[run['name'].lstrip('/')] = runs.get(run['name'].lstrip('/'), 0) + run['received']
+    assert set(names) <= set(runs), acc['writers']
+    assert all(in_bag[n] == runs[n] >= 5 for n in names), (in_bag, acc['writers'])

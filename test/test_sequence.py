@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from field_deploy.sequence import SequenceTracker
+from field_deploy.sequence import NamedWriters, SequenceTracker
 
 
 def _feed(tracker: SequenceTracker, numbers: list[int]) -> SequenceTracker:
@@ -123,3 +123,39 @@ def test_sequence_five_writers_on_similar_numbers_lose_nothing() -> None:
     t.set_writers(5)
     _feed(t, merged)
     assert t.lost == 0, t.per_writer()
+
+
+def test_named_writers_keep_late_matched_nodes_apart_and_count_real_holes() -> None:
+    """``/parameter_events``: fifteen nodes, each one writer numbering 1-3; nodes matched after
+    their first publications first show a 2 or a 3. By number alone such a start is a hole in
+    another node's run; by the name in the message it is that node's first sample."""
+    rng = random.Random(7)
+    samples = []
+    for node in range(15):
+        first = rng.choice([1, 1, 2, 3])            # 2, 3: published before the match
+        samples += [(f'/n{node}', seq) for seq in range(first, 4)]
+    rng.shuffle(samples)
+    samples.sort(key=lambda s: s[1] - rng.random())  # roughly in time: numbers grow together
+    named = NamedWriters()
+    for name, seq in samples:
+        named.observe_named(name, seq)
+    assert named.lost == 0 and named.unsequenced == 0 and named.new_writers == 15
+    # the ambiguity by number: node a's one sample (1), then node b's first since its match (3)
+    ambiguous = SequenceTracker()
+    ambiguous.set_writers(2)
+    ambiguous.observe(1)
+    ambiguous.observe(3)
+    assert ambiguous.lost == 1
+    named_ab = NamedWriters()
+    named_ab.observe_named('/a', 1)
+    named_ab.observe_named('/b', 3)
+    assert named_ab.lost == 0
+    assert {w['name'] for w in named.per_writer()} == {f'/n{i}' for i in range(15)}
+    # a real hole in one node's numbers, and a node that restarts (numbers from 1 again)
+    named.observe_named('/n0', 6)
+    named.observe_named('/n1', 1)
+    named.observe_named('/n1', 2)
+    assert named.lost == 2 and named.new_writers == 16
+    named.set_writers(15)
+    named.set_writers(15)              # idle twice: /n1's old run retires, its losses stay
+    assert named.lost == 2

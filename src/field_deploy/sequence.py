@@ -260,3 +260,66 @@ class SequenceTracker:
         if run is self._current:
             self._current = None
             self.last = -2
+
+
+#: Writers whose messages name them kept apart (a bound: beyond it, the rest share one tracker).
+MAX_NAMES = 256
+
+
+class NamedWriters:
+    """Sequence runs per writer *name*, for a topic whose messages say who sent them.
+
+    ``rcl_interfaces/msg/ParameterEvent`` carries its node (one ``/parameter_events`` writer per
+    node). There the runs above cannot tell writers apart: about fifteen writers each send one
+    to three samples, all numbered 1-3, and a writer matched after its first publications (a
+    node starting beside the recorder) first shows a 2 or a 3 - the same numbers as a hole in
+    another writer's run. Measured: the demo reported 3 of 3 ``/parameter_events`` samples lost
+    in 1 of 3 suite runs beside a busy loop, none of them lost. With the name each node's
+    numbers are one writer's (a restarted node numbers from 1 again: a new run of its name), so
+    a hole is a hole. Same reading interface as :class:`SequenceTracker`, for the recorder's
+    ledger; fed by :meth:`observe_named`.
+    """
+
+    __slots__ = ('by_name', 'writers')
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, SequenceTracker] = {}
+        self.writers = 0
+
+    def observe_named(self, name: str, seq: int) -> None:
+        tracker = self.by_name.get(name)
+        if tracker is None:
+            if len(self.by_name) >= MAX_NAMES:
+                name = '*'
+            tracker = self.by_name.setdefault(name, SequenceTracker())
+        tracker.observe(seq)
+
+    def _trackers(self) -> list[SequenceTracker]:
+        return list(self.by_name.values())   # read from other threads: a copy under the GIL
+
+    @property
+    def lost(self) -> int:
+        return sum(t.lost for t in self._trackers())
+
+    @property
+    def unsequenced(self) -> int:
+        return sum(t.unsequenced for t in self._trackers())
+
+    @property
+    def new_writers(self) -> int:
+        return sum(t.new_writers for t in self._trackers())
+
+    def set_writers(self, count: int) -> None:
+        """The graph's count is the topic's; each name is one writer (its idle old runs retire)."""
+        self.writers = count
+        for tracker in self._trackers():
+            tracker.set_writers(1)
+
+    def sync(self) -> None:
+        for tracker in self._trackers():
+            tracker.sync()
+
+    def per_writer(self) -> list[dict[str, int | str]]:
+        """Each name's runs, oldest first, with the name."""
+        return [{'name': name, **run} for name, tracker in sorted(self.by_name.items())
+                for run in tracker.per_writer()]

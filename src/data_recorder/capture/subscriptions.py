@@ -18,6 +18,7 @@ from typing import Any
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from rclpy.subscription import Subscription
 
 from data_recorder.bag import metadata as md
@@ -25,6 +26,7 @@ from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.recorder import Recorder
 from data_recorder.capture.selection import adapt_qos
 from field_deploy.ros import message_class
+from field_deploy.sequence import NamedWriters
 
 _RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
 _DURABILITY = {DurabilityPolicy.TRANSIENT_LOCAL: 'transient_local',
@@ -56,6 +58,31 @@ def sequenced_callback(recorder: Recorder, stats: TopicStats, topic: str) -> Cal
             tracker.last = seq
         else:
             other(seq)
+        on_message(stats, topic, sample)
+    return callback
+
+
+#: Types whose messages name their writer, and the field that does: each name's numbers are
+#: one writer's (:class:`field_deploy.sequence.NamedWriters`).
+WRITER_NAME_FIELDS = {'rcl_interfaces/msg/ParameterEvent': 'node'}
+
+
+def named_callback(recorder: Recorder, stats: TopicStats, topic: str,
+                   msg_type: Any, name_field: str) -> Callable[..., None]:
+    """The callback of a topic whose messages name their writer (low rate: each is
+    deserialised for its name)."""
+    on_message = recorder.on_message
+    writers = stats.seq
+    assert isinstance(writers, NamedWriters)
+
+    def callback(sample: Any, info: dict[str, Any] | None = None) -> None:
+        if info is None:                 # EventsExecutor: one (bytes, info) tuple
+            sample, info = sample
+        try:
+            name = str(getattr(deserialize_message(sample, msg_type), name_field))
+        except Exception:                # a sample we cannot read is still counted
+            name = '?'
+        writers.observe_named(name, info['publication_sequence_number'])
         on_message(stats, topic, sample)
     return callback
 
@@ -156,9 +183,16 @@ class Capture:
         # recorder hung after ~10 s of the reference load. Sequence gaps are counted in any case.
         events = (SubscriptionEventCallbacks(message_lost=lost) if self.message_lost_events
                   else SubscriptionEventCallbacks())
-        sub = self.node.create_subscription(
-            message_class(type_name), topic, sequenced_callback(recorder, stats, topic),
-            qos(settings), raw=True, event_callbacks=events)
+        msg_type = message_class(type_name)
+        name_field = WRITER_NAME_FIELDS.get(type_name)
+        if name_field is None:
+            callback = sequenced_callback(recorder, stats, topic)
+        else:
+            if not isinstance(stats.seq, NamedWriters):
+                stats.seq = NamedWriters()
+            callback = named_callback(recorder, stats, topic, msg_type, name_field)
+        sub = self.node.create_subscription(msg_type, topic, callback, qos(settings), raw=True,
+                                            event_callbacks=events)
         if not hasattr(sub, '_callback_type'):
             raise RuntimeError('this rclpy has no Subscription._callback_type: the recorder '
                                'cannot take the message info (DDS sequence numbers)')
