@@ -76,6 +76,16 @@ def check_output_dir(path: Path) -> Path:
     return path
 
 
+def check_metadata(name: str, data: Mapping[str, str]) -> None:
+    """An MCAP Metadata record needs a name and string keys and values: refused here, in the
+    caller's thread, rather than in the writer's where the error would reach nobody."""
+    if not name:
+        raise ValueError('metadata record name must not be empty')
+    bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise ValueError(f'metadata {name!r}: keys and values must be strings ({bad!r})')
+
+
 def declare_topic(topics: dict[str, _Topic], name: str, type_name: str,
                   offered_qos_profiles: list[dict[str, Any]] | None,
                   serialization_format: str) -> _Topic | None:
@@ -209,11 +219,7 @@ class BagWriter:
 
     def add_metadata(self, name: str, data: Mapping[str, str]) -> None:
         """Write an MCAP Metadata record (e.g. an episode marker) into the current file."""
-        if not name:
-            raise ValueError('metadata record name must not be empty')
-        bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, str)]
-        if bad:
-            raise ValueError(f'metadata {name!r}: keys and values must be strings ({bad!r})')
+        check_metadata(name, data)
         assert self._mcap is not None
         self._mcap.add_metadata(name, dict(data))
 

@@ -40,7 +40,14 @@ from typing import IO, Any
 
 from data_recorder.bag import metadata as md
 from data_recorder.bag.ring import COMMAND, MESSAGE, Ring
-from data_recorder.bag.writer import BagError, BagWriter, _Topic, check_output_dir, declare_topic
+from data_recorder.bag.writer import (
+    BagError,
+    BagWriter,
+    _Topic,
+    check_metadata,
+    check_output_dir,
+    declare_topic,
+)
 
 #: topic id, log time, publish time (0: the writer takes the header stamp / log time)
 MESSAGE_HEAD = struct.Struct('<HQQ')
@@ -124,11 +131,7 @@ class WriterProcess:
         self._command('split')
 
     def add_metadata(self, name: str, data: Mapping[str, str]) -> None:
-        if not name:
-            raise ValueError('metadata record name must not be empty')
-        bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, str)]
-        if bad:
-            raise ValueError(f'metadata {name!r}: keys and values must be strings ({bad!r})')
+        check_metadata(name, data)
         self._command('add_metadata', wait=False, name=name, data=dict(data))
 
     def set_custom_data(self, key: str, value: str) -> None:
