@@ -721,3 +721,40 @@ def test_a_node_is_stopped_within_its_own_stop_timeout() -> None:
     spawner.stop = lambda name, timeout=5.0: stops.append((name, timeout))
     mgr.restart('data_recorder')
     assert stops == [('data_recorder', 60.0)]
+
+
+def test_worker_runs_jobs_in_order_survives_a_failing_one_and_beats() -> None:
+    """health_monitor.worker: jobs one at a time in order, a job that raises answers
+    ``(False, reason)`` and the thread goes on, heartbeats run between jobs, a call that takes
+    longer than its timeout says so."""
+    import threading
+
+    from health_monitor.worker import ManagerWorker
+
+    class Manager:
+        beats = 0
+
+        def heartbeat(self) -> None:
+            Manager.beats += 1
+
+        def statuses(self) -> list:
+            return [Manager.beats]
+
+    errors: list[str] = []
+    worker = ManagerWorker(Manager(), 50.0, threading.Event(), errors.append)
+    order: list[int] = []
+    worker.submit(lambda: order.append(1))
+    assert worker.call(lambda: order.append(2) or 'two', 5.0) == (True, 'two')
+    assert order == [1, 2]
+
+    def broken() -> None:
+        raise RuntimeError('no such node')
+    assert worker.call(broken, 5.0) == (True, (False, 'no such node'))
+    assert errors == ['health worker: RuntimeError: no such node']
+    assert worker.call(lambda: 3, 5.0) == (True, 3)          # still serving
+    release = threading.Event()
+    assert worker.call(lambda: release.wait(5.0), 0.05) == (False, None)
+    release.set()
+    assert wait_until(lambda: Manager.beats >= 3, 5.0)
+    worker.stop()
+    assert not worker._thread.is_alive()

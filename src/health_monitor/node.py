@@ -1,19 +1,18 @@
 """``health_monitor`` node: thin ROS shell around the monitor cores, lifecycle manager and ledger.
 
 Threads: the main executor runs /diagnostics, the timers (the check timer takes the robot
-topics' raw samples in batches and reads an 8-byte stamp from each) and the services; a
-worker thread does everything that waits on another node (lifecycle transitions, heartbeats,
-policy service calls) through a private client node, whose answers an executor takes on a
-thread of its own (health_monitor.lifecycle_ros), so a slow
-managed node never stalls the monitors and a service handler can wait for the worker without
-deadlocking the main executor.
+topics' raw samples in batches and reads an 8-byte stamp from each) and the services; a worker
+thread (health_monitor.worker) does everything that waits on another node (lifecycle
+transitions, heartbeats, policy service calls) through a private client node, whose answers an
+executor takes on a thread of its own (health_monitor.lifecycle_ros), so a slow managed node
+never stalls the monitors and a service handler can wait for the worker without deadlocking the
+main executor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from health_monitor.polling import TopicPoller
 from health_monitor.receiving import PressureFile, ReceiveThreads
 from health_monitor.spawner import PopenSpawner
 from health_monitor.topics import TopicMonitor
+from health_monitor.worker import ManagerWorker
 
 METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
 DEFAULT_METRICS_PORT = 9464   # the Prometheus exporter port conventionally left to this kind of agent
@@ -142,7 +142,6 @@ class HealthMonitor(Node):
         self.policies = PolicyEngine(cfg.policies)
         # the newest POLICY_LOG_MAX lines (each is also in the node's log) and the count of all
         self.policy_log: History[str] = History(POLICY_LOG_MAX)
-        self._jobs: queue.Queue[tuple[Callable[[], Any], threading.Event, list]] = queue.Queue()
         self._stop = threading.Event()
         self.spawner = spawner or PopenSpawner()
         self._client_node = Node('_health_monitor_client', namespace=self.get_namespace(),
@@ -150,15 +149,14 @@ class HealthMonitor(Node):
         self.lifecycle = RosLifecycleClient(self._client_node)
         self.manager = LifecycleManager(cfg.lifecycle, self.lifecycle, self.spawner,
                                         log=self._log, stopping=self._stop.is_set)
-        self._manager_status: list[Status] = self.manager.statuses()
+        self.worker = ManagerWorker(self.manager, cfg.lifecycle.heartbeat_hz, self._stop,
+                                    self.get_logger().error)
         for name in ('startup', 'shutdown', 'reset'):
             self.create_service(Trigger, f'~/{name}', self._manual(name))
-        self._worker = threading.Thread(target=self._work, name='health-worker', daemon=True)
-        self._worker.start()
         if adopt and cfg.lifecycle.nodes:   # restarted by the supervisor: the stack is running
-            self._jobs.put((self.manager.adopt, threading.Event(), []))
+            self.worker.submit(self.manager.adopt)
         elif manage and cfg.lifecycle.nodes:
-            self._jobs.put((self._startup_job, threading.Event(), []))
+            self.worker.submit(self.manager.startup)
         self.get_logger().info(
             f'watching {len(self.monitors)} topics of {cfg.profile.name}, {len(cfg.rules)} '
             f'/diagnostics rules, {len(cfg.policies)} policies; managing '
@@ -336,9 +334,7 @@ class HealthMonitor(Node):
                 cid = self._ledger_component(mon.path)
                 if cid and not cid.endswith('_joint'):
                     self.ledger.observe(cid, now, {})
-        with self._lock:
-            manager_status = list(self._manager_status)
-        for status in manager_status:
+        for status in self.worker.statuses:
             self._leaf(status, now)
         self._leaf(monitor_status(now, self.punctuality, self.delivery_gaps, self.pressure,
                                   self.receiving.busy_checks), now)
@@ -383,11 +379,9 @@ class HealthMonitor(Node):
                     threading.Thread(target=self._call_trigger, name='policy-snapshot', daemon=True,
                                      args=(service, policy.name, self.SNAPSHOT_TIMEOUT_S)).start()
                     continue
-                self._jobs.put((lambda s=service, p=policy.name: self._call_trigger(s, p),
-                                threading.Event(), []))
+                self.worker.submit(lambda s=service, p=policy.name: self._call_trigger(s, p))
             elif action == 'restart':
-                self._jobs.put((lambda n=policy.restart: self.manager.restart(n),
-                                threading.Event(), []))
+                self.worker.submit(lambda n=policy.restart: self.manager.restart(n))
 
     def _call_trigger(self, service: str, policy: str, timeout: float = 2.0) -> None:
         ok, message = self.lifecycle.trigger(service, timeout)
@@ -409,44 +403,16 @@ class HealthMonitor(Node):
         else:
             self.get_logger().info(message)
 
-    def _startup_job(self) -> tuple[bool, str]:
-        return self.manager.startup()
-
-    def _work(self) -> None:
-        period = 1.0 / self.cfg.lifecycle.heartbeat_hz
-        next_beat = time.monotonic() + period
-        while not self._stop.is_set():
-            try:
-                job, done, result = self._jobs.get(timeout=max(0.0, next_beat - time.monotonic()))
-            except queue.Empty:
-                job = None
-            if job is not None:
-                try:
-                    result.append(job())
-                except Exception as exc:  # a job must never kill the worker
-                    self.get_logger().error(f'health worker: {type(exc).__name__}: {exc}')
-                    result.append((False, str(exc)))
-                done.set()
-            if time.monotonic() >= next_beat and not self._stop.is_set():
-                next_beat = time.monotonic() + period
-                try:
-                    self.manager.heartbeat()
-                except Exception as exc:
-                    self.get_logger().error(f'heartbeat: {type(exc).__name__}: {exc}')
-            with self._lock:
-                self._manager_status = self.manager.statuses()
-
     def _manual(self, name: str) -> Callable[[Any, Any], Any]:
         job = {'startup': self.manager.startup, 'shutdown': self.manager.shutdown,
                'reset': self._reset}[name]
 
         def handler(_request: Any, response: Any) -> Any:
-            done, result = threading.Event(), []
-            self._jobs.put((job, done, result))
-            if not done.wait(timeout=120.0):
+            finished, result = self.worker.call(job, 120.0)
+            if not finished:
                 response.success, response.message = False, f'{name} still running after 120 s'
                 return response
-            ok, message = result[0]
+            ok, message = result
             response.success, response.message = bool(ok), f'{name}: {message}'
             return response
         return handler
@@ -500,8 +466,7 @@ class HealthMonitor(Node):
 
     def close(self) -> None:
         """Stop the worker, the processes we started, and flush the ledger."""
-        self._stop.set()
-        self._worker.join(timeout=10.0)
+        self.worker.stop(10.0)
         if isinstance(self.spawner, PopenSpawner):
             # the nodes we (re)started, last started first, each with its stack's stop_timeout
             for spec in reversed(self.manager.cfg.nodes):
