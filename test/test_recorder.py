@@ -33,7 +33,8 @@ from std_srvs.srv import Trigger
 from data_recorder.bag import metadata as md
 from data_recorder.bag.recover import recover
 from data_recorder.bag.writer import header_stamp_ns
-from data_recorder.node import REPAIR_WAIT_S, DataRecorderNode, parameter_overrides
+from data_recorder.node import REPAIR_WAIT_S, DataRecorderNode
+from data_recorder.parameters import parameter_overrides
 from field_deploy.numbered import numbers_in_bag
 from field_deploy.testing import RawCollector, wait_until
 

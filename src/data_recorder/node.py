@@ -18,7 +18,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import rclpy
@@ -39,6 +38,7 @@ from data_recorder.capture.episodes import EPISODE_RECORD, EpisodeTracker, skill
 from data_recorder.capture.recorder import Recorder, RecorderConfig
 from data_recorder.capture.selection import Selection, load_qos_overrides, unique
 from data_recorder.capture.subscriptions import Capture
+from data_recorder.parameters import PARAMETERS, STRING_ARRAYS, default_output
 from field_deploy.ros import init, run_nodes
 
 NODE_NAME = 'data_recorder'
@@ -46,47 +46,6 @@ NODE_NAME = 'data_recorder'
 #: At stop, a stream silent for less than this may be held back by DDS, not finished: Fast DDS's
 #: default writer heartbeat (3 s) is the longest a reliable reader waits for a repair.
 REPAIR_WAIT_S = 3.5
-
-#: parameter name → default (the CLI flags map onto the same names).
-STRING_ARRAYS = ('topics', 'throttle')
-PARAMETERS: dict[str, Any] = {
-    'output': '',
-    'if_output_exists': 'fail',
-    'topics': [],
-    'all_topics': False,
-    'regex': '',
-    'exclude_regex': '',
-    'include_hidden_topics': False,
-    'compression_format': 'none',
-    'chunk_size': 1024 * 1024,
-    'flush_interval': 1.0,
-    'max_bag_size': 0,
-    'max_bag_duration': 0.0,
-    'snapshot_mode': False,
-    'snapshot_duration': 30.0,
-    'snapshot_max_bytes': 0,
-    'min_free_space': 64 * 1024 * 1024,
-    'queue_size': 100_000,
-    'queue_max_bytes': 256 * 1024 * 1024,
-    'qos_depth': 1000,
-    'qos_profile_overrides_path': '',
-    'discovery_interval': 1.0,
-    'diagnostics_period': 1.0,
-    'fsync': True,
-    'writer_process': False,  # true: the bag written by a process of its own (bag.writer_process)
-    'ring_bytes': 128 * 1024 * 1024,   # its shared-memory ring
-    'message_lost_events': False,
-    'episodes': True,
-    'split_per_episode': False,
-    'autostart': True,
-    'drain_timeout': 10.0,
-    'throttle': [],           # TOPIC_REGEX:HZ entries: at most HZ messages a second kept (throttled)
-    'hardware_profile': '',   # robot profile: its RoHS table (installed parts) goes into the bag
-}
-
-def default_output() -> str:
-    return datetime.now().strftime('rosbag2_%Y_%m_%d-%H_%M_%S')
-
 
 class DataRecorderNode(LifecycleNode):
     """The recorder. ``accounting()`` returns the per-topic ledger for other modules."""
@@ -483,16 +442,6 @@ class DataRecorderNode(LifecycleNode):
 
     def _srv_snapshot(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         return self._trigger(res, 'snapshot')
-
-
-def parameter_overrides(values: dict[str, Any]) -> list[Parameter]:
-    """rclpy parameters for :class:`DataRecorderNode` from a ``{name: value}`` dict (the CLI)."""
-    unknown = sorted(set(values) - set(PARAMETERS))
-    if unknown:
-        raise ValueError(f'unknown data_recorder parameter(s): {", ".join(unknown)}')
-    # (an empty list cannot be typed as a string array by rclpy: leave the default instead)
-    return [Parameter(k, Parameter.Type.STRING_ARRAY, list(v)) if k in STRING_ARRAYS
-            else Parameter(k, value=v) for k, v in values.items() if not (k in STRING_ARRAYS and not v)]
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -105,7 +105,8 @@ def run_record(args: argparse.Namespace) -> int:
 
     values = parameters(args)
     from data_recorder.capture.accounting import COUNTERS, summary_line
-    from data_recorder.node import DataRecorderNode, parameter_overrides
+    from data_recorder.node import DataRecorderNode
+    from data_recorder.parameters import parameter_overrides
     from field_deploy.ros import init, run_nodes
 
     init([])
