@@ -45,9 +45,15 @@ def cli(*args: str, timeout: float = 180.0, env: dict[str, str] | None = None
                           timeout=timeout, env={**os.environ, **SLOW_HOST, **(env or {})})
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
+def spawn(*args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
+    """A console command left running; its stdout is the test's to read, its stderr a pipe for
+    ``communicate`` or, for a command that runs while the test reads only stdout, a file. Not a
+    pipe there: a pipe nobody reads fills (64 KiB of ROS log lines over a few minutes of
+    a stack coming and going) and the process blocks in its next log call - it then cannot
+    even exit. That was the "status --watch does not exit after SIGINT" of two suite runs."""
     return subprocess.Popen([executable('field_deploy'), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **SLOW_HOST})
+                            stderr=subprocess.PIPE if stderr is None else stderr.open('w'),
+                            text=True, env={**os.environ, **SLOW_HOST})
 
 
 class Robot:
@@ -267,7 +273,8 @@ def _watch_lines(proc: subprocess.Popen[str], lines: list[dict]) -> threading.Th
 def test_status_marks_and_a_recorder_that_goes_and_comes_back(stack, tmp_path: Path) -> None:
     robot, procs = stack['robot'], stack['procs']
     lines: list[dict] = []
-    watch = spawn('status', '--watch', '--json', '--interval', '0.5')
+    watch_log = tmp_path / 'watch.stderr'
+    watch = spawn('status', '--watch', '--json', '--interval', '0.5', stderr=watch_log)
     _watch_lines(watch, lines)
     try:
         def recorder_up() -> bool:
@@ -308,7 +315,9 @@ def test_status_marks_and_a_recorder_that_goes_and_comes_back(stack, tmp_path: P
         assert lines[-1]['recorder']['bag'].endswith('bag_2')
     finally:
         watch.send_signal(signal.SIGINT)
-        watch.wait(30)
+        code = watch.wait(30)
+    assert code == 0, watch_log.read_text()[-3000:]
+    print(f'status --watch wrote {watch_log.stat().st_size} bytes to stderr')
 
     _check_marks_in_the_bag(stack['bag'], tmp_path)
 
