@@ -159,3 +159,18 @@ def test_named_writers_keep_late_matched_nodes_apart_and_count_real_holes() -> N
     named.set_writers(15)
     named.set_writers(15)              # idle twice: /n1's old run retires, its losses stay
     assert named.lost == 2
+
+
+def test_named_writers_are_bounded() -> None:
+    """Issue 19: a history driven far past its bound keeps its size (names beyond MAX_NAMES
+    share one tracker; their losses still count)."""
+    from field_deploy.sequence import MAX_NAMES, MAX_RETIRED, MAX_RUNS
+    named = NamedWriters()
+    for i in range(5 * MAX_NAMES):
+        named.observe_named(f'/node_{i}', 1)
+        named.observe_named(f'/node_{i}', 3)
+    assert len(named.by_name) == MAX_NAMES + 1
+    shared = named.by_name['*']
+    assert len(shared.runs) <= MAX_RUNS and len(shared.retired) <= MAX_RETIRED
+    # a hole per kept name; in the shared tracker each name's 1, 3 is read by number alone
+    assert named.lost == MAX_NAMES + shared.lost and shared.lost > 0
