@@ -266,7 +266,8 @@ def main() -> int:
     init([])
     node = rclpy.create_node('health_bench_watch')
     seen: list[tuple[float, dict[str, int]]] = []
-    raised_after: dict[tuple[str, float], float] = {}   # (path, time seen) -> its STALE after (s)
+    raised_after: dict[tuple[str, float], tuple[float, str]] = {}
+    """(path, time seen) -> the STALE after (s) it was raised at, and the evidence it used."""
     lock = threading.Lock()
 
     def on_agg(msg: DiagnosticArray) -> None:
@@ -276,9 +277,10 @@ def main() -> int:
             seen.append((now, table))
             for s in msg.status:
                 if s.level[0] == 3:
-                    after = next((kv.value for kv in s.values if kv.key == 'STALE after (s)'), None)
-                    if after is not None:
-                        raised_after[(s.name, now)] = float(after)
+                    kv = {v.key: v.value for v in s.values}
+                    if 'STALE after (s)' in kv:
+                        raised_after[(s.name, now)] = (float(kv['STALE after (s)']),
+                                                       kv.get('starved publisher evidence', '?'))
     node.create_subscription(DiagnosticArray, '/diagnostics_agg', on_agg,
                              QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     spinner = Spinner([node]).start()
@@ -358,7 +360,7 @@ def main() -> int:
                     t_stale = first(path, 3, last)
                     lat.append(t_stale - last)
                     with lock:
-                        holds.append(raised_after.get((path, t_stale), float('nan')))
+                        holds.append(raised_after.get((path, t_stale), (float('nan'), '?')))
                 gen.ask(f'resume {topic}', 'resume')
                 wait_until(lambda path=path: level(path) == 0, 5)
                 time.sleep(0.3)
@@ -371,8 +373,9 @@ def main() -> int:
                 'target_ms': round(limit * 1000, 1),
                 # what the monitor waited for (stale time + hold, stretched by CPU pressure or
                 # recent delivery gaps) in the slowest trials: the rest is checks and delivery
-                'stale_after_ms_of_slowest': [round(holds[i] * 1000, 1) for i in sorted(
-                    range(len(lat)), key=lambda i: lat[i])[-3:]],
+                'stale_after_ms_of_slowest': [
+                    f'{holds[i][0] * 1000:.1f} ({holds[i][1]})'
+                    for i in sorted(range(len(lat)), key=lambda i: lat[i])[-3:]],
                 'latency_ms_of_slowest': [round(x * 1000, 1) for x in sorted(lat)[-3:]]}
         lat = []
         path = '/robot/joints/joint_states'

@@ -46,11 +46,12 @@ from health_monitor.evidence import CpuPressure, DeliveryGaps, Punctuality, moni
 from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.lifecycle_ros import RosLifecycleClient, managed_from_stack
 from health_monitor.manager import LifecycleManager, PolicyEngine, Spawner
-from health_monitor.polling import TopicPoller
+from health_monitor.polling import TopicPoller, own_host
 from health_monitor.receiving import PressureFile, ReceiveThreads
 from health_monitor.spawner import PopenSpawner
 from health_monitor.topics import TopicMonitor
 from health_monitor.worker import ManagerWorker
+from health_monitor.writer_cpu import WriterProcesses
 
 METRICS_PORT_ENV = 'FIELD_DEPLOY_METRICS_PORT'
 DEFAULT_METRICS_PORT = 9464   # the Prometheus exporter port conventionally left to this kind of agent
@@ -113,7 +114,10 @@ class HealthMonitor(Node):
             self.monitors[watch.name] = mon
             if watch.name != '/diagnostics':  # fed by the deserialising callback below
                 polled.append((watch, mon))
-        self.poller = TopicPoller(self._topics_node, polled, cfg.check_hz)
+        self.writer_cpu = WriterProcesses()
+        self.poller = TopicPoller(self._topics_node, polled, cfg.check_hz, self.writer_cpu,
+                                  own_host(self, '/diagnostics'))
+        self._checks = 0
         self.punctuality = Punctuality(1.0 / cfg.check_hz, cfg.check_late_s)
         self._last_check_start = -1.0
         self.receiving = ReceiveThreads()
@@ -301,10 +305,13 @@ class HealthMonitor(Node):
         blind = self.punctuality.blind_since
         # While a stream is half-way to STALE, the receive threads are probed at every check:
         # busy (samples in hand, or starved) or waiting for a CPU since the previous check =
-        # not looking either.
-        probing = previous >= 0 and any(mon.last_rx >= 0 and mon.silence(now, blind)
-                                        > 0.5 * mon.limits.stale_raise_s
-                                        for mon in self.monitors.values())
+        # not looking either; and its publishers' CPU waits are sampled, so the decision reads
+        # them up to now (all publishers every 10th check: the waits before a silence).
+        half_way = [mon.topic for mon in self.monitors.values() if mon.last_rx >= 0
+                    and mon.silence(now, blind) > 0.5 * mon.limits.stale_raise_s]
+        self._checks += 1
+        self.writer_cpu.sample(now, None if self._checks % 10 == 0 else half_way)
+        probing = previous >= 0 and bool(half_way)
         if probing:
             stretch = self.receiving.blind(previous, now, consecutive=self._probed)
             if stretch is not None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
@@ -25,8 +27,27 @@ from rclpy.node import Node
 from field_deploy.ros import message_class, polled_subscription, qos_profile
 from health_monitor.config_topics import TopicWatch
 from health_monitor.topics import FreezeWatch, TopicMonitor, joint_state_positions
+from health_monitor.writer_cpu import EPROSIMA, WriterProcesses, local_pid
 
 _STAMP = struct.Struct('<iI')
+
+
+def own_host(node: Node, topic: str) -> Callable[[], bytes | None]:
+    """The DDS host id of ``node``'s process, read from its own writer on ``topic`` once the
+    graph lists it (None until then, or when the middleware is not Fast DDS)."""
+    found: list[bytes] = []
+
+    def host() -> bytes | None:
+        if not found:
+            for info in node.get_publishers_info_by_topic(topic):
+                gid = bytes(info.endpoint_gid)
+                if ((info.node_name, info.node_namespace) == (node.get_name(),
+                                                              node.get_namespace())
+                        and gid[:2] == EPROSIMA):
+                    found.append(gid[2:4])
+                    break
+        return found[0] if found else None
+    return host
 
 
 @dataclasses.dataclass
@@ -46,9 +67,13 @@ class TopicPoller:
     """Time a re-created reader gets to be matched to the writers before silence counts."""
 
     def __init__(self, node: Node, watches: list[tuple[TopicWatch, TopicMonitor]],
-                 check_hz: float) -> None:
+                 check_hz: float, writer_cpu: WriterProcesses | None = None,
+                 own_host: Callable[[], bytes | None] = lambda: None) -> None:
         self.node = node
         self.check_hz = check_hz
+        self.writer_cpu = writer_cpu
+        """Each topic's publishing processes (by their writers' GUIDs), refreshed with the graph."""
+        self.own_host = own_host
         self.entries: list[_Polled] = []
         for watch, mon in watches:
             freeze = (FreezeWatch(watch.limits.freeze_after_s)
@@ -71,8 +96,15 @@ class TopicPoller:
         With one publisher a depth-1 reader suffices (the sequence number counts what was not
         taken); with several, the reader keeps every sample published between two checks.
         """
+        host = self.own_host() if self.writer_cpu is not None else None
+        pids = [int(d) for d in os.listdir('/proc') if d.isdigit()] if host else []
         for entry in self.entries:
-            count = max(1, self.node.count_publishers(entry.watch.name))
+            infos = self.node.get_publishers_info_by_topic(entry.watch.name)
+            if self.writer_cpu is not None:
+                self.writer_cpu.set_writers(entry.watch.name, [
+                    local_pid(bytes(i.endpoint_gid), host, pids) for i in infos])
+                entry.monitor.writer_cpu = self.writer_cpu
+            count = max(1, len(infos))
             entry.monitor.sequence.set_writers(count)
             want = 1 if count == 1 else math.ceil(2 * count * entry.watch.limits.rate_hz
                                                   / self.check_hz) + 4

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from field_deploy.sequence import UNSUPPORTED, SequenceTracker, WriterRun
 from health_monitor.core import OK, STALE, WARN, Debounce, Status
 from health_monitor.evidence import CpuPressure, DeliveryGaps
+from health_monitor.writer_cpu import WriterProcesses
 
 _U32 = struct.Struct('<I')
 Blind = Callable[[float], float] | None
@@ -101,6 +102,12 @@ class TopicMonitor:
         self.limits = limits
         self.gaps = gaps
         self.pressure = pressure
+        self.writer_cpu: WriterProcesses | None = None
+        self.starved_by = ''
+        """Which evidence the latest STALE time was stretched by (shown in the status)."""
+        """The topic's publishing processes' CPU waits (set by whoever polls the graph): when
+        known, they replace the host-wide :attr:`pressure` as the evidence of a starved
+        publisher."""
         self.count = 0
         self.last_rx = -1.0
         self.first_rx = -1.0
@@ -202,15 +209,23 @@ class TopicMonitor:
         """Silence (watched on time) after which STALE is raised: stale time + the hold.
 
         The hold is the configured one, stretched (up to ``stale_hold_max``) to let the longest
-        recent delivery gap pass, and by the time tasks of the host waited for a CPU during
+        recent delivery gap pass, and by the time a starved publisher would have needed during
         this silence (from ``since``, default the stream's last sample, up to the last look):
-        a publisher starved of the CPU is one of them."""
+        the longest any thread of the topic's publishing processes waited for a CPU
+        (:mod:`health_monitor.writer_cpu`), or, where those are not known here, the time any
+        task of the host waited for one."""
         lim = self.limits
         hold = lim.stale_hold_s if self.gaps is None else self.gaps.hold(lim, now)
         if self.pressure is not None:
             if since is None:
                 since = max(self.last_rx, self.watch_from)
-            stalled = self.pressure.stalled(since, self.seen_until(now))
+            until = self.seen_until(now)
+            stalled = (None if self.writer_cpu is None
+                       else self.writer_cpu.waited(self.topic, since, until))
+            self.starved_by = 'publisher CPU wait'
+            if stalled is None:          # the publishers are not known here: the host's
+                stalled = self.pressure.stalled(since, until)
+                self.starved_by = 'host CPU pressure'
             hold = max(hold, min(lim.stale_hold_s + stalled,
                                  max(lim.stale_hold_max_s, lim.stale_hold_s)))
         return lim.stale_after_s + hold
@@ -300,6 +315,8 @@ class TopicMonitor:
                 + ' (the same value in every sample)', values=values), now)
         raise_after, watched = self.raise_after(now), self.silence(now, blind)
         values['STALE after (s)'] = f'{raise_after:.3f}'
+        if self.starved_by:
+            values['starved publisher evidence'] = self.starved_by
         values['silent, watched (s)'] = f'{watched:.3f}'
         if watched > raise_after:
             return self._raise(Status(self.path, STALE,
