@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from health_monitor.evidence import CpuPressure
 from health_monitor.topics import TopicMonitor
@@ -47,8 +48,11 @@ class Waits:
     def add(self, tid: int, seconds: float) -> None:
         self.ns[tid] = self.ns.get(tid, 0) + int(seconds * 1e9)
 
-    def read(self, _pid: int) -> dict[int, int] | None:
+    def read(self) -> dict[int, int] | None:
         return dict(self.ns) if self.alive else None
+
+    def reader(self, _pid: int) -> Callable[[], dict[int, int] | None]:
+        return self.read
 
 
 def test_a_process_wait_is_its_longest_waiting_thread_over_a_conservative_span() -> None:
@@ -71,7 +75,7 @@ def test_a_process_wait_is_its_longest_waiting_thread_over_a_conservative_span()
 
 def test_writer_processes_of_a_topic_unknown_when_any_writer_is() -> None:
     waits = Waits()
-    wp = WriterProcesses(waits.read)
+    wp = WriterProcesses(waits.reader)
     wp.set_writers('/imu', [11])
     wp.set_writers('/odom', [11, None])             # one writer elsewhere
     wp.sample(0.0)
@@ -91,7 +95,7 @@ class WriterHost(Host):
     def __init__(self, mon: TopicMonitor, pressure: CpuPressure, rate: float) -> None:
         super().__init__(mon, pressure, rate)
         self.waits = Waits()
-        self.writers = WriterProcesses(self.waits.read)
+        self.writers = WriterProcesses(self.waits.reader)
         self.writers.set_writers(mon.topic, [42])
         mon.writer_cpu = self.writers
         self.writer_share = 0.0

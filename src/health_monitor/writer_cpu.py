@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -30,21 +31,65 @@ RunDelays = dict[int, int]
 """Thread id -> cumulative run-queue wait (ns)."""
 
 
-def read_run_delays(pid: int, proc: str = '/proc') -> RunDelays | None:
-    """Every thread's cumulative run-queue wait of process ``pid``; None if it is gone."""
-    task = f'{proc}/{pid}/task'
-    try:
-        tids = os.listdir(task)
-    except OSError:
-        return None
-    delays: RunDelays = {}
-    for tid in tids:
+class ThreadSchedstat:
+    """Every thread's cumulative run-queue wait of one process, read through files kept open.
+
+    Opening 17 files per sample cost 0.77 ms here (sim_robot, 2026-11-30); a ``pread`` of an
+    open schedstat file re-reads it for a few µs. The thread list is read again every
+    ``REFRESH_S`` (a thread started later is found then)."""
+
+    REFRESH_S = 1.0
+
+    def __init__(self, pid: int, proc: str = '/proc', clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.task = f'{proc}/{pid}/task'
+        self.clock = clock
+        self.fds: dict[int, int] = {}
+        self._listed = -1e9
+
+    def _list(self) -> bool:
         try:
-            with open(f'{task}/{tid}/schedstat', 'rb') as f:
-                delays[int(tid)] = int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue                     # a thread that just ended
-    return delays
+            tids = {int(t) for t in os.listdir(self.task)}
+        except OSError:
+            return False
+        for tid in self.fds.keys() - tids:
+            os.close(self.fds.pop(tid))
+        for tid in tids - self.fds.keys():
+            try:
+                self.fds[tid] = os.open(f'{self.task}/{tid}/schedstat', os.O_RDONLY)
+            except OSError:
+                continue                 # a thread that just ended
+        self._listed = self.clock()
+        return True
+
+    def read(self) -> RunDelays | None:
+        """Thread id -> run-queue wait (ns); None once the process is gone."""
+        if self.clock() - self._listed > self.REFRESH_S and not self._list():
+            self.close()
+            return None
+        delays: RunDelays = {}
+        for tid, fd in list(self.fds.items()):
+            try:
+                delays[tid] = int(os.pread(fd, 96, 0).split()[1])
+            except (OSError, IndexError, ValueError):   # the thread ended
+                os.close(self.fds.pop(tid))
+        if not delays and not self._list():
+            return None
+        return delays
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def read_run_delays(pid: int, proc: str = '/proc') -> RunDelays | None:
+    """Every thread's cumulative run-queue wait of process ``pid`` once; None if it is gone."""
+    reader = ThreadSchedstat(pid, proc)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
 
 
 def local_pid(gid: bytes, host: bytes | None, pids: Iterable[int]) -> int | None:
@@ -64,16 +109,16 @@ class ProcessWait:
 
     HORIZON_S = 10.0
 
-    def __init__(self, pid: int, read: Callable[[int], RunDelays | None] = read_run_delays
-                 ) -> None:
+    def __init__(self, pid: int, read: Callable[[], RunDelays | None] | None = None) -> None:
         self.pid = pid
-        self.read = read
+        self._reader = ThreadSchedstat(pid) if read is None else None
+        self.read = read or self._reader.read  # type: ignore[union-attr]
         self._t: deque[float] = deque()
         self._delays: deque[RunDelays] = deque()
         self.gone = False
 
     def sample(self, now: float) -> None:
-        delays = self.read(self.pid)
+        delays = self.read()
         if delays is None:
             self.gone = True
             return
@@ -82,6 +127,10 @@ class ProcessWait:
         while len(self._t) > 2 and self._t[1] < now - self.HORIZON_S:
             self._t.popleft()
             self._delays.popleft()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
     @property
     def sampled_at(self) -> float:
@@ -105,8 +154,10 @@ class ProcessWait:
 class WriterProcesses:
     """The local processes publishing each watched topic, and their waits (one per monitor)."""
 
-    def __init__(self, read: Callable[[int], RunDelays | None] = read_run_delays) -> None:
-        self.read = read
+    def __init__(self, reader: Callable[[int], Callable[[], RunDelays | None]] | None = None
+                 ) -> None:
+        self.reader = reader
+        """pid -> its reader (default: :class:`ThreadSchedstat`); tests give a fake /proc."""
         self.processes: dict[int, ProcessWait] = {}
         self.topic_pids: dict[str, tuple[int, ...] | None] = {}
         """Topic -> its writers' local pids; None: some writer is not known (another host…)."""
@@ -118,9 +169,10 @@ class WriterProcesses:
         self.topic_pids[topic] = known if known and len(known) == len(pids) else None
         live = {p for t in self.topic_pids.values() if t for p in t}
         for pid in live - self.processes.keys():
-            self.processes[pid] = ProcessWait(pid, self.read)
+            self.processes[pid] = ProcessWait(pid, None if self.reader is None
+                                              else self.reader(pid))
         for pid in self.processes.keys() - live:
-            del self.processes[pid]
+            self.processes.pop(pid).close()
 
     def sample(self, now: float, topics: Iterable[str] | None = None) -> None:
         """Sample the processes of ``topics`` (default: every one)."""
