@@ -315,7 +315,9 @@ class HealthMonitor(Node):
         if probing:
             stretch = self.receiving.blind(previous, now, consecutive=self._probed)
             if stretch is not None:
-                self.punctuality.add_blind(*stretch)
+                # what was written before the newest sample just taken had been delivered
+                # (one port, in order): blind from then on only
+                self.punctuality.add_blind(max(stretch[0], self.poller.written_up_to), stretch[1])
         self._probed = probing
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)

@@ -74,6 +74,10 @@ class TopicPoller:
         self.writer_cpu = writer_cpu
         """Each topic's publishing processes (by their writers' GUIDs), refreshed with the graph."""
         self.own_host = own_host
+        self.written_up_to = -1.0
+        """Monotonic time at which the newest sample taken by the latest :meth:`drain` was
+        written (its DDS source timestamp; -1: none). The receive path delivers one port's
+        samples in order, so every sample written before it had been delivered too."""
         self.entries: list[_Polled] = []
         for watch, mon in watches:
             freeze = (FreezeWatch(watch.limits.freeze_after_s)
@@ -121,6 +125,7 @@ class TopicPoller:
         mono, wall = time.monotonic(), time.time_ns()
         mono_minus_wall = mono - wall * 1e-9
         unpack = _STAMP.unpack_from
+        newest = 0
         for entry in self.entries:
             sub, mon, stamped, freeze = entry.sub, entry.monitor, entry.watch.stamped, entry.freeze
             # the look: what the reader holds now is all the monitor knows up to now
@@ -138,11 +143,15 @@ class TopicPoller:
                     if stamped:
                         sec, nanosec = unpack(data, 4)
                         stamp = sec * 1_000_000_000 + nanosec
+                    source = info.get('source_timestamp')
+                    if source and source > newest:
+                        newest = source
                     mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'),
-                                   source_wall_ns=info.get('source_timestamp'))
+                                   source_wall_ns=source)
                     if freeze is not None:
                         try:
                             names, positions_at = joint_state_positions(data)
                         except (ValueError, struct.error, UnicodeDecodeError):
                             continue
                         freeze.observe(names, data, positions_at, rx_mono, mon.frozen)
+        self.written_up_to = newest * 1e-9 + mono_minus_wall if newest else -1.0
