@@ -220,12 +220,15 @@ class TopicMonitor:
             if since is None:
                 since = max(self.last_rx, self.watch_from)
             until = self.seen_until(now)
-            stalled = (None if self.writer_cpu is None
-                       else self.writer_cpu.waited(self.topic, since, until))
-            self.starved_by = 'publisher CPU wait'
-            if stalled is None:          # the publishers are not known here: the host's
-                stalled = self.pressure.stalled(since, until)
-                self.starved_by = 'host CPU pressure'
+            # Both bound the time the publisher was kept from a CPU from above (what its own
+            # threads waited; the time any task of the host waited): the smaller one is the
+            # tighter bound. Its threads are not known for a writer of another host.
+            stalled = self.pressure.stalled(since, until)
+            own = (None if self.writer_cpu is None
+                   else self.writer_cpu.waited(self.topic, since, until))
+            self.starved_by = 'host CPU pressure'
+            if own is not None and own < stalled:
+                stalled, self.starved_by = own, 'publisher CPU wait'
             hold = max(hold, min(lim.stale_hold_s + stalled,
                                  max(lim.stale_hold_max_s, lim.stale_hold_s)))
         return lim.stale_after_s + hold

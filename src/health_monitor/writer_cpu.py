@@ -137,10 +137,15 @@ class ProcessWait:
         return self._t[-1] if self._t else -1.0
 
     def waited(self, t0: float, t1: float) -> float | None:
-        """The longest any thread of the process waited for a CPU between ``t0`` and ``t1``
-        (s), read conservatively: from the last sample at or before ``t0`` to the first at or
-        after ``t1`` (a wider span can only show more wait). None when the samples do not reach
-        ``t1`` (the caller samples at the decision) or the process is gone."""
+        """What the process's threads waited for a CPU between ``t0`` and ``t1``, summed (s),
+        read conservatively: from the last sample at or before ``t0`` to the first at or after
+        ``t1`` (a wider span can only show more wait). None when the samples do not reach
+        ``t1`` (the caller samples at the decision) or the process is gone.
+
+        Summed, not the longest one thread's: a publication passes through several threads
+        (the executor's timer thread wakes the one that publishes), each can wait in turn, and
+        the publisher is silent for the total. Measured beside two busy loops: the sim silent
+        174 ms while no single thread had waited more than ~90 ms."""
         ts = self._t
         if self.gone or not ts or ts[-1] < t1:
             return None
@@ -148,7 +153,7 @@ class ProcessWait:
         i1 = bisect.bisect_left(ts, t1)
         before, after = self._delays[i0], self._delays[i1]
         # a thread born in between counts from 0: all its wait is inside the span
-        return max((d - before.get(tid, 0) for tid, d in after.items()), default=0) * 1e-9
+        return sum(d - before.get(tid, 0) for tid, d in after.items()) * 1e-9
 
 
 class WriterProcesses:
@@ -186,8 +191,8 @@ class WriterProcesses:
                 process.sample(now)
 
     def waited(self, topic: str, t0: float, t1: float) -> float | None:
-        """The longest wait for a CPU of any thread of ``topic``'s writers between ``t0`` and
-        ``t1``; None when a writer is not known here or not sampled up to ``t1``."""
+        """The CPU wait of ``topic``'s writers between ``t0`` and ``t1`` (the most of any one
+        writer process); None when a writer is not known here or not sampled up to ``t1``."""
         pids = self.topic_pids.get(topic)
         if not pids:
             return None
