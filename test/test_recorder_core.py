@@ -438,6 +438,22 @@ def test_disk_guard_threshold_trips_and_bag_stays_readable(tmp_path: Path) -> No
         'data_recorder.stop_reason']
 
 
+def test_records_after_a_disk_guard_stop_are_counted_not_errors(tmp_path: Path) -> None:
+    """The soak filled its disk: each episode marker after the stop logged an error with an
+    empty reason (the closed writer's assertion), twice a second. Now they are counted."""
+    logs: list[tuple[str, str]] = []
+    recorder = Recorder(RecorderConfig(str(tmp_path / 'bag'),
+                                       min_free_space=shutil.disk_usage(tmp_path).free + 2**40),
+                        log=lambda level, msg: logs.append((level, msg)))
+    assert recorder.state == 'stopped'
+    recorder.add_metadata('episode', {'name': 'stand_up'})
+    recorder.add_metadata('mark', {'text': 'slipped'}, wait=False)
+    assert wait_until(lambda: recorder.records_not_written == 2, 10)
+    assert recorder.status()['records_not_written'] == 2
+    recorder.close()
+    assert [m for level, m in logs if level == 'error' and 'failed' in m] == []
+
+
 # -- recover -----------------------------------------------------------------------------------
 
 def test_recover_truncated_file_keeps_every_completed_chunk(tmp_path: Path) -> None:
