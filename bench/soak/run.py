@@ -54,6 +54,8 @@ class Sample:
     """Every Fast DDS file in /dev/shm on the host (other programs' and stale ones too)."""
     host_shm_files: int = 0
     bag_mb: float = 0.0
+    pruned_mb: float = 0.0
+    """Closed bag files the bench deleted so far (``--keep-gb``)."""
     disk_free_gb: float = 0.0
     recorder: dict[str, float] = field(default_factory=dict)
     load1: float = 0.0
@@ -130,12 +132,49 @@ def folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6 if path.exists() else 0.0
 
 
+MCAP_MAGIC = b'\x89MCAP0\r\n'
+
+
+def prune_closed_files(bag_dir: Path, keep_bytes: int) -> int:
+    """Delete the oldest *closed* MCAP files of the soak's bags (``bag``, and ``bag_2`` … that
+    the recorder's restarts open) until they hold at most ``keep_bytes``; returns the bytes
+    deleted. The newest file of each bag may be the one being written: never touched.
+
+    Why the bench does it: the stack records ~13.5 MB/s (quadruped, cameras), 48 GB an hour,
+    and the fleet rotation deletes only whole closed bags once they are verified uploaded - a
+    recording that runs all shift is one bag, never closed. The first one-hour soak
+    (2026-11-30 16:55) filled this disk at 28 min; the recorder's disk guard stopped it, and
+    its restart found no room. The bags the soak keeps are then incomplete: they are not its
+    point."""
+    closed = []
+    for folder in sorted(bag_dir.parent.glob(f'{bag_dir.name}*')):
+        files = sorted(folder.glob('*.mcap'), key=lambda f: f.stat().st_mtime)
+        for f in files[:-1]:
+            with f.open('rb') as fh:
+                fh.seek(-len(MCAP_MAGIC), 2)
+                if fh.read() == MCAP_MAGIC:
+                    closed.append(f)
+    total = sum(f.stat().st_size for folder in bag_dir.parent.glob(f'{bag_dir.name}*')
+                for f in folder.rglob('*') if f.is_file())
+    deleted = 0
+    for f in sorted(closed, key=lambda f: f.stat().st_mtime):
+        if total - deleted <= keep_bytes:
+            break
+        size = f.stat().st_size
+        f.unlink()
+        deleted += size
+    return deleted
+
+
 class Sampler:
     """Samples the stack's processes every ``interval`` seconds from its own thread."""
 
-    def __init__(self, root_pid: int, bag_dir: Path, interval: float, recorder_status: dict) -> None:
+    def __init__(self, root_pid: int, bag_dir: Path, interval: float, recorder_status: dict,
+                 keep_bytes: int = 0) -> None:
         self.root_pid = root_pid
         self.bag_dir = bag_dir
+        self.keep_bytes = keep_bytes
+        self.pruned_bytes = 0
         self.interval = interval
         self.recorder_status = recorder_status
         self.samples: list[Sample] = []
@@ -177,7 +216,10 @@ class Sampler:
                 continue
         s.shm_mb, s.shm_files = shm_usage([self.root_pid, *(p.pid for p in procs.values())])
         s.host_shm_mb, s.host_shm_files = shm_usage()
+        if self.keep_bytes:
+            self.pruned_bytes += prune_closed_files(self.bag_dir, self.keep_bytes)
         s.bag_mb = folder_mb(self.bag_dir)
+        s.pruned_mb = self.pruned_bytes / 1e6
         s.disk_free_gb = psutil.disk_usage(str(self.bag_dir.parent)).free / 1e9
         s.recorder = dict(self.recorder_status)
         s.load1 = os.getloadavg()[0]
@@ -229,7 +271,8 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'/dev/shm Fast DDS, the stack\'s: {late[0]["shm_mb"]:.0f} -> {late[-1]["shm_mb"]:.0f} MB '
           f'({late[0]["shm_files"]} -> {late[-1]["shm_files"]} files), {slope_per_hour(shm):.1f} MB/hour; '
           f'the host\'s: {late[0].get("host_shm_files", 0)} -> {late[-1].get("host_shm_files", 0)} files')
-    print(f'bag folder: {late[-1]["bag_mb"]:.0f} MB; disk free {late[-1]["disk_free_gb"]:.1f} GB')
+    print(f'bag folder: {late[-1]["bag_mb"]:.0f} MB (closed files deleted by --keep-gb: '
+          f'{late[-1].get("pruned_mb", 0.0):.0f} MB); disk free {late[-1]["disk_free_gb"]:.1f} GB')
     loads = [s.get('load1', float('nan')) for s in samples]
     print(f'host load average (1 min) during the run: mean {sum(loads) / len(loads):.1f}, '
           f'min {min(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)')
@@ -328,7 +371,8 @@ def run(args: argparse.Namespace) -> None:
         for name in ('sim_robot', 'data_recorder', 'skill_runtime'):
             if not operator.wait_state(f'/{name}', 'active', timeout=90.0):
                 raise SystemExit(f'{name} did not become active (see {out / "stack.log"})')
-        sampler = Sampler(up.pid, bag_dir, args.interval, recorder_status).start()
+        sampler = Sampler(up.pid, bag_dir, args.interval, recorder_status,
+                          int(args.keep_gb * 1e9)).start()
         t0 = time.monotonic()
         next_kill, next_split = t0 + args.kill_every, t0 + args.split_every
         end = t0 + args.hours * 3600
@@ -393,6 +437,8 @@ def main() -> None:
     ap.add_argument('--warmup', type=float, default=600.0, help='seconds left out of the slopes')
     ap.add_argument('--kill-every', type=float, default=900.0, help='seconds; 0: never')
     ap.add_argument('--split-every', type=float, default=600.0, help='seconds; 0: never')
+    ap.add_argument('--keep-gb', type=float, default=10.0,
+                    help='delete the oldest closed bag files beyond this (0: keep all)')
     ap.add_argument('--idle', action='store_true',
                     help='no missions: the stack only streams and records (the issue-19 measurement)')
     ap.add_argument('--plot', default=None, help='samples.json of an earlier run: report it again')
