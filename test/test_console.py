@@ -47,10 +47,8 @@ def cli(*args: str, timeout: float = 180.0, env: dict[str, str] | None = None
 
 def spawn(*args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
     """A console command left running; its stdout is the test's to read, its stderr a pipe for
-    ``communicate`` or, for a command that runs while the test reads only stdout, a file. Not a
-    pipe there: a pipe nobody reads fills (64 KiB of ROS log lines over a few minutes of
-    a stack coming and going) and the process blocks in its next log call - it then cannot
-    even exit. That was the "status --watch does not exit after SIGINT" of two suite runs."""
+    ``communicate`` or, for a command that runs while the test reads only stdout, a file (a
+    pipe nobody reads fills and blocks the writer)."""
     return subprocess.Popen([executable('field_deploy'), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if stderr is None else stderr.open('w'),
                             text=True, env={**os.environ, **SLOW_HOST})
@@ -143,6 +141,29 @@ def _one_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def test_watch_stops_on_sigint_and_sigterm_even_started_with_sigint_ignored() -> None:
+    """A script's ``field_deploy status --watch --json > log &`` starts it with SIGINT ignored
+    (a non-interactive shell's background job; CI runners too). It must still stop on SIGINT
+    and SIGTERM: before, it ran on, printing, until killed."""
+    empty = {'ROS_DOMAIN_ID': str((int(os.environ['ROS_DOMAIN_ID']) + 100) % 200 + 1)}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen(
+            [executable('field_deploy'), 'status', '--watch', '--json', '--interval', '0.2'],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **empty},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith('{')          # watching
+            proc.send_signal(sig)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode in (0, 130), (sig, proc.returncode, out[-2000:])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_no_stack_every_command_says_so_in_one_line_and_exits_3() -> None:
@@ -317,7 +338,6 @@ def test_status_marks_and_a_recorder_that_goes_and_comes_back(stack, tmp_path: P
         watch.send_signal(signal.SIGINT)
         code = watch.wait(30)
     assert code == 0, watch_log.read_text()[-3000:]
-    print(f'status --watch wrote {watch_log.stat().st_size} bytes to stderr')
 
     _check_marks_in_the_bag(stack['bag'], tmp_path)
 

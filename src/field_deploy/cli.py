@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -84,12 +85,30 @@ def build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interruptible() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in this process, whatever it inherited.
+
+    A non-interactive shell starts a background job (``cmd &`` in a script, a CI runner's
+    steps) with SIGINT ignored, and Python then installs no handler of its own: found
+    2026-11-30, ``status --watch`` started so ran on after SIGINT, printing, for as long as
+    nobody killed it (its ``/proc/<pid>/status`` SigIgn had SIGINT) - the console test's
+    "does not exit after SIGINT" of the background suite runs. A command that owns its
+    signals (``up``, ``bag record``) installs its own handlers after this."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run(modules: Sequence[str], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` against the sub-commands of ``modules`` and run the chosen one: one line
     and an exit code for every failure the user can act on. The full command is
     :func:`field_app.cli.main`; a module's stand-alone entry (``python -m data_recorder.record_cli``)
     passes its own modules only."""
     args = build_parser(modules).parse_args(argv)
+    interruptible()
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:

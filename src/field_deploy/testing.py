@@ -173,8 +173,9 @@ class RawCollector:
 
 
 _ROGUE_WRITER = '''
-import sys, time, rclpy
+import signal, sys, time, rclpy
 from sensor_msgs.msg import JointState
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
 rclpy.init()
 node = rclpy.create_node(sys.argv[1], namespace=sys.argv[2])
 pub = node.create_publisher(JointState, sys.argv[3], 10)

@@ -208,25 +208,8 @@ def status_command(args: argparse.Namespace) -> int:
 
     with _session(args) as session:
         if args.watch:
-            code = watch(session, interval=args.interval, as_json=args.json)
-            _exit_soon(code)
-            return code
+            return watch(session, interval=args.interval, as_json=args.json)
         return print_once(session, listen=args.listen, as_json=args.json)
-
-
-def _exit_soon(code: int, after_s: float = 10.0) -> None:
-    """Exit with ``code`` at the latest ``after_s`` from now, whatever the ROS shutdown does.
-
-    The watch screen holds no data of its own (a mark is confirmed before it returns), so a
-    shutdown that hangs must not keep it alive: seen in 2 of 4 clean-clone suite runs on
-    2026-11-30, ``status --watch --json`` still running 30 s after SIGINT (cause not found).
-    """
-    import os
-    import threading
-
-    timer = threading.Timer(after_s, os._exit, (code,))
-    timer.daemon = True
-    timer.start()
 
 
 def bag_mark(args: argparse.Namespace) -> int:

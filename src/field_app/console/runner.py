@@ -11,7 +11,6 @@ pose), waits for its outcome and prints the summary (exit 1).
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from pathlib import Path
 from field_app.console.params import check, unknown
 from field_app.console.session import Session
 from field_app.operator import Mission, MissionStep, StepResult, progress_printer
-from field_deploy.cli import StackUnavailable, UsageError
+from field_deploy.cli import StackUnavailable, UsageError, interruptible
 
 Say = Callable[[str], None]
 
@@ -63,10 +62,6 @@ def validate(session: Session, mission: Mission, source: str | Path) -> tuple[Mi
     return tuple(steps)
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_steps(session: Session, steps: Sequence[MissionStep], say: Say, *, repeat: int = 1,
               timeout: float = 60.0) -> Outcome:
     """Run ``steps`` ``repeat`` times; Ctrl-C stops the running skill and ends the run.
@@ -74,8 +69,7 @@ def run_steps(session: Session, steps: Sequence[MissionStep], say: Say, *, repea
     SIGINT and SIGTERM both do (a script or a supervisor stops a mission as a person does), even
     where the shell started this process with SIGINT ignored (``cmd &`` in a script).
     """
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interruptible()
     ops = session.ops
     ops.prepare(steps)
     results: list[tuple[int, StepResult]] = []
