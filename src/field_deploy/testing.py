@@ -7,6 +7,7 @@ messages. Import :func:`isolate_ros_env` *before* rclpy creates its first contex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,8 +111,14 @@ class NodeProcess:
         self.name = name
         self.log_path = Path(log_dir) / f'{name}-{int(time.time() * 1000) % 10**8}.log'
         self._log = self.log_path.open('wb')
+        # Its own TCP ports (a stack's metrics and live view), not the test process's: a stack
+        # of an earlier test still stopping (killed after ``stop``'s timeout, its children left)
+        # held the shared one, and the next stack's health monitor served no metrics (a suite
+        # pass beside a busy loop, 2026-11-30).
+        ports = {e: str(free_port()) for e in ('FIELD_DEPLOY_METRICS_PORT', 'FIELD_DEPLOY_LIVE_PORT')}
         self.proc = subprocess.Popen([executable(name), *args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     stderr=subprocess.STDOUT,
+                                     env={**os.environ, **ports, **(env or {})},
                                      start_new_session=True)
 
     @property
@@ -127,13 +134,15 @@ class NodeProcess:
         return self.log_path.read_text(errors='replace')
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
-        """Send ``sig`` and wait; SIGKILL after ``timeout``. Returns the exit code."""
+        """Send ``sig`` and wait; after ``timeout``, SIGKILL to its whole session (a bring-up
+        killed alone leaves its children running into the next test). Returns the exit code."""
         if self.alive():
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
