@@ -16,9 +16,9 @@ from health_monitor.topics import TopicMonitor
 from health_monitor.writer_cpu import (
     EPROSIMA,
     ProcessWait,
+    ThreadSchedstat,
     WriterProcesses,
     local_pid,
-    read_run_delays,
 )
 from test_health_evidence import CHECK_S, Host, _limits
 
@@ -153,7 +153,9 @@ def test_run_delay_of_a_real_process_grows_while_it_waits_for_a_cpu() -> None:
         proc.sample(1.0)
         waited = proc.waited(0.0, 1.0)
         assert waited is not None and waited > 0.1, waited
-        mine = read_run_delays(os.getpid())
+        own = ThreadSchedstat(os.getpid())
+        mine = own.read()
+        own.close()
         assert mine and os.getpid() in mine
     finally:
         for hog in hogs:

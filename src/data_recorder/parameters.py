@@ -1,8 +1,7 @@
 """The ``data_recorder`` node's parameters: names, defaults, and the CLI's way onto them.
 
 One table for the node (it declares each one), ``bag record`` (its flags map onto the same
-names) and the stack's params files; rclpy-free but for :class:`Parameter`, so the CLI can
-check a flag before it starts ROS.
+names) and the stack's params files. It imports only rclpy's :class:`Parameter`, not the node.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ class TopicPoller:
         samples in order, so every sample written before it had been delivered too."""
         self.entries: list[_Polled] = []
         for watch, mon in watches:
+            mon.writer_cpu = writer_cpu
             freeze = (FreezeWatch(watch.limits.freeze_after_s)
                       if watch.limits.freeze_after_s > 0 and watch.type.endswith('/JointState')
                       else None)
@@ -107,7 +108,6 @@ class TopicPoller:
             if self.writer_cpu is not None:
                 self.writer_cpu.set_writers(entry.watch.name, [
                     local_pid(bytes(i.endpoint_gid), host, pids) for i in infos])
-                entry.monitor.writer_cpu = self.writer_cpu
             count = max(1, len(infos))
             entry.monitor.sequence.set_writers(count)
             want = 1 if count == 1 else math.ceil(2 * count * entry.watch.limits.rate_hz

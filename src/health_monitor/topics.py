@@ -103,11 +103,11 @@ class TopicMonitor:
         self.gaps = gaps
         self.pressure = pressure
         self.writer_cpu: WriterProcesses | None = None
+        """The topic's publishing processes' CPU waits (set by whoever polls the graph): when
+        known, they bound the host-wide :attr:`pressure` as the evidence of a starved
+        publisher."""
         self.starved_by = ''
         """Which evidence the latest STALE time was stretched by (shown in the status)."""
-        """The topic's publishing processes' CPU waits (set by whoever polls the graph): when
-        known, they replace the host-wide :attr:`pressure` as the evidence of a starved
-        publisher."""
         self.count = 0
         self.last_rx = -1.0
         self.first_rx = -1.0
@@ -211,9 +211,9 @@ class TopicMonitor:
         The hold is the configured one, stretched (up to ``stale_hold_max``) to let the longest
         recent delivery gap pass, and by the time a starved publisher would have needed during
         this silence (from ``since``, default the stream's last sample, up to the last look):
-        the longest any thread of the topic's publishing processes waited for a CPU
-        (:mod:`health_monitor.writer_cpu`), or, where those are not known here, the time any
-        task of the host waited for one."""
+        what the threads of the topic's publishing process waited for a CPU, summed
+        (:mod:`health_monitor.writer_cpu`), when that is less than the time any task of the
+        host waited for one (the only evidence for a publisher not known here)."""
         lim = self.limits
         hold = lim.stale_hold_s if self.gaps is None else self.gaps.hold(lim, now)
         if self.pressure is not None:

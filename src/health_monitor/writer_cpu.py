@@ -83,15 +83,6 @@ class ThreadSchedstat:
         self.fds.clear()
 
 
-def read_run_delays(pid: int, proc: str = '/proc') -> RunDelays | None:
-    """Every thread's cumulative run-queue wait of process ``pid`` once; None if it is gone."""
-    reader = ThreadSchedstat(pid, proc)
-    try:
-        return reader.read()
-    finally:
-        reader.close()
-
-
 def local_pid(gid: bytes, host: bytes | None, pids: Iterable[int]) -> int | None:
     """The process of this host that owns DDS endpoint ``gid``, or None when it cannot be told.
 
