@@ -88,3 +88,55 @@ def _locked_by(pid: int) -> set[str]:
             if name and name.endswith('_el'):
                 names.add(name)
     return names
+
+
+_IMAGE_WRITER = '''
+from field_deploy.ros import init; import rclpy, time, sys
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+init([]); n = rclpy.create_node(sys.argv[1])
+qos = QoSProfile(depth=90, reliability=ReliabilityPolicy.RELIABLE)
+if sys.argv[1] == 'pool_writer':
+    p = n.create_publisher(Image, 'pool_images', qos)
+    m = Image(height=480, width=640, encoding='rgb8', step=1920, data=bytes(921600))
+    print('up', flush=True)
+    while True:
+        p.publish(m); time.sleep(1 / 30)
+else:
+    n.create_subscription(Image, 'pool_images', lambda m: None, qos)
+    print('up', flush=True); rclpy.spin(n)
+'''
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f'no VmRSS for {pid}')
+
+
+def test_a_writer_returns_the_history_a_stalled_reader_made_it_keep(ros: None) -> None:
+    """Real Fast DDS with the project's profile: a camera writer (reliable, depth 90) whose reader
+    stops acknowledging keeps up to 90 frames (~80 MB); once the reader acknowledges again the
+    writer's memory goes back down. With rmw_fastrtps's own pool policy (PREALLOCATED_WITH_REALLOC)
+    it stayed at the high-water mark for the life of the process (docs/soak.md)."""
+    procs = [subprocess.Popen([sys.executable, '-c', _IMAGE_WRITER, name], stdout=subprocess.PIPE)
+             for name in ('pool_writer', 'pool_reader')]
+    writer, reader = procs
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
+        time.sleep(3)                                  # matched, frames flowing and acknowledged
+        before = _rss_mb(writer.pid)
+        reader.send_signal(signal.SIGSTOP)             # acknowledges nothing: the history fills
+        assert wait_until(lambda: _rss_mb(writer.pid) > before + 50, timeout=20), \
+            f'the writer never held the frames: {before:.0f} -> {_rss_mb(writer.pid):.0f} MB'
+        held = _rss_mb(writer.pid)
+        reader.send_signal(signal.SIGCONT)             # acknowledges again: the history drains
+        assert wait_until(lambda: _rss_mb(writer.pid) < before + 20, timeout=20), \
+            f'the writer kept the frames: {before:.0f} -> {held:.0f} -> {_rss_mb(writer.pid):.0f} MB'
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()

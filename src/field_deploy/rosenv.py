@@ -46,6 +46,7 @@ def config_dir() -> Path:
 
 
 FASTDDS_PROFILES_ENV = 'FASTRTPS_DEFAULT_PROFILES_FILE'
+USE_QOS_FROM_XML_ENV = 'RMW_FASTRTPS_USE_QOS_FROM_XML'
 
 
 def use_project_fastdds_profile() -> str | None:
@@ -63,6 +64,12 @@ def use_project_fastdds_profile() -> str | None:
     if not path.is_file():
         return None
     os.environ[FASTDDS_PROFILES_ENV] = str(path)
+    # Without it rmw_fastrtps overrides the profile's history memory policy with
+    # PREALLOCATED_WITH_REALLOC, whose payload pools keep their high-water mark for the life of
+    # the process: a camera writer whose reader stopped acknowledging for 3 s kept 90 frames
+    # (~80 MB) for good (docs/soak.md). The ROS QoS a node sets (history, depth, reliability,
+    # durability) still wins over the XML; only SYSTEM_DEFAULT values come from it.
+    os.environ.setdefault(USE_QOS_FROM_XML_ENV, '1')
     return str(path)
 
 
