@@ -39,7 +39,9 @@ class RosLifecycleClient:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.executor = SingleThreadedExecutor(context=node.context)
-        self.spinner = Spinner([node], executor=self.executor).start()
+        # a new client (Node.create_client) and an answer wake the executor: a longer step
+        # only spares idle wake-ups (and makes close() wait up to it)
+        self.spinner = Spinner([node], executor=self.executor, step_s=0.25).start()
         self._get: dict[str, Any] = {}
         self._change: dict[str, Any] = {}
 
