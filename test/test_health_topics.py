@@ -206,7 +206,8 @@ def test_hold_stretches_after_gaps_that_lost_nothing_up_to_the_cap() -> None:
     gaps = DeliveryGaps(horizon_s=30.0)
     lim = TopicLimits(rate_hz=1000.0, stale_hold_max_s=0.35)
     imu = TopicMonitor('imu', 'sensors/imu', lim, gaps)
-    other = TopicMonitor('wrench', 'sensors/wrench', TopicLimits(rate_hz=500.0), gaps)
+    other = TopicMonitor('wrench', 'sensors/wrench', TopicLimits(rate_hz=500.0, stale_hold_max_s=0.35),
+                         gaps)
     t, seq = _seq_feed(imu, 0.0, 1.0, 1000.0, 0)
     assert imu.raise_after(t) == pytest.approx(0.072)        # quiet host: 2 ms + 70 ms
     assert imu.stale(t + 0.09)                                  # (this one is raised)
