@@ -139,6 +139,7 @@ class DataRecorderNode(LifecycleNode):
             if now >= deadline or (not self._behind and (now - last_arrival >= 0.1
                                                          or now - started >= 0.5)):
                 break
+            capture.drain_polled()
             executor.spin_once(timeout_sec=0.02)
             steps += 1
         took = f'took {received - first} more messages in {time.monotonic() - started:.2f} s'
@@ -198,7 +199,9 @@ class DataRecorderNode(LifecycleNode):
             self.recorder = Recorder(config, log=self._log)
             self.capture = Capture(self, self.recorder, depth=self._param('qos_depth'),
                                    overrides=overrides,
-                                   message_lost_events=self._param('message_lost_events'))
+                                   message_lost_events=self._param('message_lost_events'),
+                                   per_writer_topics={self.resolve_topic_name(t) for t in
+                                                      self._param('per_writer_topics') if t})
             self._episodes = EpisodeTracker()
             if self._param('hardware_profile'):   # the hardware this bag is recorded on
                 from health_monitor.rohs import write_into_bag

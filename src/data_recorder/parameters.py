@@ -12,7 +12,7 @@ from typing import Any
 from rclpy.parameter import Parameter
 
 #: parameter name → default (the CLI flags map onto the same names).
-STRING_ARRAYS = ('topics', 'throttle')
+STRING_ARRAYS = ('topics', 'throttle', 'per_writer_topics')
 PARAMETERS: dict[str, Any] = {
     'output': '',
     'if_output_exists': 'fail',
@@ -45,6 +45,7 @@ PARAMETERS: dict[str, Any] = {
     'autostart': True,
     'drain_timeout': 10.0,
     'throttle': [],           # TOPIC_REGEX:HZ entries: at most HZ messages a second kept (throttled)
+    'per_writer_topics': [],  # topics taken with each sample's writer gid (capture.subscriptions)
     'hardware_profile': '',   # robot profile: its RoHS table (installed parts) goes into the bag
 }
 

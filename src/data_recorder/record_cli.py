@@ -56,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument('--throttle', action='append', default=[], metavar='TOPIC_REGEX:HZ',
                      help='keep at most HZ messages a second of the matching topics (repeatable); '
                           'the others are counted as throttled, never as lost')
+    rec.add_argument('--per-writer', action='append', default=[], metavar='TOPIC',
+                     help='take TOPIC with each sample\'s writer gid: every writer counted apart, '
+                          'exactly (automatic for /diagnostics, /rosout, /tf and topics with '
+                          'several publishers when subscribed; repeatable)')
     rec.add_argument('--qos-depth', type=int, default=1000, metavar='N',
                      help='history depth of the recorder\'s subscriptions')
     rec.set_defaults(func=run_record)
@@ -84,6 +88,7 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         'min_free_space': args.min_free_space, 'queue_size': args.queue_size,
         'queue_max_bytes': args.queue_max_bytes, 'qos_depth': args.qos_depth, 'autostart': True,
         'throttle': list(args.throttle), 'writer_process': args.writer_process,
+        'per_writer_topics': list(args.per_writer),
         'ring_bytes': args.ring_bytes,
     }
     RecorderConfig(output=output, compression_format=args.compression_format,

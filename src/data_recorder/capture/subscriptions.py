@@ -2,6 +2,16 @@
 when a weaker publisher joins, and the wiring of each sample's DDS sequence number into the
 accounting (:mod:`field_deploy.sequence`).
 
+Topics with several writers (``/diagnostics``, ``/rosout``, ``/tf``, the ``per_writer_topics``
+parameter's, or any topic the graph shows with two publishers when it is subscribed) are taken
+apart from the executor, each sample with its writer's gid (:mod:`field_deploy.writer_take`), so
+every writer's numbers are its own: exact, where sequence numbers alone had to guess which writer
+a sample came from (the demo's six ``/diagnostics`` writers, one matched late, showed holes
+nobody lost). They are polled every :data:`POLL_PERIOD_S` from a depth-``qos_depth`` reader, so
+their log time is the poll's (at most that much after their arrival). A topic subscribed with
+one publisher that gets a second later stays on the sequence numbers alone
+(:class:`field_deploy.sequence.SequenceTracker`).
+
 Taking the message info costs at most ~2 µs per message more than taking the bytes alone (measured with
 ``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a
 ``WithMessageInfo`` subscription's ``(bytes, info)`` to the callback as *one* tuple (rclpy 7.1,
@@ -13,10 +23,12 @@ and an optional second, and the subscription is marked ``WithMessageInfo`` after
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.subscription import Subscription
@@ -25,8 +37,9 @@ from data_recorder.bag import metadata as md
 from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.recorder import Recorder
 from data_recorder.capture.selection import adapt_qos
-from field_deploy.ros import message_class
+from field_deploy.ros import message_class, polled_subscription
 from field_deploy.sequence import NamedWriters
+from field_deploy.writer_take import WriterTake
 
 _RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
 _DURABILITY = {DurabilityPolicy.TRANSIENT_LOCAL: 'transient_local',
@@ -65,6 +78,20 @@ def sequenced_callback(recorder: Recorder, stats: TopicStats, topic: str) -> Cal
 #: Types whose messages name their writer, and the field that does: each name's numbers are
 #: one writer's (:class:`field_deploy.sequence.NamedWriters`).
 WRITER_NAME_FIELDS = {'rcl_interfaces/msg/ParameterEvent': 'node'}
+#: Types that usually have several writers: taken with their writer gid even when the graph
+#: lists one publisher at subscription (the others may not be discovered yet).
+SHARED_TYPES = frozenset({'diagnostic_msgs/msg/DiagnosticArray', 'rcl_interfaces/msg/Log',
+                          'tf2_msgs/msg/TFMessage'})
+#: How often the writer-gid topics are taken (s).
+POLL_PERIOD_S = 0.05
+
+
+@dataclass
+class _Polled:
+    sub: Subscription
+    take: WriterTake
+    stats: TopicStats
+    writers: NamedWriters
 
 
 def named_callback(recorder: Recorder, stats: TopicStats, topic: str,
@@ -91,15 +118,21 @@ class Capture:
     """Subscriptions of one recording, owned by the node (``node.create_subscription``)."""
 
     def __init__(self, node: LifecycleNode, recorder: Recorder, *, depth: int,
-                 overrides: dict[str, dict[str, Any]], message_lost_events: bool) -> None:
+                 overrides: dict[str, dict[str, Any]], message_lost_events: bool,
+                 per_writer_topics: set[str] | frozenset[str] = frozenset()) -> None:
         self.node = node
         self.recorder = recorder
         self.depth = depth
         self.overrides = overrides
         self.message_lost_events = message_lost_events
+        self.per_writer_topics = per_writer_topics
         self.subs: dict[str, Subscription] = {}
         self.types: dict[str, str] = {}
         self.settings: dict[str, dict[str, Any]] = {}
+        self.polled: dict[str, _Polled] = {}
+        """Topics taken with their writer gid, on :attr:`_poll_node` (no executor spins it)."""
+        self._poll_node: Node | None = None
+        self._poll_timer: Any = None
 
     # -- graph ----------------------------------------------------------------------------------
 
@@ -143,7 +176,7 @@ class Capture:
             self.node.get_logger().warning(
                 f'topic {topic}: a publisher offers {settings["reliability"]} '
                 f'{settings["durability"]}: re-subscribing with that QoS')
-            self.node.destroy_subscription(self.subs.pop(topic))
+            self._destroy(topic)
             self.create(topic, self.types[topic], settings)
 
     # -- subscriptions --------------------------------------------------------------------------
@@ -185,6 +218,10 @@ class Capture:
                   else SubscriptionEventCallbacks())
         msg_type = message_class(type_name)
         name_field = WRITER_NAME_FIELDS.get(type_name)
+        if name_field is None and (type_name in SHARED_TYPES or topic in self.per_writer_topics
+                                   or self.node.count_publishers(topic) >= 2):
+            self._create_polled(topic, type_name, msg_type, settings)
+            return
         if name_field is None:
             callback = sequenced_callback(recorder, stats, topic)
         else:
@@ -204,8 +241,58 @@ class Capture:
         self.node.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
                                     f'{settings["durability"]} depth {settings["depth"]}')
 
-    def close(self) -> None:
-        for sub in self.subs.values():
+    def _create_polled(self, topic: str, type_name: str, msg_type: Any,
+                       settings: dict[str, Any]) -> None:
+        """A subscription taken by :meth:`drain_polled`, each sample with its writer gid."""
+        if self._poll_node is None:
+            self._poll_node = Node('_data_recorder_writers', namespace=self.node.get_namespace(),
+                                   context=self.node.context)
+            self._poll_timer = self.node.create_timer(POLL_PERIOD_S, self.drain_polled)
+        stats = self.recorder.stats(topic)
+        if not isinstance(stats.seq, NamedWriters):
+            stats.seq = NamedWriters()
+        sub = polled_subscription(self._poll_node, msg_type, topic, qos(settings))
+        self.polled[topic] = _Polled(sub, WriterTake(sub), stats, stats.seq)
+        stats.seq.set_writers(self.node.count_publishers(topic))
+        self.subs[topic] = sub
+        self.types[topic] = type_name
+        self.settings[topic] = settings
+        self.node.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
+                                    f'{settings["durability"]} depth {settings["depth"]}, '
+                                    'per writer gid')
+
+    def drain_polled(self) -> int:
+        """Take every sample waiting in the writer-gid topics (timer, and the stop's drain)."""
+        on_message = self.recorder.on_message
+        taken = 0
+        for topic, polled in self.polled.items():
+            take, stats, writers = polled.take.take, polled.stats, polled.writers
+            while (sample := take()) is not None:
+                data, seq, gid = sample
+                writers.observe_named(gid.hex(), seq)
+                on_message(stats, topic, data)
+                taken += 1
+        return taken
+
+    def _destroy(self, topic: str) -> None:
+        sub = self.subs.pop(topic)
+        polled = self.polled.pop(topic, None)
+        if polled is None:
             self.node.destroy_subscription(sub)
-        self.subs.clear()
+        else:
+            polled.take.close()                 # before rcl frees the subscription
+            assert self._poll_node is not None
+            self._poll_node.destroy_subscription(sub)
+
+    def close(self) -> None:
+        if self.polled:
+            self.drain_polled()                 # what arrived since the last poll
+        for topic in list(self.subs):
+            self._destroy(topic)
+        if self._poll_timer is not None:
+            self.node.destroy_timer(self._poll_timer)
+            self._poll_timer = None
+        if self._poll_node is not None:
+            self._poll_node.destroy_node()
+            self._poll_node = None
         self.types.clear()
