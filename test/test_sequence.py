@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from field_deploy.sequence import NamedWriters, SequenceTracker
+from field_deploy.sequence import MAX_RUNS, GidTracker, NamedWriters, SequenceTracker
 
 
 def _feed(tracker: SequenceTracker, numbers: list[int]) -> SequenceTracker:
@@ -174,3 +174,36 @@ def test_named_writers_are_bounded() -> None:
     assert len(shared.runs) <= MAX_RUNS and len(shared.retired) <= MAX_RETIRED
     # a hole per kept name; in the shared tracker each name's 1, 3 is read by number alone
     assert named.lost == MAX_NAMES + shared.lost and shared.lost > 0
+
+
+def test_gid_tracker_counts_each_writer_exactly_where_numbers_alone_guess() -> None:
+    """Two writers on close numbers, each losing a different stretch: by number alone a sample
+    of one can continue the other's run; keyed by gid each run is its writer's."""
+    a, b = b'A' * 16, b'B' * 16
+    samples = [(a, 1), (b, 1), (a, 2), (b, 2), (a, 6), (b, 3), (b, 4), (a, 7), (b, 9), (a, 8)]
+    tracker = GidTracker()
+    for gid, seq in samples:
+        tracker.observe_gid(gid, seq)
+    assert tracker.lost == 3 + 4
+    assert sorted((r['first'], r['last'], r['lost']) for r in tracker.per_writer()) == [
+        (1, 8, 3), (1, 9, 4)]
+    numbers_alone = SequenceTracker()
+    for _gid, seq in samples:
+        numbers_alone.observe(seq)
+    assert sorted((r['first'], r['last'], r['lost']) for r in numbers_alone.per_writer()) != [
+        (1, 8, 3), (1, 9, 4)]                     # the guess splits them otherwise
+
+
+def test_gid_tracker_a_renumbered_writer_is_a_new_run_and_idle_runs_retire() -> None:
+    tracker = GidTracker()
+    for seq in (1, 2, 3):
+        tracker.observe_gid(b'A' * 16, seq)
+    tracker.observe_gid(b'A' * 16, 1)               # the same gid numbering again: a new run
+    assert tracker.lost == 0 and tracker.new_writers == 2 and len(tracker.runs) == 1
+    assert [r['last'] for r in tracker.per_writer()] == [3, 1]
+    for i in range(3 * MAX_RUNS):                   # writers come and go: bounded
+        tracker.observe_gid(i.to_bytes(16, 'little'), 5)
+    assert len(tracker.runs) <= MAX_RUNS and tracker.lost == 0
+    tracker.set_writers(1)
+    tracker.set_writers(1)                          # idle over a poll, beyond the graph's count
+    assert len(tracker.runs) == 1 and tracker.current is tracker.runs[0]

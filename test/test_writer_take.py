@@ -11,7 +11,7 @@ from std_msgs.msg import String
 
 from field_deploy.ros import polled_subscription
 from field_deploy.testing import wait_until
-from field_deploy.writer_take import GID_SIZE, WriterTake
+from field_deploy.writer_take import GID_SIZE, Taken, WriterTake
 
 
 def test_each_sample_comes_with_its_writers_gid_and_number(ros: None) -> None:
@@ -26,13 +26,14 @@ def test_each_sample_comes_with_its_writers_gid_and_number(ros: None) -> None:
         for i in range(3):
             for k, pub in enumerate(pubs):
                 pub.publish(String(data=f'{k}:{i}' + 'x' * 100_000 * i))   # grows the buffer
-        got: list[tuple[bytes, int, bytes]] = []
+        got: list[Taken] = []
         assert wait_until(lambda: bool(got.extend(iter(take.take, None))) or len(got) == 6, 10)
         gids = {bytes(info.endpoint_gid)[:GID_SIZE]
                 for info in polled.get_publishers_info_by_topic(topic)}    # the graph's own
-        assert len({gid for _data, _seq, gid in got}) == 2
+        assert len({t.gid for t in got}) == 2
         by_writer: dict[bytes, list[tuple[int, str]]] = {}
-        for data, seq, gid in got:
+        assert all(0 < t.source_ns <= t.received_ns for t in got)
+        for data, seq, gid, _source, _received in got:
             text = data[8:].split(b'\0')[0].decode()
             by_writer.setdefault(gid, []).append((seq, text.rstrip('x')))
         for gid, samples in by_writer.items():

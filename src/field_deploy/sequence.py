@@ -323,3 +323,86 @@ class NamedWriters:
         """Each name's runs, oldest first, with the name."""
         return [{'name': name, **run} for name, tracker in sorted(self.by_name.items())
                 for run in tracker.per_writer()]
+
+
+class GidTracker:
+    """Sequence runs keyed by each sample's writer gid (:mod:`field_deploy.writer_take`).
+
+    Where the sample's gid is known no run has to be guessed: one writer, one run, a hole is a
+    hole, a restarted writer is a new gid. Same reading interface as :class:`SequenceTracker`
+    (``runs``, ``current``, ``lost``, ``writers``, ``set_writers``, ``per_writer``); fed by
+    :meth:`observe_gid`. Bounded like it: at most :data:`MAX_RUNS` (or twice the graph's count)
+    live runs, the least recently seen retired beyond that.
+    """
+
+    __slots__ = ('_by_gid', '_current', '_used', 'last', 'lost', 'new_writers', 'retired',
+                 'runs', 'unsequenced', 'writers')
+
+    def __init__(self) -> None:
+        self.last = -2
+        self.lost = 0
+        self.unsequenced = 0
+        self.writers = 0
+        self.runs: list[WriterRun] = []
+        self.retired: list[WriterRun] = []
+        self.new_writers = 0
+        self._by_gid: dict[bytes, WriterRun] = {}
+        self._current: WriterRun | None = None
+        self._used = 0
+
+    def observe_gid(self, gid: bytes, seq: int) -> None:
+        if seq <= 0 or seq >= UNSUPPORTED:
+            self.unsequenced += 1
+            return
+        run = self._by_gid.get(gid)
+        if run is None or seq <= run.last:             # a new writer (or one renumbering)
+            if len(self.runs) >= max(MAX_RUNS, 2 * self.writers):
+                self._retire(min(self.runs, key=lambda r: r.used))
+            if run is not None:
+                self._retire(run)
+            run = self._by_gid[gid] = WriterRun(first=seq, last=seq - 1)
+            self.runs.append(run)
+            self.new_writers += 1
+        gap = seq - run.last - 1
+        if gap:
+            run.lost += gap
+            self.lost += gap
+        run.last = seq
+        if run is not self._current:
+            self._used += 1
+            run.used = self._used
+            self._current = run
+        self.last = seq
+
+    def set_writers(self, count: int) -> None:
+        """The graph's publisher count: runs idle since the previous poll beyond it retire."""
+        self.writers = count
+        if count >= 1 and len(self.runs) > count:
+            idle = sorted((r for r in self.runs if r.last == r.polled and r is not self._current),
+                          key=lambda r: r.used)
+            for run in idle[:len(self.runs) - count]:
+                self._retire(run)
+        for run in self.runs:
+            run.polled = run.last
+
+    def sync(self) -> None:
+        """Nothing to store (no fast path): for the :class:`SequenceTracker` interface."""
+
+    @property
+    def current(self) -> WriterRun | None:
+        return self._current
+
+    def per_writer(self) -> list[dict[str, int]]:
+        return [r.as_dict() for r in (*self.retired, *self.runs)]
+
+    def _retire(self, run: WriterRun) -> None:
+        self.runs.remove(run)
+        for gid, known in list(self._by_gid.items()):
+            if known is run:
+                del self._by_gid[gid]
+        self.retired.append(run)
+        if len(self.retired) > MAX_RETIRED:
+            del self.retired[0]
+        if run is self._current:
+            self._current = None
+            self.last = -2

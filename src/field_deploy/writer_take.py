@@ -19,8 +19,7 @@ is destroyed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-from typing import Any
+from typing import Any, NamedTuple
 
 #: rmw's ``RMW_GID_STORAGE_SIZE`` (Jazzy: 16; Humble had 24).
 GID_SIZE = 16
@@ -72,6 +71,21 @@ def _libs() -> tuple[Any, Any]:
     return _LIBS
 
 
+class Taken(NamedTuple):
+    """One taken sample and what rmw says of it."""
+
+    data: bytes
+    """The CDR bytes."""
+    seq: int
+    """The writer's publication sequence number (1, 2, 3, ... per writer)."""
+    gid: bytes
+    """The writer's gid (:data:`GID_SIZE` bytes; Fast DDS: its GUID prefix and entity id)."""
+    source_ns: int
+    """When the writer wrote it (wall clock, ns; 0 when the middleware does not say)."""
+    received_ns: int
+    """When this reader received it (wall clock, ns; 0 when the middleware does not say)."""
+
+
 class WriterTakeError(RuntimeError):
     """rcl refused a take (not "nothing to take"): names the topic and rcl's return code."""
 
@@ -96,9 +110,9 @@ class WriterTake:
         self._info_ref = ctypes.byref(self._info)
         self.closed = False
 
-    def take(self) -> tuple[bytes, int, bytes] | None:
-        """The next sample: ``(cdr bytes, publication sequence number, writer gid)``; None when
-        nothing waits. Raises :class:`WriterTakeError` on any other rcl error."""
+    def take(self) -> Taken | None:
+        """The next sample (:class:`Taken`); None when nothing waits. Raises
+        :class:`WriterTakeError` on any other rcl error."""
         if self.closed:
             return None
         ret = self._take(self._pointer, self._array_ref, self._info_ref, None)
@@ -107,8 +121,9 @@ class WriterTake:
         if ret != 0:
             raise WriterTakeError(f'{self.topic}: rcl_take_serialized_message returned {ret}')
         info = self._info
-        return (ctypes.string_at(self._array.buffer, self._array.buffer_length),
-                info.publication_sequence_number, bytes(info.publisher_gid.data))
+        return Taken(ctypes.string_at(self._array.buffer, self._array.buffer_length),
+                     info.publication_sequence_number, bytes(info.publisher_gid.data),
+                     info.source_timestamp, info.received_timestamp)
 
     def close(self) -> None:
         """Free the take buffer (before the subscription is destroyed)."""

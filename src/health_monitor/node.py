@@ -485,6 +485,7 @@ class HealthMonitor(Node):
             self.ledger.close()
         self.lifecycle.close()
         self._client_node.destroy_node()
+        self.poller.close()
         self._topics_node.destroy_node()
         self._pressure_file.close()
         if self.metrics is not None:

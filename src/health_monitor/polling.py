@@ -8,8 +8,9 @@ takes, not a thousand executor dispatches and Python callbacks. Only 8 stamp byt
 from a sample (and, for a JointState watched for frozen joints, the position doubles).
 
 A topic the graph shows with several publishers gets a reader deep enough to take every
-sample, so the writers' sequence-number runs can be told apart
-(:class:`field_deploy.sequence.SequenceTracker`, the recorder's too).
+sample; each sample is taken with its writer's gid (:mod:`field_deploy.writer_take`: rcl's take,
+rclpy's message info has none), so every writer's numbers are counted apart exactly
+(:class:`field_deploy.sequence.GidTracker`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 from rclpy.node import Node
 
 from field_deploy.ros import message_class, polled_subscription, qos_profile
+from field_deploy.sequence import GidTracker
+from field_deploy.writer_take import WriterTake
 from health_monitor.config_topics import TopicWatch
 from health_monitor.topics import FreezeWatch, TopicMonitor, joint_state_positions
 from health_monitor.writer_cpu import EPROSIMA, WriterProcesses, local_pid
@@ -55,6 +58,7 @@ class _Polled:
     watch: TopicWatch
     monitor: TopicMonitor
     sub: Any
+    take: WriterTake
     depth: int = 1
     freeze: FreezeWatch | None = None
     takes: int = 0
@@ -84,7 +88,9 @@ class TopicPoller:
             freeze = (FreezeWatch(watch.limits.freeze_after_s)
                       if watch.limits.freeze_after_s > 0 and watch.type.endswith('/JointState')
                       else None)
-            self.entries.append(_Polled(watch, mon, self._subscribe(watch, 1), 1, freeze))
+            mon.sequence = GidTracker()
+            sub = self._subscribe(watch, 1)
+            self.entries.append(_Polled(watch, mon, sub, WriterTake(sub), 1, freeze))
 
     def _subscribe(self, watch: TopicWatch, depth: int) -> Any:
         # Best effort whatever the writer offers: a reliable reader holds every sample behind
@@ -116,8 +122,9 @@ class TopicPoller:
                 # the new reader is matched to the writers again (discovery): no silence is
                 # counted for the time that takes
                 new = self._subscribe(entry.watch, want)
+                entry.take.close()               # before rcl frees the old subscription
                 self.node.destroy_subscription(entry.sub)
-                entry.sub, entry.depth = new, want
+                entry.sub, entry.take, entry.depth = new, WriterTake(new), want
                 entry.monitor.watch_from = time.monotonic() + self.REMATCH_S
 
     def drain(self) -> None:
@@ -127,31 +134,32 @@ class TopicPoller:
         unpack = _STAMP.unpack_from
         newest = 0
         for entry in self.entries:
-            sub, mon, stamped, freeze = entry.sub, entry.monitor, entry.watch.stamped, entry.freeze
+            mon, stamped, freeze = entry.monitor, entry.watch.stamped, entry.freeze
             # the look: what the reader holds now is all the monitor knows up to now
             mon.looked_at = time.monotonic()
-            with sub.handle:
-                while True:
-                    taken = sub.handle.take_message(sub.msg_type, True)
-                    if taken is None:
-                        break
-                    entry.takes += 1
-                    data, info = taken
-                    rx = info.get('received_timestamp') or wall
-                    rx_mono = rx * 1e-9 + mono_minus_wall
-                    stamp = None
-                    if stamped:
-                        sec, nanosec = unpack(data, 4)
-                        stamp = sec * 1_000_000_000 + nanosec
-                    source = info.get('source_timestamp')
-                    if source and source > newest:
-                        newest = source
-                    mon.on_message(rx_mono, rx, stamp, seq=info.get('publication_sequence_number'),
-                                   source_wall_ns=source)
-                    if freeze is not None:
-                        try:
-                            names, positions_at = joint_state_positions(data)
-                        except (ValueError, struct.error, UnicodeDecodeError):
-                            continue
-                        freeze.observe(names, data, positions_at, rx_mono, mon.frozen)
+            take = entry.take.take
+            while (taken := take()) is not None:
+                entry.takes += 1
+                data, seq, gid, source, rx = taken
+                rx = rx or wall
+                rx_mono = rx * 1e-9 + mono_minus_wall
+                stamp = None
+                if stamped:
+                    sec, nanosec = unpack(data, 4)
+                    stamp = sec * 1_000_000_000 + nanosec
+                if source > newest:
+                    newest = source
+                mon.on_message(rx_mono, rx, stamp, seq=seq, source_wall_ns=source or None,
+                               gid=gid)
+                if freeze is not None:
+                    try:
+                        names, positions_at = joint_state_positions(data)
+                    except (ValueError, struct.error, UnicodeDecodeError):
+                        continue
+                    freeze.observe(names, data, positions_at, rx_mono, mon.frozen)
         self.written_up_to = newest * 1e-9 + mono_minus_wall if newest else -1.0
+
+    def close(self) -> None:
+        """Free the takes' buffers (before the node's subscriptions are destroyed)."""
+        for entry in self.entries:
+            entry.take.close()

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from field_deploy.sequence import UNSUPPORTED, SequenceTracker, WriterRun
+from field_deploy.sequence import UNSUPPORTED, GidTracker, SequenceTracker, WriterRun
 from health_monitor.core import OK, STALE, WARN, Debounce, Status
 from health_monitor.evidence import CpuPressure, DeliveryGaps
 from health_monitor.writer_cpu import WriterProcesses
@@ -117,8 +117,9 @@ class TopicMonitor:
         self.backwards = 0
         self.lagging = 0
         self.max_lag_ns = 0
-        self.sequence = SequenceTracker()
-        """The writers' runs of publication sequence numbers; the graph's publisher count is
+        self.sequence: SequenceTracker | GidTracker = SequenceTracker()
+        """The writers' runs of publication sequence numbers (a :class:`GidTracker` where the
+        samples come with their writer's gid: the poller's); the graph's publisher count is
         given to it by whoever polls the graph (``sequence.set_writers``)."""
         self._writer_windows: dict[WriterRun, deque[tuple[float, int]]] = {}
         self.watch_from = -1.0
@@ -144,13 +145,15 @@ class TopicMonitor:
 
     def on_message(self, rx_mono: float, rx_wall_ns: int, stamp_ns: int | None,
                    messages: int = 1, seq: int | None = None,
-                   source_wall_ns: int | None = None) -> None:
+                   source_wall_ns: int | None = None, gid: bytes | None = None) -> None:
         """One received sample; with its writer's ``seq`` it stands for every publication
         since that writer's previous one (else for ``messages``). With its ``source_wall_ns``
         (when the writer wrote it), a sample delivered later than the STALE time (stale time +
         the configured hold) is a delivery gap: for that long the monitor could not have seen
         what the source had published. Shorter gaps are not recorded: a 1 kHz stream taken at
-        every 10 ms check shows a gap above its 2 ms stale time at every take."""
+        every 10 ms check shows a gap above its 2 ms stale time at every take. With the writer's
+        ``gid`` (a :class:`field_deploy.sequence.GidTracker` as :attr:`sequence`) the sample's
+        run is its writer's, not a guess."""
         if source_wall_ns and self.gaps is not None:
             late = (rx_wall_ns - source_wall_ns) * 1e-9
             if late > self.limits.stale_raise_s:
@@ -158,7 +161,10 @@ class TopicMonitor:
         if seq is not None and 0 < seq < UNSUPPORTED:
             tracker = self.sequence
             skipped = tracker.lost
-            tracker.observe(seq)
+            if gid is None:
+                tracker.observe(seq)
+            else:
+                tracker.observe_gid(gid, seq)
             run = tracker.current
             if run is not None:
                 run.seen = rx_mono

@@ -268,9 +268,8 @@ class Capture:
         for topic, polled in self.polled.items():
             take, stats, writers = polled.take.take, polled.stats, polled.writers
             while (sample := take()) is not None:
-                data, seq, gid = sample
-                writers.observe_named(gid.hex(), seq)
-                on_message(stats, topic, data)
+                writers.observe_named(sample.gid.hex(), sample.seq)
+                on_message(stats, topic, sample.data)
                 taken += 1
         return taken
 
