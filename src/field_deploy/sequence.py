@@ -95,6 +95,7 @@ class WriterRun:
     (five 1 Hz ``/diagnostics`` writers started together), a run can take a second confused
     sample before the first one is revealed."""
     seen: float = -1.0  # when its last sample arrived, for users that time writers (monotonic s)
+    gid: bytes = b''    # the writer's gid, where the samples say it (GidTracker)
 
     @property
     def received(self) -> int:
@@ -105,8 +106,9 @@ class WriterRun:
         """Numbers the run covers: its writer's publications since the first one received."""
         return self.last - self.first + 1
 
-    def as_dict(self) -> dict[str, int]:
-        return {'first': self.first, 'last': self.last, 'received': self.received,
+    def as_dict(self) -> dict[str, int | str]:
+        known = {'name': self.gid.hex()} if self.gid else {}
+        return {**known, 'first': self.first, 'last': self.last, 'received': self.received,
                 'lost': self.lost}
 
 
@@ -360,7 +362,7 @@ class GidTracker:
                 self._retire(min(self.runs, key=lambda r: r.used))
             if run is not None:
                 self._retire(run)
-            run = self._by_gid[gid] = WriterRun(first=seq, last=seq - 1)
+            run = self._by_gid[gid] = WriterRun(first=seq, last=seq - 1, gid=gid)
             self.runs.append(run)
             self.new_writers += 1
         gap = seq - run.last - 1
@@ -392,14 +394,14 @@ class GidTracker:
     def current(self) -> WriterRun | None:
         return self._current
 
-    def per_writer(self) -> list[dict[str, int]]:
+    def per_writer(self) -> list[dict[str, int | str]]:
+        """Each run seen (retired ones first), oldest first, named by its gid (hex)."""
         return [r.as_dict() for r in (*self.retired, *self.runs)]
 
     def _retire(self, run: WriterRun) -> None:
         self.runs.remove(run)
-        for gid, known in list(self._by_gid.items()):
-            if known is run:
-                del self._by_gid[gid]
+        if self._by_gid.get(run.gid) is run:
+            del self._by_gid[run.gid]
         self.retired.append(run)
         if len(self.retired) > MAX_RETIRED:
             del self.retired[0]

@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from field_deploy.sequence import NamedWriters, SequenceTracker
+from field_deploy.sequence import GidTracker, NamedWriters, SequenceTracker
 
 _WINDOW = 16
 _TOLERANCE = 0.005  # of a period: see TopicStats.period
@@ -56,7 +56,7 @@ class TopicStats:
     throttle_ns: int = 0
     """Throttled topic: at least this long between two kept messages (0: every message)."""
     _kept_ns: int = field(default=-(1 << 62), repr=False)
-    seq: SequenceTracker | NamedWriters = field(default_factory=SequenceTracker, repr=False)
+    seq: SequenceTracker | NamedWriters | GidTracker = field(default_factory=SequenceTracker, repr=False)
     """Runs of the topic's writers; per named writer for a type that names it."""
     _last_stamp: int = field(default=0, repr=False)
     _intervals: list[int] = field(default_factory=list, repr=False)

@@ -38,7 +38,7 @@ from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.recorder import Recorder
 from data_recorder.capture.selection import adapt_qos
 from field_deploy.ros import message_class, polled_subscription
-from field_deploy.sequence import NamedWriters
+from field_deploy.sequence import GidTracker, NamedWriters
 from field_deploy.writer_take import WriterTake
 
 _RELIABILITY = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
@@ -91,7 +91,7 @@ class _Polled:
     sub: Subscription
     take: WriterTake
     stats: TopicStats
-    writers: NamedWriters
+    writers: GidTracker
 
 
 def named_callback(recorder: Recorder, stats: TopicStats, topic: str,
@@ -249,8 +249,8 @@ class Capture:
                                    context=self.node.context)
             self._poll_timer = self.node.create_timer(POLL_PERIOD_S, self.drain_polled)
         stats = self.recorder.stats(topic)
-        if not isinstance(stats.seq, NamedWriters):
-            stats.seq = NamedWriters()
+        if not isinstance(stats.seq, GidTracker):
+            stats.seq = GidTracker()
         sub = polled_subscription(self._poll_node, msg_type, topic, qos(settings))
         self.polled[topic] = _Polled(sub, WriterTake(sub), stats, stats.seq)
         stats.seq.set_writers(self.node.count_publishers(topic))
@@ -268,7 +268,7 @@ class Capture:
         for topic, polled in self.polled.items():
             take, stats, writers = polled.take.take, polled.stats, polled.writers
             while (sample := take()) is not None:
-                writers.observe_named(sample.gid.hex(), sample.seq)
+                writers.observe_gid(sample.gid, sample.seq)
                 on_message(stats, topic, sample.data)
                 taken += 1
         return taken
