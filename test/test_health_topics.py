@@ -74,10 +74,10 @@ def test_late_check_with_no_gap_is_not_stale() -> None:
     punct = Punctuality(period_s=0.01, tolerance_s=0.02)
     mon = TopicMonitor('imu', 'sensors/imu', TopicLimits(rate_hz=1000.0))
     t, seq = 0.0, 0
-    for _ in range(100):                       # 1 s of on-time checks, 10 samples each
+    for i in range(100):                       # 1 s of on-time checks, 10 samples each
         t, seq = _seq_feed(mon, t, t + 0.01, 1000.0, seq)
         assert punct.check(t) == pytest.approx(0.0, abs=1e-9)
-        assert not mon.stale(t, punct.blind_since)
+        assert mon.stale(t, punct.blind_since) is (i == 0)   # one sample: not flowing yet
     last_rx = mon.last_rx
     t_wake = t + 0.3                            # starved: the next check comes 300 ms late
     assert punct.check(t_wake) == pytest.approx(0.29)
@@ -473,3 +473,22 @@ def test_receive_side_blindness_is_left_out_of_a_silence() -> None:
         punct.check(t)
     watched = t - last - 2.1
     assert watched == pytest.approx(mon.limits.stale_raise_s, abs=0.011)
+
+
+def test_a_stream_is_watched_once_it_flows_not_from_its_first_sample() -> None:
+    """The safety gate publishes one hold command at configure and its 500 Hz loop only from
+    activation (0.2 s to seconds later): one sample and a silence is a stream not started yet
+    (STALE from start: never raised, no policy), not a stream lost. The demo raised this STALE
+    on joint_commands in 1 of 3 runs on a quiet host (2026-11-30 21:20)."""
+    mon = TopicMonitor('joint_commands', 'skills/safety_gate', TopicLimits(rate_hz=500.0))
+    wall = int(1e18)
+    mon.on_message(0.0, wall, wall, seq=1)                          # the hold command
+    assert mon.stale(0.18) and not mon.flowing
+    status = mon.status(0.18)
+    assert status.level == STALE and 'not flowing yet' in status.message
+    assert mon.stale_raised == 0
+    t, seq = _seq_feed(mon, 0.18, 0.3, 500.0, 1)                     # the loop starts
+    assert mon.flowing and not mon.stale(t) and mon.status(t).level == OK
+    assert mon.stale_raised == 0
+    assert mon.stale(t + 0.2) and mon.status(t + 0.2).level == STALE  # a real silence now
+    assert mon.stale_raised == 1

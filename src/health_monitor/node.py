@@ -307,7 +307,7 @@ class HealthMonitor(Node):
         # busy (samples in hand, or starved) or waiting for a CPU since the previous check =
         # not looking either; and its publishers' CPU waits are sampled, so the decision reads
         # them up to now (all publishers every 10th check: the waits before a silence).
-        half_way = [mon.topic for mon in self.monitors.values() if mon.last_rx >= 0
+        half_way = [mon.topic for mon in self.monitors.values() if mon.flowing
                     and mon.silence(now, blind) > 0.5 * mon.limits.stale_raise_s]
         self._checks += 1
         self.writer_cpu.sample(now, None if self._checks % 10 == 0 else half_way)
@@ -322,7 +322,7 @@ class HealthMonitor(Node):
         for mon in self.monitors.values():
             stale = mon.stale(now, blind)
             known = self.levels.get(mon.path)
-            if (stale and known != STALE and (mon.last_rx >= 0 or known is None)) or (
+            if (stale and known != STALE and (mon.flowing or known is None)) or (
                     not stale and known == STALE):
                 self._leaf(mon.status(now, blind), now)
         for policy, path in self.policies.tick(now):

@@ -112,6 +112,12 @@ class TopicMonitor:
         self.count = 0
         self.last_rx = -1.0
         self.first_rx = -1.0
+        self.flowing = False
+        """Two samples have come within the STALE time of each other: the stream has started.
+        Until then it is STALE-from-start (never raised, fires no policy), not lost: a publisher
+        that sends one sample early and starts its rate later (the safety gate's first hold
+        command at configure, its 500 Hz loop at activation, 0.2 s to seconds apart) did not
+        stop a stream that had flowed."""
         self.last_stamp_ns = 0
         self.future = 0
         self.backwards = 0
@@ -175,6 +181,9 @@ class TopicMonitor:
             if (self.gaps is not None and self.last_rx >= 0 and gap > self.limits.stale_raise_s
                     and messages >= 0.8 * self.limits.rate_hz * gap):
                 self.gaps.record(rx_mono, gap)   # quiet, then all of it at once: nothing lost
+        if not self.flowing and self.last_rx >= 0 and (
+                rx_mono - self.last_rx <= self.limits.stale_raise_s):
+            self.flowing = True
         self.count += messages
         self.last_rx = rx_mono
         if self.first_rx < 0:
@@ -268,7 +277,7 @@ class TopicMonitor:
 
     def stale(self, now: float, blind: Blind = None) -> bool:
         """The STALE decision alone (the node's fast path): see the module docstring."""
-        if self.last_rx < 0:
+        if not self.flowing:
             return True
         if self.frozen:
             return True
@@ -306,6 +315,9 @@ class TopicMonitor:
             values['rate (Hz)'] = f'{rate:.1f}'
         if self.last_rx < 0:
             return Status(self.path, STALE, f'{self.topic}: no message yet', values=values)
+        if not self.flowing:
+            return Status(self.path, STALE, f'{self.topic}: not flowing yet ({self.count} '
+                          'message(s), none within the STALE time of another)', values=values)
         silent = self.seen_until(now) - self.last_rx   # as of the last look
         values['since last (s)'] = f'{silent:.3f}'
         values['STALE raised'] = str(self.stale_raised)
