@@ -487,7 +487,7 @@ def test_a_stream_is_watched_once_it_flows_not_from_its_first_sample() -> None:
     status = mon.status(0.18)
     assert status.level == STALE and 'not flowing yet' in status.message
     assert mon.stale_raised == 0
-    t, seq = _seq_feed(mon, 0.18, 0.3, 500.0, 1)                     # the loop starts
+    t, _seq = _seq_feed(mon, 0.18, 0.3, 500.0, 1)                     # the loop starts
     assert mon.flowing and not mon.stale(t) and mon.status(t).level == OK
     assert mon.stale_raised == 0
     assert mon.stale(t + 0.2) and mon.status(t + 0.2).level == STALE  # a real silence now
