@@ -30,6 +30,7 @@ from std_srvs.srv import Trigger
 import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
 from field_deploy.history import History
 from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
+from fleet.metrics import StatusView
 from health_monitor.config import HealthConfig, HealthConfigError, load_config
 from health_monitor.core import (
     ERROR,
@@ -181,10 +182,12 @@ class HealthMonitor(Node):
             self._diag_monitor.on_message(now, time.time_ns(),
                                           msg.header.stamp.sec * 1_000_000_000
                                           + msg.header.stamp.nanosec)
+        views = []
         for s in external:
             values = {kv.key: kv.value for kv in s.values}
             status = Status(s.name, int.from_bytes(s.level, 'little') if isinstance(
                 s.level, bytes) else int(s.level), s.message, s.hardware_id, values)
+            views.append(StatusView(s.name, status.level, s.message, s.hardware_id, values))
             joint_path = self.cfg.joint_path(s.name)
             if joint_path is None:
                 path = self.cfg.status_path(s.name)
@@ -207,6 +210,8 @@ class HealthMonitor(Node):
                 cid = self._ledger_component(joint_path)
                 if cid:
                     self.ledger.observe(cid, sample_t, floats, self._warn_temp)
+        if self.metrics is not None:
+            self.metrics.metrics.update(views)
         self._maybe_publish_now()
 
     def _topic_rule_callback(self, rule: Any, comp: ComponentHealth) -> Callable[[Any], None]:
@@ -450,13 +455,20 @@ class HealthMonitor(Node):
             agg = self.aggregator.aggregate(now)
         mine = DiagnosticArray()
         set_stamp(mine.header.stamp, stamp)
-        mine.status = [_to_msg(s, self.prefix + s.name, self.get_name()) for s in own
-                       if not s.name.startswith('robot/other/')]
+        own = [s for s in own if not s.name.startswith('robot/other/')]
+        mine.status = [_to_msg(s, self.prefix + s.name, self.get_name()) for s in own]
         self.diag_pub.publish(mine)
         out = DiagnosticArray()
         set_stamp(out.header.stamp, stamp)
         out.status = [_to_msg(s, s.name, s.hardware_id) for s in agg]
         self.agg_pub.publish(out)
+        if self.metrics is not None:     # what the two arrays say, as their subscriber reads them
+            name = self.get_name()
+            self.metrics.metrics.update(
+                [StatusView(self.prefix + s.name, min(s.level, STALE), s.message, name, s.values)
+                 for s in own]
+                + [StatusView(s.name, min(s.level, STALE), s.message, s.hardware_id, s.values)
+                   for s in agg])
 
     def _serve_metrics(self, port: int, address: str) -> Any:
         """The robot's Prometheus endpoint (fleet.metrics) on this node; None when off or the
@@ -466,7 +478,9 @@ class HealthMonitor(Node):
         from fleet.metrics_node import attach_metrics
         from fleet.upload import default_robot_id
         try:
-            server = attach_metrics(self, port, default_robot_id(), address)
+            # /diagnostics and /diagnostics_agg are fed from here (_on_diagnostics, _publish)
+            server = attach_metrics(self, port, default_robot_id(), address,
+                                    topics=('/skill_runtime/status',))
         except OSError as exc:
             self.get_logger().warning(f'metrics not served on {address}:{port}: {exc.strerror}')
             return None
