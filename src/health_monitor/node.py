@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -29,7 +29,7 @@ from std_srvs.srv import Trigger
 
 import health_monitor  # noqa: F401  (AMENT_PREFIX_PATH before rclpy)
 from field_deploy.history import History
-from field_deploy.ros import init, message_class, qos_profile, run_nodes, set_stamp
+from field_deploy.ros import init, message_class, qos_profile, run_nodes
 from fleet.metrics import StatusView
 from health_monitor.config import HealthConfig, HealthConfigError, load_config
 from health_monitor.core import (
@@ -48,6 +48,7 @@ from health_monitor.ledger import Ledger, LedgerError, load_components
 from health_monitor.lifecycle_ros import RosLifecycleClient, managed_from_stack
 from health_monitor.manager import LifecycleManager, PolicyEngine, Spawner
 from health_monitor.polling import TopicPoller, own_host
+from health_monitor.publishing import published_views, serve_metrics, status_arrays
 from health_monitor.receiving import PressureFile, ReceiveThreads
 from health_monitor.spawner import PopenSpawner
 from health_monitor.topics import TopicMonitor
@@ -141,8 +142,10 @@ class HealthMonitor(Node):
         self.create_timer(1.0 / cfg.host_hz, self._sample_host)
         self.create_timer(1.0, self.poller.refresh_writers)
         port = int(os.environ.get(METRICS_PORT_ENV, DEFAULT_METRICS_PORT))
-        self.metrics = self._serve_metrics(int(self.declare_parameter('metrics_port', port).value),
-                                           str(self.declare_parameter('metrics_address', '0.0.0.0').value))
+        self.metrics = serve_metrics(
+            self, int(self.declare_parameter('metrics_port', port).value),
+            str(self.declare_parameter('metrics_address', '0.0.0.0').value),
+            self.get_logger().warning, self.get_logger().info)
 
         self.policies = PolicyEngine(cfg.policies)
         # the newest POLICY_LOG_MAX lines (each is also in the node's log) and the count of all
@@ -449,43 +452,15 @@ class HealthMonitor(Node):
     def _publish(self) -> None:
         self._dirty = False
         now = time.monotonic()
-        stamp = self.get_clock().now().nanoseconds
         with self._lock:
-            own = list(self.own.values())
+            own = [s for s in self.own.values() if not s.name.startswith('robot/other/')]
             agg = self.aggregator.aggregate(now)
-        mine = DiagnosticArray()
-        set_stamp(mine.header.stamp, stamp)
-        own = [s for s in own if not s.name.startswith('robot/other/')]
-        mine.status = [_to_msg(s, self.prefix + s.name, self.get_name()) for s in own]
+        mine, out = status_arrays(own, agg, self.get_clock().now().nanoseconds, self.prefix,
+                                  self.get_name())
         self.diag_pub.publish(mine)
-        out = DiagnosticArray()
-        set_stamp(out.header.stamp, stamp)
-        out.status = [_to_msg(s, s.name, s.hardware_id) for s in agg]
         self.agg_pub.publish(out)
-        if self.metrics is not None:     # what the two arrays say, as their subscriber reads them
-            name = self.get_name()
-            self.metrics.metrics.update(
-                [StatusView(self.prefix + s.name, min(s.level, STALE), s.message, name, s.values)
-                 for s in own]
-                + [StatusView(s.name, min(s.level, STALE), s.message, s.hardware_id, s.values)
-                   for s in agg])
-
-    def _serve_metrics(self, port: int, address: str) -> Any:
-        """The robot's Prometheus endpoint (fleet.metrics) on this node; None when off or the
-        port is taken (said once, the monitor runs on)."""
-        if port <= 0:
-            return None
-        from fleet.metrics_node import attach_metrics
-        from fleet.upload import default_robot_id
-        try:
-            # /diagnostics and /diagnostics_agg are fed from here (_on_diagnostics, _publish)
-            server = attach_metrics(self, port, default_robot_id(), address,
-                                    topics=('/skill_runtime/status',))
-        except OSError as exc:
-            self.get_logger().warning(f'metrics not served on {address}:{port}: {exc.strerror}')
-            return None
-        self.get_logger().info(f'metrics on http://{address}:{server.port}/metrics')
-        return server
+        if self.metrics is not None:
+            self.metrics.metrics.update(published_views(own, agg, self.prefix, self.get_name()))
 
     def close(self) -> None:
         """Stop the worker, the processes we started, and flush the ledger."""
@@ -504,12 +479,6 @@ class HealthMonitor(Node):
         self._pressure_file.close()
         if self.metrics is not None:
             self.metrics.close()
-
-
-def _to_msg(s: Status, name: str, hardware_id: str) -> DiagnosticStatus:
-    return DiagnosticStatus(level=bytes([min(s.level, STALE)]), name=name, message=s.message,
-                            hardware_id=hardware_id,
-                            values=[KeyValue(key=k, value=v) for k, v in s.values.items()])
 
 
 def main(args: list[str] | None = None) -> int:
