@@ -38,6 +38,7 @@ from data_recorder.capture.episodes import EPISODE_RECORD, EpisodeTracker, skill
 from data_recorder.capture.recorder import Recorder, RecorderConfig
 from data_recorder.capture.selection import Selection, load_qos_overrides, unique
 from data_recorder.capture.subscriptions import Capture
+from data_recorder.capture.taker import INTERVAL as TAKE_INTERVAL
 from data_recorder.parameters import PARAMETERS, STRING_ARRAYS, default_output
 from field_deploy.ros import init, run_nodes
 
@@ -69,6 +70,7 @@ class DataRecorderNode(LifecycleNode):
         self._arrivals: dict[str, tuple[int, float]] = {}   # see _note_arrivals
         self._warned: set[str] = set()
         self._discovery_timer = None
+        self._take_timer = None                # takes the recorded topics (Capture.take)
         self._episodes = EpisodeTracker()
         self._episode_subs: dict[str, Any] = {}
         self._marks = MarkLog()                # operator marks on ~/mark (data_recorder.bag.marks)
@@ -140,6 +142,7 @@ class DataRecorderNode(LifecycleNode):
                                                          or now - started >= 0.5)):
                 break
             capture.drain_polled()
+            capture.take()          # the recorded topics: at once, not at the next take tick
             executor.spin_once(timeout_sec=0.02)
             steps += 1
         took = f'took {received - first} more messages in {time.monotonic() - started:.2f} s'
@@ -167,6 +170,9 @@ class DataRecorderNode(LifecycleNode):
         once the writer thread has written what it had, counted lost.
         """
         recorder, self.recorder = self.recorder, None
+        if self._take_timer is not None:
+            self.destroy_timer(self._take_timer)
+            self._take_timer = None
         if self.capture is not None:
             self.capture.close()
         if recorder is not None:
@@ -202,6 +208,8 @@ class DataRecorderNode(LifecycleNode):
                                    message_lost_events=self._param('message_lost_events'),
                                    per_writer_topics={self.resolve_topic_name(t) for t in
                                                       self._param('per_writer_topics') if t})
+            if self.capture.batched:
+                self._take_timer = self.create_timer(TAKE_INTERVAL, self._take)
             self._episodes = EpisodeTracker()
             if self._param('hardware_profile'):   # the hardware this bag is recorded on
                 from health_monitor.rohs import write_into_bag
@@ -228,6 +236,7 @@ class DataRecorderNode(LifecycleNode):
         if self._discovery_timer is not None:
             self.destroy_timer(self._discovery_timer)
             self._discovery_timer = None
+        self._take_timer = None                # takes the recorded topics (Capture.take)
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -281,6 +290,17 @@ class DataRecorderNode(LifecycleNode):
             queue_max_bytes=self._param('queue_max_bytes'),
             fsync=self._param('fsync'), throttle=tuple(self._param('throttle') or ()),
             writer_process=self._param('writer_process'), ring_bytes=self._param('ring_bytes'))
+
+    def _take(self) -> None:
+        """The take timer: the recorded topics' samples in batches (Capture.take); the period
+        follows the fill of the histories (data_recorder.capture.taker)."""
+        capture, timer = self.capture, self._take_timer
+        if capture is None or timer is None:
+            return
+        capture.take()
+        period = round(capture.taker.interval * 1e9)
+        if period != timer.timer_period_ns:
+            timer.timer_period_ns = period
 
     def _log(self, level: str, message: str) -> None:
         getattr(self.get_logger(), level)(message)

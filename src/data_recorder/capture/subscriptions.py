@@ -12,6 +12,12 @@ their log time is the poll's (at most that much after their arrival). A topic su
 one publisher that gets a second later stays on the sequence numbers alone
 (:class:`field_deploy.sequence.SequenceTracker`).
 
+The other topics, by default, are taken in batches too (:mod:`data_recorder.capture.taker`:
+at 3x the reference load one executor event per sample lost messages): their subscriptions are on
+the same unspun node, and the recorder node's take timer runs :meth:`Capture.take`. With
+``message_lost_events`` they stay on the recorder node and its executor (their event handlers
+need one).
+
 Taking the message info costs at most ~2 µs per message more than taking the bytes alone (measured with
 ``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a
 ``WithMessageInfo`` subscription's ``(bytes, info)`` to the callback as *one* tuple (rclpy 7.1,
@@ -37,6 +43,7 @@ from data_recorder.bag import metadata as md
 from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.recorder import Recorder
 from data_recorder.capture.selection import adapt_qos
+from data_recorder.capture.taker import Taker
 from field_deploy.ros import message_class, polled_subscription
 from field_deploy.sequence import GidTracker, NamedWriters
 from field_deploy.writer_take import WriterTake
@@ -133,6 +140,21 @@ class Capture:
         """Topics taken with their writer gid, on :attr:`_poll_node` (no executor spins it)."""
         self._poll_node: Node | None = None
         self._poll_timer: Any = None
+        self.batched = not message_lost_events
+        """The sequenced topics are taken by :attr:`taker` (the node's take timer), not by the
+        executor."""
+        self.taker = Taker()
+
+    def take(self) -> int:
+        """Take what the batched subscriptions' histories hold (the node's take timer)."""
+        return self.taker.take()
+
+    def _unspun(self) -> Node:
+        """The node of the subscriptions no executor serves (polled, batched)."""
+        if self._poll_node is None:
+            self._poll_node = Node('_data_recorder_writers', namespace=self.node.get_namespace(),
+                                   context=self.node.context)
+        return self._poll_node
 
     # -- graph ----------------------------------------------------------------------------------
 
@@ -228,12 +250,16 @@ class Capture:
             if not isinstance(stats.seq, NamedWriters):
                 stats.seq = NamedWriters()
             callback = named_callback(recorder, stats, topic, msg_type, name_field)
-        sub = self.node.create_subscription(msg_type, topic, callback, qos(settings), raw=True,
-                                            event_callbacks=events)
+        owner = self._unspun() if self.batched else self.node
+        sub = owner.create_subscription(msg_type, topic, callback, qos(settings), raw=True,
+                                        event_callbacks=events)
         if not hasattr(sub, '_callback_type'):
             raise RuntimeError('this rclpy has no Subscription._callback_type: the recorder '
                                'cannot take the message info (DDS sequence numbers)')
         sub._callback_type = Subscription.CallbackType.WithMessageInfo
+        if self.batched:
+            self.taker.add(sub, callback, 0 if settings['history'] == 'keep_all'
+                           else settings['depth'])
         stats.seq.set_writers(self.node.count_publishers(topic))
         self.subs[topic] = sub
         self.types[topic] = type_name
@@ -244,14 +270,12 @@ class Capture:
     def _create_polled(self, topic: str, type_name: str, msg_type: Any,
                        settings: dict[str, Any]) -> None:
         """A subscription taken by :meth:`drain_polled`, each sample with its writer gid."""
-        if self._poll_node is None:
-            self._poll_node = Node('_data_recorder_writers', namespace=self.node.get_namespace(),
-                                   context=self.node.context)
+        if self._poll_timer is None:
             self._poll_timer = self.node.create_timer(POLL_PERIOD_S, self.drain_polled)
         stats = self.recorder.stats(topic)
         if not isinstance(stats.seq, GidTracker):
             stats.seq = GidTracker()
-        sub = polled_subscription(self._poll_node, msg_type, topic, qos(settings))
+        sub = polled_subscription(self._unspun(), msg_type, topic, qos(settings))
         self.polled[topic] = _Polled(sub, WriterTake(sub), stats, stats.seq)
         stats.seq.set_writers(self.node.count_publishers(topic))
         self.subs[topic] = sub
@@ -276,7 +300,11 @@ class Capture:
     def _destroy(self, topic: str) -> None:
         sub = self.subs.pop(topic)
         polled = self.polled.pop(topic, None)
-        if polled is None:
+        if polled is None and self.batched:
+            self.taker.remove(sub)              # after any pass taking it
+            assert self._poll_node is not None
+            self._poll_node.destroy_subscription(sub)
+        elif polled is None:
             self.node.destroy_subscription(sub)
         else:
             polled.take.close()                 # before rcl frees the subscription
