@@ -1,0 +1,127 @@
+"""Batched taking of the recorded topics (:mod:`data_recorder.capture.taker`), over real DDS.
+
+What must hold: every sample a history holds is taken once, in order, with its sequence number
+(the accounting stays exact); one busy stream cannot starve the others within a pass; a
+subscription removed from the taker can be destroyed at once; and the recorder node takes
+through it by default (its subscriptions on an unspun ``<name>_capture`` node, taken on its take
+timer), through its executor when ``message_lost_events`` needs one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.duration import Duration
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rclpy.subscription import Subscription
+from sensor_msgs.msg import JointState
+
+from data_recorder.capture.accounting import TopicStats
+from data_recorder.capture.subscriptions import sequenced_callback
+from data_recorder.capture.taker import BATCH, Taker
+from data_recorder.node import DataRecorderNode
+from data_recorder.parameters import parameter_overrides
+from field_deploy.testing import wait_until
+
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                      reliability=ReliabilityPolicy.RELIABLE)
+
+
+class _Sink:
+    """Stands for the recorder: keeps what the callbacks hand over, per topic."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, list[int]] = {}
+
+    def on_message(self, _stats: TopicStats, topic: str, data: bytes) -> None:
+        msg = deserialize_message(data, JointState)
+        self.got.setdefault(topic, []).append(int(msg.header.frame_id))
+
+
+def _numbered(i: int) -> JointState:
+    msg = JointState(name=['j'], position=[float(i)])
+    msg.header.frame_id = str(i)
+    return msg
+
+
+def test_taker_takes_every_sample_once_in_order_and_no_stream_starves_another(ros) -> None:
+    node = rclpy.create_node('taker_test')          # never spun: only the taker takes
+    pub_node = rclpy.create_node('taker_test_pub')
+    sink, taker = _Sink(), Taker()
+    stats = {t: TopicStats() for t in ('/busy', '/quiet')}
+    subs = {}
+    for topic in stats:
+        callback = sequenced_callback(sink, stats[topic], topic)
+        sub = node.create_subscription(JointState, topic, callback, RELIABLE, raw=True)
+        sub._callback_type = Subscription.CallbackType.WithMessageInfo
+        taker.add(sub, callback)
+        subs[topic] = sub
+    pubs = {t: pub_node.create_publisher(JointState, t, RELIABLE) for t in stats}
+    try:
+        assert wait_until(lambda: all(p.get_subscription_count() for p in pubs.values()), 20)
+        busy = 2 * BATCH + 100
+        for i in range(busy):
+            pubs['/busy'].publish(_numbered(i))
+        for i in range(10):
+            pubs['/quiet'].publish(_numbered(i))
+        for pub in pubs.values():
+            assert pub.wait_for_all_acked(Duration(seconds=10))
+        # all in the reader histories: one pass takes a batch of the busy stream and all of
+        # the quiet one, and says there is more
+        taken, more = taker.take_pass()
+        assert more and taken == BATCH + 10, (taken, sink.got)
+        assert sink.got['/quiet'] == list(range(10))
+        assert taker.take() == busy - BATCH          # passes again while one had more
+        assert sink.got['/busy'] == list(range(busy))
+        assert taker.take_pass() == (0, False)
+        assert all(s.seq.lost == 0 for s in stats.values())
+        # removed, then destroyed at once: the next pass does not touch it
+        taker.remove(subs['/busy'])
+        node.destroy_subscription(subs['/busy'])
+        for i in range(10, 15):
+            pubs['/quiet'].publish(_numbered(i))
+        assert pubs['/quiet'].wait_for_all_acked(Duration(seconds=10))
+        assert taker.take() == 5 and len(taker) == 1
+        assert sink.got['/quiet'] == list(range(15))
+    finally:
+        node.destroy_node()
+        pub_node.destroy_node()
+
+
+def _recorded(tmp_path: Path, spin, **params: object) -> tuple[DataRecorderNode, dict]:
+    recorder = DataRecorderNode(parameter_overrides=parameter_overrides({
+        'output': str(tmp_path / 'bag'), 'topics': ['/taken'], 'discovery_interval': 0.2,
+        'diagnostics_period': 3600.0, **params}))
+    assert recorder.recorder is not None, recorder.last_error
+    pub_node = rclpy.create_node('taker_node_pub')
+    pub = pub_node.create_publisher(JointState, '/taken', RELIABLE)
+    spin(pub_node, recorder)
+    assert wait_until(lambda: pub.get_subscription_count() >= 1, 20)
+    for i in range(300):
+        pub.publish(_numbered(i))
+        time.sleep(0.001)
+    assert wait_until(lambda: recorder.accounting().get('/taken', {}).get('written') == 300, 20), \
+        recorder.accounting()
+    subscribers = {(i.node_name, i.node_namespace)
+                   for i in pub_node.get_subscriptions_info_by_topic('/taken')}
+    capture = recorder.capture
+    recorder.close_bag()
+    return recorder, {'subscribers': subscribers, 'capture': capture,
+                      'accounting': recorder.accounting()['/taken']}
+
+
+def test_recorder_node_takes_its_topics_on_the_take_timer(ros, spin, tmp_path: Path) -> None:
+    _recorder, seen = _recorded(tmp_path, spin)
+    assert seen['subscribers'] == {('data_recorder_capture', '/')}, seen['subscribers']
+    assert seen['capture'].taker.taken == 300
+    assert seen['accounting']['lost'] == 0 and seen['accounting']['received'] == 300
+
+
+def test_message_lost_events_keep_the_executor_path(ros, spin, tmp_path: Path) -> None:
+    _recorder, seen = _recorded(tmp_path, spin, message_lost_events=True)
+    assert seen['subscribers'] == {('data_recorder', '/')}, seen['subscribers']
+    assert seen['capture'].taker.taken == 0
+    assert seen['accounting']['lost'] == 0 and seen['accounting']['received'] == 300
