@@ -125,3 +125,49 @@ def test_message_lost_events_keep_the_executor_path(ros, spin, tmp_path: Path) -
     assert seen['subscribers'] == {('data_recorder', '/')}, seen['subscribers']
     assert seen['capture'].taker.taken == 0
     assert seen['accounting']['lost'] == 0 and seen['accounting']['received'] == 300
+
+
+class _History:
+    """A subscription's reader history, as the taker sees it (``handle.take_message``)."""
+
+    msg_type, raw = JointState, True
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[bytes, dict]] = []
+        self.handle = self
+
+    def __enter__(self) -> _History:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+    def take_message(self, _msg_type: object, _raw: bool) -> tuple[bytes, dict] | None:
+        return self.samples.pop(0) if self.samples else None
+
+
+def test_take_interval_follows_the_fullest_history() -> None:
+    from data_recorder.capture import taker as module
+    history, got = _History(), []
+    taker = Taker()
+    taker.add(history, got.append, depth=1000)
+    start = taker.interval
+    while taker.interval < module.MAX_INTERVAL:    # idle: fewer wake-ups, up to the bound
+        taker.take()
+    taker.take()
+    assert taker.interval == module.MAX_INTERVAL > start
+    history.samples = [(b'x', {})] * 200             # a fifth of the history: twice as often
+    taker.take()
+    assert taker.interval == module.MAX_INTERVAL / 2 and len(got) == 200
+    for _ in range(20):                              # always over 1/8 full: down to the bound
+        history.samples = [(b'x', {})] * 130
+        taker.take()
+    assert taker.interval == module.MIN_INTERVAL
+    history.samples = [(b'x', {})] * 60               # between the two marks: kept
+    taker.take()
+    assert taker.interval == module.MIN_INTERVAL
+    keep_all = Taker()                               # never full: only idle counts
+    keep_all.add(history, got.append, depth=0)
+    history.samples = [(b'x', {})] * 5000
+    keep_all.take()
+    assert keep_all.interval == 2 * start and not history.samples
