@@ -245,14 +245,23 @@ def subject(args: argparse.Namespace) -> int:
                                             'silent_tail', 'not_written', 'lost_gaps')}
     else:
         node = rclpy.create_node(f'bench_{args.subject}')
-        if args.subject == 'noop':
+        if args.subject in ('noop', 'noop-batched'):
             def make(topic: str):
                 def cb(_data: bytes) -> None:
                     counts[topic] += 1
                 return cb
-            for topic, type_name, _ in STREAMS:
-                node.create_subscription(message_class(type_name), topic, make(topic), qos,
-                                         raw=True)
+            subs = [(node.create_subscription(message_class(type_name), topic, make(topic), qos,
+                                              raw=True), make(topic))
+                    for topic, type_name, _ in STREAMS]
+            if args.subject == 'noop-batched':
+                # taken as the recorder takes them (data_recorder.capture.taker), from a node no
+                # executor spins: the ceiling of a batched Python subscriber
+                from data_recorder.capture.taker import Taker
+                taker = Taker()
+                for sub, callback in subs:
+                    taker.add(sub, callback, qos.depth)
+                node = rclpy.create_node(f'bench_{args.subject}_timer')
+                node.create_timer(0.005, taker.take)
         else:   # naive: deserialise, then mcap_ros2 re-serialises
             from mcap.writer import CompressionType
             from mcap_ros2.writer import Writer
@@ -429,9 +438,11 @@ def main() -> int:
     parser.add_argument('--duration', type=float, default=10.0, help='seconds per run (60 for figures)')
     parser.add_argument('--multipliers', type=float, nargs='+', default=[1.0, 2.0])
     parser.add_argument('--subjects', nargs='+', default=['recorder', 'noop', 'naive'],
-                        choices=['recorder', 'recorder-wp', 'noop', 'naive'],
+                        choices=['recorder', 'recorder-wp', 'noop', 'noop-batched', 'naive'],
                         help='recorder: the node as it is by default (one process); recorder-wp: '
-                             'the node with its writer process (writer_process:=true)')
+                             'the node with its writer process (writer_process:=true); noop: '
+                             'raw subscriptions on the EventsExecutor, counting; noop-batched: '
+                             'the same taken in batches as the recorder takes them')
     parser.add_argument('--best-effort', action='store_true', help='publishers best effort')
     parser.add_argument('--depth', type=int, default=1000, help='publisher history depth')
     parser.add_argument('--generators', type=int, default=2, help='generator processes')
