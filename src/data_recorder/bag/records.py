@@ -4,11 +4,11 @@ CRC check, and what a chunk's records hold. The spec: https://mcap.dev/spec."""
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from isal import isal_zlib
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import EndOfFile
 from mcap.records import (
@@ -93,7 +93,7 @@ def chunk_records(buf: Any, size: int, info: ChunkInfo) -> bytes:
         raise ValueError(f'decompressed to {len(data)} bytes, the header says '
                          f'{info.uncompressed_size}')
     if info.crc:
-        crc = zlib.crc32(data)
+        crc = isal_zlib.crc32(data)
         if crc != info.crc:
             raise ValueError(f'CRC mismatch (stored {info.crc:#010x}, computed {crc:#010x})')
     return data
@@ -105,7 +105,7 @@ def crc32(buf: Any, start: int, end: int) -> int:
     view = memoryview(buf)
     try:
         for at in range(start, end, 16 << 20):
-            crc = zlib.crc32(view[at: min(end, at + (16 << 20))], crc)
+            crc = isal_zlib.crc32(view[at: min(end, at + (16 << 20))], crc)
     finally:
         view.release()
     return crc
