@@ -16,14 +16,13 @@ per message against 6.6-7.0 µs.
 A pass (:meth:`Taker.take`) holds the GIL once and takes what every subscription's history
 holds, at most :data:`BATCH` per subscription and turn so a busy stream does not starve the
 others. The node runs it on a timer whose period (:attr:`Taker.interval`) follows the fill of
-the fullest history: halved when a pass found one more than 1/8 full, doubled when all were under
-1/32, between :data:`MIN_INTERVAL` and :data:`MAX_INTERVAL`. Idle, a recorder wakes 20 times a
-second (`bag record` of 12 topics at 1 Hz: 1.40 % of a core, 1.26 % on the executor; a fixed
-5 ms tick cost 3.80 %); at 3x the
-reference load a 3 kHz stream with keep-last 1000 is taken every 25 ms, ~75 samples at a time,
-so a pass can be late by 0.3 s before anything is lost. The
-subscriptions belong to a node that no executor spins, so no DDS listener callback is installed
-and nothing is posted per sample. Each callback gets the ``(bytes, info)`` tuple the
+the fullest history: halved when a pass found one more than 1/8 full, doubled when all were
+under 1/32, between :data:`MIN_INTERVAL` and :data:`MAX_INTERVAL`. Idle, a recorder wakes 20
+times a second (``bag record`` of 12 topics at 1 Hz: 1.40 % of a core, 1.26 % on the executor;
+a fixed 5 ms tick cost 3.80 %); at 3x the reference load a 3 kHz stream with keep-last 1000 is
+taken every 25 ms, ~75 samples at a time, so a pass can be late by 0.3 s before anything is
+lost. The subscriptions belong to a node that no executor spins, so no DDS listener callback is
+installed and nothing is posted per sample. Each callback gets the ``(bytes, info)`` tuple the
 EventsExecutor would pass: the accounting is the same code
 (:func:`data_recorder.capture.subscriptions.sequenced_callback`).
 """
