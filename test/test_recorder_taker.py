@@ -171,3 +171,23 @@ def test_take_interval_follows_the_fullest_history() -> None:
     history.samples = [(b'x', {})] * 5000
     keep_all.take()
     assert keep_all.interval == 2 * start and not history.samples
+
+
+def test_a_backlog_shortens_the_interval_and_a_starved_taker_comes_back_at_once(
+        monkeypatch) -> None:
+    from data_recorder.capture import taker as module
+    history, got = _History(), []
+    taker = Taker()
+    taker.add(history, got.append, depth=5000)
+    while taker.interval < module.MAX_INTERVAL:
+        taker.take()
+    # a backlog of a fifth of the history, taken over several passes of a batch each: what the
+    # call took counts, not one pass's batch
+    history.samples = [(b'x', {})] * 1000
+    taker.take()
+    assert len(got) == 1000 and taker.interval == module.MAX_INTERVAL / 2
+    # behind when the catch-up time is up: back at the shortest interval, not a whole one later
+    monkeypatch.setattr(module, 'CATCH_UP_S', 0.0)
+    history.samples = [(b'x', {})] * 600
+    assert taker.take() == BATCH
+    assert taker.interval == module.MIN_INTERVAL and len(history.samples) == 600 - BATCH

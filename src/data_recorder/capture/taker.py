@@ -78,16 +78,22 @@ class Taker:
 
     def take(self) -> int:
         """Take what every subscription holds: passes of at most :data:`BATCH` per subscription,
-        again while one had more, for at most :data:`CATCH_UP_S`; then set :attr:`interval`.
-        Returns the number taken."""
-        total, fill = 0, 0.0
+        again while one had more, for at most :data:`CATCH_UP_S`; then set :attr:`interval`
+        from the fullest history (what this call took of it, over its depth). Still behind when
+        the time is up: the next call comes after :data:`MIN_INTERVAL` (a starved recorder must
+        not wait a whole interval between its catch-up slices). Returns the number taken."""
+        total = 0
+        counts: dict[int, tuple[int, int]] = {}       # id(subscription) -> (taken, depth)
         started = time.monotonic()
         while True:
-            taken, more, pass_fill = self._pass()
+            taken, more = self._pass(counts)
             total += taken
-            fill = max(fill, pass_fill)
-            if not more or time.monotonic() - started >= CATCH_UP_S:
+            if not more:
                 break
+            if time.monotonic() - started >= CATCH_UP_S:
+                self.interval = MIN_INTERVAL
+                return total
+        fill = max((n / depth for n, depth in counts.values() if depth), default=0.0)
         if fill > HIGH_FILL:
             self.interval = max(MIN_INTERVAL, self.interval / 2)
         elif fill < LOW_FILL:
@@ -96,11 +102,10 @@ class Taker:
 
     def take_pass(self) -> tuple[int, bool]:
         """One pass; returns the number taken and whether some subscription had more."""
-        taken, more, _fill = self._pass()
-        return taken, more
+        return self._pass({})
 
-    def _pass(self) -> tuple[int, bool, float]:
-        taken, more, fill = 0, False, 0.0
+    def _pass(self, counts: dict[int, tuple[int, int]]) -> tuple[int, bool]:
+        taken, more = 0, False
         with self._lock:
             for sub, callback, depth in self._subs:
                 handle = sub.handle
@@ -116,8 +121,8 @@ class Taker:
                 if n:
                     taken += n
                     more = more or n == BATCH
-                    if depth and n / depth > fill:
-                        fill = n / depth
+                    key = id(sub)
+                    counts[key] = (counts.get(key, (0, depth))[0] + n, depth)
             self.passes += 1
             self.taken += taken
-        return taken, more, fill
+        return taken, more
