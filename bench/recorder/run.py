@@ -244,7 +244,7 @@ def subject(args: argparse.Namespace) -> int:
                                   for k in ('lost_sequence', 'lost_queue', 'lost_tail',
                                             'silent_tail', 'not_written', 'lost_gaps')}
     else:
-        node = rclpy.create_node(f'bench_{args.subject}')
+        node = rclpy.create_node(f'bench_{args.subject.replace("-", "_")}')
         if args.subject in ('noop', 'noop-batched'):
             def make(topic: str):
                 def cb(_data: bytes) -> None:
@@ -260,7 +260,7 @@ def subject(args: argparse.Namespace) -> int:
                 taker = Taker()
                 for sub, callback in subs:
                     taker.add(sub, callback, qos.depth)
-                node = rclpy.create_node(f'bench_{args.subject}_timer')
+                node = rclpy.create_node('bench_noop_batched_timer')
                 node.create_timer(0.005, taker.take)
         else:   # naive: deserialise, then mcap_ros2 re-serialises
             from mcap.writer import CompressionType
