@@ -224,7 +224,8 @@ def subject(args: argparse.Namespace) -> int:
     result: dict = {}
     out = Path(args.output)
     if args.subject in ('recorder', 'recorder-wp'):
-        from data_recorder.node import DataRecorderNode, parameter_overrides
+        from data_recorder.node import DataRecorderNode
+        from data_recorder.parameters import parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
             'qos_depth': max(args.depth, 1000), 'diagnostics_period': 3600.0,
