@@ -3,7 +3,7 @@
 What must hold: every sample a history holds is taken once, in order, with its sequence number
 (the accounting stays exact); one busy stream cannot starve the others within a pass; a
 subscription removed from the taker can be destroyed at once; and the recorder node takes
-through it by default (its subscriptions on an unspun ``<name>_capture`` node, taken on its take
+through it by default (its subscriptions on the unspun ``_data_recorder_writers`` node, taken on its take
 timer), through its executor when ``message_lost_events`` needs one.
 """
 
@@ -115,7 +115,7 @@ def _recorded(tmp_path: Path, spin, **params: object) -> tuple[DataRecorderNode,
 
 def test_recorder_node_takes_its_topics_on_the_take_timer(ros, spin, tmp_path: Path) -> None:
     _recorder, seen = _recorded(tmp_path, spin)
-    assert seen['subscribers'] == {('data_recorder_capture', '/')}, seen['subscribers']
+    assert seen['subscribers'] == {('_data_recorder_writers', '/')}, seen['subscribers']
     assert seen['capture'].taker.taken == 300
     assert seen['accounting']['lost'] == 0 and seen['accounting']['received'] == 300
 
