@@ -55,6 +55,7 @@ Limits (documented in docs/data_recorder.md and docs/health_monitor.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: RMW_MESSAGE_INFO_SEQUENCE_NUMBER_UNSUPPORTED (UINT64_MAX) and anything beyond a real counter.
@@ -110,6 +111,19 @@ class WriterRun:
         known = {'name': self.gid.hex()} if self.gid else {}
         return {**known, 'first': self.first, 'last': self.last, 'received': self.received,
                 'lost': self.lost}
+
+
+def _retire_idle(runs: list[WriterRun], count: int, current: WriterRun | None,
+                 retire: Callable[[WriterRun], None]) -> None:
+    """Beyond the graph's ``count``, retire the runs idle since the previous poll (least
+    recently used first; never the current one), then mark where every run stands now."""
+    if count >= 1 and len(runs) > count:
+        idle = sorted((r for r in runs if r.last == r.polled and r is not current),
+                      key=lambda r: r.used)
+        for run in idle[:len(runs) - count]:
+            retire(run)
+    for run in runs:
+        run.polled = run.last
 
 
 class SequenceTracker:
@@ -230,13 +244,7 @@ class SequenceTracker:
         """
         self.sync()
         self.writers = count
-        if count >= 1 and len(self.runs) > count:
-            idle = sorted((r for r in self.runs if r.last == r.polled and r is not self._current),
-                          key=lambda r: r.used)
-            for run in idle[:len(self.runs) - count]:
-                self._retire(run)
-        for run in self.runs:
-            run.polled = run.last
+        _retire_idle(self.runs, count, self._current, self._retire)
 
     def sync(self) -> None:
         """Store the fast path's number into the current run (before reading the runs)."""
@@ -327,29 +335,21 @@ class NamedWriters:
                 for run in tracker.per_writer()]
 
 
-class GidTracker:
+class GidTracker(SequenceTracker):
     """Sequence runs keyed by each sample's writer gid (:mod:`field_deploy.writer_take`).
 
     Where the sample's gid is known no run has to be guessed: one writer, one run, a hole is a
-    hole, a restarted writer is a new gid. Same reading interface as :class:`SequenceTracker`
+    hole, a restarted writer is a new gid. The reading interface is :class:`SequenceTracker`'s
     (``runs``, ``current``, ``lost``, ``writers``, ``set_writers``, ``per_writer``); fed by
     :meth:`observe_gid`. Bounded like it: at most :data:`MAX_RUNS` (or twice the graph's count)
     live runs, the least recently seen retired beyond that.
     """
 
-    __slots__ = ('_by_gid', '_current', '_used', 'last', 'lost', 'new_writers', 'retired',
-                 'runs', 'unsequenced', 'writers')
+    __slots__ = ('_by_gid', '_used')
 
     def __init__(self) -> None:
-        self.last = -2
-        self.lost = 0
-        self.unsequenced = 0
-        self.writers = 0
-        self.runs: list[WriterRun] = []
-        self.retired: list[WriterRun] = []
-        self.new_writers = 0
+        super().__init__()
         self._by_gid: dict[bytes, WriterRun] = {}
-        self._current: WriterRun | None = None
         self._used = 0
 
     def observe_gid(self, gid: bytes, seq: int) -> None:
@@ -376,35 +376,7 @@ class GidTracker:
             self._current = run
         self.last = seq
 
-    def set_writers(self, count: int) -> None:
-        """The graph's publisher count: runs idle since the previous poll beyond it retire."""
-        self.writers = count
-        if count >= 1 and len(self.runs) > count:
-            idle = sorted((r for r in self.runs if r.last == r.polled and r is not self._current),
-                          key=lambda r: r.used)
-            for run in idle[:len(self.runs) - count]:
-                self._retire(run)
-        for run in self.runs:
-            run.polled = run.last
-
-    def sync(self) -> None:
-        """Nothing to store (no fast path): for the :class:`SequenceTracker` interface."""
-
-    @property
-    def current(self) -> WriterRun | None:
-        return self._current
-
-    def per_writer(self) -> list[dict[str, int | str]]:
-        """Each run seen (retired ones first), oldest first, named by its gid (hex)."""
-        return [r.as_dict() for r in (*self.retired, *self.runs)]
-
     def _retire(self, run: WriterRun) -> None:
-        self.runs.remove(run)
         if self._by_gid.get(run.gid) is run:
             del self._by_gid[run.gid]
-        self.retired.append(run)
-        if len(self.retired) > MAX_RETIRED:
-            del self.retired[0]
-        if run is self._current:
-            self._current = None
-            self.last = -2
+        super()._retire(run)
