@@ -132,7 +132,7 @@ def test_a_publisher_whose_threads_waited_is_not_stale() -> None:
     pressure = CpuPressure()
     mon = TopicMonitor('odom', 'robot/odometry', _limits('odom'), pressure=pressure)
     host = WriterHost(mon, pressure, 100.0)
-    assert not any(host.run(2.0, share=0.05))
+    assert host.run(2.0, share=0.05)[1:] == [False] * 199     # (one sample: not flowing yet)
     assert not any(host.run(0.09, share=1.0, publishing=False, writer_share=1.0))
     host.waits.add(2, 0.09)                        # the next thread of the chain waits next
     assert not any(host.run(0.09, share=1.0, publishing=False))

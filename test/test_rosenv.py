@@ -92,7 +92,9 @@ def _locked_by(pid: int) -> set[str]:
 
 _IMAGE_WRITER = '''
 from field_deploy.ros import init; import rclpy, time, sys
+from field_deploy.memory import return_large_buffers
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+return_large_buffers()     # as every node does (run_nodes): freed frames go back to the OS
 from sensor_msgs.msg import Image
 init([]); n = rclpy.create_node(sys.argv[1])
 qos = QoSProfile(depth=90, reliability=ReliabilityPolicy.RELIABLE)
