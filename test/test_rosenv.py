@@ -66,7 +66,11 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     time.sleep(0.2)
-    assert theirs <= set(os.listdir(SHM_DIR))          # kill -9: nothing cleaned up by itself
+    # kill -9: its segments stay (nothing cleans them by itself). Its port files may already be
+    # gone: a live participant that sends to a dead port has Fast DDS reclaim it (seen in a CI
+    # run: 'fastrtps_port7001_el' gone within 0.2 s).
+    segments = {n for n in theirs if not n.startswith('fastrtps_port')}
+    assert segments and segments <= set(os.listdir(SHM_DIR))
     # This process's own live files: the locks it holds, and their segments.
     ours = {n for lock in _locked_by(os.getpid()) for n in (lock, lock[:-len('_el')])}
     assert ours, "the keeper node's participant holds its segment's lock"
