@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import itertools
 import json
 import os
@@ -644,7 +643,7 @@ def test_popen_spawner_finds_and_replaces_a_process_it_did_not_start() -> None:
     other = subprocess.Popen([sys.executable, '-c', code])
     env = dict(os.environ, ROS_DOMAIN_ID=str(int(os.environ.get('ROS_DOMAIN_ID', '0')) + 1))
     another_stack = subprocess.Popen([sys.executable, '-c', code], env=env)  # another domain
-    spawner = PopenSpawner(out=io.StringIO())
+    spawner = PopenSpawner()
     try:
         argv = [sys.executable, '-c', code]
         assert wait_until(lambda: spawner.running('sleeper', argv) == [other.pid], 10.0)

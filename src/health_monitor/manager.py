@@ -3,9 +3,9 @@
 The manager talks to the managed nodes through a :class:`LifecycleClient` (the node shell
 implements it with lifecycle_msgs services) and starts dead processes through a
 :class:`Spawner` (default :class:`health_monitor.spawner.PopenSpawner`), so the bring-up
-order, the heartbeat, the back-off and the retry limit are tested with fakes, and the
-integrator's ``field_deploy up`` can hand its processes to the same mechanism
-(``PopenSpawner.adopt``).
+order, the heartbeat, the back-off and the retry limit are tested with fakes. Processes the
+bring-up started are found by their command line (:meth:`PopenSpawner.running`) and adopted
+(:meth:`LifecycleManager.adopt`).
 """
 
 from __future__ import annotations
