@@ -21,7 +21,7 @@ from sensor_msgs.msg import JointState
 
 from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.subscriptions import sequenced_callback
-from data_recorder.capture.taker import BATCH, Taker
+from data_recorder.capture.taker import BATCH, Taker, message_drain
 from data_recorder.node import DataRecorderNode
 from data_recorder.parameters import parameter_overrides
 from field_deploy.testing import wait_until
@@ -57,7 +57,7 @@ def test_taker_takes_every_sample_once_in_order_and_no_stream_starves_another(ro
         callback = sequenced_callback(sink, stats[topic], topic)
         sub = node.create_subscription(JointState, topic, callback, RELIABLE, raw=True)
         sub._callback_type = Subscription.CallbackType.WithMessageInfo
-        taker.add(sub, callback)
+        taker.add(sub, message_drain(sub, callback))
         subs[topic] = sub
     pubs = {t: pub_node.create_publisher(JointState, t, RELIABLE) for t in stats}
     try:
@@ -150,7 +150,7 @@ def test_take_interval_follows_the_fullest_history() -> None:
     from data_recorder.capture import taker as module
     history, got = _History(), []
     taker = Taker()
-    taker.add(history, got.append, depth=1000)
+    taker.add(history, message_drain(history, got.append), depth=1000)
     start = taker.interval
     while taker.interval < module.MAX_INTERVAL:    # idle: fewer wake-ups, up to the bound
         taker.take()
@@ -167,7 +167,7 @@ def test_take_interval_follows_the_fullest_history() -> None:
     taker.take()
     assert taker.interval == module.MIN_INTERVAL
     keep_all = Taker()                               # never full: only idle counts
-    keep_all.add(history, got.append, depth=0)
+    keep_all.add(history, message_drain(history, got.append), depth=0)
     history.samples = [(b'x', {})] * 5000
     keep_all.take()
     assert keep_all.interval == 2 * start and not history.samples
@@ -178,7 +178,7 @@ def test_a_backlog_shortens_the_interval_and_a_starved_taker_comes_back_at_once(
     from data_recorder.capture import taker as module
     history, got = _History(), []
     taker = Taker()
-    taker.add(history, got.append, depth=5000)
+    taker.add(history, message_drain(history, got.append), depth=5000)
     while taker.interval < module.MAX_INTERVAL:
         taker.take()
     # a backlog of a fifth of the history, taken over several passes of a batch each: what the

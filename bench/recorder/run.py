@@ -257,10 +257,10 @@ def subject(args: argparse.Namespace) -> int:
             if args.subject == 'noop-batched':
                 # taken as the recorder takes them (data_recorder.capture.taker), from a node no
                 # executor spins: the ceiling of a batched Python subscriber
-                from data_recorder.capture.taker import Taker
+                from data_recorder.capture.taker import Taker, message_drain
                 taker = Taker()
                 for sub, callback in subs:
-                    taker.add(sub, callback, qos.depth)
+                    taker.add(sub, message_drain(sub, callback), qos.depth)
                 node = rclpy.create_node('bench_noop_batched_timer')
                 node.create_timer(0.005, taker.take)
         else:   # naive: deserialise, then mcap_ros2 re-serialises

@@ -2,7 +2,9 @@
 """CPU per message of taking a sample: on the EventsExecutor, raw bytes only (the recorder before
 the sequence accounting) against bytes + rmw message info + the sequence tracker
 (``data_recorder.capture.subscriptions.sequenced_callback``), and the same taken in batches by
-:class:`data_recorder.capture.taker.Taker` (what the recorder does now, no executor).
+:class:`data_recorder.capture.taker.Taker` with rclpy's take and with rcl's take of the writer gid
+(:mod:`field_deploy.writer_take`, counted by :class:`field_deploy.sequence.GidTracker`: what the
+recorder does now).
 
 One process, one publisher and one subscriber node: rounds of ``--burst`` messages are published
 (kept in the reader's history), then taken; only the taking is timed (CPU time of the taking thread), so the
@@ -38,7 +40,8 @@ class _Sink:
 
 
 def measure(mode: str, rounds: int, burst: int, busy: bool = False) -> tuple[float, float]:
-    """``mode``: ``raw`` / ``info`` (EventsExecutor) or ``taker``. Returns (CPU µs, wall µs) per
+    """``mode``: ``raw`` / ``info`` (EventsExecutor), ``taker`` (rclpy's take in batches) or
+    ``gid`` (the recorder's take: rcl's, with the writer gid, in batches). Returns (CPU µs, wall µs) per
     message taken."""
     import threading
 
@@ -50,7 +53,7 @@ def measure(mode: str, rounds: int, burst: int, busy: bool = False) -> tuple[flo
 
     from data_recorder.capture.accounting import TopicStats
     from data_recorder.capture.subscriptions import sequenced_callback
-    from data_recorder.capture.taker import Taker
+    from data_recorder.capture.taker import Taker, message_drain
 
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -63,13 +66,22 @@ def measure(mode: str, rounds: int, burst: int, busy: bool = False) -> tuple[flo
     if mode == 'raw':
         sub_node.create_subscription(
             JointState, '/take', lambda data: sink.on_message(stats, '/take', data), qos, raw=True)
+    elif mode == 'gid':
+        from data_recorder.capture.subscriptions import writer_drain
+        from field_deploy.ros import polled_subscription
+        from field_deploy.sequence import GidTracker
+        from field_deploy.writer_take import WriterTake
+        stats.seq = GidTracker()
+        sub = polled_subscription(sub_node, JointState, '/take', qos)
+        taker = Taker()
+        taker.add(sub, writer_drain(sink, stats, '/take', WriterTake(sub)))
     else:
         callback = sequenced_callback(sink, stats, '/take')
         sub = sub_node.create_subscription(JointState, '/take', callback, qos, raw=True)
         sub._callback_type = Subscription.CallbackType.WithMessageInfo
         if mode == 'taker':
             taker = Taker()
-            taker.add(sub, callback)
+            taker.add(sub, message_drain(sub, callback))
     if taker is None:
         executor = EventsExecutor(context=context)
         executor.add_node(sub_node)
@@ -123,12 +135,13 @@ def main() -> int:
     isolate_ros_env()
     for k in range(args.repeat):
         figures = {mode: measure(mode, args.rounds, args.burst, args.busy)
-                   for mode in ('raw', 'info', 'taker')}
+                   for mode in ('raw', 'info', 'taker', 'gid')}
         print(f'[{k}] ' + '   '.join(
             f'{label}: {figures[mode][0]:5.2f} µs CPU, {figures[mode][1]:7.2f} µs wall'
             for mode, label in (('raw', 'executor raw bytes'),
                                 ('info', 'executor bytes + info + sequence'),
-                                ('taker', 'taker (batches) bytes + info + sequence')))
+                                ('taker', 'taker (batches) bytes + info + sequence'),
+                                ('gid', 'taker, writer gid take + GidTracker')))
               + f'   (per message{", busy thread beside" if args.busy else ""}; '
               f'load average {os.getloadavg()[0]:.1f})', flush=True)
     return 0

@@ -141,7 +141,6 @@ class DataRecorderNode(LifecycleNode):
             if now >= deadline or (not self._behind and (now - last_arrival >= 0.1
                                                          or now - started >= 0.5)):
                 break
-            capture.drain_polled()
             capture.take()          # the recorded topics: at once, not at the next take tick
             executor.spin_once(timeout_sec=0.02)
             steps += 1
@@ -208,8 +207,7 @@ class DataRecorderNode(LifecycleNode):
                                    message_lost_events=self._param('message_lost_events'),
                                    per_writer_topics={self.resolve_topic_name(t) for t in
                                                       self._param('per_writer_topics') if t})
-            if self.capture.batched:
-                self._take_timer = self.create_timer(TAKE_INTERVAL, self._take)
+            self._take_timer = self.create_timer(TAKE_INTERVAL, self._take)
             self._episodes = EpisodeTracker()
             if self._param('hardware_profile'):   # the hardware this bag is recorded on
                 from health_monitor.rohs import write_into_bag
@@ -298,9 +296,20 @@ class DataRecorderNode(LifecycleNode):
         if capture is None or timer is None:
             return
         capture.take()
+        self._follow_take_interval()
+
+    def _follow_take_interval(self, now: bool = False) -> None:
+        """The take timer's period follows the taker's interval; ``now``: from this moment
+        (a subscription was just added and the taker looks again soon, not a whole idle
+        interval later - a fast stream would overflow a short reader history meanwhile)."""
+        capture, timer = self.capture, self._take_timer
+        if capture is None or timer is None:
+            return
         period = round(capture.taker.interval * 1e9)
         if period != timer.timer_period_ns:
             timer.timer_period_ns = period
+            if now:
+                timer.reset()
 
     def _log(self, level: str, message: str) -> None:
         getattr(self.get_logger(), level)(message)
@@ -337,6 +346,7 @@ class DataRecorderNode(LifecycleNode):
                     'is recorded until one type remains)'))
                 continue
             capture.subscribe(topic, types[0], self._warn_once)
+            self._follow_take_interval(now=True)
 
     def _note_arrivals(self, topic: str) -> None:
         """Per topic, (received count, time it last changed) at the discovery polls: how long a

@@ -57,8 +57,11 @@ def _libs() -> tuple[Any, Any]:
     """librcl and librcutils, as loaded by rclpy (the same copies: one process, one rcl)."""
     global _LIBS
     if _LIBS is None:
-        rcl = ctypes.CDLL('librcl.so')
-        rcutils = ctypes.CDLL('librcutils.so')
+        # PyDLL, not CDLL: CDLL drops the GIL around every call, and taking it back waits for
+        # whichever thread holds it (up to the 5 ms switch interval) - per sample. A take does
+        # not block (it copies what the reader history holds), so it keeps the GIL.
+        rcl = ctypes.PyDLL('librcl.so')
+        rcutils = ctypes.PyDLL('librcutils.so')
         rcutils.rcutils_get_default_allocator.restype = _Allocator
         rcutils.rcutils_uint8_array_init.argtypes = [
             ctypes.POINTER(_Uint8Array), ctypes.c_size_t, ctypes.POINTER(_Allocator)]

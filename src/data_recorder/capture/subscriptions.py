@@ -2,21 +2,19 @@
 when a weaker publisher joins, and the wiring of each sample's DDS sequence number into the
 accounting (:mod:`field_deploy.sequence`).
 
-Topics with several writers (``/diagnostics``, ``/rosout``, ``/tf``, the ``per_writer_topics``
-parameter's, or any topic the graph shows with two publishers when it is subscribed) are taken
-apart from the executor, each sample with its writer's gid (:mod:`field_deploy.writer_take`), so
-every writer's numbers are its own: exact, where sequence numbers alone had to guess which writer
-a sample came from (the demo's six ``/diagnostics`` writers, one matched late, showed holes
-nobody lost). They are polled every :data:`POLL_PERIOD_S` from a depth-``qos_depth`` reader, so
-their log time is the poll's (at most that much after their arrival). A topic subscribed with
-one publisher that gets a second later stays on the sequence numbers alone
-(:class:`field_deploy.sequence.SequenceTracker`).
+Every recorded topic is taken with its writer's gid (:mod:`field_deploy.writer_take`) and
+counted per gid (:class:`field_deploy.sequence.GidTracker`): exact for any number of writers, a
+writer that restarts (a new gid) or one that joins late, where sequence numbers alone had to guess
+which writer a sample came from (the demo's six ``/diagnostics`` writers, one matched late, showed
+holes nobody lost). The subscriptions are on a node no executor spins, and the recorder node's
+take timer empties them in batches (:mod:`data_recorder.capture.taker`: at 3x the reference load
+one executor event per sample lost messages). Topics whose messages name their writer
+(``/parameter_events``) are counted per name instead.
 
-The other topics, by default, are taken in batches too (:mod:`data_recorder.capture.taker`:
-at 3x the reference load one executor event per sample lost messages): their subscriptions are on
-the same unspun node, and the recorder node's take timer runs :meth:`Capture.take`. With
-``message_lost_events`` they stay on the recorder node and its executor (their event handlers
-need one).
+With ``message_lost_events`` the topics stay on the recorder node and its executor (their event
+handlers need one) and are counted by sequence numbers
+(:class:`field_deploy.sequence.SequenceTracker`), except the types that usually have several
+writers (:data:`SHARED_TYPES`) and ``per_writer_topics``, which are taken with their gid still.
 
 Taking the message info costs at most ~2 µs per message more than taking the bytes alone (measured with
 ``bench/recorder/take_cost.py``), and keeps the EventsExecutor: that executor hands a
@@ -29,7 +27,6 @@ and an optional second, and the subscription is marked ``WithMessageInfo`` after
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -43,7 +40,7 @@ from data_recorder.bag import metadata as md
 from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.recorder import Recorder
 from data_recorder.capture.selection import adapt_qos
-from data_recorder.capture.taker import Taker
+from data_recorder.capture.taker import Drain, Taker, message_drain
 from field_deploy.ros import message_class, polled_subscription
 from field_deploy.sequence import GidTracker, NamedWriters
 from field_deploy.writer_take import WriterTake
@@ -89,16 +86,27 @@ WRITER_NAME_FIELDS = {'rcl_interfaces/msg/ParameterEvent': 'node'}
 #: lists one publisher at subscription (the others may not be discovered yet).
 SHARED_TYPES = frozenset({'diagnostic_msgs/msg/DiagnosticArray', 'rcl_interfaces/msg/Log',
                           'tf2_msgs/msg/TFMessage'})
-#: How often the writer-gid topics are taken (s).
-POLL_PERIOD_S = 0.05
 
 
-@dataclass
-class _Polled:
-    sub: Subscription
-    take: WriterTake
-    stats: TopicStats
-    writers: GidTracker
+def writer_drain(recorder: Recorder, stats: TopicStats, topic: str, take: WriterTake) -> Drain:
+    """The drain of a topic taken with its writers' gids: each sample counted for its writer,
+    then handed to the recorder."""
+    on_message = recorder.on_message
+    writers = stats.seq
+    assert isinstance(writers, GidTracker)
+    observe, take_one = writers.observe_gid, take.take
+
+    def drain(limit: int) -> int:
+        n = 0
+        while n < limit:
+            sample = take_one()
+            if sample is None:
+                break
+            observe(sample.gid, sample.seq)
+            on_message(stats, topic, sample.data)
+            n += 1
+        return n
+    return drain
 
 
 def named_callback(recorder: Recorder, stats: TopicStats, topic: str,
@@ -136,25 +144,25 @@ class Capture:
         self.subs: dict[str, Subscription] = {}
         self.types: dict[str, str] = {}
         self.settings: dict[str, dict[str, Any]] = {}
-        self.polled: dict[str, _Polled] = {}
-        """Topics taken with their writer gid, on :attr:`_poll_node` (no executor spins it)."""
-        self._poll_node: Node | None = None
-        self._poll_timer: Any = None
+        self.writer_takes: dict[str, WriterTake] = {}
+        """Topics taken with their writer gid (closed before their subscription is destroyed)."""
+        self._unspun_node: Node | None = None
         self.batched = not message_lost_events
-        """The sequenced topics are taken by :attr:`taker` (the node's take timer), not by the
-        executor."""
+        """Every topic is taken by :attr:`taker` (the node's take timer), none by the executor;
+        else only the :data:`SHARED_TYPES` and ``per_writer_topics`` are."""
         self.taker = Taker()
 
     def take(self) -> int:
-        """Take what the batched subscriptions' histories hold (the node's take timer)."""
+        """Take what the taker's subscriptions hold (the node's take timer, and the stop's drain)."""
         return self.taker.take()
 
     def _unspun(self) -> Node:
-        """The node of the subscriptions no executor serves (polled, batched)."""
-        if self._poll_node is None:
-            self._poll_node = Node('_data_recorder_writers', namespace=self.node.get_namespace(),
-                                   context=self.node.context)
-        return self._poll_node
+        """The node of the subscriptions no executor serves (the taker's)."""
+        if self._unspun_node is None:
+            self._unspun_node = Node('_data_recorder_writers',
+                                     namespace=self.node.get_namespace(),
+                                     context=self.node.context)
+        return self._unspun_node
 
     # -- graph ----------------------------------------------------------------------------------
 
@@ -240,10 +248,25 @@ class Capture:
                   else SubscriptionEventCallbacks())
         msg_type = message_class(type_name)
         name_field = WRITER_NAME_FIELDS.get(type_name)
-        if name_field is None and (type_name in SHARED_TYPES or topic in self.per_writer_topics
+        if name_field is None and (self.batched or type_name in SHARED_TYPES
+                                   or topic in self.per_writer_topics
                                    or self.node.count_publishers(topic) >= 2):
-            self._create_polled(topic, type_name, msg_type, settings)
-            return
+            self._create_writer_taken(topic, msg_type, settings)
+        else:
+            self._create_sequenced(topic, msg_type, settings, events, name_field)
+        stats.seq.set_writers(self.node.count_publishers(topic))
+        self.types[topic] = type_name
+        self.settings[topic] = settings
+        counted = ', per writer gid' if topic in self.writer_takes else ''
+        self.node.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
+                                    f'{settings["durability"]} depth {settings["depth"]}{counted}')
+
+    def _create_sequenced(self, topic: str, msg_type: Any, settings: dict[str, Any],
+                          events: SubscriptionEventCallbacks, name_field: str | None) -> None:
+        """A subscription counted by sequence numbers (or writer names): on the executor with
+        ``message_lost_events``, else taken by :attr:`taker`."""
+        recorder = self.recorder
+        stats = recorder.stats(topic)
         if name_field is None:
             callback = sequenced_callback(recorder, stats, topic)
         else:
@@ -258,68 +281,42 @@ class Capture:
                                'cannot take the message info (DDS sequence numbers)')
         sub._callback_type = Subscription.CallbackType.WithMessageInfo
         if self.batched:
-            self.taker.add(sub, callback, 0 if settings['history'] == 'keep_all'
-                           else settings['depth'])
-        stats.seq.set_writers(self.node.count_publishers(topic))
+            self.taker.add(sub, message_drain(sub, callback), _history_depth(settings))
         self.subs[topic] = sub
-        self.types[topic] = type_name
-        self.settings[topic] = settings
-        self.node.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
-                                    f'{settings["durability"]} depth {settings["depth"]}')
 
-    def _create_polled(self, topic: str, type_name: str, msg_type: Any,
-                       settings: dict[str, Any]) -> None:
-        """A subscription taken by :meth:`drain_polled`, each sample with its writer gid."""
-        if self._poll_timer is None:
-            self._poll_timer = self.node.create_timer(POLL_PERIOD_S, self.drain_polled)
+    def _create_writer_taken(self, topic: str, msg_type: Any, settings: dict[str, Any]) -> None:
+        """A subscription taken by :attr:`taker`, each sample with its writer gid."""
         stats = self.recorder.stats(topic)
         if not isinstance(stats.seq, GidTracker):
             stats.seq = GidTracker()
         sub = polled_subscription(self._unspun(), msg_type, topic, qos(settings))
-        self.polled[topic] = _Polled(sub, WriterTake(sub), stats, stats.seq)
-        stats.seq.set_writers(self.node.count_publishers(topic))
+        take = self.writer_takes[topic] = WriterTake(sub)
+        self.taker.add(sub, writer_drain(self.recorder, stats, topic, take),
+                       _history_depth(settings))
         self.subs[topic] = sub
-        self.types[topic] = type_name
-        self.settings[topic] = settings
-        self.node.get_logger().info(f'recording {topic} [{type_name}] {settings["reliability"]} '
-                                    f'{settings["durability"]} depth {settings["depth"]}, '
-                                    'per writer gid')
-
-    def drain_polled(self) -> int:
-        """Take every sample waiting in the writer-gid topics (timer, and the stop's drain)."""
-        on_message = self.recorder.on_message
-        taken = 0
-        for topic, polled in self.polled.items():
-            take, stats, writers = polled.take.take, polled.stats, polled.writers
-            while (sample := take()) is not None:
-                writers.observe_gid(sample.gid, sample.seq)
-                on_message(stats, topic, sample.data)
-                taken += 1
-        return taken
 
     def _destroy(self, topic: str) -> None:
         sub = self.subs.pop(topic)
-        polled = self.polled.pop(topic, None)
-        if polled is None and self.batched:
-            self.taker.remove(sub)              # after any pass taking it
-            assert self._poll_node is not None
-            self._poll_node.destroy_subscription(sub)
-        elif polled is None:
-            self.node.destroy_subscription(sub)
-        else:
-            polled.take.close()                 # before rcl frees the subscription
-            assert self._poll_node is not None
-            self._poll_node.destroy_subscription(sub)
+        if sub in self.node.subscriptions:
+            self.node.destroy_subscription(sub)   # an executor's (message_lost_events)
+            return
+        self.taker.remove(sub)                    # after any pass taking it
+        take = self.writer_takes.pop(topic, None)
+        if take is not None:
+            take.close()                          # before rcl frees the subscription
+        assert self._unspun_node is not None
+        self._unspun_node.destroy_subscription(sub)
 
     def close(self) -> None:
-        if self.polled:
-            self.drain_polled()                 # what arrived since the last poll
+        self.take()                               # what arrived since the last pass
         for topic in list(self.subs):
             self._destroy(topic)
-        if self._poll_timer is not None:
-            self.node.destroy_timer(self._poll_timer)
-            self._poll_timer = None
-        if self._poll_node is not None:
-            self._poll_node.destroy_node()
-            self._poll_node = None
+        if self._unspun_node is not None:
+            self._unspun_node.destroy_node()
+            self._unspun_node = None
         self.types.clear()
+
+
+def _history_depth(settings: dict[str, Any]) -> int:
+    """The reader history's depth, 0 for keep-all (never full: the taker's fill ignores it)."""
+    return 0 if settings['history'] == 'keep_all' else settings['depth']
