@@ -211,7 +211,7 @@ class Sampler:
                     cpu = 100 * (cpu_s - last[1]) / (now - last[0]) if last else float('nan')
                     s.procs[name] = {'pid': proc.pid, 'rss_mb': proc.memory_info().rss / 1e6,
                                      **rss_parts_mb(proc.pid), 'cpu_pct': cpu, 'threads': proc.num_threads(),
-                                     'fds': proc.num_fds()}
+                                     'fds': proc.num_fds(), 'thread_cpu_s': thread_cpu_s(proc.pid)}
             except psutil.Error:
                 continue
         s.shm_mb, s.shm_files = shm_usage([self.root_pid, *(p.pid for p in procs.values())])
@@ -224,6 +224,26 @@ class Sampler:
         s.recorder = dict(self.recorder_status)
         s.load1 = os.getloadavg()[0]
         return s
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """Thread name -> CPU seconds so far (threads of one name summed): a process whose CPU
+    drifts says which of its threads does it (the executor, a DDS receiver, a Python thread)."""
+    tick = os.sysconf('SC_CLK_TCK')
+    out: dict[str, float] = {}
+    task = Path(f'/proc/{pid}/task')
+    try:
+        tids = list(task.iterdir())
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            name = (tid / 'comm').read_text().strip()
+            fields = (tid / 'stat').read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue                     # a thread that ended meanwhile
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -266,6 +286,7 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
               f'{min(threads):4.0f}-{max(threads):<4.0f} {min(fds):4.0f}-{max(fds):<4.0f} '
               f'{sum(cpu) / max(len(cpu), 1):7.1f} '
               f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d}')
+    thread_drift(samples, warmup)
     late = [s for s in samples if s['t'] >= warmup] or samples
     shm = [(s['t'], s['shm_mb']) for s in late]
     print(f'/dev/shm Fast DDS, the stack\'s: {late[0]["shm_mb"]:.0f} -> {late[-1]["shm_mb"]:.0f} MB '
@@ -277,6 +298,34 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'host load average (1 min) during the run: mean {sum(loads) / len(loads):.1f}, '
           f'min {min(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)')
     plot(samples, warmup, out)
+
+
+def thread_drift(samples: list[dict], warmup: float, window_s: float = 300.0) -> None:
+    """Each node's CPU by thread (share of a core): the first ``window_s`` after the warm-up
+    against the last, over one pid (a restart starts its counters again)."""
+    print(f'CPU by thread, first {window_s / 60:.0f} min after the warm-up -> last '
+          f'{window_s / 60:.0f} min (threads over 1 % of a core):')
+    for name in NODES:
+        points = [(s['t'], s['procs'][name]) for s in samples
+                  if name in s['procs'] and s['t'] >= warmup
+                  and 'thread_cpu_s' in s['procs'][name]]
+        if len(points) < 4:
+            continue
+        pid = points[-1][1]['pid']
+        points = [(t, p['thread_cpu_s']) for t, p in points if p['pid'] == pid]
+        if len(points) < 4 or points[-1][0] - points[0][0] < 2 * window_s:
+            continue
+        first = [p for p in points if p[0] - points[0][0] <= window_s]
+        last = [p for p in points if points[-1][0] - p[0] <= window_s]
+
+        def shares(window: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+            (t0, a), (t1, b) = window[0], window[-1]
+            return {k: 100 * (b[k] - a.get(k, 0.0)) / (t1 - t0) for k in b if t1 > t0}
+        before, after = shares(first), shares(last)
+        busy = sorted((k for k in after if max(after[k], before.get(k, 0.0)) >= 1.0),
+                      key=lambda k: -after[k])
+        print(f'  {name:16} ' + ', '.join(
+            f'{k} {before.get(k, 0.0):.1f}->{after[k]:.1f}' for k in busy))
 
 
 def plot(samples: list[dict], warmup: float, out: Path) -> None:
