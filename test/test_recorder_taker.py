@@ -191,3 +191,18 @@ def test_a_backlog_shortens_the_interval_and_a_starved_taker_comes_back_at_once(
     history.samples = [(b'x', {})] * 600
     assert taker.take() == BATCH
     assert taker.interval == module.MIN_INTERVAL and len(history.samples) == 600 - BATCH
+
+
+def test_a_new_subscription_is_looked_at_soon_not_an_idle_interval_later() -> None:
+    """An idle taker waits 50 ms between passes; a stream subscribed then (rate unknown) gets its
+    first pass after the shortest interval: at 900 msg/s a keep-last 20 history overflows in
+    22 ms, and samples lost before the first one taken are in no sequence hole."""
+    from data_recorder.capture import taker as module
+    history = _History()
+    taker = Taker()
+    taker.add(history, message_drain(history, lambda _s: None), depth=20)
+    while taker.interval < module.MAX_INTERVAL:
+        taker.take()
+    fast = _History()
+    taker.add(fast, message_drain(fast, lambda _s: None), depth=20)
+    assert taker.interval == module.MIN_INTERVAL

@@ -241,6 +241,11 @@ def subject(args: argparse.Namespace) -> int:
         result['found'] = {t: _ranges(numbers) for t, numbers in found.items()}
         result['reported_lost'] = {t: int(accounting.get(t, {}).get('lost', 0)) for t in counts}
         result['received'] = {t: int(accounting.get(t, {}).get('received', 0)) for t in counts}
+        # the highest DDS sequence number received per topic (one writer each: number n is
+        # sequence n + 1): what the recorder took in, even if its queue dropped it, it owes
+        result['last_received'] = {t: max((int(w.get('last', 0)) for w in
+                                           accounting.get(t, {}).get('writers', [])), default=0)
+                                   for t in counts}
         result['loss_sources'] = {k: sum(int(a.get(k, 0)) for a in accounting.values())
                                   for k in ('lost_sequence', 'lost_queue', 'lost_tail',
                                             'silent_tail', 'not_written', 'lost_gaps')}
@@ -390,10 +395,15 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     if 'found' in result:
         # numbers read back from the bag. The recorder answers for every number up to the later
         # of the stop and the last one it recorded (it records on while it drains: a hole there
-        # is a loss too)
+        # is a loss too),
+        # and for every number it received (a message its queue dropped after the stop is
+        # still one it took in and did not write)
         found = result.pop('found')
         for topic, ranges in found.items():
             published[topic] = max(published.get(topic, 0), ranges[-1][1] + 1 if ranges else 0)
+        for topic, last_seq in result.get('last_received', {}).items():
+            if topic in published:
+                published[topic] = max(published[topic], last_seq)
         result['counts'] = {t: sum(b - a + 1 for a, b in ranges) for t, ranges in found.items()}
         result['missing_ranges'] = {t: _holes(found.get(t, []), n) for t, n in published.items()}
     shutil.rmtree(work, ignore_errors=True)

@@ -62,11 +62,13 @@ class Sample:
     """The host's 1-minute load average (figures measured under load say so)."""
 
 
-def node_processes(root_pid: int) -> dict[str, object]:
-    """Node name -> psutil.Process among the descendants of the bring-up."""
+def node_processes(root_pid: int, copies: dict[str, int] | None = None) -> dict[str, object]:
+    """Node name -> psutil.Process among the descendants of the bring-up (the newest, when
+    there are several: ``copies`` gets how many run of each name - two recorders at once serve
+    every stream twice, and one sample per name would not show the second)."""
     import psutil
 
-    found = {}
+    found: dict[str, object] = {}
     try:
         children = psutil.Process(root_pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -78,7 +80,13 @@ def node_processes(root_pid: int) -> dict[str, object]:
             continue
         name = next((n for n in NODES if len(argv) > 1 and argv[1].endswith(f'/{n}')), None)
         if name:
-            found[name] = proc
+            if copies is not None:
+                copies[name] = copies.get(name, 0) + 1
+            try:
+                if name not in found or proc.create_time() >= found[name].create_time():
+                    found[name] = proc
+            except psutil.Error:
+                continue
     return found
 
 
@@ -200,7 +208,8 @@ class Sampler:
 
         now = time.monotonic()
         s = Sample(t=now - self._t0)
-        procs = node_processes(self.root_pid)
+        copies: dict[str, int] = {}
+        procs = node_processes(self.root_pid, copies)
         for name, proc in procs.items():
             try:
                 with proc.oneshot():
@@ -211,7 +220,8 @@ class Sampler:
                     cpu = 100 * (cpu_s - last[1]) / (now - last[0]) if last else float('nan')
                     s.procs[name] = {'pid': proc.pid, 'rss_mb': proc.memory_info().rss / 1e6,
                                      **rss_parts_mb(proc.pid), 'cpu_pct': cpu, 'threads': proc.num_threads(),
-                                     'fds': proc.num_fds(), 'thread_cpu_s': thread_cpu_s(proc.pid)}
+                                     'fds': proc.num_fds(), 'thread_cpu_s': thread_cpu_s(proc.pid),
+                                     'copies': copies.get(name, 1)}
             except psutil.Error:
                 continue
         s.shm_mb, s.shm_files = shm_usage([self.root_pid, *(p.pid for p in procs.values())])
@@ -271,7 +281,7 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
           f'{warmup / 60:.0f} min of warm-up (and after each node\'s last restart)')
     print(f'{"process":16} {"RSS MB":>14} {"MB/hour":>9} {"anon MB/h":>9} {"file MB/h":>9} '
           f'{"shm MB/h":>9} {"threads":>9} {"fds":>9} '
-          f'{"CPU %":>7} {"restarts":>8}')
+          f'{"CPU %":>7} {"restarts":>8} {"copies":>6}')
     for name in NODES:
         rss = series(samples, name, 'rss_mb', warmup)
         if not rss:
@@ -285,7 +295,8 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
               + ''.join(f'{part:9.1f} ' for part in parts) +
               f'{min(threads):4.0f}-{max(threads):<4.0f} {min(fds):4.0f}-{max(fds):<4.0f} '
               f'{sum(cpu) / max(len(cpu), 1):7.1f} '
-              f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d}')
+              f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d} '
+              f'{max(s["procs"][name].get("copies", 1) for s in samples if name in s["procs"]):6d}')
     thread_drift(samples, warmup)
     late = [s for s in samples if s['t'] >= warmup] or samples
     shm = [(s['t'], s['shm_mb']) for s in late]
@@ -497,7 +508,15 @@ def main() -> None:
         samples = doc['samples']
         report(samples, min(doc['warmup'], samples[-1]['t'] / 2), Path(args.plot).parent)
         return
+    # Ctrl-C and kill (a soak started with nohup / & has SIGINT ignored): stop the stack cleanly
+    # and keep the figures (run's finally), never leave the nodes running behind
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     run(args)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == '__main__':
