@@ -452,7 +452,8 @@ def test_lifecycle_bring_up_order_kill_restart_backoff_and_give_up(
     new_pid = [p for t, p, n, w in _events(log) if n == 'fake_recorder' and w == 'activate'][-1]
     assert new_pid != pid
     assert wait_until(lambda: phase('fake_recorder') == OK, 10)
-    assert '[fake_recorder]' in hm.log()  # the child's output, prefixed
+    # the restarted child's output reaches the monitor's own (it inherits its stdout)
+    assert wait_until(lambda: f'fake_recorder up, pid {new_pid}' in hm.log(), 10), hm.log()[-2000:]
     # manual shutdown: reverse order deactivate + cleanup
     client = node.create_client(Trigger, '/health_monitor/shutdown')
     assert client.wait_for_service(10.0)
@@ -520,6 +521,7 @@ def _run_fake(name: str, log: str, mode: str) -> int:
     init(sys.argv)
     node = Fake(name)
     record('start')
+    print(f'{name} up, pid {os.getpid()}', flush=True)
     print(f'{name} up (pid {os.getpid()})', flush=True)
     run_nodes([node])
     return 0
