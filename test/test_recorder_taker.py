@@ -14,6 +14,7 @@ from pathlib import Path
 
 import rclpy
 from rclpy.duration import Duration
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.subscription import Subscription
@@ -125,6 +126,33 @@ def test_message_lost_events_keep_the_executor_path(ros, spin, tmp_path: Path) -
     assert seen['subscribers'] == {('data_recorder', '/')}, seen['subscribers']
     assert seen['capture'].taker.taken == 0
     assert seen['accounting']['lost'] == 0 and seen['accounting']['received'] == 300
+
+
+def test_a_paused_recorder_takes_again_when_it_is_active_again(ros, spin, tmp_path: Path) -> None:
+    """deactivate (pause) then activate: the take timer, made with the capture at configure,
+    serves the subscriptions again - the samples after the resume are written."""
+    recorder = DataRecorderNode(parameter_overrides=parameter_overrides({
+        'output': str(tmp_path / 'bag'), 'topics': ['/taken'], 'discovery_interval': 0.2,
+        'diagnostics_period': 3600.0}))
+    assert recorder.recorder is not None, recorder.last_error
+    pub_node = rclpy.create_node('taker_pause_pub')
+    pub = pub_node.create_publisher(JointState, '/taken', RELIABLE)
+    spin(pub_node, recorder)
+    assert wait_until(lambda: pub.get_subscription_count() >= 1, 20)
+
+    def publish_and_see(first: int, written: int) -> None:
+        for i in range(first, first + 100):
+            pub.publish(_numbered(i))
+            time.sleep(0.001)
+        assert wait_until(lambda: recorder.accounting().get('/taken', {}).get('written')
+                          == written, 20), recorder.accounting()
+
+    publish_and_see(0, 100)
+    assert recorder.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert recorder.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    publish_and_see(100, 200)
+    recorder.close_bag()
+    assert recorder.accounting()['/taken']['lost'] == 0
 
 
 class _History:

@@ -234,7 +234,6 @@ class DataRecorderNode(LifecycleNode):
         if self._discovery_timer is not None:
             self.destroy_timer(self._discovery_timer)
             self._discovery_timer = None
-        self._take_timer = None                # takes the recorded topics (Capture.take)
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
