@@ -22,9 +22,11 @@ times a second (``bag record`` of 12 topics at 1 Hz: 1.40 % of a core, 1.26 % on
 a fixed 5 ms tick cost 3.80 %); at 3x the reference load a 3 kHz stream with keep-last 1000 is
 taken every 25 ms, ~75 samples at a time, so a pass can be late by 0.3 s before anything is
 lost. The subscriptions belong to a node that no executor spins, so no DDS listener callback is
-installed and nothing is posted per sample. Each callback gets the ``(bytes, info)`` tuple the
-EventsExecutor would pass: the accounting is the same code
-(:func:`data_recorder.capture.subscriptions.sequenced_callback`).
+installed and nothing is posted per sample. Each subscription has a *drain*: the recorder's
+take every sample with its writer gid (:func:`data_recorder.capture.subscriptions.writer_drain`);
+:func:`message_drain` takes with rclpy's ``take_message`` and hands its callback the
+``(bytes, info)`` tuple the EventsExecutor would pass (topics counted by writer name, the
+benches).
 """
 
 from __future__ import annotations
