@@ -207,3 +207,25 @@ def test_gid_tracker_a_renumbered_writer_is_a_new_run_and_idle_runs_retire() -> 
     tracker.set_writers(1)
     tracker.set_writers(1)                          # idle over a poll, beyond the graph's count
     assert len(tracker.runs) == 1 and tracker.current is tracker.runs[0]
+
+
+def test_gid_tracker_a_writer_retired_by_a_lagging_graph_keeps_its_hole() -> None:
+    """A reader stalled past the writers' history (SIGSTOP, a loaded host) sees every run idle at
+    its first graph poll after; a graph that lags (one publisher listed for three writers)
+    retires two of them. Their next samples come from the same gids: the runs live again and
+    the stall's holes count (CI, 2026-11-30: 697 of 1,585 missing samples went unreported)."""
+    gids = [bytes([i]) * 16 for i in range(3)]
+    tracker = GidTracker()
+    tracker.set_writers(3)
+    for seq in range(1, 11):
+        for gid in gids:
+            tracker.observe_gid(gid, seq)
+    tracker.set_writers(3)
+    tracker.set_writers(1)                          # the stall: all idle, the graph says one
+    assert len(tracker.runs) == 1 and len(tracker.retired) == 2
+    for seq in range(111, 121):                     # 100 lost by each writer in the stall
+        for gid in gids:
+            tracker.observe_gid(gid, seq)
+    assert tracker.lost == 300 and tracker.new_writers == 3
+    assert sorted((r['first'], r['last'], r['lost']) for r in tracker.per_writer()) == [
+        (1, 120, 100)] * 3
