@@ -446,7 +446,7 @@ def run(args: argparse.Namespace) -> None:
                     print(f'  operator: {exc}')
             now = time.monotonic()
             if args.kill_every > 0 and now >= next_kill:
-                victim = KILLABLE[len(kills) % len(KILLABLE)]
+                victim = args.kill[len(kills) % len(args.kill)]
                 proc = node_processes(up.pid).get(victim)
                 if proc is not None:
                     os.kill(proc.pid, signal.SIGKILL)
@@ -496,6 +496,8 @@ def main() -> None:
     ap.add_argument('--interval', type=float, default=30.0, help='seconds between samples')
     ap.add_argument('--warmup', type=float, default=600.0, help='seconds left out of the slopes')
     ap.add_argument('--kill-every', type=float, default=900.0, help='seconds; 0: never')
+    ap.add_argument('--kill', nargs='+', choices=KILLABLE, default=list(KILLABLE),
+                    help='the nodes killed in turn (one alone: what its restarts cost the others)')
     ap.add_argument('--split-every', type=float, default=600.0, help='seconds; 0: never')
     ap.add_argument('--keep-gb', type=float, default=10.0,
                     help='delete the oldest closed bag files beyond this (0: keep all)')
