@@ -361,8 +361,7 @@ class GidTracker(SequenceTracker):
         if run is None:
             run = self._revive(gid, seq)
         if run is None or seq <= run.last:             # a new writer (or one renumbering)
-            if len(self.runs) >= max(MAX_RUNS, 2 * self.writers):
-                self._retire(min(self.runs, key=lambda r: r.used))
+            self._make_room()
             if run is not None:
                 self._retire(run)
             run = self._by_gid[gid] = WriterRun(first=seq, last=seq - 1, gid=gid)
@@ -391,12 +390,16 @@ class GidTracker(SequenceTracker):
             run = self.retired[i]
             if run.gid == gid and run.last < seq:
                 del self.retired[i]
-                if len(self.runs) >= max(MAX_RUNS, 2 * self.writers):
-                    self._retire(min(self.runs, key=lambda r: r.used))
+                self._make_room()
                 self.runs.append(run)
                 self._by_gid[gid] = run
                 return run
         return None
+
+    def _make_room(self) -> None:
+        """Before a run joins the live ones: at the bound, the least recently seen retires."""
+        if len(self.runs) >= max(MAX_RUNS, 2 * self.writers):
+            self._retire(min(self.runs, key=lambda r: r.used))
 
     def _retire(self, run: WriterRun) -> None:
         if self._by_gid.get(run.gid) is run:
