@@ -522,7 +522,6 @@ def _run_fake(name: str, log: str, mode: str) -> int:
     node = Fake(name)
     record('start')
     print(f'{name} up, pid {os.getpid()}', flush=True)
-    print(f'{name} up (pid {os.getpid()})', flush=True)
     run_nodes([node])
     return 0
 
