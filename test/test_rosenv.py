@@ -14,7 +14,14 @@ from pathlib import Path
 import rclpy
 from std_msgs.msg import String
 
-from field_deploy.rosenv import SHM_DIR, clean_stale_shm
+from field_deploy.rosenv import (
+    FASTDDS_PROFILES_ENV,
+    SHM_DIR,
+    SMALL_SEGMENT_BYTES,
+    clean_stale_shm,
+    config_dir,
+    use_project_fastdds_profile,
+)
 from field_deploy.testing import wait_until
 
 
@@ -79,6 +86,50 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
     assert not theirs & left, theirs & left
     assert ours <= left, f'live segments of this process were removed: {sorted(ours - left)}'
     keeper.destroy_node()
+
+
+def test_the_profile_a_process_asks_for_replaces_only_the_projects_own(monkeypatch) -> None:
+    """A user's file (or an empty value: Fast DDS defaults) wins; the project's file inherited
+    from a parent is swapped for the variant this process asks for, both ways."""
+    project = str(config_dir() / 'fastdds.xml')
+    monkeypatch.setenv(FASTDDS_PROFILES_ENV, project)
+    small = use_project_fastdds_profile(small_segment=True)
+    assert small is not None and small != project
+    text = Path(small).read_text()
+    assert f'<segment_size>{SMALL_SEGMENT_BYTES}</segment_size>' in text
+    assert text.replace(f'<segment_size>{SMALL_SEGMENT_BYTES}</segment_size>', '') == \
+        Path(project).read_text().replace('<segment_size>33554432</segment_size>', '')
+    assert os.environ[FASTDDS_PROFILES_ENV] == small
+    assert use_project_fastdds_profile() == project                # a child that needs the big one
+    monkeypatch.setenv(FASTDDS_PROFILES_ENV, '/etc/robot/fastdds.xml')
+    assert use_project_fastdds_profile(small_segment=True) == '/etc/robot/fastdds.xml'
+    monkeypatch.setenv(FASTDDS_PROFILES_ENV, '')
+    assert use_project_fastdds_profile(small_segment=True) is None
+    assert os.environ[FASTDDS_PROFILES_ENV] == ''
+
+
+def test_a_small_segment_process_maps_a_small_segment_of_its_own(ros: None) -> None:
+    """Real Fast DDS, read from outside: the segment a process creates (the file whose lock it
+    holds) is 32 MiB with the project's profile and 4 MiB with ``small_segment``."""
+    sizes = {}
+    for small in (False, True):
+        code = (f'from field_deploy.ros import init; import rclpy, time; init([], small_segment={small}); '
+                'n = rclpy.create_node("shm_size"); n.create_publisher('
+                '__import__("std_msgs.msg").msg.String, "shm_size", 10); print("up", flush=True); '
+                'time.sleep(60)')
+        proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
+            pid = proc.pid
+            assert wait_until(lambda pid=pid: bool(_locked_by(pid)), 10)
+            segments = [lock[:-len('_el')] for lock in _locked_by(pid)
+                        if not lock.startswith('fastrtps_port')]
+            sizes[small] = max((SHM_DIR / name).stat().st_size for name in segments)
+        finally:
+            proc.terminate()
+            proc.wait()
+    assert sizes[False] >= 32 * 1024 * 1024, sizes
+    assert SMALL_SEGMENT_BYTES <= sizes[True] < 2 * SMALL_SEGMENT_BYTES, sizes
 
 
 def _locked_by(pid: int) -> set[str]:

@@ -480,7 +480,7 @@ class DataRecorderNode(LifecycleNode):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    init(sys.argv if args is None else list(args))
+    init(sys.argv if args is None else list(args), small_segment=True)   # it publishes diagnostics
     node = DataRecorderNode()
     if node.recorder is None and node._param('autostart'):
         node.get_logger().error(f'not recording: {node.last_error}')

@@ -41,14 +41,15 @@ def set_stamp(stamp, ns: int) -> None:
     stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
 
 
-def init(args: Sequence[str] | None = None) -> list[str]:
+def init(args: Sequence[str] | None = None, small_segment: bool = False) -> list[str]:
     """``rclpy.init`` without rclpy's signal handlers; returns the non-ROS arguments.
 
     rclpy's own SIGINT/SIGTERM handlers shut the context down at once, so a node could not
     publish its safe command or close its bag on the way out: :func:`run_nodes` handles the
-    signals itself and tears down in order.
+    signals itself and tears down in order. ``small_segment``: this process publishes no large
+    messages (:func:`field_deploy.rosenv.use_project_fastdds_profile`).
     """
-    use_project_fastdds_profile()
+    use_project_fastdds_profile(small_segment=small_segment)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return rclpy.utilities.remove_ros_args(args)
 

@@ -49,20 +49,58 @@ FASTDDS_PROFILES_ENV = 'FASTRTPS_DEFAULT_PROFILES_FILE'
 USE_QOS_FROM_XML_ENV = 'RMW_FASTRTPS_USE_QOS_FROM_XML'
 
 
-def use_project_fastdds_profile() -> str | None:
+#: The shared-memory segment of a process that publishes no large messages (diagnostics, status,
+#: commands), instead of the project profile's 32 MiB. Fast DDS writes every segment through at
+#: creation, so each 32 MiB segment is 32 MiB of RAM for the life of the process; and a writer's
+#: allocator walks up to max(segment / 1 KiB, port queue) buffers on every write once killed
+#: readers have stranded some (docs/soak.md, "the CPU drift after reader kills"): 32,768 with
+#: 32 MiB, 8,192 (the port queue) with this. 4 MiB still holds a 1 MB message several times.
+SMALL_SEGMENT_BYTES = 4 * 1024 * 1024
+_SEGMENT_SIZE = re.compile(r'<segment_size>\s*\d+\s*</segment_size>')
+
+
+def small_segment_profile(profile: Path) -> Path:
+    """``profile`` with its shared-memory segment set to :data:`SMALL_SEGMENT_BYTES`: a derived
+    file beside the temporary files, named by its content (every process of a checkout shares
+    one; two checkouts never overwrite each other's). Raises ``ValueError`` naming the file when
+    it has no ``<segment_size>`` to change."""
+    import hashlib
+    import tempfile
+
+    text = profile.read_text()
+    small, count = _SEGMENT_SIZE.subn(f'<segment_size>{SMALL_SEGMENT_BYTES}</segment_size>', text)
+    if count != 1:
+        raise ValueError(f'{profile}: expected one <segment_size> element, found {count}')
+    digest = hashlib.sha256(small.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f'field_deploy-fastdds-small-{digest}.xml'
+    if not path.is_file() or path.read_text() != small:
+        partial = path.with_name(f'{path.name}.{os.getpid()}')
+        partial.write_text(small)
+        os.replace(partial, path)      # atomic: a process starting beside us reads all or nothing
+    return path
+
+
+def use_project_fastdds_profile(small_segment: bool = False) -> str | None:
     """Point Fast DDS at ``config/fastdds.xml`` unless the user chose a file; returns the file used.
 
     Must run before the process creates its first ROS node (rmw_fastrtps reads the XML when it
     creates the participant), in every process: each receiver's queue and socket sizes come from
-    its own settings. Only sets the variable when unset, so an integrator's own profile wins; an
-    empty value runs with Fast DDS defaults. Why the profile exists (a 640×480 image does not fit
+    its own settings. A file the user chose wins (an empty value runs with Fast DDS defaults);
+    the project's own file, inherited from a parent process (the bring-up, a test), is replaced
+    by the variant this process asks for. Why the profile exists (a 640×480 image does not fit
     the default 512 KiB shared-memory segment): see the README, "QoS contract".
+
+    ``small_segment``: the same profile with a :data:`SMALL_SEGMENT_BYTES` segment, for a process
+    whose largest message is far below it (the recorder, the runtime, the monitor, the fleet
+    nodes); what it receives is unchanged (a reader maps its writers' segments).
     """
-    if FASTDDS_PROFILES_ENV in os.environ:
-        return os.environ[FASTDDS_PROFILES_ENV] or None
-    path = config_dir() / 'fastdds.xml'
-    if not path.is_file():
+    project = config_dir() / 'fastdds.xml'
+    chosen = os.environ.get(FASTDDS_PROFILES_ENV)
+    if chosen is not None and not _is_project_profile(chosen, project):
+        return chosen or None
+    if not project.is_file():
         return None
+    path = small_segment_profile(project) if small_segment else project
     os.environ[FASTDDS_PROFILES_ENV] = str(path)
     # Without it rmw_fastrtps overrides the profile's history memory policy with
     # PREALLOCATED_WITH_REALLOC, whose payload pools keep their high-water mark for the life of
@@ -73,6 +111,15 @@ def use_project_fastdds_profile() -> str | None:
     return str(path)
 
 
+def _is_project_profile(chosen: str, project: Path) -> bool:
+    """Whether ``chosen`` is the project's profile or its small-segment variant (set by a parent
+    process of ours), not a file the user picked."""
+    if not chosen:
+        return False
+    path = Path(chosen)
+    return path.resolve() == project.resolve() or path.name.startswith('field_deploy-fastdds-small-')
+
+
 SHM_DIR = Path('/dev/shm')
 _SHM_LOCK = re.compile(r'^fastrtps_(?:[0-9a-f]{16}|port\d{1,5})_[es]l$')
 
@@ -80,7 +127,7 @@ _SHM_LOCK = re.compile(r'^fastrtps_(?:[0-9a-f]{16}|port\d{1,5})_[es]l$')
 def clean_stale_shm(shm_dir: Path = SHM_DIR) -> int:
     """Remove the Fast DDS shared-memory files of processes that died; returns the bytes freed.
 
-    A process killed (kill -9, OOM, power supervisor) leaves its segment (32 MiB with this
+    A process killed (kill -9, OOM, power supervisor) leaves its segment (32 or 4 MiB with this
     project's profile) and its port files in ``/dev/shm``, which is RAM: a robot whose nodes get
     restarted a few times a day would fill it. Each segment or port has an ``_el`` file that its
     living owner keeps locked (``flock``); a lock we can take means the owner is gone. Same rule

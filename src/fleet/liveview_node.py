@@ -163,7 +163,7 @@ class _Sampled:
 
 
 def main(args: list[str] | None = None) -> None:
-    init(args)
+    init(args, small_segment=True)   # it only reads
     try:
         node = LiveViewNode()
     except LiveViewError as exc:

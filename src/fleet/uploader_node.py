@@ -121,7 +121,7 @@ def _closed(bag: Path) -> bool:
 
 
 def main(args: list[str] | None = None) -> None:
-    init(args)
+    init(args, small_segment=True)   # diagnostics only
     run_nodes([BagUploaderNode()])
 
 

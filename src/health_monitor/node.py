@@ -482,7 +482,7 @@ class HealthMonitor(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    init(args if args is not None else sys.argv)
+    init(args if args is not None else sys.argv, small_segment=True)   # diagnostics and events
     try:
         node = HealthMonitor()
     except (HealthConfigError, LedgerError, ValueError, KeyError) as exc:

@@ -488,7 +488,7 @@ def main(args: list[str] | None = None) -> None:
     # (or no CAP_SYS_NICE) keeps normal scheduling.
     prio = _process_rt_priority(args)
     sched = set_thread_realtime(prio) if prio > 0 else 'off'
-    init(args)
+    init(args, small_segment=True)   # joint commands, status: small messages
     node = SkillRuntimeNode()
     node.get_logger().info(f'process scheduling: {sched}')
     run_nodes([node], on_shutdown=node.shutdown)
