@@ -58,16 +58,10 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
     """Real Fast DDS: kill -9 a process with a node; its 32 MiB segment goes, ours stays."""
     keeper = rclpy.create_node('shm_keeper')          # this process's own participant and segment
     keeper.create_publisher(String, 'shm_test', 10)
-    code = ('from field_deploy.ros import init; import rclpy, time; init([]); '
-            'n = rclpy.create_node("shm_victim"); n.create_publisher('
-            '__import__("std_msgs.msg").msg.String, "shm_test", 10); print("up", flush=True); '
-            'time.sleep(60)')
-    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)
+    proc = _node_process('shm_victim', 'shm_test')
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
         # What the victim owns: the files whose lock it holds (/proc/locks), and their segments.
         # (Other processes on the machine create and remove their own files meanwhile.)
-        assert wait_until(lambda: _locked_by(proc.pid), 10)
         theirs = {n for lock in _locked_by(proc.pid) for n in (lock, lock[:-len('_el')])}
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -113,16 +107,9 @@ def test_a_small_segment_process_maps_a_small_segment_of_its_own(ros: None) -> N
     holds) is 32 MiB with the project's profile and 4 MiB with ``small_segment``."""
     sizes = {}
     for small in (False, True):
-        code = (f'from field_deploy.ros import init; import rclpy, time; init([], small_segment={small}); '
-                'n = rclpy.create_node("shm_size"); n.create_publisher('
-                '__import__("std_msgs.msg").msg.String, "shm_size", 10); print("up", flush=True); '
-                'time.sleep(60)')
-        proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)
+        proc = _node_process('shm_size', 'shm_size', small_segment=small)
         try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
-            pid = proc.pid
-            assert wait_until(lambda pid=pid: bool(_locked_by(pid)), 10)
-            segments = [lock[:-len('_el')] for lock in _locked_by(pid)
+            segments = [lock[:-len('_el')] for lock in _locked_by(proc.pid)
                         if not lock.startswith('fastrtps_port')]
             sizes[small] = max((SHM_DIR / name).stat().st_size for name in segments)
         finally:
@@ -130,6 +117,18 @@ def test_a_small_segment_process_maps_a_small_segment_of_its_own(ros: None) -> N
             proc.wait()
     assert sizes[False] >= 32 * 1024 * 1024, sizes
     assert SMALL_SEGMENT_BYTES <= sizes[True] < 2 * SMALL_SEGMENT_BYTES, sizes
+
+
+def _node_process(node: str, topic: str, small_segment: bool = False) -> subprocess.Popen:
+    """A process with one node publishing on ``topic``, up and holding its shared-memory locks."""
+    code = (f'from field_deploy.ros import init; import rclpy, time; '
+            f'init([], small_segment={small_segment}); n = rclpy.create_node("{node}"); '
+            f'n.create_publisher(__import__("std_msgs.msg").msg.String, "{topic}", 10); '
+            'print("up", flush=True); time.sleep(60)')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b'up'
+    assert wait_until(lambda: bool(_locked_by(proc.pid)), 10)
+    return proc
 
 
 def _locked_by(pid: int) -> set[str]:
