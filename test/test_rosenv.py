@@ -102,6 +102,18 @@ def test_the_profile_a_process_asks_for_replaces_only_the_projects_own(monkeypat
     assert os.environ[FASTDDS_PROFILES_ENV] == ''
 
 
+def test_no_writable_temporary_directory_keeps_the_full_segment(monkeypatch, tmp_path: Path,
+                                                              capsys) -> None:
+    """The derived file cannot be written: the node still starts, on the project's file, and
+    says why."""
+    not_a_dir = tmp_path / 'file'
+    not_a_dir.write_text('')
+    monkeypatch.setattr('tempfile.gettempdir', lambda: str(not_a_dir))
+    monkeypatch.delenv(FASTDDS_PROFILES_ENV, raising=False)
+    assert use_project_fastdds_profile(small_segment=True) == str(config_dir() / 'fastdds.xml')
+    assert 'using' in capsys.readouterr().err
+
+
 def test_a_small_segment_process_maps_a_small_segment_of_its_own(ros: None) -> None:
     """Real Fast DDS, read from outside: the segment a process creates (the file whose lock it
     holds) is 32 MiB with the project's profile and 4 MiB with ``small_segment``."""

@@ -100,7 +100,12 @@ def use_project_fastdds_profile(small_segment: bool = False) -> str | None:
         return chosen or None
     if not project.is_file():
         return None
-    path = small_segment_profile(project) if small_segment else project
+    path = project
+    if small_segment:
+        try:
+            path = small_segment_profile(project)
+        except OSError as exc:     # no writable temporary directory: the full segment still works
+            print(f'field_deploy: {exc}; using {project} with its full segment', file=sys.stderr)
     os.environ[FASTDDS_PROFILES_ENV] = str(path)
     # Without it rmw_fastrtps overrides the profile's history memory policy with
     # PREALLOCATED_WITH_REALLOC, whose payload pools keep their high-water mark for the life of
