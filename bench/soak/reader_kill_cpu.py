@@ -23,36 +23,23 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from reader_restart import _READER, _WRITER, _wait_count, wait_left_graph
+import psutil
+from reader_restart import _READER, _WRITER, _start, _wait_count, wait_left_graph
 
-from field_deploy.rosenv import FASTDDS_PROFILES_ENV, clean_stale_shm
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from ``/proc/<pid>/stat``."""
-    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+from field_deploy.rosenv import clean_stale_shm
 
 
 def cpu_share(pid: int, seconds: float) -> float:
-    """The process's CPU over the next ``seconds``, in % of one core."""
-    before = cpu_seconds(pid)
+    """The process's CPU (user + system) over the next ``seconds``, in % of one core."""
+    proc = psutil.Process(pid)
+    before = sum(proc.cpu_times()[:2])
     time.sleep(seconds)
-    return (cpu_seconds(pid) - before) / seconds * 100.0
-
-
-def _spawn(code: str, log: Path, profile: str | None) -> subprocess.Popen:
-    env = dict(os.environ)
-    if profile:
-        env[FASTDDS_PROFILES_ENV] = profile
-    return subprocess.Popen([sys.executable, '-c', code], stdout=log.open('w'),
-                            stderr=subprocess.STDOUT, env=env)
+    return (sum(proc.cpu_times()[:2]) - before) / seconds * 100.0
 
 
 def main() -> int:
@@ -72,8 +59,8 @@ def main() -> int:
     probe = rclpy.create_node('reader_kill_cpu_probe')
     with tempfile.TemporaryDirectory(prefix='reader_kill_cpu-') as name:
         tmp = Path(name)
-        writer = _spawn(_WRITER, tmp / 'writer.log', args.writer_profile)
-        reader = _spawn(_READER, tmp / 'reader0.log', None)
+        writer = _start(_WRITER, tmp / 'writer.log', args.writer_profile)
+        reader = _start(_READER, tmp / 'reader0.log')
         try:
             if _wait_count(tmp / 'reader0.log', 3000, 60) is None:
                 print('the first reader heard nothing: no run')
@@ -86,7 +73,7 @@ def main() -> int:
                 reader.wait(timeout=30)
                 wait_left_graph(probe)
                 clean_stale_shm()
-                reader = _spawn(_READER, tmp / f'reader{kill}.log', None)
+                reader = _start(_READER, tmp / f'reader{kill}.log')
                 if _wait_count(tmp / f'reader{kill}.log', 3000, 60) is None:
                     print(f'kills {kill}: the new reader heard nothing; stopping')
                     return 1

@@ -38,7 +38,7 @@ from pathlib import Path
 from field_deploy.testing import isolate_ros_env
 
 isolate_ros_env()
-from field_deploy.rosenv import clean_stale_shm  # noqa: E402
+from field_deploy.rosenv import FASTDDS_PROFILES_ENV, clean_stale_shm  # noqa: E402
 
 _WRITER = '''
 import time
@@ -84,8 +84,13 @@ while rclpy.ok():
 '''
 
 
-def _start(code: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, '-c', code], stdout=log.open('w'), stderr=subprocess.STDOUT)
+def _start(code: str, log: Path, profile: str | None = None) -> subprocess.Popen:
+    """``code`` in a fresh interpreter, output to ``log``; ``profile``: its own Fast DDS XML."""
+    env = dict(os.environ)
+    if profile:
+        env[FASTDDS_PROFILES_ENV] = profile
+    return subprocess.Popen([sys.executable, '-c', code], stdout=log.open('w'),
+                            stderr=subprocess.STDOUT, env=env)
 
 
 def _count(log: Path) -> int:

@@ -57,6 +57,7 @@ USE_QOS_FROM_XML_ENV = 'RMW_FASTRTPS_USE_QOS_FROM_XML'
 #: 32 MiB, 8,192 (the port queue) with this. 4 MiB still holds a 1 MB message several times.
 SMALL_SEGMENT_BYTES = 4 * 1024 * 1024
 _SEGMENT_SIZE = re.compile(r'<segment_size>\s*\d+\s*</segment_size>')
+_SMALL_PROFILE_PREFIX = 'field_deploy-fastdds-small-'
 
 
 def small_segment_profile(profile: Path) -> Path:
@@ -72,7 +73,7 @@ def small_segment_profile(profile: Path) -> Path:
     if count != 1:
         raise ValueError(f'{profile}: expected one <segment_size> element, found {count}')
     digest = hashlib.sha256(small.encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f'field_deploy-fastdds-small-{digest}.xml'
+    path = Path(tempfile.gettempdir()) / f'{_SMALL_PROFILE_PREFIX}{digest}.xml'
     if not path.is_file() or path.read_text() != small:
         partial = path.with_name(f'{path.name}.{os.getpid()}')
         partial.write_text(small)
@@ -122,7 +123,7 @@ def _is_project_profile(chosen: str, project: Path) -> bool:
     if not chosen:
         return False
     path = Path(chosen)
-    return path.resolve() == project.resolve() or path.name.startswith('field_deploy-fastdds-small-')
+    return path.resolve() == project.resolve() or path.name.startswith(_SMALL_PROFILE_PREFIX)
 
 
 SHM_DIR = Path('/dev/shm')
