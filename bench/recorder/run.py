@@ -70,6 +70,11 @@ def plain(value):
         return value[0]
     return value
 
+def _reader_depth(args: argparse.Namespace) -> int:
+    """The subjects' reader history depth: ``--reader-depth``, else the publishers' (>= 1000)."""
+    return args.reader_depth or max(args.depth, 1000)
+
+
 def _qos(best_effort: bool, depth: int):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
@@ -219,7 +224,7 @@ def subject(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    qos = _qos(args.best_effort, max(args.depth, 1000))
+    qos = _qos(args.best_effort, _reader_depth(args))
     counts = {t: 0 for t, _, _ in STREAMS}
     result: dict = {}
     out = Path(args.output)
@@ -228,7 +233,7 @@ def subject(args: argparse.Namespace) -> int:
         from data_recorder.parameters import parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
-            'qos_depth': max(args.depth, 1000), 'diagnostics_period': 3600.0,
+            'qos_depth': _reader_depth(args), 'diagnostics_period': 3600.0,
             'min_free_space': 0, 'writer_process': args.subject == 'recorder-wp'}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
@@ -321,6 +326,7 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
 
     work = Path(tempfile.mkdtemp(prefix=f'bench_{subject_name}_', dir=args.workdir))
     common = ['--duration', str(args.duration), '--depth', str(args.depth),
+              '--reader-depth', str(args.reader_depth),
               '--generators', str(args.generators), '--multiplier', str(multiplier)]
     if args.best_effort:
         common.append('--best-effort')
@@ -456,6 +462,9 @@ def main() -> int:
                              'the same taken in batches as the recorder takes them')
     parser.add_argument('--best-effort', action='store_true', help='publishers best effort')
     parser.add_argument('--depth', type=int, default=1000, help='publisher history depth')
+    parser.add_argument('--reader-depth', type=int, default=0,
+                        help='every subject\'s reader history depth (default: the publisher '
+                             'depth, at least 1000); the same for all subjects')
     parser.add_argument('--generators', type=int, default=2, help='generator processes')
     parser.add_argument('--publisher-profile', choices=('project', 'default'), default='project',
                         help="generators on config/fastdds.xml (project) or on Fast DDS's "
@@ -478,7 +487,8 @@ def main() -> int:
     isolate_ros_env()
     print(f'machine: {os.cpu_count()} cores, {sys.platform}; duration {args.duration:g} s; '
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
-          f'{args.depth}; {args.generators} generator processes; publishers on the '
+          f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
+          f'processes; publishers on the '
           f'{args.publisher_profile} Fast DDS profile', flush=True)
     results = []
     for multiplier in args.multipliers:

@@ -50,6 +50,8 @@ def main() -> int:
                     help='how the reader is stopped: KILL (a crash) or INT (a graceful stop)')
     ap.add_argument('--writer-profile', default=None,
                     help="Fast DDS XML for the writer (default: the project's config/fastdds.xml)")
+    ap.add_argument('--reader-profile', default=None,
+                    help='Fast DDS XML for every reader (its port queue is what a kill strands)')
     args = ap.parse_args()
 
     import rclpy
@@ -60,7 +62,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix='reader_kill_cpu-') as name:
         tmp = Path(name)
         writer = _start(_WRITER, tmp / 'writer.log', args.writer_profile)
-        reader = _start(_READER, tmp / 'reader0.log')
+        reader = _start(_READER, tmp / 'reader0.log', args.reader_profile)
         try:
             if _wait_count(tmp / 'reader0.log', 3000, 60) is None:
                 print('the first reader heard nothing: no run')
@@ -73,7 +75,7 @@ def main() -> int:
                 reader.wait(timeout=30)
                 wait_left_graph(probe)
                 clean_stale_shm()
-                reader = _start(_READER, tmp / f'reader{kill}.log')
+                reader = _start(_READER, tmp / f'reader{kill}.log', args.reader_profile)
                 if _wait_count(tmp / f'reader{kill}.log', 3000, 60) is None:
                     print(f'kills {kill}: the new reader heard nothing; stopping')
                     return 1
