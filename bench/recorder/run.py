@@ -70,6 +70,7 @@ def plain(value):
         return value[0]
     return value
 
+
 def _reader_depth(args: argparse.Namespace) -> int:
     """The subjects' reader history depth: ``--reader-depth``, else the publishers' (>= 1000)."""
     return args.reader_depth or max(args.depth, 1000)
