@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +31,7 @@ from skill_runtime.api import (
 from skill_runtime.gate import MODE_ESTOP, MODE_RUN, SafetyGate, SkillRun
 from skill_runtime.loader import api_compatible, check_pack, discover, import_skills
 from skill_runtime.manifest import PackError, read_manifest, verify_digests, write_digests
-from skill_runtime.proxy import WorkerProcess, WorkerSpec, tick_workers
+from skill_runtime.proxy import FD_SETSIZE, WorkerProcess, WorkerSpec, tick_workers, wait_replies
 from skill_runtime.supervisor import Supervisor
 from skill_runtime.worker import sandbox_policy
 
@@ -341,3 +345,39 @@ def test_cli_check_list_digest(pack: Path, capsys: pytest.CaptureFixture[str]) -
     assert cli_main(['skills', 'list', '--pack-path', str(pack.parent), '--allow', 'acme/*']) == 0
     out = capsys.readouterr().out
     assert 'ACCEPTED acme_test' in out and 'REFUSED  reference_quadruped' in out  # not allowed
+
+
+@pytest.mark.parametrize('high_fd', [False, True], ids=['select', 'poll past FD_SETSIZE'])
+def test_wait_replies_returns_on_the_answers_or_at_the_deadline(high_fd: bool) -> None:
+    """Both paths of the control thread's wait: it ends when every outstanding worker has
+    signalled, long before its deadline, and with an answer missing, not before the deadline.
+    A descriptor numbered FD_SETSIZE or above (a runtime with many workers and sockets) cannot
+    go to select(): that wait must still work, on poll."""
+    pipes = [os.pipe() for _ in range(2)]
+    moved = []
+    try:
+        if high_fd:
+            for i, (r, _w) in enumerate(pipes):
+                moved.append(os.dup2(r, FD_SETSIZE + 100 + i))
+            pipes = [(m, w) for m, (_r, w) in zip(moved, pipes, strict=True)]
+        workers = [SimpleNamespace(outstanding=True, closed=False, done_r=r) for r, _w in pipes]
+        idle = SimpleNamespace(outstanding=False, closed=False, done_r=-1)   # never waited for
+
+        def answer() -> None:
+            time.sleep(0.05)
+            for _r, w in pipes:
+                os.write(w, b'.')
+        threading.Thread(target=answer).start()
+        t0 = time.monotonic_ns()
+        wait_replies([*workers, idle], t0 + 20_000_000_000)
+        assert time.monotonic_ns() - t0 < 10_000_000_000, 'waited on after every worker answered'
+
+        os.read(pipes[1][0], 64)   # the second worker's answer taken: it is outstanding again
+        t0 = time.monotonic_ns()
+        deadline = t0 + 30_000_000
+        wait_replies(workers, deadline)
+        assert time.monotonic_ns() >= deadline, 'returned before the deadline with an answer missing'
+    finally:
+        for fd in [fd for pair in pipes for fd in pair] + moved:
+            with contextlib.suppress(OSError):
+                os.close(fd)

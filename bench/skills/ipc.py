@@ -10,7 +10,9 @@ ticking at 500 Hz; the other side a fresh interpreter. Two transports:
 * the runtime's own path end to end (:func:`skill_runtime.proxy.tick_workers`): a real worker
   running the acme ``hold`` test skill.
 
-Prints p50 / p99 / max of the round trip and how many answers missed the tick's wait.
+Prints p50 / p99 / max of the round trip and how many answers missed the tick's wait; then how
+far past its deadline the tick's wait returns when an answer never comes (on select, and on the
+poll path taken where descriptors pass FD_SETSIZE).
 Usage: ``.venv/bin/python bench/skills/ipc.py [--seconds 8] [--nice 0 5]``.
 """
 
@@ -24,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -32,7 +35,7 @@ from skill_runtime.api import RobotState
 from skill_runtime.gate import SkillRun
 from skill_runtime.loop import set_thread_realtime
 from skill_runtime.manifest import read_manifest
-from skill_runtime.proxy import WorkerSpec, tick_workers, worker_env
+from skill_runtime.proxy import FD_SETSIZE, WorkerSpec, tick_workers, wait_replies, worker_env
 from skill_runtime.supervisor import Supervisor
 from skill_runtime.worker import sandbox_policy
 
@@ -222,6 +225,24 @@ def shm_bench(seconds: float, nice: int) -> tuple[list[float], int]:
     return out, late
 
 
+def wait_overshoot(high_fd: bool, trials: int = 2000) -> list[float]:
+    """How far past its deadline :func:`wait_replies` returns when the answer never comes, with
+    0.3 ms left (a tick that spent 0.7 ms on the robot state before waiting): select's path, or
+    poll's (descriptors numbered FD_SETSIZE and up). Before 2026-12-01 the wait was poll's alone,
+    in whole milliseconds rounded up: 0.75 ms past the deadline at p50 on a 2-core host."""
+    r, w = os.pipe()
+    fd = os.dup2(r, FD_SETSIZE + 100) if high_fd else r
+    worker = SimpleNamespace(outstanding=True, closed=False, done_r=fd)
+    out = []
+    for _ in range(trials):
+        deadline = time.monotonic_ns() + 300_000
+        wait_replies([worker], deadline)
+        out.append((time.monotonic_ns() - deadline) / 1e6)
+    for d in {r, w, fd}:
+        os.close(d)
+    return out
+
+
 def pct(values: list[float]) -> str:
     a = np.asarray(values)
     if a.size == 0:
@@ -245,6 +266,9 @@ def main() -> None:
             rts, late = fn(args.seconds, nice)
             print(f'  nice {nice:2d}  {name:30s} round trip {pct(rts)}  late {late}')
     print('  * shm + wake byte with a real skill step; round trips of answers within the wait only')
+    for name, high_fd in (('select (fd < FD_SETSIZE)', False), ('poll (fd >= FD_SETSIZE)', True)):
+        print(f'  wait with 0.3 ms left, no answer, {name:24s} past its deadline by '
+              f'{pct(wait_overshoot(high_fd))}')
     print(f'  load average after: {", ".join(f"{x:.1f}" for x in os.getloadavg())}')
 
 
