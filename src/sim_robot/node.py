@@ -73,6 +73,11 @@ from sim_robot.render import SceneRenderer
 NODE_NAME = 'sim_robot'
 MAX_CATCH_UP_S = 5.0
 """A timer more than this far behind skips samples instead of bursting them (suspended process)."""
+MAX_BURST_S = 0.5
+"""At most this much of a stream is published in one catch-up tick (250 samples at 500 Hz). Bounded
+apart from the keep-last depth: the profiles' 5 s histories would otherwise allow bursts of 625
+samples per stream, each landing at once in every reader's shared-memory port (8192 descriptors
+for all of a process's traffic)."""
 
 _TYPES: dict[str, type] = {
     'sensor_msgs/msg/JointState': JointState,
@@ -287,10 +292,11 @@ class SimRobotNode(LifecycleNode):
         period_ns = 1e9 / group.rate_hz
         max_behind = max(2, int(MAX_CATCH_UP_S * group.rate_hz))
         # A burst longer than a quarter of the smallest keep-last depth could overwrite samples
-        # in the writer history before a reliable reader has acknowledged them: catch up
-        # gradually instead, a few extra samples per tick.
+        # in the writer history before a reliable reader has acknowledged them, and a long one
+        # floods the readers' ports: catch up gradually instead, a few extra samples per tick.
         depths = [s.spec.qos.depth for s in group.streams]
-        max_burst = max(2, min(depths) // 4) if depths else max_behind
+        max_burst = max(2, min(min(depths) // 4 if depths else max_behind,
+                               int(MAX_BURST_S * group.rate_hz)))
         dt = 1.0 / group.rate_hz
 
         def on_timer() -> None:
