@@ -183,3 +183,49 @@ def test_heap_pages_small_freed_samples_leave_go_back_to_the_os() -> None:
     assert mb['grown'] - mb['base'] > 80, mb
     assert mb['freed'] - mb['base'] > 60, mb          # freed, still resident: glibc keeps it
     assert mb['did'] and mb['freed'] - mb['trimmed'] > 60 and mb['released'] > 60, mb
+
+
+_PEER_SEGMENT = '''
+import json, mmap, os, sys
+sys.path.insert(0, sys.argv[1])
+from field_deploy.memory import SegmentPrefaulter
+
+def shared():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith('RssShmem:'))
+
+size = 16 << 20
+path = f'/dev/shm/fastrtps_prefault_test_{os.getpid()}'
+fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+try:
+    os.write(fd, bytes(size))          # written through at creation, as Fast DDS does
+    segment = mmap.mmap(fd, size)      # mapped, not touched: a reader's view of a peer
+    other = mmap.mmap(-1, size)        # not a Fast DDS file: left alone
+    prefaulter = SegmentPrefaulter()
+    before = shared()
+    first = prefaulter.scan()
+    after = shared()
+    second = prefaulter.scan()
+    print(json.dumps({'before': before, 'first': first, 'after': after, 'second': second,
+                      'failed': prefaulter.failed}))
+finally:
+    os.unlink(path)
+'''
+
+
+def test_peer_segments_are_counted_in_full_once_mapped() -> None:
+    """A reader's RSS rose in steps through the soak as it touched more of its writers' Fast
+    DDS segments (shared pages that exist from the start). The prefaulter every node runs maps
+    each such segment's pages at once, so the RSS counts the segment in full and stays level;
+    a second pass does nothing, and other mappings are left alone. From the kernel's
+    ``RssShmem`` of a fresh process holding a 16 MiB segment file it never touched."""
+    import json
+    import subprocess
+    import sys
+    src = str(Path(__file__).resolve().parents[1] / 'src')
+    out = subprocess.run([sys.executable, '-c', _PEER_SEGMENT, src], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    mb = {k: v / 2**20 for k, v in json.loads(out).items()}
+    assert mb['failed'] == 0, mb
+    assert mb['before'] < 1 and mb['first'] == 16 and mb['second'] == 0, mb
+    assert 16 <= mb['after'] < 17, mb

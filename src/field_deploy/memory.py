@@ -29,6 +29,7 @@ memory itself, which is why it is never on in the field.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -36,6 +37,7 @@ import sys
 import threading
 import tracemalloc
 from pathlib import Path
+from typing import Self
 
 ENV = 'FIELD_DEPLOY_MEMTRACE'
 MMAP_THRESHOLD = 128 * 1024
@@ -74,7 +76,39 @@ TRIM_FREE_BYTES = 4 * 2**20
 """Free heap memory (every arena) above which :class:`HeapTrimmer` gives it back."""
 
 
-class HeapTrimmer:
+class _Chore:
+    """A check run every :attr:`period_s` on a daemon thread, when the platform allows it."""
+
+    thread_name = 'chore'
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def check(self) -> object:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        if self.available and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            with contextlib.suppress(OSError):   # e.g. /proc unreadable: again next period
+                self.check()
+
+
+class HeapTrimmer(_Chore):
     """Gives the heap's free pages back to the OS now and then (``malloc_trim(0)``).
 
     Why: a reliable writer keeps every sample a dead or stalled reader has not acknowledged
@@ -88,13 +122,14 @@ class HeapTrimmer:
     (the call drops the GIL: ctypes' CDLL).
     """
 
+    thread_name = 'heap-trim'
+
     def __init__(self, period_s: float = TRIM_PERIOD_S, free_bytes: int = TRIM_FREE_BYTES) -> None:
-        self.period_s, self.free_bytes = period_s, free_bytes
+        super().__init__(period_s)
+        self.free_bytes = free_bytes
         self.trims = 0
         self.released = 0
         """Bytes of resident memory the trims gave back (the process's RSS before and after)."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         try:
             libc = ctypes.CDLL('libc.so.6')
             self._mallinfo2 = libc.mallinfo2
@@ -124,18 +159,85 @@ class HeapTrimmer:
         self.released += max(0, before - resident_bytes())
         return True
 
-    def start(self) -> HeapTrimmer:
-        if self._trim is not None and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name='heap-trim', daemon=True)
-            self._thread.start()
-        return self
+    check = trim_if_worth_it
 
-    def stop(self) -> None:
-        self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self.trim_if_worth_it()
+SEGMENT_PREFIX = '/dev/shm/fastrtps_'
+"""Fast DDS's shared-memory files: each participant's segment and each port."""
+_MADV_POPULATE_READ = 22   # Linux >= 5.14 (mman-common.h)
+
+
+class SegmentPrefaulter(_Chore):
+    """Maps every page of the Fast DDS shared-memory files this process has mapped, once each.
+
+    Why: a reader maps its writers' segments (the sim's is 32 MiB) and the kernel counts a page
+    in the reader's RSS only once the reader has touched it. The pages themselves exist from the
+    start (Fast DDS writes a segment through when it creates it; they live in /dev/shm, once for
+    the host), but a reader touches more of them whenever a writer's allocations move on - at
+    every crash of another reader, which strands buffers (docs/soak.md) - so its RSS rose in
+    steps through a shift: the health monitor +16.8 MB/h in the one-hour soak of 2026-12-01,
+    15.3 of them such shared pages, its private memory flat. A fleet alarm on RSS growth would
+    call that a leak. Populating every page of each segment as soon as it is mapped
+    (``madvise(MADV_POPULATE_READ)``: page-table entries only, nothing allocated or copied)
+    makes the RSS count each peer's segment in full from the start and stay level, and spares
+    the hot paths those first-touch page faults. Checked every :attr:`period_s` on a daemon
+    thread (ctypes drops the GIL in the call); a segment mapped anew (a restarted peer) is
+    populated at the next check.
+    """
+
+    thread_name = 'shm-prefault'
+
+    def __init__(self, period_s: float = 10.0, prefix: str = SEGMENT_PREFIX) -> None:
+        super().__init__(period_s)
+        self.prefix = prefix
+        self.populated = 0
+        """Bytes of mappings populated so far."""
+        self.failed = 0
+        self._done: set[tuple[int, int, str]] = set()
+        try:
+            self._madvise = ctypes.CDLL('libc.so.6', use_errno=True).madvise
+            self._madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):     # not glibc: leave the RSS as the kernel counts it
+            self._madvise = None
+
+    def mappings(self) -> list[tuple[int, int, str]]:
+        """``(start, end, path)`` of this process's mappings of files under :attr:`prefix`."""
+        with open('/proc/self/maps') as f:
+            text = f.read()
+        out = []
+        for line in text.splitlines():
+            if self.prefix not in line:
+                continue
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(self.prefix):
+                start, end = (int(x, 16) for x in fields[0].split('-'))
+                out.append((start, end, fields[5]))
+        return out
+
+    def scan(self) -> int:
+        """Populate the mappings not seen before; returns their bytes."""
+        if self._madvise is None:
+            return 0
+        current = self.mappings()
+        self._done &= set(current)             # unmapped (a peer gone): forget it
+        done = 0
+        for mapping in current:
+            if mapping in self._done:
+                continue
+            start, end, _path = mapping
+            if self._madvise(start, end - start, _MADV_POPULATE_READ) == 0:
+                done += end - start
+            else:                                # older kernel (EINVAL): the RSS as it was
+                self.failed += 1
+            self._done.add(mapping)
+        self.populated += done
+        return done
+
+    @property
+    def available(self) -> bool:
+        return self._madvise is not None
+
+    check = scan
 
 
 def arm() -> bool:

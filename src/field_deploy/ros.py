@@ -123,6 +123,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
     signal.signal(signal.SIGTERM, _on_signal)
     memory.return_large_buffers()  # a backlog's images go back to the OS once drained (issue 19)
     trimmer = memory.HeapTrimmer().start()  # and the heap pages small samples leave free
+    prefaulter = memory.SegmentPrefaulter().start()  # peers' segments counted in full: RSS level
     memory.arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set
     spinner = Spinner(nodes, executor=executor)
     try:
@@ -135,6 +136,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
             if on_shutdown is not None:
                 on_shutdown()
         trimmer.stop()
+        prefaulter.stop()
         spinner.executor.shutdown()
         for node in nodes:
             node.destroy_node()
