@@ -451,6 +451,27 @@ def report(run: dict, duration: float, verbose: bool) -> None:
             print(f'    {topic:28s} published {n:7d} got {got:7d} lost {n - got:6d}{extra}')
 
 
+def write_speed(folder: Path, megabytes: int = 512) -> float:
+    """MB/s of writing fresh pages into ``folder`` (1 MiB writes, then fsync; the file removed).
+
+    Why: the recorder's cost per MB is mostly its file writes, and hosts differ by more than our
+    code does: on 2026-12-02 a VM wrote tmpfs at 0.4-0.6 GB/s (its free pages handed back to the
+    hypervisor, each new one faulted in again), and py-spy put 67 % of the recorder's samples in
+    that write. Printed beside the figures so runs on different hosts can be compared."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    path = folder / f'write_speed_{os.getpid()}'
+    start = time.perf_counter()
+    with path.open('wb') as f:
+        for _ in range(megabytes):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return megabytes * 1.048576 / seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--duration', type=float, default=10.0, help='seconds per run (60 for figures)')
@@ -491,6 +512,8 @@ def main() -> int:
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
           f'processes; publishers on the '
           f'{args.publisher_profile} Fast DDS profile', flush=True)
+    workdir = Path(args.workdir or tempfile.gettempdir())
+    print(f'writing fresh pages into {workdir}: {write_speed(workdir):.0f} MB/s', flush=True)
     results = []
     for multiplier in args.multipliers:
         for name in args.subjects:
