@@ -5,8 +5,9 @@ Two plain rclpy processes on a private domain (``reader_restart.py``'s): a write
 The reader is killed with -9 ``--kills`` times (``--signal INT``: stopped gracefully); after
 each stop the bench waits until the reader has left the graph, removes dead processes' shared
 memory (as the health monitor does), starts a new reader, waits until it hears 3000 samples,
-then reads the writer's CPU from ``/proc`` over ``--window`` s. Printed: the writer's CPU per
-kill and the host load.
+then reads the writer's CPU from ``/proc`` over ``--window`` s. A second reader, the witness, is
+never killed: its ``RssShmem`` (the writer's segment pages it has touched) is the readers' RSS
+step of the soak. Printed per kill: the writer's CPU, the witness's shared pages, the host load.
 
 Why: in the one-hour soak sim_robot's CPU rose after every reader restart and py-spy put the
 growth in Fast DDS's write. The cause is in Fast DDS 2.14's shared-memory transport
@@ -42,6 +43,15 @@ def cpu_share(pid: int, seconds: float) -> float:
     return (sum(proc.cpu_times()[:2]) - before) / seconds * 100.0
 
 
+def shared_mb(pid: int) -> float:
+    """``RssShmem`` of the process in MB: the pages of shared memory (its peers' Fast DDS
+    segments among them) it has touched and still maps."""
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('RssShmem:'):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--kills', type=int, default=8)
@@ -62,6 +72,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix='reader_kill_cpu-') as name:
         tmp = Path(name)
         writer = _start(_WRITER, tmp / 'writer.log', args.writer_profile)
+        witness = _start(_READER, tmp / 'witness.log', args.reader_profile)
         reader = _start(_READER, tmp / 'reader0.log', args.reader_profile)
         try:
             if _wait_count(tmp / 'reader0.log', 3000, 60) is None:
@@ -69,7 +80,8 @@ def main() -> int:
                 return 1
             time.sleep(3.0)
             first = cpu_share(writer.pid, args.window)
-            print(f'kills 0: writer {first:5.1f} % of a core  (load {os.getloadavg()[0]:.1f})', flush=True)
+            print(f'kills 0: writer {first:5.1f} % of a core; witness shared {shared_mb(witness.pid):5.1f} MB'
+                  f'  (load {os.getloadavg()[0]:.1f})', flush=True)
             for kill in range(1, args.kills + 1):
                 reader.send_signal(getattr(signal, f'SIG{args.signal}'))
                 reader.wait(timeout=30)
@@ -81,10 +93,10 @@ def main() -> int:
                     return 1
                 time.sleep(3.0)
                 share = cpu_share(writer.pid, args.window)
-                print(f'kills {kill}: writer {share:5.1f} % of a core  ({share - first:+.1f}; '
-                      f'load {os.getloadavg()[0]:.1f})', flush=True)
+                print(f'kills {kill}: writer {share:5.1f} % of a core  ({share - first:+.1f}); witness '
+                      f'shared {shared_mb(witness.pid):5.1f} MB  (load {os.getloadavg()[0]:.1f})', flush=True)
         finally:
-            for proc in (writer, reader):
+            for proc in (writer, witness, reader):
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
