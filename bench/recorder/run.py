@@ -454,10 +454,10 @@ def report(run: dict, duration: float, verbose: bool) -> None:
 def write_speed(folder: Path, megabytes: int = 512) -> float:
     """MB/s of writing fresh pages into ``folder`` (1 MiB writes, then fsync; the file removed).
 
-    Why: the recorder's cost per MB is mostly its file writes, and hosts differ by more than our
-    code does: on 2026-12-02 a VM wrote tmpfs at 0.4-0.6 GB/s (its free pages handed back to the
-    hypervisor, each new one faulted in again), and py-spy put 67 % of the recorder's samples in
-    that write. Printed beside the figures so runs on different hosts can be compared."""
+    Why: hosts differ in this by more than our code does: on 2026-12-02 a VM (DAMON on) wrote
+    tmpfs at 0.4-0.6 GB/s on first tries and 1.4-2.2 GB/s minutes later, and py-spy put 67 % of
+    the recorder's samples (time active, not CPU) in its file write. Printed beside the figures so
+    runs on different hosts can be compared."""
     folder.mkdir(parents=True, exist_ok=True)
     block = os.urandom(1 << 20)
     path = folder / f'write_speed_{os.getpid()}'
