@@ -29,6 +29,10 @@ from pathlib import Path
 TYPE = 'sensor_msgs/msg/JointState'
 
 
+
+SETTLE_S = 0.3
+"""Seconds a new writer waits after its side of the match before its first sample."""
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog='numbered', description=__doc__.split('\n\n')[0])
     p.add_argument('--topic', required=True)
@@ -87,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(0.01)
         if pub.get_subscription_count() < args.subscribers:
             report['unmatched_waits'] += 1
+        # The count is the writer's side of the match; the reader matches the writer when the
+        # writer's announcement reaches it, which a loaded host delays: samples sent before that
+        # are evicted from a shallow history unseen (a CI run lost a writer's first 12 of a
+        # depth-10 history this way, and no accounting can tell). Let the reader's side settle.
+        time.sleep(SETTLE_S)
         return pub
 
     def finish(pub) -> None:
