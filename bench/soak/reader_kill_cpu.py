@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psutil
 from reader_restart import _READER, _WRITER, _start, _wait_count, wait_left_graph
+from run import rss_parts_mb
 
 from field_deploy.rosenv import clean_stale_shm
 
@@ -41,15 +42,6 @@ def cpu_share(pid: int, seconds: float) -> float:
     before = sum(proc.cpu_times()[:2])
     time.sleep(seconds)
     return (sum(proc.cpu_times()[:2]) - before) / seconds * 100.0
-
-
-def shared_mb(pid: int) -> float:
-    """``RssShmem`` of the process in MB: the pages of shared memory (its peers' Fast DDS
-    segments among them) it has touched and still maps."""
-    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-        if line.startswith('RssShmem:'):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> int:
@@ -80,7 +72,8 @@ def main() -> int:
                 return 1
             time.sleep(3.0)
             first = cpu_share(writer.pid, args.window)
-            print(f'kills 0: writer {first:5.1f} % of a core; witness shared {shared_mb(witness.pid):5.1f} MB'
+            shared = rss_parts_mb(witness.pid)['shmem_mb']
+            print(f'kills 0: writer {first:5.1f} % of a core; witness shared {shared:5.1f} MB'
                   f'  (load {os.getloadavg()[0]:.1f})', flush=True)
             for kill in range(1, args.kills + 1):
                 reader.send_signal(getattr(signal, f'SIG{args.signal}'))
@@ -93,8 +86,9 @@ def main() -> int:
                     return 1
                 time.sleep(3.0)
                 share = cpu_share(writer.pid, args.window)
+                shared = rss_parts_mb(witness.pid)['shmem_mb']
                 print(f'kills {kill}: writer {share:5.1f} % of a core  ({share - first:+.1f}); witness '
-                      f'shared {shared_mb(witness.pid):5.1f} MB  (load {os.getloadavg()[0]:.1f})', flush=True)
+                      f'shared {shared:5.1f} MB  (load {os.getloadavg()[0]:.1f})', flush=True)
         finally:
             for proc in (writer, witness, reader):
                 if proc.poll() is None:

@@ -120,8 +120,9 @@ def rss_parts_mb(pid: int) -> dict[str, float]:
     """The RSS in its three kinds, from ``/proc/<pid>/status``: ``anon_mb`` (heap, thread arenas,
     pools: what a native leak grows), ``file_mb`` (libraries and other mapped files: code pages
     come in the first time a path runs, bounded by the files' size) and ``shmem_mb`` (pages of the
-    Fast DDS segments in /dev/shm this process touched: its own and every writer's it reads from,
-    bounded by their sizes and counted once for the host in the /dev/shm series). A slope in the
+    Fast DDS segments in /dev/shm this process maps: its own and every writer's it reads from, in
+    full in the project's nodes (``field_deploy.memory.SegmentPrefaulter``), as far as touched in
+    other processes; counted once for the host in the /dev/shm series). A slope in the
     RSS names its kind; nan when the process is gone."""
     keys = {'RssAnon:': 'anon_mb', 'RssFile:': 'file_mb', 'RssShmem:': 'shmem_mb'}
     parts = dict.fromkeys(keys.values(), float('nan'))

@@ -27,11 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 TYPE = 'sensor_msgs/msg/JointState'
-
-
-
 SETTLE_S = 0.3
 """Seconds a new writer waits after its side of the match before its first sample."""
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog='numbered', description=__doc__.split('\n\n')[0])
