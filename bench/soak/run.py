@@ -22,6 +22,7 @@ restart only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'src'))
 
+from field_deploy.memory import STATS_ENV  # noqa: E402
 from field_deploy.testing import executable, isolate_ros_env  # noqa: E402
 
 NODES = ('sim_robot', 'data_recorder', 'skill_runtime', 'health_monitor')
@@ -179,8 +181,9 @@ class Sampler:
     """Samples the stack's processes every ``interval`` seconds from its own thread."""
 
     def __init__(self, root_pid: int, bag_dir: Path, interval: float, recorder_status: dict,
-                 keep_bytes: int = 0) -> None:
+                 keep_bytes: int = 0, memstats: Path | None = None) -> None:
         self.root_pid = root_pid
+        self.memstats = memstats
         self.bag_dir = bag_dir
         self.keep_bytes = keep_bytes
         self.pruned_bytes = 0
@@ -222,7 +225,7 @@ class Sampler:
                     s.procs[name] = {'pid': proc.pid, 'rss_mb': proc.memory_info().rss / 1e6,
                                      **rss_parts_mb(proc.pid), 'cpu_pct': cpu, 'threads': proc.num_threads(),
                                      'fds': proc.num_fds(), 'thread_cpu_s': thread_cpu_s(proc.pid),
-                                     'copies': copies.get(name, 1)}
+                                     'copies': copies.get(name, 1), **allocator_mb(self.memstats, proc.pid)}
             except psutil.Error:
                 continue
         s.shm_mb, s.shm_files = shm_usage([self.root_pid, *(p.pid for p in procs.values())])
@@ -235,6 +238,17 @@ class Sampler:
         s.recorder = dict(self.recorder_status)
         s.load1 = os.getloadavg()[0]
         return s
+
+
+def allocator_mb(folder: Path | None, pid: int) -> dict[str, float]:
+    """The node's own allocator figures (``field_deploy.memory.AllocatorReport``: pymalloc's
+    arenas and blocks in use, glibc's heap, in use and free), at most 10 s old; {} without."""
+    if folder is None:
+        return {}
+    for path in folder.glob(f'*-{pid}.json'):
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(path.read_text())
+    return {}
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -298,6 +312,7 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
               f'{sum(cpu) / max(len(cpu), 1):7.1f} '
               f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d} '
               f'{max(s["procs"][name].get("copies", 1) for s in samples if name in s["procs"]):6d}')
+    allocator_drift(samples, warmup)
     thread_drift(samples, warmup)
     late = [s for s in samples if s['t'] >= warmup] or samples
     shm = [(s['t'], s['shm_mb']) for s in late]
@@ -310,6 +325,28 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'host load average (1 min) during the run: mean {sum(loads) / len(loads):.1f}, '
           f'min {min(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)')
     plot(samples, warmup, out)
+
+
+ALLOCATOR_KEYS = ('py_used_mb', 'py_arenas_mb', 'c_used_mb', 'c_free_mb', 'c_heap_mb')
+
+
+def allocator_drift(samples: list[dict], warmup: float) -> None:
+    """Each node's allocator books after the warm-up (first -> last MB, slope MB/h): which of
+    them an anonymous-memory step is in - live Python objects, pymalloc arenas kept for a few
+    live blocks, live native blocks, glibc's free pages not yet trimmed."""
+    rows = []
+    for name in NODES:
+        parts = []
+        for key in ALLOCATOR_KEYS:
+            points = [(t, v) for t, v in series(samples, name, key, warmup) if v == v]
+            if len(points) >= 3:
+                parts.append(f'{key[:-3]} {points[0][1]:.1f}->{points[-1][1]:.1f} '
+                             f'({slope_per_hour(points):+.1f}/h)')
+        if parts:
+            rows.append(f'  {name:16} ' + ', '.join(parts))
+    if rows:
+        print('allocators (MB, after warm-up and last restart; py: pymalloc, c: glibc):')
+        print('\n'.join(rows))
 
 
 def thread_drift(samples: list[dict], warmup: float, window_s: float = 300.0) -> None:
@@ -409,7 +446,7 @@ def run(args: argparse.Namespace) -> None:
     log = (out / 'stack.log').open('w')
     up = subprocess.Popen([executable('field_deploy'), 'up', '--robot', args.robot, '--bag-dir',
                            str(bag_dir)], stdout=log, stderr=subprocess.STDOUT,
-                          env={**os.environ, 'HOME': str(out)})
+                          env={**os.environ, 'HOME': str(out), STATS_ENV: str(out / 'memstats')})
     init([])
     node = Node('soak_operator')
     recorder_status: dict[str, float] = {}
@@ -433,7 +470,7 @@ def run(args: argparse.Namespace) -> None:
             if not operator.wait_state(f'/{name}', 'active', timeout=90.0):
                 raise SystemExit(f'{name} did not become active (see {out / "stack.log"})')
         sampler = Sampler(up.pid, bag_dir, args.interval, recorder_status,
-                          int(args.keep_gb * 1e9)).start()
+                          int(args.keep_gb * 1e9), out / 'memstats').start()
         t0 = time.monotonic()
         next_kill, next_split = t0 + args.kill_every, t0 + args.split_every
         end = t0 + args.hours * 3600

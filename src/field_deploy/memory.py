@@ -25,6 +25,13 @@ trace, default 8) and installs a SIGUSR2 handler that writes a snapshot to
 Only the Python heap is traced: growth the kernel's RSS shows and tracemalloc does not is
 native (rclpy, Fast DDS, numpy buffers, the allocator's fragmentation). Tracing costs CPU and
 memory itself, which is why it is never on in the field.
+
+:class:`AllocatorReport`, opt-in and cheap (``FIELD_DEPLOY_MEMSTATS=<folder>``): every 10 s the
+node writes ``<folder>/<process name>-<pid>.json`` with both allocators' own books
+(:func:`allocator_figures`), which tell a step of anonymous memory apart without stopping the
+process: Python objects (pymalloc's blocks in use), pymalloc's arenas kept for a few live blocks
+(fragmentation: an arena goes back only when empty), glibc's blocks in use, its free pages not
+yet trimmed. ``bench/soak/run.py`` sets it and samples the files beside the RSS.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import Self
 
 ENV = 'FIELD_DEPLOY_MEMTRACE'
+STATS_ENV = 'FIELD_DEPLOY_MEMSTATS'
 MMAP_THRESHOLD = 128 * 1024
 """glibc's initial threshold: blocks from this size up are mmapped and unmapped when freed."""
 _M_MMAP_THRESHOLD = -3   # mallopt parameter (malloc.h)
@@ -238,6 +246,87 @@ class SegmentPrefaulter(_Chore):
         return self._madvise is not None
 
     check = scan
+
+
+def _pymalloc_stats() -> str:
+    """CPython's ``_PyObject_DebugMallocStats`` report, read into memory (``open_memstream``:
+    no file, and the GIL held by ``pythonapi``); '' where either is missing."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        report = ctypes.pythonapi._PyObject_DebugMallocStats
+    except (OSError, AttributeError):
+        return ''
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
+    report.argtypes = [ctypes.c_void_p]
+    buf, size = ctypes.c_void_p(), ctypes.c_size_t()
+    stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+    if not stream:
+        return ''
+    try:
+        report(stream)
+    finally:
+        libc.fclose(stream)      # sets buf and size
+    try:
+        return ctypes.string_at(buf, size.value).decode(errors='replace')
+    finally:
+        libc.free(buf)
+
+
+def _figure(report: str, label: str) -> float:
+    """The number after ``<label> =`` in a pymalloc report (first occurrence), nan if absent."""
+    at = report.find(label)
+    if at < 0:
+        return float('nan')
+    value = report[at + len(label):].split('=', 1)[1].split('\n', 1)[0]
+    return float(value.replace(',', '').strip() or 'nan')
+
+
+def allocator_figures() -> dict[str, float]:
+    """Both allocators' own figures, in MB: ``py_arenas_mb`` (pymalloc's arenas, resident while
+    any block in them lives), ``py_used_mb`` (its blocks in use), ``c_heap_mb`` (glibc's arenas
+    and mmapped blocks), ``c_used_mb`` and ``c_free_mb`` (in use; free, not yet trimmed)."""
+    report = _pymalloc_stats()
+    out = {'py_arenas_mb': _figure(report, 'bytes/arena') / 1e6,    # "4 arenas * 1048576 bytes/arena = …"
+           'py_used_mb': _figure(report, '# bytes in allocated blocks') / 1e6}
+    with contextlib.suppress(OSError, AttributeError):
+        mallinfo2 = ctypes.CDLL('libc.so.6').mallinfo2
+        mallinfo2.restype = _MallInfo2
+        info = mallinfo2()
+        out.update(c_heap_mb=(info.arena + info.hblkhd) / 1e6, c_used_mb=(info.uordblks + info.hblkhd) / 1e6,
+                   c_free_mb=info.fordblks / 1e6)
+    return out
+
+
+class AllocatorReport(_Chore):
+    """Writes :func:`allocator_figures` as JSON to ``<folder>/<process name>-<pid>.json`` every
+    :attr:`period_s`, when ``FIELD_DEPLOY_MEMSTATS`` names the folder (opt-in: the report walks
+    every pymalloc pool, ~1 ms). Replaced atomically, so a reader never sees half a file."""
+
+    thread_name = 'mem-report'
+
+    def __init__(self, period_s: float = 10.0, folder: str | None = None) -> None:
+        super().__init__(period_s)
+        folder = folder if folder is not None else os.environ.get(STATS_ENV, '')
+        self.path = (Path(folder) / f'{Path(sys.argv[0]).name or "python"}-{os.getpid()}.json'
+                     if folder else None)
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None
+
+    def write(self) -> None:
+        import json
+
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix('.part')
+        partial.write_text(json.dumps(allocator_figures()))
+        os.replace(partial, self.path)
+
+    check = write
 
 
 def arm() -> bool:

@@ -125,6 +125,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
     trimmer = memory.HeapTrimmer().start()  # and the heap pages small samples leave free
     prefaulter = memory.SegmentPrefaulter().start()  # peers' segments counted in full: RSS level
     memory.arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set
+    allocators = memory.AllocatorReport().start()  # off unless FIELD_DEPLOY_MEMSTATS is set
     spinner = Spinner(nodes, executor=executor)
     try:
         spinner.spin_until(stop)
@@ -137,6 +138,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
                 on_shutdown()
         trimmer.stop()
         prefaulter.stop()
+        allocators.stop()
         spinner.executor.shutdown()
         for node in nodes:
             node.destroy_node()
