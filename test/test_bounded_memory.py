@@ -229,3 +229,45 @@ def test_peer_segments_are_counted_in_full_once_mapped() -> None:
     assert mb['failed'] == 0, mb
     assert mb['before'] < 1 and mb['first'] == 16 and mb['second'] == 0, mb
     assert 16 <= mb['after'] < 17, mb
+
+
+_ALLOCATOR_BOOKS = '''
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from field_deploy.memory import STATS_ENV, AllocatorReport
+assert not AllocatorReport(folder='').available       # opt-in: no folder, no thread
+os.environ[STATS_ENV] = sys.argv[2]
+report = AllocatorReport()
+def books():
+    report.write()
+    return json.loads(report.path.read_text())
+base = books()
+blocks = [bytes(200) for _ in range(100_000)]    # ~23 MB of small objects: pymalloc's
+grown = books()
+del blocks[1::1]                                 # all but one block: its arena stays
+one = books()
+pins = [bytes(200) for _ in range(100_000)][::400]  # one live block every ~400: arenas pinned
+pinned = books()
+print(json.dumps({'base': base, 'grown': grown, 'one': one, 'pinned': pinned,
+                  'name': report.path.name}))
+'''
+
+
+def test_allocator_books_tell_live_objects_from_pinned_arenas(tmp_path: Path) -> None:
+    """The soak places a step of anonymous memory by the allocators' own books: a backlog of
+    small messages freed but for a few blocks leaves pymalloc's arenas resident while its
+    blocks in use fall back. Checked in a fresh process through the file the nodes write."""
+    import json
+    import subprocess
+    import sys
+    src = str(Path(__file__).resolve().parents[1] / 'src')
+    out = subprocess.run([sys.executable, '-c', _ALLOCATOR_BOOKS, src, str(tmp_path)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    doc = json.loads(out)
+    base, grown, one, pinned = doc['base'], doc['grown'], doc['one'], doc['pinned']
+    assert doc['name'].endswith('.json') and (tmp_path / doc['name']).is_file(), doc
+    assert grown['py_used_mb'] - base['py_used_mb'] > 20, doc
+    assert one['py_used_mb'] - base['py_used_mb'] < 2, doc
+    assert pinned['py_used_mb'] - base['py_used_mb'] < 2, doc          # 250 blocks live...
+    assert pinned['py_arenas_mb'] - base['py_arenas_mb'] > 15, doc     # ...hold the arenas
+    assert all(k in base for k in ('c_used_mb', 'c_free_mb', 'c_heap_mb')), doc
