@@ -312,6 +312,7 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
               f'{sum(cpu) / max(len(cpu), 1):7.1f} '
               f'{len({s["procs"][name]["pid"] for s in samples if name in s["procs"]}) - 1:8d} '
               f'{max(s["procs"][name].get("copies", 1) for s in samples if name in s["procs"]):6d}')
+    settled_recorder(samples, warmup)
     allocator_drift(samples, warmup)
     thread_drift(samples, warmup)
     late = [s for s in samples if s['t'] >= warmup] or samples
@@ -325,6 +326,18 @@ def report(samples: list[dict], warmup: float, out: Path) -> None:
     print(f'host load average (1 min) during the run: mean {sum(loads) / len(loads):.1f}, '
           f'min {min(loads):.1f}, max {max(loads):.1f} ({os.cpu_count()} cores)')
     plot(samples, warmup, out)
+
+
+def settled_recorder(samples: list[dict], warmup: float) -> None:
+    """The recorder's RSS slope over the samples where its queue was empty, beside the slope of
+    all of them: a backlog is the bounded queue at work (up to ``queue_max_bytes``) and lifts the
+    RSS while it lasts; what stays once it has drained is what a shift accumulates."""
+    queue = {s['t']: s.get('recorder', {}).get('queue', float('nan')) for s in samples}
+    rss = series(samples, 'data_recorder', 'rss_mb', warmup)
+    settled = [(t, v) for t, v in rss if queue.get(t) == 0]
+    if len(settled) >= 3:
+        print(f'data_recorder with its queue empty ({len(settled)} of {len(rss)} samples): '
+              f'{settled[0][1]:.0f} -> {settled[-1][1]:.0f} MB, {slope_per_hour(settled):+.1f} MB/hour')
 
 
 ALLOCATOR_KEYS = ('py_used_mb', 'py_arenas_mb', 'c_used_mb', 'c_free_mb', 'c_heap_mb')
