@@ -322,6 +322,23 @@ def _lines(proc: subprocess.Popen, sink: list[str], event: dict[str, threading.E
                 ev.set()
 
 
+def pinned_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(subject's CPUs, generators' CPUs) for ``--pin``: the subject (and its writer process) on
+    the last CPU this bench may use, the generators on the others; (None, None) without it.
+    Why: on two cores the generators take about one, and unpinned every subject gets what the
+    scheduler leaves it - a different share per subject and load. Pinned, each gets one core."""
+    if not pin:
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit(f'--pin needs two CPUs, this process may use {cpus}')
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _on_cpus(cpus: set[int] | None):
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
 def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> dict:
     import psutil
 
@@ -331,9 +348,11 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
               '--generators', str(args.generators), '--multiplier', str(multiplier)]
     if args.best_effort:
         common.append('--best-effort')
+    subject_cpus, generator_cpus = pinned_cpus(args.pin)
     subj = subprocess.Popen([sys.executable, str(HERE), '--role', 'subject', '--subject',
                              subject_name, '--output', str(work), *common],
-                            stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'))
+                            stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'),
+                            preexec_fn=_on_cpus(subject_cpus))
     subj_lines: list[str] = []
     got_result = threading.Event()
     threading.Thread(target=_lines, args=(subj, subj_lines, {'RESULT': got_result}),
@@ -345,7 +364,8 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
         if args.publisher_profile == 'default':   # Fast DDS as shipped: no project profile
             env['FASTRTPS_DEFAULT_PROFILES_FILE'] = ''
         g = subprocess.Popen([sys.executable, str(HERE), '--role', 'generate', '--index', str(i),
-                              *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+                              *common], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                             preexec_fn=_on_cpus(generator_cpus))
         lines: list[str] = []
         s, e = threading.Event(), threading.Event()
         threading.Thread(target=_lines, args=(g, lines, {'START': s, 'END': e}), daemon=True).start()
@@ -491,6 +511,8 @@ def main() -> int:
     parser.add_argument('--publisher-profile', choices=('project', 'default'), default='project',
                         help="generators on config/fastdds.xml (project) or on Fast DDS's "
                              'defaults, as a third-party driver has them')
+    parser.add_argument('--pin', action='store_true',
+                        help='subject on one CPU, generators on the others (a fair share for each subject)')
     parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
     parser.add_argument('--workdir', default=None, help='where bags are written (default: /tmp)')
     parser.add_argument('--json', default='', help='also write all results to this file')
@@ -511,7 +533,9 @@ def main() -> int:
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
           f'processes; publishers on the '
-          f'{args.publisher_profile} Fast DDS profile', flush=True)
+          f'{args.publisher_profile} Fast DDS profile'
+          + ('; subject on CPU {}, generators on CPU {}'.format(*map(sorted, pinned_cpus(True)))
+             if args.pin else ''), flush=True)
     workdir = Path(args.workdir or tempfile.gettempdir())
     print(f'writing fresh pages into {workdir}: {write_speed(workdir):.0f} MB/s', flush=True)
     results = []
