@@ -122,9 +122,12 @@ def test_bringup_mission_restarts_and_sigterm_leave_readable_bags(stack) -> None
     # recorder goes on in <bag>_2 (a bag is never overwritten).
     time.sleep(1.5)                                      # past the 1 s flush: chunks on disk
     kill_and_see_it_back(up, operator, 'data_recorder')
+    # rebuilt by the restarted recorder's child process, while the new recording runs
+    assert wait_until(lambda: (bag_dir / 'metadata.yaml').is_file(), 60.0), up.log()[-3000:]
     cut = read_bag(bag_dir)                              # recovered: every reader opens it
     assert cut['/joint_states'] > 500, cut
-    assert 'recovered' in up.log() and f'recording into {bag_dir}_2' in up.log(), up.log()[-3000:]
+    assert wait_until(lambda: 'recovered' in up.log(), 10.0), up.log()[-3000:]   # the child's line
+    assert f'recording into {bag_dir}_2' in up.log(), up.log()[-3000:]
 
     result = operator.run_skill(MissionStep('reference_quadruped/lie_down'), timeout=60.0)
     assert result.outcome == 'done', result

@@ -27,7 +27,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from data_recorder.bag import metadata as md
 from data_recorder.bag import msgdefs
-from data_recorder.bag.recover import is_complete, recover, take_over_output
+from data_recorder.bag.recover import free_output, is_complete, recover, recover_cut_bags
 from data_recorder.bag.writer import BagWriter, header_stamp_ns
 from data_recorder.capture.accounting import TopicStats
 from data_recorder.capture.recorder import Recorder, RecorderConfig, _Command
@@ -513,11 +513,11 @@ def test_recover_errors_name_the_path(tmp_path: Path) -> None:
     assert not is_complete(Path(os.devnull))
 
 
-def test_take_over_output_recovers_a_cut_bag_and_picks_the_next_free_name(tmp_path: Path) -> None:
+def test_a_restarted_recorder_skips_every_taken_name_and_recovers_only_the_cut_bag(tmp_path: Path) -> None:
     """A recorder restarted after kill -9 with its old command line: the bag it was writing is
-    recovered in place, never overwritten, and the new recording goes next to it."""
+    recovered in place, never overwritten, and the new recording goes to the first free name."""
     bag = tmp_path / 'bag'
-    assert take_over_output(bag) == (bag, [])           # nothing there: the name itself
+    assert free_output(bag) == (bag, [])                # nothing there: the name itself
     writer = BagWriter(bag, chunk_size=2048)
     writer.add_topic('/js', 'sensor_msgs/msg/JointState')
     for i in range(200):
@@ -525,11 +525,47 @@ def test_take_over_output_recovers_a_cut_bag_and_picks_the_next_free_name(tmp_pa
     writer.flush()                                      # then "killed": no close, no metadata.yaml
     (tmp_path / 'bag_2').mkdir()                        # a clean earlier restart's bag...
     (tmp_path / 'bag_2' / 'metadata.yaml').write_text('x')
-    path, reports = take_over_output(bag)
-    assert path == tmp_path / 'bag_3'
-    assert [r.bag for r in reports] == [bag]            # ...is left alone; the cut one recovered
+    path, cut = free_output(bag)
+    assert path == tmp_path / 'bag_3' and cut == [bag]  # ...is left alone; the cut one listed
+    reports = recover_cut_bags(cut, log=lambda _line: None)
+    assert [r.bag for r in reports] == [bag]
     assert rosbags_counts(bag) == {'/js': reports[0].messages} and reports[0].messages > 0
+    assert (tmp_path / 'bag_2' / 'metadata.yaml').read_text() == 'x'
     assert not path.exists()                            # created by the writer, not here
+    writer.close()
+
+
+def test_a_restarted_recorder_finds_its_name_at_once_and_one_process_recovers_the_cut_bag(
+        tmp_path: Path) -> None:
+    """A restarted recorder records first (``free_output`` touches nothing) and leaves the cut
+    bag to a child: ``python -m data_recorder.bag.recover`` rebuilds it, while a second one
+    started beside it (a second restart) finds the lock taken and leaves the bag alone."""
+    import fcntl
+    import subprocess
+    import sys
+    bag = tmp_path / 'bag'
+    writer = BagWriter(bag, chunk_size=2048)
+    writer.add_topic('/js', 'sensor_msgs/msg/JointState')
+    for i in range(300):
+        writer.write('/js', joint_state(i), log_time=i)
+    writer.flush()                                      # "killed": no metadata.yaml
+    assert free_output(bag) == (tmp_path / 'bag_2', [bag])
+    assert not (bag / 'metadata.yaml').exists()         # nothing rebuilt by the look
+
+    lock = (tmp_path / '.bag.recovering').open('a')     # another recoverer holds the bag
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lines: list[str] = []
+    assert recover_cut_bags([bag], log=lines.append) == []
+    assert lines == [f'{bag}: being recovered by another process'] and not (bag / 'metadata.yaml').exists()
+    lock.close()
+
+    out = subprocess.run([sys.executable, '-m', 'data_recorder.bag.recover', str(bag)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert 'recovered' in out and f'{bag}:' in out, out
+    assert (bag / 'metadata.yaml').is_file() and not (tmp_path / '.bag.recovering').exists()
+    assert rosbags_counts(bag)['/js'] > 0
+    assert recover_cut_bags([bag], log=lines.append) == []     # no longer cut: left alone
+    assert free_output(bag) == (tmp_path / 'bag_2', [])
     writer.close()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -32,7 +33,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from data_recorder.bag.marks import MARK_RECORD, MarkLog
-from data_recorder.bag.recover import take_over_output
+from data_recorder.bag.recover import free_output
 from data_recorder.capture.accounting import summary_line, topic_line
 from data_recorder.capture.episodes import EPISODE_RECORD, EpisodeTracker, skill_of_topic
 from data_recorder.capture.recorder import Recorder, RecorderConfig
@@ -264,21 +265,32 @@ class DataRecorderNode(LifecycleNode):
         """The bag directory to create. ``if_output_exists``: ``fail`` (never overwrite, as
         ``ros2 bag record``) or ``next``: recover a bag there that a crash cut short and record
         into the first free ``<output>_2``, ``<output>_3``… - what a recorder restarted by the
-        lifecycle manager with its old command line needs."""
+        lifecycle manager with its old command line needs. The recording starts at once; the cut
+        bag is rebuilt by a child process meanwhile (:func:`recover_cut_bags`)."""
         output = self._param('output') or default_output()
         mode = self._param('if_output_exists')
         if mode not in ('fail', 'next'):
             raise ValueError(f'parameter if_output_exists: {mode!r} is not one of fail, next')
         if mode == 'fail':
             return output
-        path, recovered = take_over_output(output)
-        for report in recovered:
-            self.get_logger().warning(
-                f'{report.bag}: a recording cut short (no metadata.yaml): recovered '
-                f'{report.messages} messages in {len(report.files)} file(s)')
+        path, cut = free_output(output)
+        if cut:
+            self._recover_in_background(cut)
         if str(path) != output:
             self.get_logger().warning(f'{output} exists: recording into {path}')
         return str(path)
+
+    def _recover_in_background(self, bags: list[Path]) -> None:
+        """Rebuild ``bags`` in a niced child process of its own session (a kill of the
+        recorder's process group does not cut it short); its lines go to our output."""
+        import subprocess
+        import threading
+
+        proc = subprocess.Popen([sys.executable, '-m', 'data_recorder.bag.recover', *map(str, bags)],
+                                start_new_session=True)
+        self.get_logger().warning(f'{", ".join(map(str, bags))}: a recording cut short (no '
+                                  f'metadata.yaml): recovering in the background (pid {proc.pid})')
+        threading.Thread(target=proc.wait, name='recover-wait', daemon=True).start()
 
     def _config(self) -> RecorderConfig:
         return RecorderConfig(
