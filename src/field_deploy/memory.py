@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import sys
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -77,6 +79,17 @@ class _MallInfo2(ctypes.Structure):     # struct mallinfo2 (glibc >= 2.33), ever
     _fields_ = [(name, ctypes.c_size_t) for name in (
         'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks',
         'fordblks', 'keepcost')]
+
+
+def _glibc_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    """glibc's ``mallinfo2`` (every arena summed), None where it is missing: not glibc, or
+    older than 2.33 - where ``malloc_trim`` is not worth calling either."""
+    try:
+        mallinfo2 = ctypes.CDLL('libc.so.6').mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2
 
 
 TRIM_PERIOD_S = 30.0
@@ -138,14 +151,11 @@ class HeapTrimmer(_Chore):
         self.trims = 0
         self.released = 0
         """Bytes of resident memory the trims gave back (the process's RSS before and after)."""
-        try:
-            libc = ctypes.CDLL('libc.so.6')
-            self._mallinfo2 = libc.mallinfo2
-            self._mallinfo2.restype = _MallInfo2
-            self._trim = libc.malloc_trim
+        self._mallinfo2 = _glibc_mallinfo2()
+        self._trim = None
+        if self._mallinfo2 is not None:
+            self._trim = ctypes.CDLL('libc.so.6').malloc_trim
             self._trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):    # not glibc (or older than 2.33): nothing to do
-            self._mallinfo2 = self._trim = None
 
     @property
     def available(self) -> bool:
@@ -291,9 +301,8 @@ def allocator_figures() -> dict[str, float]:
     report = _pymalloc_stats()
     out = {'py_arenas_mb': _figure(report, 'bytes/arena') / 1e6,    # "4 arenas * 1048576 bytes/arena = …"
            'py_used_mb': _figure(report, '# bytes in allocated blocks') / 1e6}
-    with contextlib.suppress(OSError, AttributeError):
-        mallinfo2 = ctypes.CDLL('libc.so.6').mallinfo2
-        mallinfo2.restype = _MallInfo2
+    mallinfo2 = _glibc_mallinfo2()
+    if mallinfo2 is not None:
         info = mallinfo2()
         out.update(c_heap_mb=(info.arena + info.hblkhd) / 1e6, c_used_mb=(info.uordblks + info.hblkhd) / 1e6,
                    c_free_mb=info.fordblks / 1e6)
@@ -318,8 +327,6 @@ class AllocatorReport(_Chore):
         return self.path is not None
 
     def write(self) -> None:
-        import json
-
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix('.part')
