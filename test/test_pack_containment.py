@@ -4,7 +4,11 @@ process, everything checked from outside it:
 
 * the runtime process is alive;
 * the gate kept ≥ 90 % of its rate through the fault (publication sequence numbers of the gate's
-  writer over its own stamps: what it published, not what this process managed to receive);
+  writer over its own stamps: what it published, not what this process managed to receive) —
+  90 % of the rate it kept in the second before the fault, on the same host, capped at its
+  nominal 500 Hz: a CI host whose neighbours take the CPU (a clean run there once gave 442 Hz to
+  the chatty pack, which takes 484-498 Hz here beside two busy loops) slows the gate with or
+  without the pack, and the test is about the pack;
 * every command on ``joint_commands`` within the profile's position / velocity / effort limits;
 * exactly one writer on ``joint_commands`` (the graph), and no foreign-writer alarm;
 * the skill ended with the outcome and a reason that names what happened;
@@ -44,6 +48,7 @@ PACK = 'mallory_faults'
 LOWER, UPPER = PROFILE.array('lower'), PROFILE.array('upper')
 VEL, EFF = PROFILE.array('velocity'), PROFILE.array('effort')
 RATE_HZ = 500.0
+BASELINE_S = 1.0      # the gate's rate over this long before a fault is what the fault may not cut
 ENDED = ('done', 'failed', 'stopped', 'refused')
 
 # skill -> (outcomes, pattern the reason must match: it names what happened). A pack that is only
@@ -209,7 +214,10 @@ def test_pack_fault_is_contained(rig, skill: str) -> None:
     runtime, client, watch, node, _sim = rig
     outcomes, pattern = CASES[skill]
     path = f'/skills/{PACK}/{skill}'
+    time.sleep(BASELINE_S)   # the baseline is this case's host, not the previous case's aftermath
     t0 = time.monotonic()
+    before = gate_rate(watch.window(t0 - BASELINE_S, t0))
+    assert before >= 0.5 * RATE_HZ, f'the gate ran at {before:.0f} Hz before {skill} was started'
     with contextlib.suppress(TimeoutError):   # the status below says what became of it
         client.run(path)
     assert wait_until(lambda: watch.ended(skill, t0) is not None, 30), \
@@ -227,8 +235,9 @@ def test_pack_fault_is_contained(rig, skill: str) -> None:
     assert rows and rows[-1][0] >= t_end, 'joint_commands went quiet'
     rate = gate_rate(rows)
     print(f'{skill}: {status["outcome"]} ({status["reason"]}); gate {rate:.0f} Hz over '
-          f'{t_end - t0 + 0.5:.1f} s, {len(rows)} commands received')
-    assert rate >= 0.9 * RATE_HZ, f'gate at {rate:.0f} Hz during {skill}'
+          f'{t_end - t0 + 0.5:.1f} s ({before:.0f} Hz the second before), {len(rows)} commands received')
+    floor = 0.9 * min(before, RATE_HZ)
+    assert rate >= floor, f'gate at {rate:.0f} Hz during {skill}, {before:.0f} Hz the second before'
     q = np.array([r[4] for r in rows])
     dq = np.array([r[5] for r in rows])
     tau = np.array([r[6] for r in rows])
