@@ -83,15 +83,28 @@ def record_numbered(tmp: Path, writers: dict[str, list[str]], *, stall_s: float 
     assert all(r['unmatched_waits'] == 0 for r in reports.values()), reports
     found = numbers_in_bag(bag, TOPIC)
     published = sum(r['published'] for r in reports.values())
-    missing = sum(len(set(range(r['published'])) - found.get(w, set()))
+    # A reliable writer whose tail the recorder never acknowledged, though the writer lingered
+    # 30 s for it: the transport stopped delivering that writer's samples to the recorder after
+    # the stall (Fast DDS 2.14 after a stopped reader's shared-memory port was regenerated: about
+    # 1 run in 24 here, docs/data_recorder.md). What came after its last received sample is a
+    # hole no later number reveals - the documented limit; it is reported, and left out of the
+    # comparison. Every hole before that sample still counts.
+    unheard = {w: set(range(max(found.get(w, {-1}), default=-1) + 1, r['published']))
+               for w, r in reports.items() if not r['acked']}
+    missing = sum(len(set(range(r['published'])) - found.get(w, set()) - unheard.get(w, set()))
                   for w, r in reports.items())
+    if unheard:
+        print(f'writers whose tail was never acknowledged: '
+              f'{ {w: len(tail) for w, tail in unheard.items()} } samples left out')
     custom = md.load(bag)['custom_data']
     accounting = json.loads(custom['data_recorder.accounting'])[TOPIC]
     output = log.read_text(errors='replace')
     close = re.search(rf'{re.escape(str(bag))}: (\d+) messages received, (\d+) written.*?, '
                       r'(\d+) lost', output)
     assert close, output[-3000:]
-    return {'published': published, 'missing': missing, 'accounting': accounting, 'found': found,
+    return {'published': published - sum(map(len, unheard.values())), 'missing': missing,
+            'unheard': {w: len(tail) for w, tail in unheard.items()},
+            'accounting': accounting, 'found': found,
             'close_lost': int(close.group(3)), 'summary': custom['data_recorder.loss_summary'],
             'output': output, 'reports': reports}
 
@@ -116,7 +129,7 @@ def test_nothing_missing_reports_exactly_zero_periodic_and_aperiodic(tmp_path: P
         'aperiodic': ['--rate', '150', '--count', '450', '--aperiodic', '--seed', '3',
                       '--depth', '2000'],
     }, depth=2000)
-    assert fig['missing'] == 0, {**fig, 'output': fig['output'][-2000:]}
+    assert fig['missing'] == 0 and not fig['unheard'], {**fig, 'output': fig['output'][-2000:]}
     assert fig['accounting']['lost'] == 0 == fig['close_lost'], (
         json.dumps(fig['accounting'], sort_keys=True), fig['output'][-3000:])
     assert fig['accounting']['received'] == fig['published'] == 1650
@@ -187,7 +200,8 @@ def test_writers_taken_with_their_gid_are_each_counted_exactly(tmp_path: Path) -
     for w, report in fig['reports'].items():
         numbers = fig['found'][w]
         first = min(numbers)
-        expected.append((len(numbers), report['published'] - first - len(numbers)))
+        unheard = fig['unheard'].get(w, 0)
+        expected.append((len(numbers), report['published'] - unheard - first - len(numbers)))
     got = [(w['received'], w['lost']) for w in writers]
     assert sorted(got) == sorted(expected), (got, expected)
 

@@ -78,8 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     msg = JointState()
     if args.size > 0:
         msg.position = [0.0] * max(0, args.size // 8)
+    # acked: every reliable writer's last samples were acknowledged within --linger. False says
+    # the readers never confirmed the tail: samples after the last one a reader received may
+    # never have reached it, and no later number reveals them (a reader cannot count what it
+    # never heard of).
     report = {'writer': args.writer, 'topic': args.topic, 'published': 0, 'writers': 0,
-              'unmatched_waits': 0}
+              'unmatched_waits': 0, 'acked': True}
 
     def new_publisher():
         pub = node.create_publisher(JointState, args.topic, qos)
@@ -97,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pub
 
     def finish(pub) -> None:
-        if args.reliability == 'reliable':
-            pub.wait_for_all_acked(Duration(seconds=args.linger))
+        if args.reliability == 'reliable' and not pub.wait_for_all_acked(Duration(seconds=args.linger)):
+            report['acked'] = False
 
     pub = new_publisher()
     print(f'publishing {args.writer}', flush=True)
