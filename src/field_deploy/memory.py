@@ -132,15 +132,16 @@ class _Chore:
 class HeapTrimmer(_Chore):
     """Gives the heap's free pages back to the OS now and then (``malloc_trim(0)``).
 
-    Why: a reliable writer keeps every sample a dead or stalled reader has not acknowledged until
-    the reader leaves (its lease: 5 s, 20 s before 2026-12-02). Those are small blocks (a 500 Hz
-    JointState is ~1 kB), so they come from the heap, not from mmap, and when they are freed glibc
-    keeps the pages: measured in the one-hour soak of 2026-11-30 23:18, sim_robot's anonymous
-    memory went 53 -> 65 MB at skill_runtime's kill -9 and stayed. A step that stays reads as a
-    slope in a one-hour soak and as memory perception cannot have. ``malloc_trim(0)`` releases
-    every whole free page of every arena (madvise); it runs only when the arenas hold more than
-    :data:`TRIM_FREE_BYTES` free, every :data:`TRIM_PERIOD_S` at most, on a daemon thread (the
-    call drops the GIL: ctypes' CDLL)."""
+    Why: a reliable writer keeps every sample a dead or stalled reader has not acknowledged
+    until the reader leaves (its lease: 20 s). Those are small blocks (a 500 Hz JointState is
+    ~1 kB), so they come from the heap, not from mmap, and when they are freed glibc keeps the
+    pages: measured in the one-hour soak of 2026-11-30 23:18, sim_robot's anonymous memory went
+    53 -> 65 MB at skill_runtime's kill -9 and stayed. A step that stays reads as a slope in a
+    one-hour soak and as memory perception cannot have. ``malloc_trim(0)`` releases every whole
+    free page of every arena (madvise); it runs only when the arenas hold more than
+    :data:`TRIM_FREE_BYTES` free, every :data:`TRIM_PERIOD_S` at most, on a daemon thread
+    (the call drops the GIL: ctypes' CDLL).
+    """
 
     thread_name = 'heap-trim'
 

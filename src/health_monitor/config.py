@@ -80,10 +80,10 @@ class LifecycleConfig:
     imports take several seconds on a loaded 2-core robot computer)."""
     leave_timeout_s: float = 30.0
     """How long a replacement waits for the node it replaces to leave the graph. A process
-    killed (kill -9, OOM) stays on the graph until its DDS lease runs out (5 s in
-    ``config/fastdds.xml``; Fast DDS's default is 20 s), and until then every peer still sends
-    to its shared-memory ports; a new process that takes those ports meanwhile can be left deaf
-    (docs/skill_runtime.md, "Restart after a kill -9"). Past this bound the replacement starts anyway."""
+    killed (kill -9, OOM) stays on the graph until its DDS lease runs out (20 s in
+    ``config/fastdds.xml``), and until then every peer still sends to its shared-memory ports;
+    a new process that takes those ports meanwhile can be left deaf (docs/skill_runtime.md,
+    "Restart after a kill -9"). Past this bound the replacement starts anyway."""
 
 
 @dataclass(frozen=True)
