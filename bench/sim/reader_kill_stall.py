@@ -3,8 +3,8 @@
 sim_robot (the real executable, the project's Fast DDS profile) publishes; a ``field_deploy bag
 record -a`` records everything (the reader that gets killed); this process subscribes raw to the
 sim's 500 Hz ``joint_states`` and keeps each sample's header stamp (the sim's sample clock) and
-its receive time. The recorder is killed with -9 ``--kills`` times, and restarted after each
-kill once it has left the graph. Printed per kill: the longest gap in the stamps and in the
+its receive time. A recorder is started, killed with -9 after ``--settle`` s, and watched for
+12 s; then the next one, ``--kills`` times. Printed per kill: the longest gap in the stamps and in the
 arrivals over the 10 s after the kill against the 5 s before (a stalled writer shows in both:
 its timer skips samples), and the sim's own "behind" log lines.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from field_deploy.testing import NodeProcess, RawCollector, isolate_ros_env, wai
 isolate_ros_env()
 
 from field_deploy.rosenv import FASTDDS_PROFILES_ENV, clean_stale_shm  # noqa: E402
-from health_monitor.core import header_stamp_ns  # noqa: E402
+from sim_robot.streamcheck import cdr_header_stamp_ns  # noqa: E402
 
 
 def gaps_ms(rows: list[tuple[int, int]], t0: int, t1: int) -> tuple[float, float, float, int]:
@@ -98,8 +99,8 @@ def main() -> int:
                     if left is None and node.count_subscribers('/joint_states') < readers:
                         left = (time.time_ns() - t_kill) / 1e9
                     time.sleep(0.05)
-                with probe._lock:
-                    rows = [(recv, header_stamp_ns(data)) for recv, data in probe.messages['/joint_states']]
+                rows = [(recv, cdr_header_stamp_ns(data))
+                        for recv, data in list(probe.messages['/joint_states'])]
                 before = gaps_ms(rows, t_kill - 5_000_000_000, t_kill)
                 after = gaps_ms(rows, t_kill, t_kill + 10_000_000_000)
                 behind = sim.log().count('behind') - behind_before
@@ -110,7 +111,7 @@ def main() -> int:
                       f'sim "behind" lines {behind}; the dead reader left the graph after '
                       f'{"-" if left is None else f"{left:.1f}"} s  (load {os.getloadavg()[0]:.1f})',
                       flush=True)
-                shutil_rm(tmp / f'bag{kill}')
+                shutil.rmtree(tmp / f'bag{kill}', ignore_errors=True)
                 clean_stale_shm()
             tail = [line for line in sim.log().splitlines() if 'behind' in line][-3:]
             print('sim log:', *tail, sep='\n  ')
@@ -120,11 +121,6 @@ def main() -> int:
             spinner.stop()
             sim.stop()
     return 0
-
-
-def shutil_rm(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == '__main__':
