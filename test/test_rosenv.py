@@ -208,3 +208,30 @@ def test_a_writer_returns_the_history_a_stalled_reader_made_it_keep(ros: None) -
             proc.send_signal(signal.SIGCONT)
             proc.kill()
             proc.wait()
+
+
+def test_every_robot_writer_history_is_reserved_at_its_depth() -> None:
+    """The profile's ``allocated_samples`` must cover every keep-last depth a robot profile gives
+    a stream (Fast DDS reserves min(allocated_samples, depth)): a deeper stream added to a robot
+    would again grow its writer's bookkeeping one sample at a time while a reader lags, and leave
+    the sim's heap fragmented (config/fastdds.xml). And it may not exceed ``max_samples``
+    (Fast DDS's default 5000), or Fast DDS refuses the writer's QoS as inconsistent."""
+    import xml.etree.ElementTree as ElementTree
+
+    import yaml
+    ns = {'f': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
+    root = ElementTree.parse(config_dir() / 'fastdds.xml').getroot()
+    writer = root.find('f:profiles/f:data_writer[@is_default_profile="true"]', ns)
+    assert writer is not None, 'no default data_writer profile'
+    limits = writer.find('f:topic/f:resourceLimitsQos', ns)
+    assert limits is not None, 'the default writer profile sets no resourceLimitsQos'
+    allocated = int(limits.findtext('f:allocated_samples', '0', ns))
+    max_samples = int(limits.findtext('f:max_samples', '5000', ns))
+    depths = {}
+    for robot in sorted((config_dir() / 'robots').glob('*.yaml')):
+        for topic in yaml.safe_load(robot.read_text())['topics']:
+            depths[f'{robot.stem}:{topic["name"]}'] = int(topic.get('qos', {}).get('depth', 10))
+    assert len(depths) > 10, depths
+    deeper = {name: depth for name, depth in depths.items() if depth > allocated}
+    assert not deeper, f'config/fastdds.xml allocated_samples {allocated} < these depths: {deeper}'
+    assert allocated <= max_samples, (allocated, max_samples)
