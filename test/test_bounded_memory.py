@@ -185,6 +185,53 @@ def test_heap_pages_small_freed_samples_leave_go_back_to_the_os() -> None:
     assert mb['did'] and mb['freed'] - mb['trimmed'] > 60 and mb['released'] > 60, mb
 
 
+_IMAGE_COPIES = '''
+import collections, ctypes, json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from field_deploy import memory
+if sys.argv[2] == 'node':
+    assert memory.reuse_large_buffers()
+else:
+    assert ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)   # the policy until 2026-12-03
+source = ctypes.create_string_buffer(921_641)
+stream = collections.deque(maxlen=3)       # freed three images later: a recorder keeping up
+for _ in range(20):
+    stream.append(ctypes.string_at(source, 921_641))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):
+    stream.append(ctypes.string_at(source, 921_641))
+copied = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+stream.clear()
+backlog, kept = [], []
+for i in range(100):                                  # 92 MB behind, small objects between
+    backlog.append(ctypes.string_at(source, 921_641))
+    kept.append(bytes(range(200)) * 3)
+grown = memory.resident_bytes()
+del backlog                                           # drained; the small objects stay
+memory.HeapTrimmer().trim_if_worth_it()               # what the node's trimmer does next
+print(json.dumps({'faults': copied, 'grown': grown, 'trimmed': memory.resident_bytes()}))
+'''
+
+
+def test_images_reuse_the_heaps_pages_and_a_drained_backlog_goes_back() -> None:
+    """Every node's allocator policy (``field_deploy.memory.reuse_large_buffers``): a stream of
+    921 kB copies freed soon after reuses the heap's pages - no page fault per copy, where the
+    threshold fixed at 128 kB mapped each afresh (225 faults an image: a third of the recorder's
+    CPU at 2x the reference load) - and a drained backlog of images goes back to the OS at the
+    heap trimmer's next check. Page faults and the kernel's RSS, counted in fresh processes."""
+    import json
+    import subprocess
+    import sys
+    src = str(Path(__file__).resolve().parents[1] / 'src')
+    got = {mode: json.loads(subprocess.run(
+        [sys.executable, '-c', _IMAGE_COPIES, src, mode], check=True, capture_output=True,
+        text=True, timeout=60).stdout) for mode in ('node', 'fixed')}
+    assert got['fixed']['faults'] > 200 * 200, got          # the old policy: every page, again
+    assert got['node']['faults'] < 200 * 10, got            # reused: next to none
+    node = got['node']
+    assert node['grown'] - node['trimmed'] > 80 * 2**20, got
+
+
 _PEER_SEGMENT = '''
 import json, mmap, os, sys
 sys.path.insert(0, sys.argv[1])

@@ -231,6 +231,8 @@ def subject(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.subject in ('recorder', 'recorder-wp'):
         from data_recorder.node import DataRecorderNode
+        from field_deploy.memory import NodeProcess
+        NodeProcess()       # the allocator settings and chores of the node in the field
         from data_recorder.parameters import parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
@@ -551,3 +553,4 @@ def main() -> int:
 
 if __name__ == '__main__':
     sys.exit(main())
+

@@ -4,20 +4,30 @@
 
 Like a recorder that fell behind: 300 images of 921 kB queued between small messages (30 a
 frame), a few small objects kept for good, the queue drained; five times. Prints the RSS after
-each drain with glibc's default (its mmap threshold rises to the largest block freed, so later
-images come from the heap, which cannot shrink below the small objects kept) and with
-:func:`field_deploy.memory.return_large_buffers` (threshold fixed at 128 kB), which every node
-calls. Measured 2026-11-30 (load 17-27), three runs alike: default 15, 292, 293, 291, 290 MB;
-fixed 16, 17, 17, 17, 17 MB. The default's figure depends on where the small objects land (a
-variant with 100 images kept ~105 MB in some runs, ~15 MB in others).
+each drain, and the CPU per MB of making the images (a copy into new memory, as a take does):
+
+* ``default``: glibc's own (its mmap threshold rises to the largest block freed, so later images
+  come from the heap, which cannot shrink below the small objects kept);
+* ``fixed``: the threshold fixed at 128 kB (every node from 2026-11-30 to 2026-12-03): every
+  image a fresh mapping, faulted in page by page;
+* ``node``: :func:`field_deploy.memory.reuse_large_buffers` and one
+  :meth:`~field_deploy.memory.HeapTrimmer.trim_if_worth_it` after each drain, as every node now
+  does (the trimmer runs every 30 s).
+
+Measured 2026-11-30 (load 17-27), three runs alike: default 15, 292, 293, 291, 290 MB; fixed
+16, 17, 17, 17, 17 MB. The default's figure depends on where the small objects land (a variant
+with 100 images kept ~105 MB in some runs, ~15 MB in others). 2026-12-03: see
+docs/data_recorder.md, "The field's allocator".
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +37,16 @@ def rss_mb() -> float:
     return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1e6
 
 
-def backlog(fixed: bool, images: int = 300, cycles: int = 5) -> list[float]:
-    if fixed:
-        sys.path.insert(0, str(ROOT / 'src'))
-        from field_deploy.memory import return_large_buffers
-        assert return_large_buffers()
+def backlog(mode: str, images: int = 300, cycles: int = 5) -> tuple[list[float], float]:
+    """RSS after each drain (MB); then the CPU per MB (ms) of copying images into new blocks in
+    a steady stream (each freed three images later, as a recorder that keeps up frees them)."""
+    sys.path.insert(0, str(ROOT / 'src'))
+    from field_deploy import memory
+    trimmer = memory.HeapTrimmer()
+    if mode == 'fixed':
+        assert ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)      # M_MMAP_THRESHOLD
+    elif mode == 'node':
+        assert memory.reuse_large_buffers()
     keep, out = [], []
     for _ in range(cycles):
         q: collections.deque[bytes] = collections.deque()
@@ -41,16 +56,25 @@ def backlog(fixed: bool, images: int = 300, cycles: int = 5) -> list[float]:
                 keep.append(os.urandom(400))
         while q:
             q.popleft()
+        if mode == 'node':
+            trimmer.trim_if_worth_it()
         out.append(rss_mb())
-    return out
+    source = ctypes.create_string_buffer(os.urandom(921_641))
+    stream: collections.deque[bytes] = collections.deque(maxlen=3)
+    copies = 2000
+    start = time.process_time()
+    for _ in range(copies):
+        stream.append(ctypes.string_at(source, 921_641))       # the take's copy
+    return out, (time.process_time() - start) * 1e3 / (copies * 0.921641)
 
 
 def main() -> None:
     if len(sys.argv) > 1:
-        print(' '.join(f'{v:.0f}' for v in backlog(sys.argv[1] == 'fixed')))
+        rss, ms_per_mb = backlog(sys.argv[1])
+        print(' '.join(f'{v:.0f}' for v in rss) + f'   copies {ms_per_mb:.2f} ms CPU per MB')
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
-    for mode in ('default', 'fixed'):
+    for mode in ('default', 'fixed', 'node'):
         figures = subprocess.run([sys.executable, __file__, mode], env=env, check=True,
                                  capture_output=True, text=True).stdout.strip()
         print(f'{mode:8} RSS after each drain (MB): {figures}   (load {os.getloadavg()[0]:.1f})')

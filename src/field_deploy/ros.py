@@ -121,11 +121,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    memory.return_large_buffers()  # a backlog's images go back to the OS once drained (issue 19)
-    trimmer = memory.HeapTrimmer().start()  # and the heap pages small samples leave free
-    prefaulter = memory.SegmentPrefaulter().start()  # peers' segments counted in full: RSS level
-    memory.arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set
-    allocators = memory.AllocatorReport().start()  # off unless FIELD_DEPLOY_MEMSTATS is set
+    process = memory.NodeProcess()
     spinner = Spinner(nodes, executor=executor)
     try:
         spinner.spin_until(stop)
@@ -136,9 +132,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
         finally:
             if on_shutdown is not None:
                 on_shutdown()
-        trimmer.stop()
-        prefaulter.stop()
-        allocators.stop()
+        process.stop()
         spinner.executor.shutdown()
         for node in nodes:
             node.destroy_node()
