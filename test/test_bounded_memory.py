@@ -189,10 +189,10 @@ _IMAGE_COPIES = '''
 import collections, ctypes, json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from field_deploy import memory
-if sys.argv[2] == 'node':
+if sys.argv[2] == 'reuse':
     assert memory.reuse_large_buffers()
 else:
-    assert ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)   # the policy until 2026-12-03
+    assert memory.return_large_buffers()                   # the default
 source = ctypes.create_string_buffer(921_641)
 stream = collections.deque(maxlen=3)       # freed three images later: a recorder keeping up
 for _ in range(20):
@@ -214,22 +214,22 @@ print(json.dumps({'faults': copied, 'grown': grown, 'trimmed': memory.resident_b
 
 
 def test_images_reuse_the_heaps_pages_and_a_drained_backlog_goes_back() -> None:
-    """Every node's allocator policy (``field_deploy.memory.reuse_large_buffers``): a stream of
-    921 kB copies freed soon after reuses the heap's pages - no page fault per copy, where the
-    threshold fixed at 128 kB mapped each afresh (225 faults an image: a third of the recorder's
-    CPU at 2x the reference load) - and a drained backlog of images goes back to the OS at the
-    heap trimmer's next check. Page faults and the kernel's RSS, counted in fresh processes."""
+    """The two allocator policies of ``field_deploy.memory``: with ``reuse_large_buffers``
+    (opt-in) a stream of 921 kB copies freed soon after reuses the heap's pages - no page fault
+    per copy - and a drained backlog of images still goes back to the OS; the default, the
+    threshold fixed at 128 kB, maps each copy afresh (225 faults an image: a third of the
+    recorder's CPU at 2x the reference load). Page faults and the kernel's RSS, counted in fresh processes."""
     import json
     import subprocess
     import sys
     src = str(Path(__file__).resolve().parents[1] / 'src')
     got = {mode: json.loads(subprocess.run(
         [sys.executable, '-c', _IMAGE_COPIES, src, mode], check=True, capture_output=True,
-        text=True, timeout=60).stdout) for mode in ('node', 'fixed')}
+        text=True, timeout=60).stdout) for mode in ('reuse', 'fixed')}
     assert got['fixed']['faults'] > 200 * 200, got          # the old policy: every page, again
-    assert got['node']['faults'] < 200 * 10, got            # reused: next to none
-    node = got['node']
-    assert node['grown'] - node['trimmed'] > 80 * 2**20, got
+    assert got['reuse']['faults'] < 200 * 10, got            # reused: next to none
+    reuse = got['reuse']
+    assert reuse['grown'] - reuse['trimmed'] > 80 * 2**20, got
 
 
 _PEER_SEGMENT = '''
@@ -318,3 +318,12 @@ def test_allocator_books_tell_live_objects_from_pinned_arenas(tmp_path: Path) ->
     assert pinned['py_used_mb'] - base['py_used_mb'] < 2, doc          # 250 blocks live...
     assert pinned['py_arenas_mb'] - base['py_arenas_mb'] > 15, doc     # ...hold the arenas
     assert all(k in base for k in ('c_used_mb', 'c_free_mb', 'c_heap_mb')), doc
+
+
+def test_an_unknown_allocator_policy_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FIELD_DEPLOY_ALLOCATOR`` takes ``fixed`` or ``reuse``; anything else stops the node's
+    start with the variable and the value named, before a chore thread starts."""
+    from field_deploy import memory
+    monkeypatch.setenv(memory.ALLOCATOR_ENV, 'jemalloc')
+    with pytest.raises(ValueError, match="FIELD_DEPLOY_ALLOCATOR='jemalloc'"):
+        memory.ProcessMemory()

@@ -158,9 +158,9 @@ def _locked_by(pid: int) -> set[str]:
 
 _IMAGE_WRITER = '''
 from field_deploy.ros import init; import rclpy, time, sys
-from field_deploy.memory import NodeProcess
+from field_deploy.memory import ProcessMemory
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-NodeProcess()     # as every node (run_nodes): freed frames go back to the OS within a trim period
+ProcessMemory()     # as every node (run_nodes): freed frames go back to the OS
 from sensor_msgs.msg import Image
 init([]); n = rclpy.create_node(sys.argv[1])
 qos = QoSProfile(depth=90, reliability=ReliabilityPolicy.RELIABLE)

@@ -231,8 +231,8 @@ def subject(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.subject in ('recorder', 'recorder-wp'):
         from data_recorder.node import DataRecorderNode
-        from field_deploy.memory import NodeProcess
-        NodeProcess()       # the allocator settings and chores of the node in the field
+        from field_deploy.memory import ProcessMemory
+        ProcessMemory()     # the allocator settings and chores of the node in the field
         from data_recorder.parameters import parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
@@ -515,6 +515,9 @@ def main() -> int:
                              'defaults, as a third-party driver has them')
     parser.add_argument('--pin', action='store_true',
                         help='subject on one CPU, generators on the others (a fair share for each subject)')
+    parser.add_argument('--allocator', choices=('fixed', 'reuse'), default='fixed',
+                        help="the recorder's allocator policy (FIELD_DEPLOY_ALLOCATOR, "
+                             'field_deploy.memory): fixed, the default of every node, or reuse')
     parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
     parser.add_argument('--workdir', default=None, help='where bags are written (default: /tmp)')
     parser.add_argument('--json', default='', help='also write all results to this file')
@@ -531,11 +534,12 @@ def main() -> int:
     if args.role == 'subject':
         return subject(args)
     isolate_ros_env()
+    os.environ['FIELD_DEPLOY_ALLOCATOR'] = args.allocator    # the subject's (ProcessMemory)
     print(f'machine: {os.cpu_count()} cores, {sys.platform}; duration {args.duration:g} s; '
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
           f'processes; publishers on the '
-          f'{args.publisher_profile} Fast DDS profile'
+          f'{args.publisher_profile} Fast DDS profile; recorder allocator {args.allocator}'
           + ('; subject on CPU {}, generators on CPU {}'.format(*map(sorted, pinned_cpus(True)))
              if args.pin else ''), flush=True)
     workdir = Path(args.workdir or tempfile.gettempdir())

@@ -8,11 +8,12 @@ each drain, and the CPU per MB of making the images (a copy into new memory, as 
 
 * ``default``: glibc's own (its mmap threshold rises to the largest block freed, so later images
   come from the heap, which cannot shrink below the small objects kept);
-* ``fixed``: the threshold fixed at 128 kB (every node from 2026-11-30 to 2026-12-03): every
-  image a fresh mapping, faulted in page by page;
-* ``node``: :func:`field_deploy.memory.reuse_large_buffers` and one
-  :meth:`~field_deploy.memory.HeapTrimmer.trim_if_worth_it` after each drain, as every node now
-  does (the trimmer runs every 30 s).
+* ``fixed``: the threshold fixed at 128 kB (every node's default,
+  :func:`field_deploy.memory.return_large_buffers`): every image a fresh mapping, faulted in
+  page by page;
+* ``reuse``: :func:`field_deploy.memory.reuse_large_buffers` (``FIELD_DEPLOY_ALLOCATOR=reuse``) and one
+  :meth:`~field_deploy.memory.HeapTrimmer.trim_if_worth_it` after each drain, as its trimmer
+  does (every 30 s).
 
 Measured 2026-11-30 (load 17-27), three runs alike: default 15, 292, 293, 291, 290 MB; fixed
 16, 17, 17, 17, 17 MB. The default's figure depends on where the small objects land (a variant
@@ -44,8 +45,8 @@ def backlog(mode: str, images: int = 300, cycles: int = 5) -> tuple[list[float],
     from field_deploy import memory
     trimmer = memory.HeapTrimmer()
     if mode == 'fixed':
-        assert ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)      # M_MMAP_THRESHOLD
-    elif mode == 'node':
+        assert memory.return_large_buffers()
+    elif mode == 'reuse':
         assert memory.reuse_large_buffers()
     keep, out = [], []
     for _ in range(cycles):
@@ -56,7 +57,7 @@ def backlog(mode: str, images: int = 300, cycles: int = 5) -> tuple[list[float],
                 keep.append(os.urandom(400))
         while q:
             q.popleft()
-        if mode == 'node':
+        if mode == 'reuse':
             trimmer.trim_if_worth_it()
         out.append(rss_mb())
     source = ctypes.create_string_buffer(os.urandom(921_641))
@@ -74,7 +75,7 @@ def main() -> None:
         print(' '.join(f'{v:.0f}' for v in rss) + f'   copies {ms_per_mb:.2f} ms CPU per MB')
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
-    for mode in ('default', 'fixed', 'node'):
+    for mode in ('default', 'fixed', 'reuse'):
         figures = subprocess.run([sys.executable, __file__, mode], env=env, check=True,
                                  capture_output=True, text=True).stdout.strip()
         print(f'{mode:8} RSS after each drain (MB): {figures}   (load {os.getloadavg()[0]:.1f})')

@@ -1,21 +1,27 @@
 """Memory of a long-running node process (issue 19): freed buffers go back, growth can be traced.
 
-:func:`reuse_large_buffers` (every node, from :class:`NodeProcess`): a camera image (921 kB)
-and every copy of it (Fast DDS's payload, the rmw's CDR buffer, a take's ``bytes``) is a large
-block; each comes from the heap and reuses the pages the previous one left, and the
-:class:`HeapTrimmer` gives free pages back on its clock. glibc's own choices both fail a
-recorder: by default its mmap threshold rises to the largest block freed (so images come from
-the heap) but its trim threshold rises with it and the heap's top is given back and faulted in
-again as images come and go, and a backlog's high-water mark stays (``bench/soak/malloc_backlog.py``:
-292 MB after a drained backlog of 300 images); with the threshold fixed at 128 kB (what every
-node did from 2026-11-30 to 2026-12-03, for that backlog) every large block is a fresh mapping
-whose pages the kernel zeroes on first touch: profiled at 2x the reference load (``perf``,
-2026-12-03), page faults were 35 % of the recorder's CPU and it lost 41 % where the same code
-with glibc's default lost nothing (docs/data_recorder.md, "The field's allocator").
+:func:`return_large_buffers` (every node by default, from :class:`ProcessMemory`): glibc raises
+its mmap threshold to the size of the largest mmapped block freed so far (up to 32 MiB), so after
+the first camera image (921 kB) is freed every later image comes from the heap; with small
+long-lived objects allocated between them the heap cannot shrink, and a backlog (a recorder
+behind, a reliable writer's history) leaves its high-water mark in the RSS for good. Measured
+by ``bench/soak/malloc_backlog.py`` (300 images behind, drained, 5 times): 292 MB kept with
+glibc's default, 17 MB with the threshold fixed at 128 kB. Cost: every large block (Fast DDS's
+payload of an image, the rmw's CDR buffer, a take's ``bytes``) is a fresh mapping whose pages
+the kernel zeroes on first touch - profiled at 2x the reference load (``perf``, 2026-12-03),
+35 % of the recorder's CPU, and it lost 41 % in two runs of six (docs/data_recorder.md, "The
+field's allocator").
 
-:class:`HeapTrimmer` (every node, from :func:`field_deploy.ros.run_nodes`): the heap's free pages
-go back to the OS every 30 s when more than 4 MiB are free (a dead reader's unacknowledged small
-samples, freed when its lease ends).
+:func:`reuse_large_buffers` (opt-in, ``FIELD_DEPLOY_ALLOCATOR=reuse`` in a node's environment):
+images from the heap, reusing the pages the previous ones left (page faults 1 % of the
+recorder's CPU; 2x without loss); a drained backlog goes back by glibc's trim threshold
+(:data:`TRIM_THRESHOLD`: a heap's top beyond it) and the :class:`HeapTrimmer`. Not the default:
+in the one-hour soak of 2026-12-03 the recorder's memory moved with the free heap pages its
+arenas keep (81-111 MB anonymous, +12.9 MB/h by the fit, over the 5 MB/h of issue 19).
+
+:class:`HeapTrimmer` (every node, from :class:`ProcessMemory`): the heap's free pages go back to
+the OS every 30 s when more than 4 MiB are free (a dead reader's unacknowledged small samples,
+freed when its lease ends; a drained backlog's images).
 
 :func:`arm`, opt-in tracing, is off by default. With ``FIELD_DEPLOY_MEMTRACE=<folder>`` in a
 node's environment it starts :mod:`tracemalloc` (``FIELD_DEPLOY_MEMTRACE_FRAMES`` frames a
@@ -55,19 +61,40 @@ from typing import Self
 
 ENV = 'FIELD_DEPLOY_MEMTRACE'
 STATS_ENV = 'FIELD_DEPLOY_MEMSTATS'
-MMAP_THRESHOLD = 32 * 2**20
-"""Blocks from this size up are mapped on their own (glibc's ceiling): every image is below."""
+MMAP_THRESHOLD = 128 * 1024
+"""glibc's initial threshold: blocks from this size up are mmapped and unmapped when freed."""
+REUSE_MMAP_THRESHOLD = 32 * 2**20
+"""With :func:`reuse_large_buffers`: only blocks this large are mapped (glibc's ceiling)."""
 TRIM_THRESHOLD = 8 * 2**20
-"""free() gives a heap's top back past this: room for a few images to come and go without page
-faults. The bound of what a thread's arena keeps: ``malloc_trim`` (:class:`HeapTrimmer`) gives
-back the free pages inside every arena but the top of the main one only."""
+"""With :func:`reuse_large_buffers`, free() gives a heap's top back past this: room for a few
+images to come and go without page faults. The bound of what a thread's arena keeps:
+``malloc_trim`` (:class:`HeapTrimmer`) gives back the free pages inside every arena but the top
+of the main one only."""
 _M_TRIM_THRESHOLD = -1   # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
 
+ALLOCATOR_ENV = 'FIELD_DEPLOY_ALLOCATOR'
+"""``fixed`` (the default: :func:`return_large_buffers`) or ``reuse`` (:func:`reuse_large_buffers`)."""
+
+
+def return_large_buffers() -> bool:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (no dynamic raise); False elsewhere.
+
+    An operator's own ``MALLOC_MMAP_THRESHOLD_`` wins (glibc read it at start-up already).
+    """
+    if 'MALLOC_MMAP_THRESHOLD_' in os.environ:
+        return False
+    try:
+        return bool(ctypes.CDLL('libc.so.6').mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):       # not glibc: nothing to fix
+        return False
+
+
 def reuse_large_buffers() -> bool:
-    """Large blocks from the heap, never handed back by free() itself (see the module
-    docstring); the :class:`HeapTrimmer` must run beside. False where it is not glibc.
+    """Large blocks from the heap, a heap's top handed back by free() only past
+    :data:`TRIM_THRESHOLD` (see the module docstring); the :class:`HeapTrimmer` runs beside.
+    Returns False where it is not glibc.
 
     An operator's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` win (glibc read
     them at start-up already).
@@ -76,7 +103,7 @@ def reuse_large_buffers() -> bool:
         return False
     try:
         libc = ctypes.CDLL('libc.so.6')
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, REUSE_MMAP_THRESHOLD) and
                     libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):       # not glibc: nothing to set
         return False
@@ -150,7 +177,7 @@ class HeapTrimmer(_Chore):
     ~1 kB), so they come from the heap, not from mmap, and when they are freed glibc keeps the
     pages: measured in the one-hour soak of 2026-11-30 23:18, sim_robot's anonymous memory went
     53 -> 65 MB at skill_runtime's kill -9 and stayed. A step that stays reads as a slope in a
-    one-hour soak and as memory perception cannot have. Since :func:`reuse_large_buffers` the
+    one-hour soak and as memory perception cannot have. With :func:`reuse_large_buffers` the
     images come from the heap too: a drained backlog's go back here, within a period.
     ``malloc_trim(0)`` releases every whole
     free page of every arena (madvise); it runs only when the arenas hold more than
@@ -370,16 +397,23 @@ def arm() -> bool:
     return True
 
 
-class NodeProcess:
+class ProcessMemory:
     """A node process's memory set-up, in one place: what :func:`field_deploy.ros.run_nodes`
     does for every node, and what a bench does for the node it measures - so a bench's figures
     are the field's (the recorder bench ran without it until 2026-12-03).
 
-    Starting: :func:`reuse_large_buffers`, :class:`HeapTrimmer`, :class:`SegmentPrefaulter`,
-    :func:`arm` and :class:`AllocatorReport`; :meth:`stop` stops the chores."""
+    Starting: the allocator policy (:data:`ALLOCATOR_ENV`), :class:`HeapTrimmer`,
+    :class:`SegmentPrefaulter`, :func:`arm` and :class:`AllocatorReport`; :meth:`stop` stops the
+    chores. Raises ValueError naming the variable when the policy is not one it knows."""
 
     def __init__(self) -> None:
-        reuse_large_buffers()  # images reuse the heap's pages, no fault per copy (issue 14)
+        policy = os.environ.get(ALLOCATOR_ENV, 'fixed')
+        if policy not in ('fixed', 'reuse'):
+            raise ValueError(f'{ALLOCATOR_ENV}={policy!r}: expected "fixed" or "reuse"')
+        self.policy = policy
+        # fixed: a backlog's images go back to the OS once drained (issue 19); reuse: images
+        # reuse the heap's pages, no fault per copy (issue 14)
+        (return_large_buffers if policy == 'fixed' else reuse_large_buffers)()
         self.trimmer = HeapTrimmer().start()  # free pages go back: a backlog's, a dead reader's
         self.prefaulter = SegmentPrefaulter().start()  # peers' segments counted in full
         arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set

@@ -121,7 +121,7 @@ def run_nodes(nodes: Sequence[Node], *, executor: Executor | None = None,
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    process = memory.NodeProcess()
+    process = memory.ProcessMemory()
     spinner = Spinner(nodes, executor=executor)
     try:
         spinner.spin_until(stop)
