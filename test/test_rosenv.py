@@ -77,7 +77,12 @@ def test_a_killed_ros_process_leaves_a_segment_that_is_cleaned(ros: None) -> Non
     assert ours, "the keeper node's participant holds its segment's lock"
     assert clean_stale_shm() > 0
     left = set(os.listdir(SHM_DIR))
-    assert not theirs & left, theirs & left
+    # Gone: all of it, but a port a live writer of ours found dead and put back as its own
+    # segment, with no lock file (Fast DDS does; seen in a CI run of 2026-12-03: the keeper's
+    # publisher re-created 'fastrtps_port15163' after the clean) - the clean must leave that one.
+    leftover = theirs & left
+    assert all(n.startswith('fastrtps_port') and not n.endswith('_el') and f'{n}_el' not in left
+               for n in leftover), leftover
     assert ours <= left, f'live segments of this process were removed: {sorted(ours - left)}'
     keeper.destroy_node()
 
