@@ -209,8 +209,7 @@ def test_a_writer_returns_the_history_a_stalled_reader_made_it_keep(ros: None) -
             f'the writer never held the frames: {before:.0f} -> {_rss_mb(writer.pid):.0f} MB'
         held = _rss_mb(writer.pid)
         reader.send_signal(signal.SIGCONT)             # acknowledges again: the history drains
-        # back within the heap trimmer's period (field_deploy.memory.TRIM_PERIOD_S: 30 s)
-        assert wait_until(lambda: _rss_mb(writer.pid) < before + 20, timeout=45), \
+        assert wait_until(lambda: _rss_mb(writer.pid) < before + 20, timeout=20), \
             f'the writer kept the frames: {before:.0f} -> {held:.0f} -> {_rss_mb(writer.pid):.0f} MB'
     finally:
         for proc in procs:

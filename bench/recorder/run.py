@@ -35,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[2] / 'src'))
 
+from field_deploy.memory import ALLOCATOR_ENV, ALLOCATOR_POLICIES  # noqa: E402
 from field_deploy.testing import isolate_ros_env  # noqa: E402
 
 #: (topic, type, rate_hz)
@@ -515,7 +516,7 @@ def main() -> int:
                              'defaults, as a third-party driver has them')
     parser.add_argument('--pin', action='store_true',
                         help='subject on one CPU, generators on the others (a fair share for each subject)')
-    parser.add_argument('--allocator', choices=('fixed', 'reuse'), default='fixed',
+    parser.add_argument('--allocator', choices=ALLOCATOR_POLICIES, default=ALLOCATOR_POLICIES[0],
                         help="the recorder's allocator policy (FIELD_DEPLOY_ALLOCATOR, "
                              'field_deploy.memory): fixed, the default of every node, or reuse')
     parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
@@ -534,7 +535,7 @@ def main() -> int:
     if args.role == 'subject':
         return subject(args)
     isolate_ros_env()
-    os.environ['FIELD_DEPLOY_ALLOCATOR'] = args.allocator    # the subject's (ProcessMemory)
+    os.environ[ALLOCATOR_ENV] = args.allocator    # the subject's (ProcessMemory)
     print(f'machine: {os.cpu_count()} cores, {sys.platform}; duration {args.duration:g} s; '
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
@@ -557,4 +558,3 @@ def main() -> int:
 
 if __name__ == '__main__':
     sys.exit(main())
-

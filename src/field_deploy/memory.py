@@ -76,6 +76,8 @@ _M_MMAP_THRESHOLD = -3
 
 ALLOCATOR_ENV = 'FIELD_DEPLOY_ALLOCATOR'
 """``fixed`` (the default: :func:`return_large_buffers`) or ``reuse`` (:func:`reuse_large_buffers`)."""
+ALLOCATOR_POLICIES = ('fixed', 'reuse')
+"""What :data:`ALLOCATOR_ENV` may say, the default first."""
 
 
 def return_large_buffers() -> bool:
@@ -179,10 +181,9 @@ class HeapTrimmer(_Chore):
     53 -> 65 MB at skill_runtime's kill -9 and stayed. A step that stays reads as a slope in a
     one-hour soak and as memory perception cannot have. With :func:`reuse_large_buffers` the
     images come from the heap too: a drained backlog's go back here, within a period.
-    ``malloc_trim(0)`` releases every whole
-    free page of every arena (madvise); it runs only when the arenas hold more than
-    :data:`TRIM_FREE_BYTES` free, every :data:`TRIM_PERIOD_S` at most, on a daemon thread
-    (the call drops the GIL: ctypes' CDLL).
+    ``malloc_trim(0)`` releases every whole free page of every arena (madvise); it runs only
+    when the arenas hold more than :data:`TRIM_FREE_BYTES` free, every :data:`TRIM_PERIOD_S` at
+    most, on a daemon thread (the call drops the GIL: ctypes' CDLL).
     """
 
     thread_name = 'heap-trim'
@@ -407,10 +408,9 @@ class ProcessMemory:
     chores. Raises ValueError naming the variable when the policy is not one it knows."""
 
     def __init__(self) -> None:
-        policy = os.environ.get(ALLOCATOR_ENV, 'fixed')
-        if policy not in ('fixed', 'reuse'):
+        policy = os.environ.get(ALLOCATOR_ENV, ALLOCATOR_POLICIES[0])
+        if policy not in ALLOCATOR_POLICIES:
             raise ValueError(f'{ALLOCATOR_ENV}={policy!r}: expected "fixed" or "reuse"')
-        self.policy = policy
         # fixed: a backlog's images go back to the OS once drained (issue 19); reuse: images
         # reuse the heap's pages, no fault per copy (issue 14)
         (return_large_buffers if policy == 'fixed' else reuse_large_buffers)()
