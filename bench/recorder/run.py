@@ -35,7 +35,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[2] / 'src'))
 
-from field_deploy.memory import ALLOCATOR_ENV, ALLOCATOR_POLICIES  # noqa: E402
+from data_recorder.parameters import ALLOCATOR as RECORDER_ALLOCATOR  # noqa: E402
+from field_deploy.memory import ALLOCATOR_POLICIES  # noqa: E402
 from field_deploy.testing import isolate_ros_env  # noqa: E402
 
 #: (topic, type, rate_hz)
@@ -222,7 +223,8 @@ def subject(args: argparse.Namespace) -> int:
 
     from field_deploy.ros import Spinner, init, message_class
 
-    init([])
+    recorder = args.subject in ('recorder', 'recorder-wp')
+    init([], allocator=args.allocator if recorder else None)   # the no-op: glibc's own, as before
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -230,10 +232,10 @@ def subject(args: argparse.Namespace) -> int:
     counts = {t: 0 for t, _, _ in STREAMS}
     result: dict = {}
     out = Path(args.output)
-    if args.subject in ('recorder', 'recorder-wp'):
+    if recorder:
         from data_recorder.node import DataRecorderNode
         from field_deploy.memory import ProcessMemory
-        ProcessMemory()     # the allocator settings and chores of the node in the field
+        ProcessMemory()     # the chores of the node in the field (its allocator: set by init)
         from data_recorder.parameters import parameter_overrides
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
@@ -353,7 +355,8 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
         common.append('--best-effort')
     subject_cpus, generator_cpus = pinned_cpus(args.pin)
     subj = subprocess.Popen([sys.executable, str(HERE), '--role', 'subject', '--subject',
-                             subject_name, '--output', str(work), *common],
+                             subject_name, '--output', str(work), '--allocator', args.allocator,
+                             *common],
                             stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'),
                             preexec_fn=_on_cpus(subject_cpus))
     subj_lines: list[str] = []
@@ -516,9 +519,9 @@ def main() -> int:
                              'defaults, as a third-party driver has them')
     parser.add_argument('--pin', action='store_true',
                         help='subject on one CPU, generators on the others (a fair share for each subject)')
-    parser.add_argument('--allocator', choices=ALLOCATOR_POLICIES, default=ALLOCATOR_POLICIES[0],
+    parser.add_argument('--allocator', choices=ALLOCATOR_POLICIES, default=RECORDER_ALLOCATOR,
                         help="the recorder's allocator policy (FIELD_DEPLOY_ALLOCATOR, "
-                             'field_deploy.memory): fixed, the default of every node, or reuse')
+                             f'field_deploy.memory; default: the recorder\'s own, {RECORDER_ALLOCATOR})')
     parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
     parser.add_argument('--workdir', default=None, help='where bags are written (default: /tmp)')
     parser.add_argument('--json', default='', help='also write all results to this file')
@@ -535,7 +538,6 @@ def main() -> int:
     if args.role == 'subject':
         return subject(args)
     isolate_ros_env()
-    os.environ[ALLOCATOR_ENV] = args.allocator    # the subject's (ProcessMemory)
     print(f'machine: {os.cpu_count()} cores, {sys.platform}; duration {args.duration:g} s; '
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '

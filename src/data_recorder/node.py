@@ -40,7 +40,7 @@ from data_recorder.capture.recorder import Recorder, RecorderConfig
 from data_recorder.capture.selection import Selection, load_qos_overrides, unique
 from data_recorder.capture.subscriptions import Capture
 from data_recorder.capture.taker import INTERVAL as TAKE_INTERVAL
-from data_recorder.parameters import PARAMETERS, STRING_ARRAYS, default_output
+from data_recorder.parameters import ALLOCATOR, PARAMETERS, STRING_ARRAYS, default_output
 from field_deploy.ros import init, run_nodes
 
 NODE_NAME = 'data_recorder'
@@ -492,7 +492,8 @@ class DataRecorderNode(LifecycleNode):
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    init(sys.argv if args is None else list(args), small_segment=True)   # it publishes diagnostics
+    init(sys.argv if args is None else list(args), small_segment=True,   # it publishes diagnostics
+         allocator=ALLOCATOR)
     node = DataRecorderNode()
     if node.recorder is None and node._param('autostart'):
         node.get_logger().error(f'not recording: {node.last_error}')

@@ -11,6 +11,13 @@ from typing import Any
 
 from rclpy.parameter import Parameter
 
+ALLOCATOR = 'reuse'
+"""The recorder process's allocator policy (:func:`field_deploy.memory.set_allocator`; the
+environment's ``FIELD_DEPLOY_ALLOCATOR`` wins): every image it takes reuses the heap's pages.
+With every node's ``fixed`` a page fault per 4 KiB of each image was a third of its CPU at 2x
+the reference load, and 2x lost 44-60 % on this host (docs/data_recorder.md, "The field's
+allocator")."""
+
 #: parameter name → default (the CLI flags map onto the same names).
 STRING_ARRAYS = ('topics', 'throttle', 'per_writer_topics')
 PARAMETERS: dict[str, Any] = {

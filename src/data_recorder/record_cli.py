@@ -111,10 +111,10 @@ def run_record(args: argparse.Namespace) -> int:
     values = parameters(args)
     from data_recorder.capture.accounting import COUNTERS, summary_line
     from data_recorder.node import DataRecorderNode
-    from data_recorder.parameters import parameter_overrides
+    from data_recorder.parameters import ALLOCATOR, parameter_overrides
     from field_deploy.ros import init, run_nodes
 
-    init([])
+    init([], allocator=ALLOCATOR)
     node = DataRecorderNode(parameter_overrides=parameter_overrides(values))
     if node.recorder is None:
         error = node.last_error or 'the recorder did not start'

@@ -12,12 +12,15 @@ the kernel zeroes on first touch - profiled at 2x the reference load (``perf``, 
 35 % of the recorder's CPU, and it lost 41 % in two runs of six (docs/data_recorder.md, "The
 field's allocator").
 
-:func:`reuse_large_buffers` (opt-in, ``FIELD_DEPLOY_ALLOCATOR=reuse`` in a node's environment):
-images from the heap, reusing the pages the previous ones left (page faults 1 % of the
-recorder's CPU; 2x without loss); a drained backlog goes back by glibc's trim threshold
-(:data:`TRIM_THRESHOLD`: a heap's top beyond it) and the :class:`HeapTrimmer`. Not the default:
-in the one-hour soak of 2026-12-03 the recorder's memory moved with the free heap pages its
-arenas keep (81-111 MB anonymous, +12.9 MB/h by the fit, over the 5 MB/h of issue 19).
+:func:`reuse_large_buffers` (the recorder's policy, ``reuse``; any node's with
+``FIELD_DEPLOY_ALLOCATOR=reuse`` in its environment): images from the heap, reusing the pages the
+previous ones left (page faults 1 % of the recorder's CPU; 2x without loss), and one arena for
+every thread: ``malloc_trim`` (:class:`HeapTrimmer`) gives back the free pages inside every arena
+but the top of the main one only, so with glibc's arena per thread the recorder's memory moved with
+the free tops its threads' arenas kept (one-hour soak of 2026-12-03 08:16: 81-111 MB anonymous,
++12.9 MB/h by the fit). A drained backlog goes back by glibc's trim threshold
+(:data:`TRIM_THRESHOLD`) and the trimmer. :func:`set_allocator` applies a policy before the
+process starts its threads (:func:`field_deploy.ros.init`).
 
 :class:`HeapTrimmer` (every node, from :class:`ProcessMemory`): the heap's free pages go back to
 the OS every 30 s when more than 4 MiB are free (a dead reader's unacknowledged small samples,
@@ -72,12 +75,32 @@ images to come and go without page faults. The bound of what a thread's arena ke
 of the main one only."""
 _M_TRIM_THRESHOLD = -1   # mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 ALLOCATOR_ENV = 'FIELD_DEPLOY_ALLOCATOR'
-"""``fixed`` (the default: :func:`return_large_buffers`) or ``reuse`` (:func:`reuse_large_buffers`)."""
+"""A node's allocator policy, over the node's own default: ``fixed`` (:func:`return_large_buffers`,
+every node's but the recorder's) or ``reuse`` (:func:`reuse_large_buffers`, the recorder's)."""
 ALLOCATOR_POLICIES = ('fixed', 'reuse')
 """What :data:`ALLOCATOR_ENV` may say, the default first."""
+_applied: list[str] = []
+
+
+def set_allocator(default: str = ALLOCATOR_POLICIES[0]) -> str:
+    """Apply :data:`ALLOCATOR_ENV`'s policy, else ``default``; once per process (later calls
+    return the policy applied). Call it before the process starts threads (``reuse`` gives every
+    later thread the main arena). Raises ValueError naming the variable for a policy it does not
+    know."""
+    if _applied:
+        return _applied[0]
+    policy = os.environ.get(ALLOCATOR_ENV, default)
+    if policy not in ALLOCATOR_POLICIES:
+        raise ValueError(f'{ALLOCATOR_ENV}={policy!r}: expected one of {", ".join(ALLOCATOR_POLICIES)}')
+    # fixed: a backlog's images go back to the OS once drained (issue 19); reuse: images reuse
+    # the heap's pages, no fault per copy (issue 14)
+    (return_large_buffers if policy == 'fixed' else reuse_large_buffers)()
+    _applied.append(policy)
+    return policy
 
 
 def return_large_buffers() -> bool:
@@ -95,16 +118,18 @@ def return_large_buffers() -> bool:
 
 def reuse_large_buffers() -> bool:
     """Large blocks from the heap, a heap's top handed back by free() only past
-    :data:`TRIM_THRESHOLD` (see the module docstring); the :class:`HeapTrimmer` runs beside.
-    Returns False where it is not glibc.
+    :data:`TRIM_THRESHOLD`, one arena for all threads (see the module docstring); the
+    :class:`HeapTrimmer` runs beside. Returns False where it is not glibc.
 
     An operator's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` win (glibc read
-    them at start-up already).
+    them at start-up already), and so does ``MALLOC_ARENA_MAX``.
     """
     if {'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'} & set(os.environ):
         return False
     try:
         libc = ctypes.CDLL('libc.so.6')
+        if 'MALLOC_ARENA_MAX' not in os.environ and not libc.mallopt(_M_ARENA_MAX, 1):
+            return False
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, REUSE_MMAP_THRESHOLD) and
                     libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):       # not glibc: nothing to set
@@ -403,17 +428,13 @@ class ProcessMemory:
     does for every node, and what a bench does for the node it measures - so a bench's figures
     are the field's (the recorder bench ran without it until 2026-12-03).
 
-    Starting: the allocator policy (:data:`ALLOCATOR_ENV`), :class:`HeapTrimmer`,
-    :class:`SegmentPrefaulter`, :func:`arm` and :class:`AllocatorReport`; :meth:`stop` stops the
-    chores. Raises ValueError naming the variable when the policy is not one it knows."""
+    Starting: the allocator policy (:func:`set_allocator`, unless the process set one at its
+    start: ``default`` then does not count), :class:`HeapTrimmer`, :class:`SegmentPrefaulter`,
+    :func:`arm` and :class:`AllocatorReport`; :meth:`stop` stops the chores. Raises ValueError
+    naming the variable when the policy is not one it knows."""
 
-    def __init__(self) -> None:
-        policy = os.environ.get(ALLOCATOR_ENV, ALLOCATOR_POLICIES[0])
-        if policy not in ALLOCATOR_POLICIES:
-            raise ValueError(f'{ALLOCATOR_ENV}={policy!r}: expected "fixed" or "reuse"')
-        # fixed: a backlog's images go back to the OS once drained (issue 19); reuse: images
-        # reuse the heap's pages, no fault per copy (issue 14)
-        (return_large_buffers if policy == 'fixed' else reuse_large_buffers)()
+    def __init__(self, default: str = ALLOCATOR_POLICIES[0]) -> None:
+        set_allocator(default)
         self.trimmer = HeapTrimmer().start()  # free pages go back: a backlog's, a dead reader's
         self.prefaulter = SegmentPrefaulter().start()  # peers' segments counted in full
         arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set

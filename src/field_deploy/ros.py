@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -41,14 +42,20 @@ def set_stamp(stamp, ns: int) -> None:
     stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
 
 
-def init(args: Sequence[str] | None = None, small_segment: bool = False) -> list[str]:
+def init(args: Sequence[str] | None = None, small_segment: bool = False,
+         allocator: str | None = None) -> list[str]:
     """``rclpy.init`` without rclpy's signal handlers; returns the non-ROS arguments.
 
     rclpy's own SIGINT/SIGTERM handlers shut the context down at once, so a node could not
     publish its safe command or close its bag on the way out: :func:`run_nodes` handles the
     signals itself and tears down in order. ``small_segment``: this process publishes no large
-    messages (:func:`field_deploy.rosenv.use_project_fastdds_profile`).
+    messages (:func:`field_deploy.rosenv.use_project_fastdds_profile`). ``allocator``: the
+    process's allocator policy, unless ``FIELD_DEPLOY_ALLOCATOR`` says otherwise
+    (:func:`field_deploy.memory.set_allocator`), set here, before DDS starts its threads; None
+    and no such variable: glibc's own until :func:`run_nodes` sets every node's default.
     """
+    if allocator is not None or memory.ALLOCATOR_ENV in os.environ:
+        memory.set_allocator(allocator or memory.ALLOCATOR_POLICIES[0])
     use_project_fastdds_profile(small_segment=small_segment)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return rclpy.utilities.remove_ros_args(args)
