@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from skill_runtime.api import (
 )
 from skill_runtime.gate import MODE_ESTOP, MODE_RUN, SafetyGate, SkillRun
 from skill_runtime.loader import api_compatible, check_pack, discover, import_skills
+from skill_runtime.loop import can_realtime, set_thread_realtime
 from skill_runtime.manifest import PackError, read_manifest, verify_digests, write_digests
 from skill_runtime.proxy import FD_SETSIZE, WorkerProcess, WorkerSpec, tick_workers, wait_replies
 from skill_runtime.supervisor import Supervisor
@@ -225,6 +228,41 @@ def supervisor() -> Iterator[Supervisor]:
     sup = Supervisor(lambda key, level, text: None)
     yield sup
     sup.stop()
+
+
+_POLICY_OF_A_CHILD = [sys.executable, '-c', 'import os; print(os.sched_getscheduler(0))']
+
+
+@pytest.mark.skipif(not can_realtime(), reason='needs SCHED_FIFO (root or an rtprio limit)')
+def test_a_realtime_supervisor_stays_realtime_and_starts_its_children_normal() -> None:
+    """The runtime is SCHED_FIFO; its supervisor thread must be too (a normal thread holding the
+    GIL, preempted on a loaded host, stalled the control thread for up to 84 ms), yet the
+    interpreters it starts must not run realtime, not even their start-up: SCHED_RESET_ON_FORK.
+    The control: a plain SCHED_FIFO thread's child is SCHED_FIFO."""
+    def fifo(fn):
+        out: list = []
+
+        def body() -> None:
+            set_thread_realtime(5)
+            out.append(fn())
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join(30)
+        return out[0]
+
+    def child_policy() -> int:
+        return int(subprocess.run(_POLICY_OF_A_CHILD, capture_output=True, text=True, check=True,
+                                  timeout=20).stdout)
+    assert fifo(child_policy) == os.SCHED_FIFO                  # what a plain fork does
+
+    sup = fifo(lambda: Supervisor(lambda key, level, text: None))
+    try:
+        assert wait_until(lambda: sup.scheduling, 5)
+        assert sup.scheduling == 'SCHED_FIFO 5, children SCHED_OTHER', sup.scheduling
+        assert os.sched_getscheduler(sup._thread.native_id) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+        assert sup.call(child_policy, 30) == os.SCHED_OTHER
+    finally:
+        sup.stop()
 
 
 def make_run(sup: Supervisor, tmp: Path, skill: str, params: dict | None = None,

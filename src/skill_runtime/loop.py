@@ -30,6 +30,20 @@ def set_thread_realtime(priority: int) -> str:
         return f'not realtime ({exc})'
 
 
+def set_process_realtime(priority: int) -> str:
+    """SCHED_FIFO ``priority`` for every thread the process has now - the calling one, and the
+    native threads libraries started at import (OpenBLAS's server, LTTng's listeners) - so that
+    every thread started later inherits it. Returns what was set or why not."""
+    done = set_thread_realtime(priority)
+    if done.startswith('SCHED_FIFO'):
+        for task in os.listdir('/proc/self/task'):
+            try:
+                os.sched_setscheduler(int(task), os.SCHED_FIFO, os.sched_param(priority))
+            except OSError:      # ended meanwhile
+                continue
+    return done
+
+
 def can_realtime() -> bool:
     """Whether this process may set SCHED_FIFO (root / CAP_SYS_NICE, or an rtprio limit)."""
     import resource

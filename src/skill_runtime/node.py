@@ -52,7 +52,7 @@ from skill_runtime.api import RobotState
 from skill_runtime.discovery import ChildDiscovery, ChildError
 from skill_runtime.gate import MODE_ESTOP, SafetyGate, SkillRun
 from skill_runtime.loader import DEFAULT_ALLOW, PackRecord, discover
-from skill_runtime.loop import ControlLoop, set_thread_realtime
+from skill_runtime.loop import ControlLoop, set_process_realtime
 from skill_runtime.manifest import SkillSpec
 from skill_runtime.pool import PoolSettings, WorkerPool, auto_nice
 from skill_runtime.proxy import ANSWER_TIMEOUT_S, WorkerError, WorkerProcess, tick_workers
@@ -482,12 +482,13 @@ class SkillRuntimeNode(SafetyServices, LifecycleNode):
 def main(args: list[str] | None = None) -> None:
     # E-stop, stop and the robot state arrive through DDS threads and the executor: under host
     # load, normal-priority threads (one of them holding the GIL the control thread needs) are
-    # what delay them. Threads inherit the policy of their creator, so setting it here, before
-    # rclpy and DDS start their threads, makes the whole runtime process SCHED_FIFO; the control
-    # thread then raises itself above it (rt_priority). --ros-args -p executor_rt_priority:=0
-    # (or no CAP_SYS_NICE) keeps normal scheduling.
+    # what delay them. Threads inherit the policy of their creator, so setting it here (on the
+    # threads libraries started at import too), before rclpy and DDS start theirs, makes the whole
+    # runtime process SCHED_FIFO; the control thread then raises itself above it (rt_priority),
+    # the supervisor's children start normal (supervisor.py). --ros-args -p
+    # executor_rt_priority:=0 (or no CAP_SYS_NICE) keeps normal scheduling.
     prio = _process_rt_priority(args)
-    sched = set_thread_realtime(prio) if prio > 0 else 'off'
+    sched = set_process_realtime(prio) if prio > 0 else 'off'
     init(args, small_segment=True)   # joint commands, status: small messages
     node = SkillRuntimeNode()
     node.get_logger().info(f'process scheduling: {sched}')

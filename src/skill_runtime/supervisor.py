@@ -4,6 +4,14 @@ The kernel ties ``PR_SET_PDEATHSIG`` to the *thread* that spawned a child, so th
 as long as the runtime: every worker is started from this thread. It also reads the workers'
 control lines (replies, log lines), reaps every worker that ends (woken by its pidfd, then
 ``waitpid``: no zombies) and checks the caps (log file size, stop grace). No rclpy here.
+
+Its scheduling: the runtime's (SCHED_FIFO where permitted) with ``SCHED_RESET_ON_FORK``, so the
+interpreters it starts run SCHED_OTHER from their first instruction. Until 2026-12-03 it dropped
+itself to SCHED_OTHER for that, and was then the one normal-priority thread of a realtime
+process: on a loaded host the kernel preempted it while it held the GIL (a chatty pack's log
+lines wake it 50 times a second) and the control thread waited for the GIL behind it - up to
+84 ms, the gate at 366-442 Hz of 500 during ``chatty_thread`` (test_pack_containment; 498-499 Hz
+with this).
 """
 
 from __future__ import annotations
@@ -20,6 +28,22 @@ from typing import Any
 from skill_runtime.proxy import CHECK_INTERVAL_S, WorkerError, WorkerProcess, WorkerSpec
 
 
+def children_start_normal() -> str:
+    """Keep the calling thread's realtime policy, and have the processes it forks start
+    SCHED_OTHER (``SCHED_RESET_ON_FORK``); returns the thread's scheduling, said for the log."""
+    policy = os.sched_getscheduler(0)
+    if policy not in (os.SCHED_FIFO, os.SCHED_RR):
+        return 'SCHED_OTHER'            # children inherit normal scheduling anyway
+    priority = os.sched_getparam(0).sched_priority
+    name = 'SCHED_FIFO' if policy == os.SCHED_FIFO else 'SCHED_RR'
+    try:
+        os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except OSError as exc:      # cannot happen to a thread already realtime; never fork realtime
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        return f'SCHED_OTHER ({name} with SCHED_RESET_ON_FORK refused: {exc.strerror})'
+    return f'{name} {priority}, children SCHED_OTHER'
+
+
 class Supervisor:
     """The runtime's one thread for spawning, reading, reaping and policing its workers."""
 
@@ -33,12 +57,14 @@ class Supervisor:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self.workers: set[WorkerProcess] = set()
         self._stop = threading.Event()
+        self.scheduling = ''
+        """The thread's scheduling once started (:func:`children_start_normal`)."""
         self._thread = threading.Thread(target=self._run, name='skill-workers', daemon=True)
         self._thread.start()
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Run ``fn`` in the supervisor thread (children it starts get this thread's normal
-        scheduling, and their death signal follows this long-lived thread); its result."""
+        """Run ``fn`` in the supervisor thread (children it starts run SCHED_OTHER, and their
+        death signal follows this long-lived thread); its result."""
         box: list[Any] = [threading.Event(), None]
         self._calls.put((fn, box))
         with contextlib.suppress(BlockingIOError):
@@ -62,9 +88,8 @@ class Supervisor:
         return worker
 
     def _run(self) -> None:
-        # Spawned workers inherit this thread's policy: normal scheduling, whatever the runtime runs at.
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        self.scheduling = children_start_normal()
+        self._log('supervisor', 'info', f'worker supervisor thread: {self.scheduling}')
         last_check = 0.0
         while not self._stop.is_set():
             try:
