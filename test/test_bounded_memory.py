@@ -214,11 +214,11 @@ print(json.dumps({'faults': copied, 'grown': grown, 'trimmed': memory.resident_b
 
 
 def test_images_reuse_the_heaps_pages_and_a_drained_backlog_goes_back() -> None:
-    """The two allocator policies of ``field_deploy.memory``: with ``reuse_large_buffers``
-    (opt-in) a stream of 921 kB copies freed soon after reuses the heap's pages - no page fault
-    per copy - and a drained backlog of images still goes back to the OS; the default, the
-    threshold fixed at 128 kB, maps each copy afresh (225 faults an image: a third of the
-    recorder's CPU at 2x the reference load). Page faults and the kernel's RSS, counted in fresh processes."""
+    """The two allocator policies of ``field_deploy.memory``: with ``reuse_large_buffers`` (the
+    recorder's) a stream of 921 kB copies freed soon after reuses the heap's pages - no page
+    fault per copy - and a drained backlog of images still goes back to the OS; ``fixed`` (every
+    other node's: the threshold fixed at 128 kB) maps each copy afresh (225 faults an image: a
+    third of the recorder's CPU at 2x the reference load). Counted in fresh processes."""
     import json
     import subprocess
     import sys

@@ -91,11 +91,11 @@ def set_allocator(default: str = ALLOCATOR_POLICIES[0]) -> str:
     return the policy applied). Call it before the process starts threads (``reuse`` gives every
     later thread the main arena). Raises ValueError naming the variable for a policy it does not
     know."""
-    if _applied:
-        return _applied[0]
     policy = os.environ.get(ALLOCATOR_ENV, default)
     if policy not in ALLOCATOR_POLICIES:
         raise ValueError(f'{ALLOCATOR_ENV}={policy!r}: expected one of {", ".join(ALLOCATOR_POLICIES)}')
+    if _applied:
+        return _applied[0]
     # fixed: a backlog's images go back to the OS once drained (issue 19); reuse: images reuse
     # the heap's pages, no fault per copy (issue 14)
     (return_large_buffers if policy == 'fixed' else reuse_large_buffers)()
