@@ -33,7 +33,10 @@ def set_thread_realtime(priority: int) -> str:
 def set_process_realtime(priority: int) -> str:
     """SCHED_FIFO ``priority`` for every thread the process has now - the calling one, and the
     native threads libraries started at import (OpenBLAS's server, LTTng's listeners) - so that
-    every thread started later inherits it. Returns what was set or why not."""
+    every thread started later inherits it and none at normal priority is left in the process.
+    (OpenBLAS's thread would spin realtime after a threaded BLAS call; the runtime makes none:
+    its arrays are a robot's joints, far below OpenBLAS's threading sizes; pack code runs in
+    the workers.) Returns what was set or why not."""
     done = set_thread_realtime(priority)
     if done.startswith('SCHED_FIFO'):
         for task in os.listdir('/proc/self/task'):
