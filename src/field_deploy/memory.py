@@ -428,13 +428,14 @@ class ProcessMemory:
     does for every node, and what a bench does for the node it measures - so a bench's figures
     are the field's (the recorder bench ran without it until 2026-12-03).
 
-    Starting: the allocator policy (:func:`set_allocator`, unless the process set one at its
-    start: ``default`` then does not count), :class:`HeapTrimmer`, :class:`SegmentPrefaulter`,
-    :func:`arm` and :class:`AllocatorReport`; :meth:`stop` stops the chores. Raises ValueError
-    naming the variable when the policy is not one it knows."""
+    Starting: the allocator policy (:func:`set_allocator`: ``fixed`` unless the process set one
+    at its start, as the recorder does through :func:`field_deploy.ros.init`),
+    :class:`HeapTrimmer`, :class:`SegmentPrefaulter`, :func:`arm` and :class:`AllocatorReport`;
+    :meth:`stop` stops the chores. Raises ValueError naming the variable when the policy is not
+    one it knows."""
 
-    def __init__(self, default: str = ALLOCATOR_POLICIES[0]) -> None:
-        set_allocator(default)
+    def __init__(self) -> None:
+        set_allocator()
         self.trimmer = HeapTrimmer().start()  # free pages go back: a backlog's, a dead reader's
         self.prefaulter = SegmentPrefaulter().start()  # peers' segments counted in full
         arm()  # tracemalloc snapshots on SIGUSR2, off unless FIELD_DEPLOY_MEMTRACE is set
