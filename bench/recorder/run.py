@@ -39,6 +39,15 @@ from data_recorder.parameters import ALLOCATOR as RECORDER_ALLOCATOR  # noqa: E4
 from field_deploy.memory import ALLOCATOR_POLICIES  # noqa: E402
 from field_deploy.testing import isolate_ros_env  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent))
+from warm_pages import WarmPages, on_tmpfs  # noqa: E402
+
+#: Bytes a second the reference load writes into a bag at 1x (measured: 83 MB/s of MiB), with the
+#: records' framing: what the warm pages are sized from.
+BAG_BYTES_PER_S = 90e6
+#: Subjects that write a bag.
+WRITERS = ('recorder', 'recorder-wp', 'naive')
+
 #: (topic, type, rate_hz)
 STREAMS: list[tuple[str, str, float]] = [
     ('/joint_states', 'sensor_msgs/msg/JointState', 1000.0),
@@ -258,7 +267,7 @@ def subject(args: argparse.Namespace) -> int:
                                            accounting.get(t, {}).get('writers', [])), default=0)
                                    for t in counts}
         result['loss_sources'] = {k: sum(int(a.get(k, 0)) for a in accounting.values())
-                                  for k in ('lost_sequence', 'lost_queue', 'lost_tail',
+                                  for k in ('lost_sequence', 'lost_start', 'lost_queue', 'lost_tail',
                                             'silent_tail', 'not_written', 'lost_gaps')}
     else:
         node = rclpy.create_node(f'bench_{args.subject.replace("-", "_")}')
@@ -344,6 +353,16 @@ def _on_cpus(cpus: set[int] | None):
     return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
+def _resident(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (the writer process); 0 once gone."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
 def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> dict:
     import psutil
 
@@ -354,11 +373,17 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     if args.best_effort:
         common.append('--best-effort')
     subject_cpus, generator_cpus = pinned_cpus(args.pin)
+    warm = None
+    if args.warm_pages and subject_name in WRITERS:
+        warm = WarmPages(Path(args.workdir), int(BAG_BYTES_PER_S * multiplier
+                                                 * (args.duration + 15)))
     subj = subprocess.Popen([sys.executable, str(HERE), '--role', 'subject', '--subject',
                              subject_name, '--output', str(work), '--allocator', args.allocator,
                              *common],
                             stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'),
                             preexec_fn=_on_cpus(subject_cpus))
+    if warm is not None:
+        warm.follow(work, lambda: _resident(subj.pid))
     subj_lines: list[str] = []
     got_result = threading.Event()
     threading.Thread(target=_lines, args=(subj, subj_lines, {'RESULT': got_result}),
@@ -440,6 +465,10 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
         result['counts'] = {t: sum(b - a + 1 for a, b in ranges) for t, ranges in found.items()}
         result['missing_ranges'] = {t: _holes(found.get(t, []), n) for t, n in published.items()}
     shutil.rmtree(work, ignore_errors=True)
+    if warm is not None:
+        warm.close()
+        result['warm_pages'] = {'mb': warm.size >> 20, 'requested_mb': warm.requested >> 20,
+                                'written_mb_s': round(warm.speed)}
     return {'subject': subject_name, 'multiplier': multiplier, 'published': published,
             'load_average': os.getloadavg()[0],
             'achieved_rate': achieved, 'wall': wall, 'cpu': (cpu + child_cpu) / wall,
@@ -463,6 +492,10 @@ def report(run: dict, duration: float, verbose: bool) -> None:
             f"CPU {100 * run['cpu']:5.1f} % of a core{cpu_split} (generators "
             f"{100 * run['gen_cpu']:5.1f} %){per_mb}  "
             f"peak RSS {run['peak_rss_mb']:6.1f} MB  (load average {run['load_average']:.1f})")
+    if 'warm_pages' in run:
+        warm = run['warm_pages']
+        line += (f"\n    warm pages: {warm['mb']} MB held for the bag (of {warm['requested_mb']} "
+                 f"wanted), written first at {warm['written_mb_s']} MB/s")
     if 'reported_lost' in run:
         line += (f"\n    missing from the bag (numbers published - numbers read back by mcap): "
                  f"{lost}; the recorder reports lost {sum(run['reported_lost'].values())} "
@@ -522,6 +555,10 @@ def main() -> int:
     parser.add_argument('--allocator', choices=ALLOCATOR_POLICIES, default=RECORDER_ALLOCATOR,
                         help="the recorder's allocator policy (FIELD_DEPLOY_ALLOCATOR, "
                              f'field_deploy.memory; default: the recorder\'s own, {RECORDER_ALLOCATOR})')
+    parser.add_argument('--cold-pages', dest='warm_pages', action='store_false', default=None,
+                        help='no warm pages for the bag (default on tmpfs: a ballast file holds '
+                             'pages the bag then takes, see warm_pages.py; this measures the '
+                             "host's own page supply too)")
     parser.add_argument('--verbose', action='store_true', help='per-topic lines for every run')
     parser.add_argument('--workdir', default=None, help='where bags are written (default: /tmp)')
     parser.add_argument('--json', default='', help='also write all results to this file')
@@ -547,6 +584,11 @@ def main() -> int:
              if args.pin else ''), flush=True)
     workdir = Path(args.workdir or tempfile.gettempdir())
     print(f'writing fresh pages into {workdir}: {write_speed(workdir):.0f} MB/s', flush=True)
+    args.workdir = str(workdir)
+    if args.warm_pages is None:
+        args.warm_pages = on_tmpfs(workdir)
+    print(f'warm pages for the bags: {"on (a ballast file, tmpfs)" if args.warm_pages else "off"}',
+          flush=True)
     results = []
     for multiplier in args.multipliers:
         for name in args.subjects:
