@@ -111,7 +111,7 @@ def record_numbered(tmp: Path, writers: dict[str, list[str]], *, stall_s: float 
 
 def assert_loss_matches(fig: dict) -> None:
     acc, missing = fig['accounting'], fig['missing']
-    detail = {k: acc[k] for k in ('received', 'written', 'lost', 'lost_sequence', 'lost_queue',
+    detail = {k: acc[k] for k in ('received', 'written', 'lost', 'lost_sequence', 'lost_start', 'lost_queue',
                                   'lost_tail', 'lost_gaps', 'not_written')}
     detail.update(published=fig['published'], missing=missing, writers=acc['writers'])
     assert fig['close_lost'] == acc['lost'], (fig['summary'], fig['output'][-2000:])

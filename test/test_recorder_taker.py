@@ -21,11 +21,14 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import JointState
 
 from data_recorder.capture.accounting import TopicStats
-from data_recorder.capture.subscriptions import sequenced_callback
+from data_recorder.capture.subscriptions import sequenced_callback, writer_drain
 from data_recorder.capture.taker import BATCH, Taker, message_drain
 from data_recorder.node import DataRecorderNode
 from data_recorder.parameters import parameter_overrides
+from field_deploy.ros import polled_subscription
+from field_deploy.sequence import GidTracker
 from field_deploy.testing import wait_until
+from field_deploy.writer_take import WriterTake
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
                       reliability=ReliabilityPolicy.RELIABLE)
@@ -234,3 +237,50 @@ def test_a_new_subscription_is_looked_at_soon_not_an_idle_interval_later() -> No
     fast = _History()
     taker.add(fast, message_drain(fast, lambda _s: None), depth=20)
     assert taker.interval == module.MIN_INTERVAL
+
+
+def test_a_writers_start_dropped_by_a_full_history_is_counted_and_one_sent_before_it_matched_is_not(
+        ros) -> None:
+    """Against the publishers' own numbers, over real DDS (depth 20, never spun, drained by
+    hand): writer B sent 1-50 before the reader existed (not ours), then 51-55 one by one, each
+    taken at once - nothing counted; writer A started after the reader and sent 1-100 before
+    the first take: the history kept 81-100, and 1-80 are counted ``lost_start`` - the numbers
+    no sequence hole shows (until 2026-12-03 they were reported as nothing)."""
+    node = rclpy.create_node('first_samples_test')       # never spun: only the drain takes
+    pub_node = rclpy.create_node('first_samples_pub')
+    sink, stats = _Sink(), TopicStats(seq=GidTracker())
+    keep = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200,
+                      reliability=ReliabilityPolicy.RELIABLE)
+    pub_b = pub_node.create_publisher(JointState, '/firsts', keep)
+    for i in range(1, 51):
+        pub_b.publish(_numbered(i))                      # nobody listens yet
+    sub = polled_subscription(node, JointState, '/firsts', QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=20, reliability=ReliabilityPolicy.RELIABLE))
+    take = WriterTake(sub)
+    drain = writer_drain(sink, stats, '/firsts', take, depth=20)
+    try:
+        assert wait_until(lambda: pub_b.get_subscription_count() == 1, 20)
+        for i in range(51, 56):
+            pub_b.publish(_numbered(i))
+            assert pub_b.wait_for_all_acked(Duration(seconds=10))
+            drain(BATCH)
+        assert sink.got['/firsts'] == list(range(51, 56))
+        assert stats.lost_start == 0 and stats.lost == 0
+        pub_a = pub_node.create_publisher(JointState, '/firsts', keep)
+        assert wait_until(lambda: pub_a.get_subscription_count() == 1, 20)
+        for i in range(1, 101):
+            pub_a.publish(_numbered(1000 + i))
+            time.sleep(0.001)
+        assert pub_a.wait_for_all_acked(Duration(seconds=10))
+        while drain(BATCH):
+            pass
+        got_a = [n - 1000 for n in sink.got['/firsts'] if n > 1000]
+        assert got_a == list(range(81, 101)), got_a
+        missing = 100 - len(got_a)                           # the publisher's own count
+        assert stats.lost_sequence == 0
+        assert stats.lost_start == missing == 80, stats
+        assert stats.lost == missing
+    finally:
+        take.close()
+        node.destroy_node()
+        pub_node.destroy_node()

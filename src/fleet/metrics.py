@@ -28,7 +28,8 @@ COMPONENT_VALUES = {
 }
 _PAIR = re.compile(r'(\w+)=(\d+)')
 #: The recorder's counters (data_recorder.capture.accounting) -> the ``cause`` label.
-LOST_CAUSES = {'lost_sequence': 'sequence_gap', 'lost_tail': 'tail', 'lost_queue': 'queue_overflow'}
+LOST_CAUSES = {'lost_sequence': 'sequence_gap', 'lost_start': 'writer_start', 'lost_tail': 'tail',
+               'lost_queue': 'queue_overflow'}
 NOT_WRITTEN_CAUSES = {'lost_queue': 'queue_overflow', 'skipped_paused': 'paused',
                       'skipped_stopped': 'stopped', 'skipped_snapshot': 'snapshot',
                       'skipped_throttled': 'throttled'}

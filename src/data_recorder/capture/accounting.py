@@ -6,9 +6,11 @@ Lost (never reached the recorder, or dropped by it against its will), one source
   (:mod:`field_deploy.sequence`): exact for every stream, periodic or not;
 * ``lost_tail``: samples of a periodic stream stamped before the stop that never arrived (a
   hole at the end has no later number to reveal it: :meth:`TopicStats.due_before`);
-* ``lost_queue``: received, but our bounded hand-off queue was full (the writer thread lagged).
+* ``lost_queue``: received, but our bounded hand-off queue was full (the writer thread lagged);
+* ``lost_start``: numbers before a writer's first sample that the reader history dropped before
+  it was first taken (topics taken with the writer's gid: :mod:`data_recorder.capture.first_samples`).
 
-``lost = lost_sequence + lost_tail + lost_queue``. Second opinions, reported and never added:
+``lost = lost_sequence + lost_start + lost_tail + lost_queue``. Second opinions, reported and never added:
 ``lost_gaps`` (holes in a periodic stream's header stamps, :meth:`TopicStats.period`) and
 ``lost_middleware`` (the rmw message-lost event, opt-in). Only when the rmw gives no sequence
 numbers does ``lost`` fall back to ``max(lost_middleware, lost_gaps)`` in place of the sequence.
@@ -47,6 +49,8 @@ class TopicStats:
     lost_middleware: int = 0
     lost_gaps: int = 0
     lost_tail: int = 0
+    lost_start: int = 0
+    """Dropped by the history before a writer's first sample was taken (counted by the take)."""
     silent_tail: int = 0
     lost_queue: int = 0
     skipped_paused: int = 0
@@ -76,7 +80,7 @@ class TopicStats:
 
     @property
     def lost(self) -> int:
-        transport = (self.seq.lost if self.sequenced
+        transport = (self.seq.lost + self.lost_start if self.sequenced
                      else max(self.lost_middleware, self.lost_gaps))
         return transport + self.lost_tail + self.lost_queue
 
@@ -200,7 +204,7 @@ class Accounting:
 
 
 #: The per-topic counters (ints) reported everywhere: metadata.yaml, /diagnostics, the close line.
-COUNTERS = ('received', 'written', 'lost', 'lost_sequence', 'lost_tail', 'lost_queue',
+COUNTERS = ('received', 'written', 'lost', 'lost_sequence', 'lost_start', 'lost_tail', 'lost_queue',
             'lost_gaps', 'lost_middleware', 'silent_tail', 'not_written', 'skipped_paused',
             'skipped_stopped', 'skipped_snapshot', 'skipped_throttled')
 #: Why a received message was not written: counter -> the words an operator reads.
@@ -209,7 +213,9 @@ NOT_WRITTEN_CAUSES = {'lost_queue': 'queue overflow', 'skipped_paused': 'paused'
                       'skipped_snapshot': 'snapshot mode, not in a snapshot',
                       'skipped_throttled': 'throttled'}
 #: Where a lost message went: counter -> words.
-LOST_CAUSES = {'lost_sequence': 'DDS sequence gaps', 'lost_tail': 'stream tail not received',
+LOST_CAUSES = {'lost_sequence': 'DDS sequence gaps',
+               'lost_start': "dropped before a writer's first sample was taken",
+               'lost_tail': 'stream tail not received',
                'lost_queue': 'queue overflow'}
 
 

@@ -26,6 +26,7 @@ and an optional second, and the subscription is marked ``WithMessageInfo`` after
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from rclpy.subscription import Subscription
 
 from data_recorder.bag import metadata as md
 from data_recorder.capture.accounting import TopicStats
+from data_recorder.capture.first_samples import FirstSamples
 from data_recorder.capture.recorder import Recorder
 from data_recorder.capture.selection import adapt_qos
 from data_recorder.capture.taker import Drain, Taker, message_drain
@@ -88,21 +90,31 @@ SHARED_TYPES = frozenset({'diagnostic_msgs/msg/DiagnosticArray', 'rcl_interfaces
                           'tf2_msgs/msg/TFMessage'})
 
 
-def writer_drain(recorder: Recorder, stats: TopicStats, topic: str, take: WriterTake) -> Drain:
+def writer_drain(recorder: Recorder, stats: TopicStats, topic: str, take: WriterTake,
+                 depth: int = 0) -> Drain:
     """The drain of a topic taken with its writers' gids: each sample counted for its writer,
-    then handed to the recorder."""
+    then handed to the recorder. ``depth``: the history's keep-last depth (0: keep all), for
+    what it may drop before a writer's first sample (:mod:`data_recorder.capture.first_samples`,
+    ``lost_start``)."""
     on_message = recorder.on_message
     writers = stats.seq
     assert isinstance(writers, GidTracker)
     observe, take_one = writers.observe_gid, take.take
+    starts = FirstSamples(depth, time.time_ns())
 
     def drain(limit: int) -> int:
         n = 0
         while n < limit:
             sample = take_one()
             if sample is None:
+                if starts.depth:
+                    stats.lost_start += starts.emptied(time.time_ns())
                 break
+            known = writers.new_writers
             observe(sample.gid, sample.seq)
+            if writers.new_writers != known:
+                starts.first(sample.gid, sample.seq, sample.source_ns)
+            starts.taken(sample.gid, sample.seq, sample.source_ns)
             on_message(stats, topic, sample.data)
             n += 1
         return n
@@ -291,8 +303,8 @@ class Capture:
             stats.seq = GidTracker()
         sub = polled_subscription(self._unspun(), msg_type, topic, qos(settings))
         take = self.writer_takes[topic] = WriterTake(sub)
-        self.taker.add(sub, writer_drain(self.recorder, stats, topic, take),
-                       _history_depth(settings))
+        depth = _history_depth(settings)
+        self.taker.add(sub, writer_drain(self.recorder, stats, topic, take, depth), depth)
         self.subs[topic] = sub
 
     def _destroy(self, topic: str) -> None:
