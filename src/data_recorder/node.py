@@ -41,6 +41,7 @@ from data_recorder.capture.selection import Selection, load_qos_overrides, uniqu
 from data_recorder.capture.subscriptions import Capture
 from data_recorder.capture.taker import INTERVAL as TAKE_INTERVAL
 from data_recorder.parameters import ALLOCATOR, PARAMETERS, STRING_ARRAYS, default_output
+from field_deploy.memory import freeze_startup_objects
 from field_deploy.ros import init, run_nodes
 
 NODE_NAME = 'data_recorder'
@@ -234,6 +235,7 @@ class DataRecorderNode(LifecycleNode):
         self._discover()
         self._discovery_timer = self.create_timer(float(self._param('discovery_interval')),
                                                   self._discover)
+        freeze_startup_objects()      # no full collection of them while the streams start
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
