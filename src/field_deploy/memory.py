@@ -431,11 +431,14 @@ def freeze_startup_objects() -> int:
     Why: a full (generation 2) collection walks every tracked object, and it runs on whichever
     thread allocates when it is due. In the recorder that is the taking thread, and the start's
     objects (modules, rclpy, the node: 44,000) made it 15-21 ms on an idle host and 25-60 ms
-    under the bench's load, the first one right when the streams begin - traced at 4.5x the reference load (2026-12-03): the histories filled, the
-    queue followed, and the run lost 2-4 % at its start (5 runs); frozen, 0.09 % and 0 (2 runs),
-    full collections 1-11 ms. Frozen objects are never collected: the start's objects live as
-    long as the process anyway; a cycle among them that becomes garbage later (a node
-    reconfigured) stays, a bounded leak of one configuration's objects."""
+    under the bench's load - the first one right when the streams begin, while the reader
+    histories fill (traced at 4.5x the reference load, 2026-12-03). Frozen: 1-11 ms. Whether
+    that changes the bench's loss is not resolved: 0.09 % and 0 in the first two runs against
+    2-4 % in five without, then 0.9 / 7.7 / 2.4 / 17.2 % against 2.4 / 6.7 / 7.6 / 0.3 % in four
+    alternating pairs an hour later on a noisier host; it is kept for the pauses it removes.
+    Frozen objects are never collected: the start's objects live as long as the process anyway;
+    a cycle among them that becomes garbage later (a node reconfigured) stays, a bounded leak of
+    one configuration's objects."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
