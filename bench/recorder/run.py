@@ -40,7 +40,7 @@ from field_deploy.memory import ALLOCATOR_POLICIES  # noqa: E402
 from field_deploy.testing import isolate_ros_env  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
-from warm_pages import WarmPages, on_tmpfs  # noqa: E402
+from warm_pages import WarmPages, on_tmpfs, write_blocks  # noqa: E402
 
 #: Bytes a second the reference load writes into a bag at 1x (measured: 83 MB/s of MiB), with the
 #: records' framing: what the warm pages are sized from.
@@ -518,15 +518,8 @@ def write_speed(folder: Path, megabytes: int = 512) -> float:
     the recorder's samples (time active, not CPU) in its file write. Printed beside the figures so
     runs on different hosts can be compared."""
     folder.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1 << 20)
     path = folder / f'write_speed_{os.getpid()}'
-    start = time.perf_counter()
-    with path.open('wb') as f:
-        for _ in range(megabytes):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
-    seconds = time.perf_counter() - start
+    seconds = write_blocks(path, megabytes, block=os.urandom(1 << 20), sync=True)
     path.unlink()
     return megabytes * 1.048576 / seconds
 
