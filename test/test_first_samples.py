@@ -11,10 +11,13 @@ A, B = b'a' * 16, b'b' * 16
 
 def _take(starts: FirstSamples, gid: bytes, seqs: range, t0_ns: int, period_ns: int,
           first: bool = True) -> None:
+    """As the drain feeds it: a writer's first sample, its later ones, then the count."""
     for k, seq in enumerate(seqs):
         if first and k == 0:
             starts.first(gid, seq, t0_ns)
-        starts.taken(gid, seq, t0_ns + k * period_ns)
+        elif starts.open:
+            starts.follow(gid, seq, t0_ns + k * period_ns)
+    starts.taken(len(seqs))
 
 
 def test_a_stretch_shorter_than_the_depth_dropped_nothing() -> None:
@@ -53,10 +56,11 @@ def test_a_lone_first_sample_waits_for_a_second_one_across_stretches() -> None:
     starts = FirstSamples(depth=10, now_ns=0)
     _take(starts, A, range(1, 20), t0_ns=MS, period_ns=MS)               # 19 takes: overflowed
     starts.first(B, 41, 50 * MS)
-    starts.taken(B, 41, 50 * MS)
+    starts.taken(1)
     assert starts.emptied(60 * MS) == 0
     assert starts.unresolved == 1
-    starts.taken(B, 42, 51 * MS)                                          # a short stretch
+    starts.follow(B, 42, 51 * MS)                                         # a short stretch
+    starts.taken(1)
     assert starts.emptied(70 * MS) == 40                                  # 50 ms at 1 ms: > 40
     assert starts.unresolved == 0 and starts.lost == 40
 

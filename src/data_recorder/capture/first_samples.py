@@ -55,33 +55,37 @@ class FirstSamples:
         """Numbers counted lost before writers' first samples, in all."""
         self._taken = 0
         self._stretch_ns = now_ns
-        self._starts: dict[bytes, _Start] = {}
+        self.open: dict[bytes, _Start] = {}
+        """Writers whose start is not settled yet: :meth:`follow` wants their later samples (a
+        dict the drain tests for emptiness per sample, no call)."""
 
     def first(self, gid: bytes, seq: int, source_ns: int) -> None:
         """A writer's first sample (its gid new to this subscription) numbered ``seq``."""
         if self.depth and seq > 1 and source_ns > 0:
-            self._starts[gid] = _Start(seq, source_ns, seq, source_ns, self._stretch_ns)
+            self.open[gid] = _Start(seq, source_ns, seq, source_ns, self._stretch_ns)
 
-    def taken(self, gid: bytes, seq: int, source_ns: int) -> None:
-        """Every sample taken (after :meth:`first` for a first one)."""
-        self._taken += 1
-        if self._starts:
-            start = self._starts.get(gid)
-            if start is not None and seq > start.latest:
-                start.latest, start.latest_ns = seq, source_ns
+    def follow(self, gid: bytes, seq: int, source_ns: int) -> None:
+        """A later sample (not a first one): its writer's period, if its start is open."""
+        start = self.open.get(gid)
+        if start is not None and seq > start.latest:
+            start.latest, start.latest_ns = seq, source_ns
+
+    def taken(self, count: int) -> None:
+        """``count`` more samples taken in this stretch (once per drain, not per sample)."""
+        self._taken += count
 
     def emptied(self, now_ns: int) -> int:
         """A take found the history empty: the stretch ends. Returns the numbers counted lost
         now (also added to :attr:`lost`)."""
         overflowed = self.depth > 0 and self._taken >= self.depth
         self._taken, self._stretch_ns = 0, now_ns
-        if not self._starts:
+        if not self.open:
             return 0
         lost = 0
-        for gid, start in list(self._starts.items()):
+        for gid, start in list(self.open.items()):
             if not start.overflowed:             # its stretch is the one ending now
                 if not overflowed:
-                    del self._starts[gid]        # nothing dropped: 1..N-1 were never ours
+                    del self.open[gid]        # nothing dropped: 1..N-1 were never ours
                     continue
                 start.overflowed = True
             if start.latest > start.first and start.latest_ns > start.first_ns:
@@ -90,11 +94,11 @@ class FirstSamples:
                 # a writer that started within the stretch sent all of 1..N-1 in it; its rate
                 # varies a little (a sleep-paced loop: 79 of 80 estimated), so most is all
                 lost += start.first - 1 if sent >= STARTED_IN * (start.first - 1) else int(sent)
-                del self._starts[gid]
+                del self.open[gid]
         self.lost += lost
         return lost
 
     @property
     def unresolved(self) -> int:
         """Writers first seen in an overflowing stretch with no second sample yet."""
-        return sum(1 for s in self._starts.values() if s.overflowed)
+        return sum(1 for s in self.open.values() if s.overflowed)

@@ -101,22 +101,27 @@ def writer_drain(recorder: Recorder, stats: TopicStats, topic: str, take: Writer
     assert isinstance(writers, GidTracker)
     observe, take_one = writers.observe_gid, take.take
     starts = FirstSamples(depth, time.time_ns())
+    open_starts, follow = starts.open, starts.follow
 
     def drain(limit: int) -> int:
-        n = 0
+        n, emptied = 0, False
         while n < limit:
             sample = take_one()
             if sample is None:
-                if starts.depth:
-                    stats.lost_start += starts.emptied(time.time_ns())
+                emptied = True
                 break
             known = writers.new_writers
             observe(sample.gid, sample.seq)
             if writers.new_writers != known:
                 starts.first(sample.gid, sample.seq, sample.source_ns)
-            starts.taken(sample.gid, sample.seq, sample.source_ns)
+            elif open_starts:
+                follow(sample.gid, sample.seq, sample.source_ns)
             on_message(stats, topic, sample.data)
             n += 1
+        if starts.depth:
+            starts.taken(n)
+            if emptied:
+                stats.lost_start += starts.emptied(time.time_ns())
         return n
     return drain
 
