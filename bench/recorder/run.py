@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[2] / 'src'))
 
 from data_recorder.parameters import ALLOCATOR as RECORDER_ALLOCATOR  # noqa: E402
+from data_recorder.parameters import PARAMETERS as RECORDER_PARAMETERS  # noqa: E402
 from field_deploy.memory import ALLOCATOR_POLICIES  # noqa: E402
 from field_deploy.testing import isolate_ros_env  # noqa: E402
 
@@ -249,7 +250,8 @@ def subject(args: argparse.Namespace) -> int:
         node = DataRecorderNode(parameter_overrides=parameter_overrides({
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
             'qos_depth': _reader_depth(args), 'diagnostics_period': 3600.0,
-            'min_free_space': 0, 'writer_process': args.subject == 'recorder-wp'}))
+            'min_free_space': 0, 'writer_process': args.subject == 'recorder-wp',
+            'queue_reserve_bytes': args.queue_reserve_bytes}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
         result['stop_ns'] = node.drain(spinner.executor)   # as at a real stop: the backlog
@@ -379,6 +381,7 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
                                                  * (args.duration + 15)))
     subj = subprocess.Popen([sys.executable, str(HERE), '--role', 'subject', '--subject',
                              subject_name, '--output', str(work), '--allocator', args.allocator,
+                             '--queue-reserve-bytes', str(args.queue_reserve_bytes),
                              *common],
                             stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'),
                             preexec_fn=_on_cpus(subject_cpus))
@@ -545,6 +548,10 @@ def main() -> int:
                              'defaults, as a third-party driver has them')
     parser.add_argument('--pin', action='store_true',
                         help='subject on one CPU, generators on the others (a fair share for each subject)')
+    parser.add_argument('--queue-reserve-bytes', type=int,
+                        default=RECORDER_PARAMETERS['queue_reserve_bytes'], metavar='BYTES',
+                        help="the recorder's heap reserve for its queue (0: none; default: the "
+                             "node's)")
     parser.add_argument('--allocator', choices=ALLOCATOR_POLICIES, default=RECORDER_ALLOCATOR,
                         help="the recorder's allocator policy (FIELD_DEPLOY_ALLOCATOR, "
                              f'field_deploy.memory; default: the recorder\'s own, {RECORDER_ALLOCATOR})')
@@ -572,7 +579,8 @@ def main() -> int:
           f'publishers {"best effort" if args.best_effort else "reliable"} keep-last '
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
           f'processes; publishers on the '
-          f'{args.publisher_profile} Fast DDS profile; recorder allocator {args.allocator}'
+          f'{args.publisher_profile} Fast DDS profile; recorder allocator {args.allocator}, '
+          f'queue reserve {args.queue_reserve_bytes >> 20} MiB'
           + ('; subject on CPU {}, generators on CPU {}'.format(*map(sorted, pinned_cpus(True)))
              if args.pin else ''), flush=True)
     workdir = Path(args.workdir or tempfile.gettempdir())

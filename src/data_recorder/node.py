@@ -306,6 +306,7 @@ class DataRecorderNode(LifecycleNode):
             snapshot_max_bytes=self._param('snapshot_max_bytes'),
             min_free_space=self._param('min_free_space'), queue_size=self._param('queue_size'),
             queue_max_bytes=self._param('queue_max_bytes'),
+            queue_reserve_bytes=self._param('queue_reserve_bytes'),
             fsync=self._param('fsync'), throttle=tuple(self._param('throttle') or ()),
             writer_process=self._param('writer_process'), ring_bytes=self._param('ring_bytes'))
 

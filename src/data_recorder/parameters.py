@@ -39,6 +39,7 @@ PARAMETERS: dict[str, Any] = {
     'min_free_space': 64 * 1024 * 1024,
     'queue_size': 100_000,
     'queue_max_bytes': 256 * 1024 * 1024,
+    'queue_reserve_bytes': 256 * 1024 * 1024,   # resident from the start (field_deploy.heap_reserve)
     'qos_depth': 1000,
     'qos_profile_overrides_path': '',
     'discovery_interval': 1.0,

@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument('--queue-size', type=int, default=100_000, metavar='MESSAGES')
     rec.add_argument('--queue-max-bytes', type=int, default=256 * 1024 * 1024, metavar='BYTES',
                      help='memory bound of the hand-off queue (overflow is counted as loss)')
+    rec.add_argument('--queue-reserve-bytes', type=int, default=256 * 1024 * 1024,
+                     metavar='BYTES',
+                     help='heap kept resident for the queue from the start, at most '
+                          '--queue-max-bytes (0: none); a backlog then takes no page faults')
     rec.add_argument('--writer-process', action='store_true',
                      help='write the bag in a process of its own, fed through shared memory '
                           '(capture and writing on two cores; see docs/data_recorder.md, Headroom)')
@@ -86,7 +90,8 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         'qos_profile_overrides_path': args.qos_profile_overrides_path,
         'chunk_size': args.chunk_size, 'flush_interval': float(args.flush_interval),
         'min_free_space': args.min_free_space, 'queue_size': args.queue_size,
-        'queue_max_bytes': args.queue_max_bytes, 'qos_depth': args.qos_depth, 'autostart': True,
+        'queue_max_bytes': args.queue_max_bytes,
+        'queue_reserve_bytes': args.queue_reserve_bytes, 'qos_depth': args.qos_depth, 'autostart': True,
         'throttle': list(args.throttle), 'writer_process': args.writer_process,
         'per_writer_topics': list(args.per_writer),
         'ring_bytes': args.ring_bytes,
@@ -97,6 +102,7 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
                    snapshot_mode=args.snapshot_mode, snapshot_duration=args.snapshot_duration,
                    snapshot_max_bytes=args.snapshot_max_bytes, min_free_space=args.min_free_space,
                    queue_size=args.queue_size, queue_max_bytes=args.queue_max_bytes,
+                   queue_reserve_bytes=args.queue_reserve_bytes,
                    throttle=tuple(args.throttle)).validate()
     Selection(topics=tuple(args.topics), all_topics=args.all, regex=args.regex,
               exclude_regex=args.exclude)

@@ -63,6 +63,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
+from field_deploy import heap_reserve
+
 ENV = 'FIELD_DEPLOY_MEMTRACE'
 STATS_ENV = 'FIELD_DEPLOY_MEMSTATS'
 MMAP_THRESHOLD = 128 * 1024
@@ -208,7 +210,8 @@ class HeapTrimmer(_Chore):
     one-hour soak and as memory perception cannot have. With :func:`reuse_large_buffers` the
     images come from the heap too: a drained backlog's go back here, within a period.
     ``malloc_trim(0)`` releases every whole free page of every arena (madvise); it runs only
-    when the arenas hold more than :data:`TRIM_FREE_BYTES` free, every :data:`TRIM_PERIOD_S` at
+    when the arenas hold more than :data:`TRIM_FREE_BYTES` free (beyond a heap reserve,
+    :mod:`field_deploy.heap_reserve`, whose top it keeps), every :data:`TRIM_PERIOD_S` at
     most, on a daemon thread (the call drops the GIL: ctypes' CDLL).
     """
 
@@ -238,10 +241,11 @@ class HeapTrimmer(_Chore):
         """One check: trim when more than :attr:`free_bytes` are free. Returns whether it did."""
         if self._trim is None:
             return False
-        if self.free() <= self.free_bytes:
+        keep = heap_reserve.reserved()      # a queue's pages taken on purpose stay
+        if self.free() <= self.free_bytes + keep:
             return False
         before = resident_bytes()
-        self._trim(0)
+        self._trim(keep)
         self.trims += 1
         self.released += max(0, before - resident_bytes())
         return True

@@ -26,6 +26,7 @@ from data_recorder.bag.writer import BagWriter, header_stamp_ns
 from data_recorder.bag.writer_process import WriterProcess
 from data_recorder.capture.accounting import Accounting, TopicStats
 from data_recorder.capture.snapshot import SnapshotBuffer
+from field_deploy import heap_reserve
 
 LogFn = Callable[[str, str], None]   # (level, message)
 
@@ -46,6 +47,11 @@ class RecorderConfig:
     min_free_space: int = 64 * 1024 * 1024
     queue_size: int = 100_000
     queue_max_bytes: int = 256 * 1024 * 1024
+    queue_reserve_bytes: int = 0
+    """Heap kept resident for the queue from the start, at most ``queue_max_bytes``
+    (:mod:`field_deploy.heap_reserve`): a backlog up to that size takes pages that exist instead
+    of faulting fresh ones in on the taking thread. 0 here (the pure core's tests, tools); the
+    node's and ``bag record``'s default is 256 MiB (``data_recorder.parameters``)."""
     fsync: bool = True
     writer_process: bool = False
     """Write the bag in a process of its own (:mod:`data_recorder.bag.writer_process`), fed
@@ -95,6 +101,8 @@ class RecorderConfig:
             raise ValueError(f'ring_bytes: {self.ring_bytes} must be >= 4 MiB')
         if self.queue_max_bytes < 1024 * 1024:
             raise ValueError(f'queue_max_bytes: {self.queue_max_bytes} must be >= 1 MiB')
+        if self.queue_reserve_bytes < 0:
+            raise ValueError(f'queue_reserve_bytes: {self.queue_reserve_bytes} must be >= 0')
         if self.flush_interval <= 0:
             raise ValueError(f'flush_interval: {self.flush_interval} must be > 0 seconds')
         if self.max_bag_duration < 0 or self.snapshot_duration < 0:
@@ -156,6 +164,9 @@ class Recorder:
         self._closing = False
         self._bytes_since_check = 0
         self._last_disk_check = 0.0
+        # the queue's pages before the streams begin (released at close)
+        self.reserved = heap_reserve.reserve(min(config.queue_reserve_bytes,
+                                                 config.queue_max_bytes))
         self._thread = threading.Thread(target=self._run, name='bag-writer', daemon=True)
         self._thread.start()
         self._check_disk(force=True)
@@ -285,6 +296,9 @@ class Recorder:
             if self.writer.closed:
                 self._final_metadata()
             self._close_writer()
+            if self.reserved:
+                heap_reserve.release()
+                self.reserved = 0
             self.state = 'closed'
         return self.path
 
