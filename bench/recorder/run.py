@@ -251,7 +251,8 @@ def subject(args: argparse.Namespace) -> int:
             'output': str(out / 'bag'), 'topics': [t for t, _, _ in STREAMS],
             'qos_depth': _reader_depth(args), 'diagnostics_period': 3600.0,
             'min_free_space': 0, 'writer_process': args.subject == 'recorder-wp',
-            'queue_reserve_bytes': args.queue_reserve_bytes}))
+            'queue_reserve_bytes': args.queue_reserve_bytes,
+            'queue_max_bytes': args.queue_max_bytes}))
         spinner = Spinner([node])
         spinner.spin_until(stop)
         result['stop_ns'] = node.drain(spinner.executor)   # as at a real stop: the backlog
@@ -279,14 +280,14 @@ def subject(args: argparse.Namespace) -> int:
                     counts[topic] += 1
                 return cb
             subs = [(node.create_subscription(message_class(type_name), topic, make(topic), qos,
-                                              raw=True), make(topic))
+                                              raw=True), make(topic), topic)
                     for topic, type_name, _ in STREAMS]
             if args.subject == 'noop-batched':
                 # taken as the recorder takes them (data_recorder.capture.taker), from a node no
                 # executor spins: the ceiling of a batched Python subscriber
                 from data_recorder.capture.taker import Taker, message_drain
                 taker = Taker()
-                for sub, callback in subs:
+                for sub, callback, _ in subs:
                     taker.add(sub, message_drain(sub, callback), qos.depth)
                 node = rclpy.create_node('bench_noop_batched_timer')
                 node.create_timer(0.005, taker.take)
@@ -315,6 +316,8 @@ def subject(args: argparse.Namespace) -> int:
         spinner = Spinner([node])
         spinner.spin_until(stop)
         result['stop_ns'] = time.time_ns()
+        if args.subject == 'noop-batched':
+            drain_noop(subs, taker, counts, result['stop_ns'], qos.depth)
         if args.subject == 'naive':
             writer.finish()
             stream.close()
@@ -325,6 +328,40 @@ def subject(args: argparse.Namespace) -> int:
     print('RESULT ' + json.dumps(result), flush=True)
     rclpy.try_shutdown()
     return 0
+
+
+def drain_noop(subs: list, taker, counts: dict[str, int], stop_ns: int, depth: int) -> None:
+    """The batched no-op's stop, as the recorder's (``DataRecorderNode.drain``): what its reader
+    histories hold that was stamped before the stop is taken and counted. Without it the
+    messages in flight at the stop - a few hundred, more at higher rates - read as the no-op's
+    loss (its constant 0.05-0.2 % up to 2026-12-03). The sources publish on, so only samples
+    stamped at or before ``stop_ns`` count (the stamp at CDR offset 4, the generators' sample
+    clock, as :func:`owed_before` counts them); it ends when none of those came for 0.1 s (the
+    recorder's rule for streams in arrival order), or after 2 s."""
+    from data_recorder.capture.taker import Taker, message_drain
+    stamp = struct.Struct('<iI').unpack_from
+
+    def late(topic: str):
+        def cb(sample: tuple[bytes, dict]) -> None:    # (data, info), as message_drain gives
+            sec, nsec = stamp(sample[0], 4)
+            if sec * 1_000_000_000 + nsec <= stop_ns:
+                counts[topic] += 1
+                owed[0] += 1
+        return cb
+    owed = [0]
+    drain = Taker()
+    for sub, _callback, topic in subs:
+        taker.remove(sub)
+        drain.add(sub, message_drain(sub, late(topic)), depth)
+    now = time.monotonic()
+    deadline, quiet_since = now + 2.0, now
+    while now < deadline and now - quiet_since < 0.1:
+        before = owed[0]
+        drain.take()
+        now = time.monotonic()
+        if owed[0] != before:
+            quiet_since = now
+        time.sleep(0.005)
 
 
 # -- orchestration ------------------------------------------------------------------------------
@@ -382,6 +419,7 @@ def run_once(args: argparse.Namespace, subject_name: str, multiplier: float) -> 
     subj = subprocess.Popen([sys.executable, str(HERE), '--role', 'subject', '--subject',
                              subject_name, '--output', str(work), '--allocator', args.allocator,
                              '--queue-reserve-bytes', str(args.queue_reserve_bytes),
+                             '--queue-max-bytes', str(args.queue_max_bytes),
                              *common],
                             stdout=subprocess.PIPE, stderr=(work / 'subject.log').open('wb'),
                             preexec_fn=_on_cpus(subject_cpus))
@@ -552,6 +590,9 @@ def main() -> int:
                         default=RECORDER_PARAMETERS['queue_reserve_bytes'], metavar='BYTES',
                         help="the recorder's heap reserve for its queue (0: none; default: the "
                              "node's)")
+    parser.add_argument('--queue-max-bytes', type=int,
+                        default=RECORDER_PARAMETERS['queue_max_bytes'], metavar='BYTES',
+                        help="the recorder's queue bound (default: the node's)")
     parser.add_argument('--allocator', choices=ALLOCATOR_POLICIES, default=RECORDER_ALLOCATOR,
                         help="the recorder's allocator policy (FIELD_DEPLOY_ALLOCATOR, "
                              f'field_deploy.memory; default: the recorder\'s own, {RECORDER_ALLOCATOR})')
@@ -580,7 +621,8 @@ def main() -> int:
           f'{args.depth}; readers keep-last {_reader_depth(args)}; {args.generators} generator '
           f'processes; publishers on the '
           f'{args.publisher_profile} Fast DDS profile; recorder allocator {args.allocator}, '
-          f'queue reserve {args.queue_reserve_bytes >> 20} MiB'
+          f'queue {args.queue_max_bytes >> 20} MiB, {args.queue_reserve_bytes >> 20} MiB of it '
+          f'reserved'
           + ('; subject on CPU {}, generators on CPU {}'.format(*map(sorted, pinned_cpus(True)))
              if args.pin else ''), flush=True)
     workdir = Path(args.workdir or tempfile.gettempdir())
