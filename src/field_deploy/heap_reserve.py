@@ -6,11 +6,12 @@ begin, when every reader history arrives at once (``bench/recorder``, 4.5x the r
 pages, and the first touch of a fresh page is a page fault taken by the thread that copies the
 sample - the recorder's taking thread, inside the copy that holds the GIL. On this project's
 2-core VM (free pages are reported to the hypervisor) a fresh page costs 2.7-3.1 ms of CPU per
-MB: ~100,000 faults at the start, the writer starved of the GIL, the queue growing further, and
-2-8 % of the numbered messages lost in three runs of four, where the same runs with the pages
-taken beforehand lost none in four of four (docs/data_recorder.md, "The queue's pages, taken
-before the streams"). On bare metal a fresh page costs less (zeroing: ~0.2-0.45 ms per MB), but
-the fault is still taken on the hot thread at the worst moment.
+MB: 76,000-165,000 faults at the start, the writer starved of the GIL, the queue growing
+further, and 5.0-8.1 % of the numbered messages lost in three alternating runs of four at 4.5x,
+where the runs with the pages taken beforehand lost none in four of four (docs/data_recorder.md,
+"2026-12-03 night: the queue's pages, taken before the streams"). On bare metal a fresh page
+costs less (zeroing: ~0.2-0.45 ms per MB), but the fault is still taken on the hot thread at the
+worst moment.
 
 :func:`reserve` touches ``nbytes`` of heap in blocks under every mmap threshold this project
 sets, frees them, and sets glibc's ``M_TOP_PAD`` to ``nbytes`` so that neither ``free()``'s own
