@@ -34,7 +34,7 @@ for i in range(80):                            # 74 MB of images queued behind a
     backlog[i] = ctypes.string_at(source, 921_641)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 del backlog                                    # drained
-trimmed = memory.HeapTrimmer(free_bytes=0).trim_if_worth_it()   # the node's trimmer, next
+memory.HeapTrimmer(free_bytes=0).trim_if_worth_it()             # the node's trimmer, next
 kept = memory.resident_bytes()
 heap_reserve.release()
 print(json.dumps({'got': got, 'base': base, 'reserved': reserved, 'faults': faults,
